@@ -1,0 +1,33 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kolm-installed
+DEMO_DIR ?= demo-out
+
+.PHONY: install demo test lint bench-verify clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU build from local disk; any other spec pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/kolm-audit demo --workdir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m ruff check kolm_audit tests bench
+	$(PY) -m pytest -q -n 2 -p no:cacheprovider
+
+lint: $(STAMP)
+	$(PY) -m ruff check kolm_audit tests bench
+
+bench-verify: $(STAMP)
+	$(PY) bench/bench_verify.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info

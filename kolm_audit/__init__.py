@@ -1,0 +1,11 @@
+"""kolm_audit: make model decisions auditable forever.
+
+Signed open-weight model files, an exact integer inference runtime that replays any recorded decision
+byte-for-byte on any hardware, signed receipts in a tamper-evident log.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

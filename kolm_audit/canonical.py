@@ -1,0 +1,107 @@
+"""Canonical bytes and digests for everything kolm_audit hashes or signs.
+
+* JSON is serialised with RFC 8785 (JSON Canonicalization Scheme) through the ``rfc8785`` package.
+* Floats are refused (DESIGN §4.1): signed documents carry integers or decimal strings only.
+* Digests are written ``"sha256:<64 lowercase hex>"``.
+
+Example::
+
+    >>> jcs({"b": 1, "a": [True, None, "x"]})
+    b'{"a":[true,null,"x"],"b":1}'
+    >>> digest(b"")
+    'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import rfc8785
+
+from kolm_audit.errors import InputError, SchemaError
+
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _reject_floats(obj: Any, path: str) -> None:
+    if isinstance(obj, float):
+        raise InputError("floats are not allowed in canonical documents; use an integer or a decimal string",
+                         field=path or "$")
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            _reject_floats(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            _reject_floats(value, f"{path}[{i}]")
+
+
+def jcs(obj: Any) -> bytes:
+    """RFC 8785 canonical bytes of ``obj`` (no floats allowed)."""
+    _reject_floats(obj, "")
+    return rfc8785.dumps(obj)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest(data: bytes) -> str:
+    """``"sha256:<hex>"`` of raw bytes."""
+    return "sha256:" + sha256_hex(data)
+
+
+def digest_of(obj: Any) -> str:
+    """``"sha256:<hex>"`` of the JCS bytes of a JSON value."""
+    return digest(jcs(obj))
+
+
+def check_digest(value: object, *, field: str, file: str | None = None) -> str:
+    """Return ``value`` if it is a well-formed ``sha256:<hex>`` string, else raise :class:`SchemaError`."""
+    if not isinstance(value, str) or not DIGEST_RE.match(value):
+        raise SchemaError("malformed digest", file=file, field=field, expected="sha256:<64 lowercase hex>",
+                          actual=repr(value)[:80])
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def loads_strict(data: bytes | str, *, file: str | None = None, field: str | None = None,
+                 error: type[Exception] = SchemaError) -> Any:
+    """Parse JSON strictly: UTF-8 only, no duplicate keys, no NaN/Infinity, no floats.
+
+    Raises ``error`` (a :class:`~kolm_audit.errors.KolmError` subclass) naming ``file``/``field``.
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                          parse_float=lambda s: _reject_float_literal(s))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise error(f"not strict JSON: {exc}", file=file, field=field) from None  # type: ignore[call-arg]
+
+
+def _reject_float_literal(text: str) -> Any:
+    raise ValueError(f"float literal {text} not allowed")
+
+
+def loads_canonical(data: bytes, *, file: str | None = None, field: str | None = None,
+                    error: type[Exception] = SchemaError) -> Any:
+    """Parse ``data`` strictly and require that it is exactly its own JCS encoding."""
+    obj = loads_strict(data, file=file, field=field, error=error)
+    if jcs(obj) != data:
+        raise error("JSON is not in canonical (RFC 8785) form", file=file, field=field)  # type: ignore[call-arg]
+    return obj

@@ -1,0 +1,59 @@
+"""JSON Schema (2020-12) validation for every document kolm_audit reads or writes.
+
+The schemas live in the repository's top-level ``schemas/`` folder and are shipped inside the wheel as
+``kolm_audit/_schemas`` (hatch ``force-include``), so an installed package validates with the same files.
+
+    >>> validate({"kolm": 1}, "does-not-exist")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from kolm_audit.errors import InputError, KolmError, SchemaError
+
+_HERE = Path(__file__).resolve().parent
+_CANDIDATES = (_HERE / "_schemas", _HERE.parent / "schemas")
+
+
+def schema_dir() -> Path:
+    for candidate in _CANDIDATES:
+        if candidate.is_dir():
+            return candidate
+    raise InputError("schemas folder not found", file=str(_CANDIDATES[0]), expected="an installed kolm_audit")
+
+
+@functools.cache
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    path = schema_dir() / f"{name}.schema.json"
+    if not path.is_file():
+        raise InputError("no such schema", file=str(path))
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    out = "$"
+    for part in error.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def validate(doc: Any, name: str, *, source: str | None = None,
+             error: type[KolmError] = SchemaError) -> None:
+    """Validate ``doc`` against ``schemas/<name>.schema.json``.
+
+    Raises ``error`` (default :class:`SchemaError`, exit 1) naming the source file and the JSON path of
+    the first failing field (errors sorted by path, so the message is stable).
+    """
+    errors = sorted(_validator(name).iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        first = errors[0]
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise error(f"does not match schema {name}: {first.message[:300]}{more}", file=source, field=_path(first))
