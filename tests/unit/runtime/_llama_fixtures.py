@@ -1,0 +1,76 @@
+"""Tiny Llama-family checkpoints built with ``transformers`` from a config (random weights, fixed seed).
+
+Shared by the ``test_llama*.py`` tests and ``golden/conformance/generate_llama.py``. Each call writes a real
+HF-format directory (config.json, model.safetensors, tokenizer.json) that ``kolm_audit.hf`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+_FAMILIES: dict[str, tuple[Any, Any]] = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
+
+
+def tiny_config(*, family: str = "llama", vocab: int = 384, hidden: int = 64, layers: int = 2, heads: int = 4,
+                kv_heads: int = 2, intermediate: int = 160, max_pos: int = 256, **extra: Any) -> Any:
+    config_cls, _ = _FAMILIES[family]
+    kwargs: dict[str, Any] = dict(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_pos,
+        rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )
+    if family == "mistral":
+        kwargs["sliding_window"] = None
+    kwargs.update(extra)
+    return config_cls(**kwargs)
+
+
+def tiny_model(config: Any, *, seed: int = 0, init_std: float = 0.05) -> torch.nn.Module:
+    """A float32 model with seeded random weights (norm gains and biases randomised too, so they matter)."""
+    _, model_cls = _FAMILIES[config.model_type]
+    torch.manual_seed(seed)
+    model = model_cls(config).to(torch.float32).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(init_std * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def tiny_tokenizer_json(vocab: int) -> bytes:
+    """A word-level tokenizer whose token ``i`` is the word ``w{i}`` (ids 0-2: <unk>, <s>, </s>)."""
+    words = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    words.update({f"w{i}": i for i in range(3, vocab)})
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok.to_str().encode()
+
+
+def write_checkpoint(model: torch.nn.Module, out_dir: Path) -> Path:
+    """Save ``model`` as an HF directory (safetensors + config.json + tokenizer.json)."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / "tokenizer.json").write_bytes(tiny_tokenizer_json(model.config.vocab_size))
+    json.loads((out_dir / "config.json").read_text())  # must be valid JSON
+    return out_dir
+
+
+def float_logits(model: torch.nn.Module, ids: list[list[int]]) -> torch.Tensor:
+    """Float reference logits [B, T, V] of equal-length sequences."""
+    with torch.no_grad():
+        return model(torch.tensor(ids, dtype=torch.long)).logits.float()
