@@ -42,7 +42,10 @@ def _reject_floats(obj: Any, path: str) -> None:
 def jcs(obj: Any) -> bytes:
     """RFC 8785 canonical bytes of ``obj`` (no floats allowed)."""
     _reject_floats(obj, "")
-    return rfc8785.dumps(obj)
+    try:
+        return rfc8785.dumps(obj)
+    except rfc8785.CanonicalizationError as exc:  # e.g. an integer beyond ±(2^53-1)
+        raise InputError(f"cannot canonicalize: {exc}", expected="integers within ±(2^53-1)") from None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -89,9 +92,18 @@ def loads_strict(data: bytes | str, *, file: str | None = None, field: str | Non
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
-                          parse_float=lambda s: _reject_float_literal(s))
+                          parse_float=lambda s: _reject_float_literal(s), parse_int=_safe_int)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise error(f"not strict JSON: {exc}", file=file, field=field) from None  # type: ignore[call-arg]
+
+
+_MAX_SAFE_INT = 2**53 - 1
+
+
+def _safe_int(text: str) -> int:
+    if len(text.lstrip("-")) > 16 or abs(value := int(text)) > _MAX_SAFE_INT:
+        raise ValueError(f"integer {text[:40]} outside the JSON safe range ±(2^53-1)")
+    return value
 
 
 def _reject_float_literal(text: str) -> Any:

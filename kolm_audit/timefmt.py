@@ -21,7 +21,10 @@ def parse_time(value: str, *, file: str | None = None, field: str | None = None)
         raise InputError("not an RFC 3339 UTC timestamp", file=file, field=field,
                          expected="YYYY-MM-DDTHH:MM:SS[.fff]Z", actual=repr(value)[:60])
     main, _, frac = value[:-1].partition(".")
-    stamp = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    try:
+        stamp = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:  # well-formed but impossible, e.g. month 13
+        raise InputError("not a valid date and time", file=file, field=field, actual=repr(value)[:60]) from None
     if frac:
         stamp = stamp.replace(microsecond=int(frac[:6].ljust(6, "0")))
     return stamp

@@ -8,12 +8,13 @@ batch, and a replay years later draws them again from the receipt alone.
 Example::
 
     >>> import numpy as np
-    >>> from kolm_audit.runtime.sampling import DecodingParams, request_key, select_token
-    >>> logits = np.array([5 << 16, 7 << 16, 7 << 16, -3 << 16], dtype=np.int64)   # Q47.16
-    >>> select_token(logits, logit_frac_bits=16, params=DecodingParams(), key=request_key([1, 2]), step=0)
+    >>> from kolm_audit.runtime.tables import exp_table
+    >>> logits = np.array([5 << 16, 7 << 16, 7 << 16, -3 << 16], dtype=np.int64)   # Q.16
+    >>> key = request_key([1, 2])
+    >>> select_token(logits, params=DecodingParams(), key=key, step=0, exp_table=exp_table())
     1
     >>> p = DecodingParams(seed=42, temperature=700, top_k=3, top_p=900)
-    >>> select_token(logits, logit_frac_bits=16, params=p, key=request_key([1, 2]), step=0) in (0, 1, 2)
+    >>> select_token(logits, params=p, key=key, step=0, exp_table=exp_table()) in (0, 1, 2)
     True
 """
 
@@ -27,12 +28,12 @@ import numpy as np
 
 from kolm_audit.canonical import jcs
 from kolm_audit.errors import RuntimeInputError
-from kolm_audit.runtime.llama_ops import exp_neg_q16
+from kolm_audit.runtime import fixedpoint as fp
+from kolm_audit.runtime.llama_ops import exp_weights
 
 U64 = 1 << 64
 RNG_DOMAIN = b"kolm-int/1/sample\x00"   # domain-separation prefix of every random draw
 MAX_TEMPERATURE = 100_000                # per-mille, i.e. T <= 100.0
-WEIGHT_FRAC_BITS = 16                    # sampling weights exp(z) are Q.16, exp(0) = 65536
 
 
 @dataclass(frozen=True)
@@ -108,38 +109,41 @@ def candidate_order(logits: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(logits.shape[0]), -logits.astype(np.int64)))
 
 
-def sampling_weights(logits: np.ndarray, *, logit_frac_bits: int, params: DecodingParams
+def sampling_weights(logits: np.ndarray, *, params: DecodingParams, exp_table: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """The kept candidates and their integer weights, in candidate order.
+    """The kept candidates and their integer weights, in candidate order (spec §8.3).
 
-    Returns ``(ids [n] int64, weights [n] int64 Q.16)`` after temperature, top-k and top-p (in that order).
+    ``logits`` int [V] Q.16 (int32 range). Order candidates by (logit desc, id asc); keep the first ``top_k``;
+    ``t_i = rdiv((z_0 - z_i) · 1000, temperature)`` (Q.16, >= 0); weight ``w_i = exp(-t_i)`` from ``tables.exp``
+    (Q.30, ``w_0 = 2^30``); keep the shortest prefix with ``1000 · Σw >= top_p · W`` (W = all top-k weights).
+    Returns ``(ids [n] int64, weights [n] int64 Q.30)``.
     """
     order = candidate_order(logits)                                       # [V] int64 token ids
     if params.top_k is not None:
         order = order[: params.top_k]                                     # [k] int64
-    z = logits[order].astype(np.int64)                                    # [k] int64, Q.logit_frac_bits
-    d = z - z[0]                                                          # [k] int64 <= 0, same format
-    temperature = 1000 if params.temperature is None else params.temperature
-    # d16 = d * 1000 / T rescaled to Q.16 — one exact integer division, rounded half away from zero.
-    num = d * 1000 * (1 << 16) if logit_frac_bits <= 16 else d * 1000
-    den = temperature * (1 << max(0, logit_frac_bits - 16))
-    d16 = -((-num + den // 2) // den)                                     # [k] int64 <= 0, Q.16
-    w = exp_neg_q16(d16)                                                  # [k] int64 Q.16, w[0] = 65536
+    z = logits[order].astype(np.int64)                                    # [k] int64 Q.16
+    temperature = 1000 if params.temperature is None else int(params.temperature)
+    t = fp.rdiv((z[0] - z) * 1000, temperature)                           # [k] int64 Q.16, >= 0, < 2^42
+    w = exp_weights(t, exp_table)                                         # [k] int64 Q.30, w[0] = 2^30
     if params.top_p is not None and params.top_p < 1000:
-        csum = np.cumsum(w)                                               # [k] int64
-        need = params.top_p * int(csum[-1])                               # smallest prefix with 1000*C >= p*W
-        n = int(np.searchsorted(csum * 1000, need, side="left")) + 1
+        csum = np.cumsum(w)                                               # [k] int64, < 2^49
+        need = int(params.top_p) * int(csum[-1])                          # top_p · W
+        n = int(np.searchsorted(csum * 1000, need, side="left")) + 1      # shortest prefix: 1000·C_n >= need
         order, w = order[:n], w[:n]
     return order.astype(np.int64), w
 
 
-def select_token(logits: np.ndarray, *, logit_frac_bits: int, params: DecodingParams, key: bytes,
-                 step: int) -> int:
-    """The next token: greedy when ``params.seed is None``, else one seeded integer draw."""
+def select_token(logits: np.ndarray, *, params: DecodingParams, key: bytes, step: int,
+                 exp_table: np.ndarray) -> int:
+    """The next token: greedy when ``params.seed is None``, else one seeded integer draw (spec §8.4).
+
+    ``r = (u64 · S) >> 64`` with ``S`` the kept weights' sum; the token is the first kept candidate whose
+    cumulative weight exceeds ``r`` (zero-weight candidates are never chosen).
+    """
     if params.greedy:
         return greedy_token(logits)
-    ids, w = sampling_weights(logits, logit_frac_bits=logit_frac_bits, params=params)
+    ids, w = sampling_weights(logits, params=params, exp_table=exp_table)
     csum = np.cumsum(w)                                                   # [n] int64
-    total = int(csum[-1])                                                 # > 0: w[0] = 65536
+    total = int(csum[-1])                                                 # >= 2^30: w[0] = 2^30
     r = (random_u64(seed=int(params.seed), key=key, step=step) * total) >> 64   # uniform in [0, total)
     return int(ids[int(np.searchsorted(csum, r, side="right"))])

@@ -1,0 +1,49 @@
+"""The receipt log: one import for the SQLite log, bundles, sources and verification.
+
+* :class:`ReceiptLog` (``kolm_audit.logdb``): append-only SQLite log with an RFC 6962 tree and signed
+  C2SP checkpoints;
+* :func:`open_log_source`, :class:`LogSource`, :func:`export_bundle` (``kolm_audit.logsource``): read a
+  database or an exported bundle the same way;
+* :func:`verify_log`, :class:`LogVerifyReport` (``kolm_audit.logverify``): full verification.
+
+Example::
+
+    >>> import tempfile, pathlib
+    >>> from kolm_audit.keys import generate_key
+    >>> from kolm_audit.trust import TrustPolicy
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> key = generate_key(key_type="ed25519")
+    >>> with ReceiptLog.open(d / "r.db", create=True, origin="example.org/log") as log:
+    ...     _ = log.append_many([lambda i: b'{"i":%d}' % i] * 3)
+    ...     _ = log.checkpoint(key)
+    ...     _ = log.export(d / "bundle")
+    >>> policy = TrustPolicy.from_public_key(key.public_key(), roles=("checkpoint",))
+    >>> verify_log(d / "bundle", policy=policy).size
+    3
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kolm_audit.logdb import ReceiptLog as _ReceiptLogBase
+from kolm_audit.logsource import (
+    BundleSource,
+    DatabaseSource,
+    LogSource,
+    export_bundle,
+    open_log_source,
+)
+from kolm_audit.logverify import LogVerifyReport, check_leaf_canonical, verify_log
+
+__all__ = ["BundleSource", "DatabaseSource", "LogSource", "LogVerifyReport", "ReceiptLog", "check_leaf_canonical",
+           "export_bundle", "open_log_source", "verify_log"]
+
+
+class ReceiptLog(_ReceiptLogBase):
+    """:class:`kolm_audit.logdb.ReceiptLog` plus :meth:`export`."""
+
+    def export(self, out_dir: str | Path, *, proofs: bool = True) -> Path:
+        """Write a portable bundle (receipts.jsonl, checkpoints/, proofs.json, manifest.json)."""
+        with DatabaseSource(self.path) as src:
+            return export_bundle(src, out_dir, proofs=proofs)

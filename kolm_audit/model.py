@@ -1,0 +1,234 @@
+"""The Python API: ``kolm_audit.load(...)`` → :class:`Model` with ``embed`` / ``classify`` / ``generate``.
+
+``load`` verifies the artifact (strict read, every tensor digest, a trusted signature) before it returns.
+Every result carries the request's token ids and the digests a receipt records; the digests are defined in
+``docs/runtime-spec.md`` §8 (sha256 over RFC 8785 bytes).
+
+Example::
+
+    >>> import kolm_audit
+    >>> model = kolm_audit.load("model.kolm", trust="trust.toml")              # doctest: +SKIP
+    >>> [r.output_digest[:7] for r in model.embed(["hello world"])]           # doctest: +SKIP
+    ['sha256:']
+    >>> input_digest([101, 7592, 102])
+    'sha256:a3961465edbfcdd87077bdebaa55b46471ad735fca0316837d3b53096f602a46'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kolm_audit.canonical import digest_of
+from kolm_audit.errors import ArtifactError, InputError, RuntimeInputError, UnsupportedModel
+from kolm_audit.runtime import SPEC
+from kolm_audit.runtime.tokenize import Tokenizer
+
+BACKENDS = ("auto", "numpy")
+
+
+def input_digest(ids: Sequence[int]) -> str:
+    """Digest of a request's token ids: ``sha256(JCS([id, ...]))`` (spec §8)."""
+    return digest_of([int(i) for i in ids])
+
+
+def embedding_digest(embedding: np.ndarray) -> str:
+    """``sha256(JCS({"embedding": [int, ...]}))`` of a Q.16 embedding (spec §8)."""
+    return digest_of({"embedding": [int(v) for v in embedding.tolist()]})
+
+
+def classification_digest(label: str, scores: Sequence[int]) -> str:
+    """``sha256(JCS({"label": label, "scores": [int, ...]}))`` (spec §8)."""
+    return digest_of({"label": label, "scores": [int(v) for v in scores]})
+
+
+def generation_digest(output_ids: Sequence[int], finish_reason: str) -> str:
+    """``sha256(JCS({"finish_reason": reason, "output_ids": [int, ...]}))`` (spec §8)."""
+    return digest_of({"finish_reason": finish_reason, "output_ids": [int(v) for v in output_ids]})
+
+
+@dataclass(frozen=True, eq=False)
+class EmbedResult:
+    input_ids: tuple[int, ...]
+    input_digest: str
+    embedding: np.ndarray            # int32 [H], Q.16 (integer e stands for e / 2^16)
+    output_digest: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"input_ids": list(self.input_ids), "input_digest": self.input_digest,
+                "embedding": [int(v) for v in self.embedding.tolist()], "embedding_format": "q16",
+                "output_digest": self.output_digest}
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    input_ids: tuple[int, ...]
+    input_digest: str
+    label: str
+    label_index: int
+    scores: tuple[int, ...]          # logits, Q.16
+    output_digest: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"input_ids": list(self.input_ids), "input_digest": self.input_digest, "label": self.label,
+                "label_index": self.label_index, "scores": list(self.scores), "scores_format": "q16",
+                "output_digest": self.output_digest}
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    input_ids: tuple[int, ...]
+    input_digest: str
+    output_ids: tuple[int, ...]
+    text: str
+    finish_reason: str
+    output_digest: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"input_ids": list(self.input_ids), "input_digest": self.input_digest,
+                "output_ids": list(self.output_ids), "text": self.text, "finish_reason": self.finish_reason,
+                "output_digest": self.output_digest}
+
+
+class Model:
+    """A verified ``kolm-int/1`` artifact ready to run (numpy reference backend)."""
+
+    def __init__(self, *, manifest: dict[str, Any], digest: str, tensors: Mapping[str, np.ndarray],
+                 backend: str = "numpy", path: Path | None = None) -> None:
+        if backend not in BACKENDS:
+            raise InputError("backend not available in this build", field="backend",
+                             expected=" | ".join(BACKENDS), actual=backend)
+        if manifest.get("runtime") != SPEC:
+            raise UnsupportedModel("runtime spec not supported", file=str(path) if path else None,
+                                   field="runtime", expected=SPEC, actual=repr(manifest.get("runtime")))
+        self.manifest, self.digest, self.backend, self.path = manifest, digest, "numpy", path
+        self.tokenizer = Tokenizer.from_tensors(tensors)
+        arch, task, quant = manifest["architecture"], manifest["task"], manifest["quantization"]
+        family = arch.get("family")
+        if family == "bert":
+            from kolm_audit.runtime.models.bert import BertRuntime
+
+            self._rt: Any = BertRuntime(architecture=arch, quantization=quant, task=task, tensors=tensors)
+        elif family == "llama":
+            from kolm_audit.runtime.models import llama
+
+            self._rt = llama.LlamaRuntime(architecture=arch, quantization=quant, task=task, tensors=tensors)
+        else:
+            raise UnsupportedModel("unsupported architecture family", file=str(path) if path else None,
+                                   field="architecture.family", expected="bert | llama", actual=repr(family))
+
+    @classmethod
+    def from_artifact(cls, artifact: Any, *, backend: str = "numpy") -> Model:
+        """A Model over an already read (and verified) :class:`kolm_audit.artifact.Artifact`."""
+        return cls(manifest=artifact.manifest, digest=artifact.digest, tensors=artifact.tensors, backend=backend,
+                   path=artifact.path)
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest["task"].get("kind"))
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text with the artifact's own tokenizer (special tokens added, never truncated)."""
+        return self.tokenizer.encode(texts)
+
+    def _ids(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+        if isinstance(inputs, str | bytes) or not isinstance(inputs, Sequence):
+            raise RuntimeInputError("inputs must be a list of texts or a list of token-id lists", field="inputs")
+        if all(isinstance(x, str) for x in inputs):
+            return self.tokenize(list(inputs))  # type: ignore[arg-type]
+        out = []
+        for i, x in enumerate(inputs):
+            if isinstance(x, str | bytes) or not isinstance(x, Sequence | np.ndarray):
+                raise RuntimeInputError("mixed inputs: every input must be a text, or every input a token-id list",
+                                        field=f"inputs[{i}]", actual=type(x).__name__)
+            ids = list(x)
+            for j, tok in enumerate(ids):
+                if isinstance(tok, bool) or not isinstance(tok, int | np.integer):
+                    raise RuntimeInputError("token ids must be integers", field=f"inputs[{i}][{j}]",
+                                            actual=repr(tok)[:40])
+            out.append([int(t) for t in ids])
+        return out
+
+    def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[EmbedResult]:
+        """Integer (Q.16) mean-pooled embeddings of each input, with digests."""
+        if not hasattr(self._rt, "embed"):
+            raise RuntimeInputError("this artifact cannot embed", field="task.kind", actual=self.task)
+        batch = self._ids(inputs)
+        out = []
+        for ids, emb in zip(batch, self._rt.embed(batch), strict=True):
+            emb = np.asarray(emb, dtype=np.int32)
+            emb.flags.writeable = False
+            out.append(EmbedResult(input_ids=tuple(ids), input_digest=input_digest(ids), embedding=emb,
+                                   output_digest=embedding_digest(emb)))
+        return out
+
+    def classify(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[ClassifyResult]:
+        """Label (argmax, lowest index on ties) and integer Q.16 logits of each input, with digests."""
+        if self.task != "classify":
+            raise RuntimeInputError("this artifact is not a classifier", field="task.kind", expected="classify",
+                                    actual=self.task)
+        labels = [str(x) for x in self.manifest["task"]["labels"]]
+        batch = self._ids(inputs)
+        out = []
+        for ids, (idx, logits) in zip(batch, self._rt.classify(batch), strict=True):
+            scores = tuple(int(v) for v in logits.tolist())
+            out.append(ClassifyResult(input_ids=tuple(ids), input_digest=input_digest(ids), label=labels[idx],
+                                      label_index=idx, scores=scores,
+                                      output_digest=classification_digest(labels[idx], scores)))
+        return out
+
+    def generate(self, inputs: Sequence[str] | Sequence[Sequence[int]], *, max_new_tokens: int = 32,
+                 seed: int | None = None, temperature: int | None = None, top_k: int | None = None,
+                 top_p: int | None = None) -> list[GenerateResult]:
+        """Generated continuation of each input (delegates to :mod:`kolm_audit.runtime.models.llama`)."""
+        if self.task != "generate" or not hasattr(self._rt, "generate"):
+            raise RuntimeInputError("this artifact does not generate", field="task.kind", expected="generate",
+                                    actual=self.task)
+        batch = self._ids(inputs)
+        results = self._rt.generate(batch, max_new_tokens=max_new_tokens, seed=seed, temperature=temperature,
+                                    top_k=top_k, top_p=top_p)
+        out = []
+        for ids, (output_ids, finish_reason) in zip(batch, results, strict=True):
+            out_ids = tuple(int(t) for t in output_ids)
+            out.append(GenerateResult(input_ids=tuple(ids), input_digest=input_digest(ids), output_ids=out_ids,
+                                      text=self.tokenizer.decode(list(out_ids)), finish_reason=str(finish_reason),
+                                      output_digest=generation_digest(out_ids, str(finish_reason))))
+        return out
+
+
+def load(path: str | Path, *, trust: str | Path | None = None, key: str | Path | None = None,
+         backend: str = "auto", require_signature: bool = True) -> Model:
+    """Verify ``path`` (strict read, tensor digests, trusted signature) and return a runnable :class:`Model`.
+
+    ``trust`` is a trust file (``trust.toml``), ``key`` a PEM public key trusted for every role. With
+    ``require_signature=False`` and neither given, only the strict read and the tensor digests are checked.
+    """
+    from kolm_audit.artifact import read_artifact, verify_artifact
+    from kolm_audit.keys import load_public_key
+    from kolm_audit.trust import TrustPolicy
+
+    if backend not in BACKENDS:
+        raise InputError("backend not available in this build", field="backend", expected=" | ".join(BACKENDS),
+                         actual=backend)
+    if trust is not None and key is not None:
+        raise InputError("give either trust or key, not both", field="trust")
+    policy = None
+    if trust is not None:
+        policy = TrustPolicy.load(trust)
+    elif key is not None:
+        policy = TrustPolicy.from_public_key(load_public_key(key), source=str(key))
+    elif require_signature:
+        raise InputError("a trust file or a public key is needed to verify the artifact's signature",
+                         field="trust", expected="trust=PATH or key=PATH (or require_signature=False)")
+    verified = None
+    if policy is not None:
+        verified = verify_artifact(path, policy=policy, require_signature=require_signature)
+    art = read_artifact(path, check_tensors=True)
+    if verified is not None and art.digest != verified.artifact_digest:
+        raise ArtifactError("the artifact changed while it was being loaded", file=str(path), field="manifest",
+                            expected=verified.artifact_digest, actual=art.digest)
+    return Model.from_artifact(art, backend=backend)

@@ -1,0 +1,214 @@
+"""Record decisions of an embedded runtime: run the model, append one signed receipt per decision.
+
+For services that embed :func:`kolm_audit.load` in-process. Each call runs one batch through the model and
+appends its receipts in one log transaction (durable before the call returns); a checkpoint is signed every
+``checkpoint_every`` receipts and on :meth:`Recorder.close`.
+
+    >>> import kolm_audit
+    >>> from kolm_audit.log import ReceiptLog
+    >>> model = kolm_audit.load("model.kolm", trust="trust.toml")            # doctest: +SKIP
+    >>> log = ReceiptLog.open("receipts.db", create=True)                    # doctest: +SKIP
+    >>> with Recorder(model, log, receipt_key, tenant="acme", operator="svc",
+    ...               checkpoint_key=log_key, checkpoint_every=1000) as rec:  # doctest: +SKIP
+    ...     done = rec.record_classify(["is this spam?"])
+    ...     done[0].log_index, done[0].result.label
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from kolm_audit.errors import GateFailed, InputError, RuntimeInputError
+from kolm_audit.keys import PrivateKey
+from kolm_audit.privacy import TenantCrypto
+from kolm_audit.receipts import Decision, Decoding, ReceiptContext, receipt_builder
+from kolm_audit.timefmt import now
+
+
+class _Log(Protocol):
+    def append_many(self, builders: Sequence[Callable[[int], bytes]]) -> list[int]: ...
+    def checkpoint(self, key: PrivateKey) -> str: ...
+
+
+@dataclass(frozen=True)
+class Request:
+    """One decision to make: a text or token ids, an optional client id/caller, decoding for generate."""
+
+    text: str | None = None
+    ids: tuple[int, ...] | None = None
+    id: str | None = None
+    caller: str | None = None
+    decoding: Decoding | None = None
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.ids is None):
+            raise InputError("a request has either text or ids", field="text|ids", expected="exactly one of them")
+        if self.ids is not None:
+            object.__setattr__(self, "ids", tuple(self.ids))
+            bad = [i for i in self.ids if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+            if bad:
+                raise RuntimeInputError("token ids must be non-negative integers", field="ids",
+                                        actual=repr(bad[0])[:40])
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A model result with the receipt that records it."""
+
+    request: Request
+    result: Any
+    log_index: int
+    receipt_id: str
+    start: datetime
+    end: datetime
+
+
+def gate_failed(kscore: object) -> bool:
+    """True when a manifest's K-score object says its gate failed (``passed: false`` / ``status: failed``)."""
+    if not isinstance(kscore, dict):
+        return False
+    gate = kscore.get("gate")
+    for doc in (kscore, gate if isinstance(gate, dict) else {}):
+        if doc.get("passed") is False or doc.get("pass") is False:
+            return True
+        if str(doc.get("status", doc.get("result", ""))).lower() in ("failed", "fail"):
+            return True
+    return isinstance(gate, str) and gate.lower() in ("failed", "fail")
+
+
+class Recorder:
+    """Run ``model`` and record every decision in ``log`` as a receipt signed by ``key``."""
+
+    def __init__(self, model: Any, log: _Log, key: PrivateKey, *, tenant: str, operator: str,
+                 privacy: TenantCrypto | None = None, checkpoint_key: PrivateKey | None = None,
+                 checkpoint_every: int | None = None) -> None:
+        if checkpoint_every is not None and checkpoint_every < 1:
+            raise InputError("checkpoint interval must be positive", field="checkpoint_every",
+                             actual=str(checkpoint_every))
+        if checkpoint_key is not None and checkpoint_key.key_type != "ed25519":
+            raise InputError("log checkpoints are C2SP signed notes: they need an Ed25519 key",
+                             field="checkpoint_key", expected="ed25519", actual=checkpoint_key.key_type)
+        manifest = model.manifest
+        if gate_failed(manifest.get("kscore")):
+            raise GateFailed("the artifact's K-score gate failed; refusing to record decisions with it",
+                             field="manifest.kscore", actual=str(manifest.get("kscore"))[:200])
+        self.model = model
+        self.log = log
+        self.task: str = manifest["task"]["kind"]
+        self.context = ReceiptContext(
+            tenant=tenant, operator=operator, artifact_digest=model.digest, artifact_name=manifest["name"],
+            artifact_version=manifest["version"], kscore=manifest.get("kscore"), backend=str(model.backend),
+            key=key, crypto=privacy)
+        self.checkpoint_key = checkpoint_key
+        self.checkpoint_every = checkpoint_every
+        self.recorded = 0
+        self._since_checkpoint = 0
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the three tasks ---------------------------------------------------------------------------
+
+    def record_embed(self, inputs: Sequence[str] | Sequence[Sequence[int]], *,
+                     request_ids: Sequence[str] | None = None, caller: str | None = None) -> list[Recorded]:
+        return self.record(_requests(inputs, request_ids, caller, None), task="embed")
+
+    def record_classify(self, inputs: Sequence[str] | Sequence[Sequence[int]], *,
+                        request_ids: Sequence[str] | None = None, caller: str | None = None) -> list[Recorded]:
+        return self.record(_requests(inputs, request_ids, caller, None), task="classify")
+
+    def record_generate(self, inputs: Sequence[str] | Sequence[Sequence[int]], *, max_new_tokens: int = 32,
+                        seed: int | None = None, temperature: int | None = None, top_k: int | None = None,
+                        top_p: int | None = None, request_ids: Sequence[str] | None = None,
+                        caller: str | None = None) -> list[Recorded]:
+        decoding = Decoding(max_new_tokens=max_new_tokens, seed=seed, temperature=temperature, top_k=top_k,
+                            top_p=top_p)
+        return self.record(_requests(inputs, request_ids, caller, decoding), task="generate")
+
+    def record(self, requests: Sequence[Request], *, task: str | None = None) -> list[Recorded]:
+        """Run ``requests`` (one batch; generate requests grouped by decoding parameters) and append their
+        receipts in one transaction. Returns them in request order."""
+        task = task or self.task
+        if task != self.task:
+            raise InputError(f"this artifact does {self.task}, not {task}", field="task", expected=self.task,
+                             actual=task)
+        if not requests:
+            return []
+        ids = self._token_ids(requests)
+        groups: dict[Decoding | None, list[int]] = {}
+        for i, req in enumerate(requests):
+            decoding = req.decoding
+            if task == "generate" and decoding is None:
+                decoding = Decoding()
+            elif task != "generate" and decoding is not None:
+                raise InputError("decoding parameters apply to generate only", field="decoding")
+            groups.setdefault(decoding, []).append(i)
+        runs: list[tuple[int, Any, Decoding | None, datetime, datetime]] = []
+        for decoding, members in groups.items():
+            batch = [ids[i] for i in members]
+            start = now()
+            if task == "embed":
+                results = self.model.embed(batch)
+            elif task == "classify":
+                results = self.model.classify(batch)
+            else:
+                assert decoding is not None
+                results = self.model.generate(batch, **decoding.kwargs())
+            end = now()
+            runs.extend((i, r, decoding, start, end) for i, r in zip(members, results, strict=True))
+        runs.sort(key=lambda run: run[0])
+        builders, receipt_ids = [], []
+        for i, result, decoding, start, end in runs:
+            req = requests[i]
+            decision = Decision.from_result(result, task=task, input_text=req.text, request_id=req.id,
+                                            caller=req.caller, decoding=decoding)
+            rid = str(uuid.uuid4())
+            receipt_ids.append(rid)
+            builders.append(receipt_builder(self.context, decision, start=start, end=end, receipt_id=rid))
+        indices = self.log.append_many(builders)
+        self.recorded += len(indices)
+        self._since_checkpoint += len(indices)
+        if self.checkpoint_every is not None and self._since_checkpoint >= self.checkpoint_every:
+            self.checkpoint()
+        return [Recorded(request=requests[i], result=result, log_index=index, receipt_id=rid, start=start, end=end)
+                for (i, result, _, start, end), index, rid in zip(runs, indices, receipt_ids, strict=True)]
+
+    def _token_ids(self, requests: Sequence[Request]) -> list[list[int]]:
+        texts = [r.text for r in requests if r.text is not None]
+        tokenized = iter(self.model.tokenize(texts) if texts else [])
+        return [list(r.ids) if r.ids is not None else list(next(tokenized)) for r in requests]
+
+    def checkpoint(self) -> str | None:
+        """Sign a checkpoint now (no-op without a checkpoint key); returns the note."""
+        if self.checkpoint_key is None:
+            return None
+        note = self.log.checkpoint(self.checkpoint_key)
+        self._since_checkpoint = 0
+        return note
+
+    def close(self) -> None:
+        """Final checkpoint when anything was recorded since the last one (the log stays open: caller's)."""
+        if self._since_checkpoint:
+            self.checkpoint()
+
+
+def _requests(inputs: Sequence[str] | Sequence[Sequence[int]], request_ids: Sequence[str] | None,
+              caller: str | None, decoding: Decoding | None) -> list[Request]:
+    if request_ids is not None and len(request_ids) != len(inputs):
+        raise InputError("one request id per input", field="request_ids", expected=str(len(inputs)),
+                         actual=str(len(request_ids)))
+    out = []
+    for i, item in enumerate(inputs):
+        rid = None if request_ids is None else request_ids[i]
+        if isinstance(item, str):
+            out.append(Request(text=item, id=rid, caller=caller, decoding=decoding))
+        else:
+            out.append(Request(ids=tuple(item), id=rid, caller=caller, decoding=decoding))
+    return out

@@ -1,0 +1,18 @@
+"""A tiny unsigned artifact for CLI tests that need no real model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kolm_audit.artifact import build_manifest, empty_provenance, write_artifact
+
+
+def tiny_kolm(path: Path) -> Path:
+    tensors = {"w": np.arange(16, dtype=np.int8).reshape(4, 4), "tokenizer.json": np.frombuffer(b"{}", np.uint8)}
+    manifest = build_manifest(name="tiny", version="1", task={"kind": "embed", "labels": []},
+                              architecture={"family": "bert"}, quantization={"scheme": "int8"}, tensors=tensors,
+                              provenance=empty_provenance(), created="2026-01-01T00:00:00Z")
+    write_artifact(path, manifest=manifest, tensors=tensors)
+    return path

