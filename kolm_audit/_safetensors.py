@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kolm_audit.canonical import jcs, loads_strict
-from kolm_audit.errors import ArtifactError
+from kolm_audit.errors import ArtifactError, InputError
 
 #: safetensors dtype code -> little-endian numpy dtype. BF16 is not offered: numpy has no bfloat16.
 DTYPES: dict[str, np.dtype] = {
@@ -201,7 +201,11 @@ def hash_ranges(fd: int, entries: Iterable[TensorEntry], *, workers: int | None 
         pos = entry.start
         while pos < entry.end:
             want = min(len(buf), entry.end - pos)
-            got = os.preadv(fd, [view[:want]], pos)
+            try:
+                got = os.preadv(fd, [view[:want]], pos)
+            except OSError as exc:
+                raise InputError(f"cannot read tensor data ({exc.strerror})", file=file,
+                                 field=f"tensors.{entry.name}") from None
             if got <= 0:
                 raise ArtifactError("file shrank while reading", file=file, field=f"tensors.{entry.name}")
             hasher.update(view[:got])

@@ -26,10 +26,11 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -129,10 +130,17 @@ def artifact_statement(manifest: Mapping[str, Any]) -> bytes:
 
 def _check_envelopes(signatures: Sequence[object], manifest: Mapping[str, Any], *, file: str | None) -> None:
     expected = artifact_statement(manifest)
+    if len(signatures) > 1:
+        raise SignatureError("more than one envelope: all signatures of an artifact belong in one envelope",
+                             file=file, field="signatures", expected="at most 1", actual=str(len(signatures)))
     for i, doc in enumerate(signatures):
         env = Envelope.from_json(doc, file=file, field=f"signatures[{i}]")
         if env.to_json() != doc:
             raise SignatureError("envelope is not in canonical form", file=file, field=f"signatures[{i}]")
+        keyids = [s.keyid for s in env.signatures]
+        if keyids != sorted(set(keyids)):
+            raise SignatureError("signatures must be unique and sorted by keyid", file=file,
+                                 field=f"signatures[{i}].signatures")
         if env.payload_type != IN_TOTO_PAYLOAD_TYPE:
             raise SignatureError("unexpected payloadType", file=file, field=f"signatures[{i}].payloadType",
                                  expected=IN_TOTO_PAYLOAD_TYPE, actual=env.payload_type[:80])
@@ -245,11 +253,16 @@ def _read(path: Path, *, check_tensors: bool, progress: Progress | None, workers
     except OSError as exc:
         raise InputError(f"cannot open artifact ({exc.strerror})", file=name) from None
     try:
-        size = os.fstat(fd).st_size
-        if size < 8:
+        st_ = os.fstat(fd)
+        if not stat.S_ISREG(st_.st_mode):
+            raise InputError("not a regular file", file=name, expected="a .kolm file")
+        if st_.st_size < 8:
             raise ArtifactError("file too short for a safetensors header", file=name, field="header",
-                                expected="at least 8 bytes", actual=f"{size} bytes")
-        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+                                expected="at least 8 bytes", actual=f"{st_.st_size} bytes")
+        try:
+            mm = mmap.mmap(fd, st_.st_size, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise InputError(f"cannot map artifact ({exc.strerror})", file=name) from None
         header = st.parse_header(mm, file=name)
         doc = loads_canonical(header.metadata.encode("utf-8"), file=name, field="header.__metadata__.kolm",
                               error=ArtifactError)
@@ -302,17 +315,13 @@ def sign_artifact(path: str | Path, key: PrivateKey, *, sidecar: bool = False,
         raise InputError("--sidecar needs an ECDSA P-256 key: model_signing verifies elliptic-curve keys only",
                          field="--key", expected="ecdsa-p256", actual=key.key_type)
     art = read_artifact(path, check_tensors=True, progress=progress)
-    payload = artifact_statement(art.manifest)
-    envelopes = list(art.envelopes)
-    for i, env in enumerate(envelopes):
-        if env.payload == payload:
-            envelopes[i] = env.with_signature(key)
-            break
-    else:
-        envelopes.append(Envelope(payload_type=IN_TOTO_PAYLOAD_TYPE, payload=payload, signatures=())
-                         .with_signature(key))
-    signed = write_artifact(path, manifest=art.manifest, tensors=art.tensors,
-                            signatures=[e.to_json() for e in envelopes])
+    envelopes = art.envelopes   # the reader guarantees at most one, carrying this artifact's statement
+    env = envelopes[0] if envelopes else Envelope(payload_type=IN_TOTO_PAYLOAD_TYPE,
+                                                  payload=artifact_statement(art.manifest), signatures=())
+    env = env.with_signature(key)
+    env = Envelope(payload_type=env.payload_type, payload=env.payload,
+                   signatures=tuple(sorted(env.signatures, key=lambda s: s.keyid)))
+    signed = write_artifact(path, manifest=art.manifest, tensors=art.tensors, signatures=[env.to_json()])
     sidecar_path = None
     if sidecar:
         from kolm_audit.sidecar import write_sidecar
@@ -334,6 +343,8 @@ class VerifyReport:
     signature_required: bool
     signers: tuple[Signer, ...]
     untrusted_signatures: tuple[str, ...] = ()
+    #: the artifact as verified (tensors already checked): use it instead of reading and hashing again
+    artifact: Artifact | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": VERIFY_REPORT_SCHEMA, "file": self.file, "verified": True,
@@ -385,4 +396,4 @@ def _verify(path: Path, *, policy: TrustPolicy, require_signature: bool, tenant:
                         version=art.manifest["version"], created=art.manifest["created"],
                         tensors=len(art.tensors), bytes=os.path.getsize(path), signature_required=require_signature,
                         signers=tuple(sorted(signers, key=lambda s: s.key_id)),
-                        untrusted_signatures=tuple(sorted(untrusted)))
+                        untrusted_signatures=tuple(sorted(untrusted)), artifact=art)

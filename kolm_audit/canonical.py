@@ -44,8 +44,10 @@ def jcs(obj: Any) -> bytes:
     _reject_floats(obj, "")
     try:
         return rfc8785.dumps(obj)
-    except rfc8785.CanonicalizationError as exc:  # e.g. an integer beyond ±(2^53-1)
-        raise InputError(f"cannot canonicalize: {exc}", expected="integers within ±(2^53-1)") from None
+    except rfc8785.CanonicalizationError as exc:  # an integer beyond ±(2^53-1), a lone surrogate
+        raise InputError(f"cannot canonicalize: {exc}") from None
+    except UnicodeEncodeError:  # a lone surrogate is not a Unicode scalar value
+        raise InputError("cannot canonicalize: string with a lone surrogate", expected="valid Unicode") from None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -91,13 +93,30 @@ def loads_strict(data: bytes | str, *, file: str | None = None, field: str | Non
     """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
-                          parse_float=lambda s: _reject_float_literal(s), parse_int=_safe_int)
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                         parse_float=lambda s: _reject_float_literal(s), parse_int=_safe_int)
+        if _SURROGATE_ESCAPE.search(text):
+            _reject_lone_surrogates(obj)
+        return obj
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise error(f"not strict JSON: {exc}", file=file, field=field) from None  # type: ignore[call-arg]
 
 
 _MAX_SAFE_INT = 2**53 - 1
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _reject_lone_surrogates(obj: Any) -> None:
+    """Only ``\\uD8xx``-style escapes can produce lone surrogates; UTF-8 decoding never does."""
+    if isinstance(obj, str):
+        obj.encode("utf-8")   # raises UnicodeEncodeError (a ValueError) on a lone surrogate
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _reject_lone_surrogates(key)
+            _reject_lone_surrogates(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            _reject_lone_surrogates(value)
 
 
 def _safe_int(text: str) -> int:

@@ -24,9 +24,7 @@ Example::
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from kolm_audit.logdb import ReceiptLog as _ReceiptLogBase
+from kolm_audit.logdb import ReceiptLog
 from kolm_audit.logsource import (
     BundleSource,
     DatabaseSource,
@@ -38,12 +36,3 @@ from kolm_audit.logverify import LogVerifyReport, check_leaf_canonical, verify_l
 
 __all__ = ["BundleSource", "DatabaseSource", "LogSource", "LogVerifyReport", "ReceiptLog", "check_leaf_canonical",
            "export_bundle", "open_log_source", "verify_log"]
-
-
-class ReceiptLog(_ReceiptLogBase):
-    """:class:`kolm_audit.logdb.ReceiptLog` plus :meth:`export`."""
-
-    def export(self, out_dir: str | Path, *, proofs: bool = True) -> Path:
-        """Write a portable bundle (receipts.jsonl, checkpoints/, proofs.json, manifest.json)."""
-        with DatabaseSource(self.path) as src:
-            return export_bundle(src, out_dir, proofs=proofs)

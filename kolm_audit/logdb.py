@@ -189,9 +189,16 @@ class ReceiptLog:
     def _frontier(self, size: int) -> Frontier:
         return Frontier(size, [self._node(level, i) for level, i in perfect_decomposition(size)])
 
+    def _begin(self) -> None:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise InputError(f"receipt log is busy or not writable ({exc})", file=str(self.path),
+                             expected=f"the write lock within {BUSY_TIMEOUT_S:.0f} s") from None
+
     def _write(self, builders: Sequence[Callable[[int], bytes]]) -> list[int]:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             start = self.size()
             frontier = self._frontier(start)
@@ -224,6 +231,13 @@ class ReceiptLog:
             return []
         return self._write(builders)
 
+    def export(self, out_dir: str | Path, *, proofs: bool = True) -> Path:
+        """Write a portable bundle (receipts.jsonl, checkpoints/, proofs.json, manifest.json)."""
+        from kolm_audit.logsource import DatabaseSource, export_bundle  # logsource imports this module
+
+        with DatabaseSource(self.path) as src:
+            return export_bundle(src, out_dir, proofs=proofs)
+
     # --- checkpoints ------------------------------------------------------------------------------
 
     def checkpoint(self, key: PrivateKey) -> str:
@@ -234,7 +248,7 @@ class ReceiptLog:
         proof from the stored nodes must verify. So the log never signs two inconsistent checkpoints.
         """
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             size = self.size()
             root = self.root(size)

@@ -96,10 +96,15 @@ class DatabaseSource:
         for index, h, data in self._conn.execute(query):
             yield int(index), bytes(h), bytes(data)
 
-    def iter_nodes(self) -> Iterator[tuple[int, int, bytes]]:
-        query = "SELECT level, idx, CAST(hash AS BLOB) FROM nodes ORDER BY level, idx"
-        for level, index, h in self._conn.execute(query):
-            yield int(level), int(index), bytes(h)
+    def node_levels(self) -> dict[int, tuple[int, int, int]]:
+        """``level -> (count, min index, max index)`` of the stored perfect-subtree nodes."""
+        query = "SELECT level, COUNT(*), MIN(idx), MAX(idx) FROM nodes GROUP BY level"
+        return {int(level): (int(n), int(lo), int(hi)) for level, n, lo, hi in self._conn.execute(query)}
+
+    def node_rows(self, level: int) -> list[tuple[int, bytes]]:
+        """``(index, hash)`` of the stored nodes of one level, in index order."""
+        query = "SELECT idx, CAST(hash AS BLOB) FROM nodes WHERE level = ? ORDER BY idx"
+        return self._conn.execute(query, (level,)).fetchall()
 
     def leaf(self, index: int) -> bytes:
         row = self._conn.execute("SELECT data FROM leaves WHERE idx = ?", (index,)).fetchone()

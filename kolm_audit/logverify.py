@@ -29,13 +29,17 @@ checkpoint or node; exit code 1 on the command line):
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from kolm_audit.canonical import loads_canonical
 from kolm_audit.checkpoint import Checkpoint, SignedCheckpoint, verify_checkpoint
@@ -46,12 +50,39 @@ from kolm_audit.trust import TrustPolicy
 
 REPORT_SCHEMA = "kolm.log-verify-report/1"
 PARALLEL_MIN_LEAVES = 2048
+_MAX_SAFE_INT = 2**53 - 1
 _CHUNK = 1024
 LeafCheck = Callable[[int, bytes], None]
 
 
+def _reject_literal(text: str) -> None:
+    raise ValueError(f"not allowed: {text}")
+
+
+def _safe_int(text: str) -> int:
+    value = int(text)
+    if abs(value) > _MAX_SAFE_INT:
+        raise LogError("integer outside the I-JSON safe range (RFC 8785 §3.2.2.3)", field=text[:40])
+    return value
+
+
 def check_leaf_canonical(index: int, data: bytes) -> None:
-    """The default per-leaf check: the leaf is strict, canonical (RFC 8785) JSON."""
+    r"""The default per-leaf check: the leaf is strict, canonical (RFC 8785) JSON.
+
+    Fast path for ASCII leaves: for a document of ASCII strings, safe integers, booleans and nulls, RFC 8785
+    output equals ``json.dumps(sort_keys=True, separators=(",", ":"))``, so byte equality with that proves
+    canonical form (duplicate keys, floats, NaN, escapes like ``\/`` or ``\u00e9`` all make it differ).
+    Anything else takes the reference path through ``loads_canonical``.
+    """
+    try:
+        if data.isascii():
+            obj = json.loads(data, parse_float=_reject_literal, parse_constant=_reject_literal, parse_int=_safe_int)
+            if json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode() == data:
+                return
+    except (ValueError, RecursionError):
+        pass  # the reference path below reports the precise problem
+    except LogError as exc:
+        raise LogError(exc.message, field=f"leaf {index}", actual=exc.field) from None
     loads_canonical(data, field=f"leaf {index}", error=LogError)
 
 
@@ -86,12 +117,15 @@ class LogVerifyReport:
                 "notes": list(self.notes)}
 
 
-def _rehash(src: DatabaseSource | BundleSource, leaf_hashes_expected: list[bytes] | None) -> list[bytes]:
+def _rehash(src: DatabaseSource | BundleSource, leaf_hashes_expected: list[bytes] | None, *,
+            progress: bool) -> list[bytes]:
     where = str(src.path)
     hashes: list[bytes] = []
     append = hashes.append
+    bar = {"disable": not progress, "total": src.size() if progress else None, "unit": "leaf", "unit_scale": True,
+           "desc": "rehash", "mininterval": 0.5}
     if isinstance(src, DatabaseSource):
-        for expected, (index, stored, data) in enumerate(src.iter_rows()):
+        for expected, (index, stored, data) in enumerate(tqdm(src.iter_rows(), **bar)):
             if index != expected:
                 raise LogError("leaf missing or out of order (deleted or inserted)", file=where,
                                field=f"leaf {expected}", expected=f"index {expected}", actual=f"index {index}")
@@ -101,7 +135,7 @@ def _rehash(src: DatabaseSource | BundleSource, leaf_hashes_expected: list[bytes
                                field=f"leaf {index}", expected=stored.hex(), actual=h.hex())
             append(h)
         return hashes
-    for index, data in src.iter_leaves():
+    for index, data in tqdm(src.iter_leaves(), **bar):
         h = leaf_hash(data)
         if leaf_hashes_expected is not None and index < len(leaf_hashes_expected) and h != leaf_hashes_expected[index]:
             raise LogError("leaf differs from the one the bundle's proofs were made for (edited, moved, "
@@ -112,22 +146,31 @@ def _rehash(src: DatabaseSource | BundleSource, leaf_hashes_expected: list[bytes
 
 
 def _check_nodes(src: DatabaseSource, tree: MemoryTree) -> int:
-    counts = [0] * len(tree.levels)
-    for level, index, h in src.iter_nodes():
-        span = f"leaves [{index << level}, {(index + 1) << level})" if level >= 0 else f"level {level}"
-        if not 1 <= level < len(tree.levels) or not 0 <= index < len(tree.levels[level]):
-            raise LogError("stored tree node outside the tree (inserted)", file=str(src.path),
-                           field=f"node level {level} index {index}", expected=span)
-        if tree.levels[level][index] != h:
-            raise LogError(f"stored tree node (level {level}, index {index}) does not match the leaves: a leaf in "
-                           f"{span} was altered, moved or inserted", file=str(src.path), field=f"leaf {index << level}",
-                           expected=tree.levels[level][index].hex(), actual=h.hex())
-        counts[level] += 1
+    where = str(src.path)
+    for level in src.node_levels():
+        if not 1 <= level < len(tree.levels):
+            raise LogError("stored tree nodes at a level the tree does not have (inserted)", file=where,
+                           field=f"nodes at level {level}", expected=f"levels 1..{len(tree.levels) - 1}")
+    checked = 0
     for level in range(1, len(tree.levels)):
-        if counts[level] != len(tree.levels[level]):
-            raise LogError("stored tree nodes missing", file=str(src.path), field=f"nodes at level {level}",
-                           expected=str(len(tree.levels[level])), actual=str(counts[level]))
-    return sum(counts)
+        expected = tree.levels[level]
+        rows = src.node_rows(level)
+        if [h for _, h in rows] == expected and (not rows or (rows[0][0], rows[-1][0]) == (0, len(rows) - 1)):
+            checked += len(rows)  # same hashes, and indices 0..n-1 (unique primary key)
+            continue
+        for index, h in enumerate(expected):
+            span = f"leaves [{index << level}, {(index + 1) << level})"
+            if index >= len(rows) or rows[index][0] != index:
+                raise LogError(f"stored tree node (level {level}, index {index}) over {span} is missing (deleted)",
+                               file=where, field=f"leaf {index << level}")
+            if rows[index][1] != h:
+                raise LogError(f"stored tree node (level {level}, index {index}) does not match the leaves: a leaf "
+                               f"in {span} was altered, moved or inserted", file=where, field=f"leaf {index << level}",
+                               expected=h.hex(), actual=rows[index][1].hex())
+        raise LogError("stored tree nodes beyond the tree (inserted)", file=where,
+                       field=f"leaf {len(expected) << level}", expected=f"{len(expected)} nodes at level {level}",
+                       actual=str(len(rows)))
+    return checked
 
 
 def _check_checkpoint(sc: SignedCheckpoint, *, tree: MemoryTree, origin: str, where: str, prev_ok: int) -> None:
@@ -185,8 +228,17 @@ def _check_leaves(src: DatabaseSource | BundleSource, fn: LeafCheck, *, size: in
     _WORKER_FN = fn  # inherited by forked workers: the callback need not be picklable
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for failure in pool.map(_run_chunk, _chunks(src)):
+            pending: deque[Future[tuple[Any, ...] | None]] = deque()
+            chunks = _chunks(src)
+            while True:  # a bounded window of chunks in flight, results in order (first failure wins)
+                for chunk in itertools.islice(chunks, 4 * workers - len(pending)):
+                    pending.append(pool.submit(_run_chunk, chunk))
+                if not pending:
+                    break
+                failure = pending.popleft().result()
                 if failure is not None:
+                    for future in pending:
+                        future.cancel()
                     index, cls, message, file, fld, expected, actual = failure
                     raise cls(message, file=file or str(src.path), field=fld or f"leaf {index}",
                               expected=expected, actual=actual)
@@ -228,25 +280,28 @@ def _verify_bundle_proofs(src: BundleSource, doc: dict[str, Any], latest: Checkp
 
 def verify_log(source: str | Path | DatabaseSource | BundleSource, *, policy: TrustPolicy,
                supplied_checkpoint: str | None = None, verify_leaf: LeafCheck | None = None,
-               workers: int | None = None, require_checkpoint: bool = True) -> LogVerifyReport:
+               workers: int | None = None, require_checkpoint: bool = True, progress: bool = False
+               ) -> LogVerifyReport:
     """Verify a log; return a report or raise the first finding (:class:`LogError`, ``SignatureError``...)."""
     if isinstance(source, str | Path):
         with open_log_source(source) as src:
             return verify_log(src, policy=policy, supplied_checkpoint=supplied_checkpoint, verify_leaf=verify_leaf,
-                              workers=workers, require_checkpoint=require_checkpoint)
+                              workers=workers, require_checkpoint=require_checkpoint, progress=progress)
     src = source
     where = str(src.path)
     proofs_doc, proof_hashes = _bundle_proofs(src) if isinstance(src, BundleSource) else (None, None)
-    hashes = _rehash(src, proof_hashes)
+    hashes = _rehash(src, proof_hashes, progress=progress)
     tree = MemoryTree(hashes)
     nodes = _check_nodes(src, tree) if isinstance(src, DatabaseSource) else 0
     results: list[dict[str, Any]] = []
     parsed: list[SignedCheckpoint] = []
-    prev_ok = 0
+    good_sizes: list[int] = []
     for cp_where, note in src.checkpoints():
         sc = verify_checkpoint(note, policy=policy, source=cp_where)
-        _check_checkpoint(sc, tree=tree, origin=src.origin, where=cp_where, prev_ok=prev_ok)
-        prev_ok = max(prev_ok, sc.checkpoint.size)
+        # the tree up to `below` matched a signed root already
+        below = max([s for s in good_sizes if s < sc.checkpoint.size], default=0)
+        _check_checkpoint(sc, tree=tree, origin=src.origin, where=cp_where, prev_ok=below)
+        good_sizes.append(sc.checkpoint.size)
         parsed.append(sc)
         results.append({"where": cp_where, "size": sc.checkpoint.size, "root_hex": sc.checkpoint.root.hex(),
                         "signers": [s.to_json() for s in sc.signers]})

@@ -274,6 +274,25 @@ class KeyStore:
             new_entry["salt"] = {"salt_id": entry["salt"]["salt_id"], "shredded": stamp}
         return self._with_entry(tenant, new_entry)
 
+    def rewrap(self, *, old: KeyEncryptionKey, new: KeyEncryptionKey) -> KeyStore:
+        """Re-wrap every remaining salt and data key under a new KEK (then destroy the old KEK)."""
+        tenants: dict[str, Any] = {}
+        for name, entry in self.doc["tenants"].items():
+            salt = dict(entry["salt"])
+            if "ciphertext" in salt:
+                secret = _unwrap(old, salt, tenant=name, purpose="salt", key_id=salt["salt_id"], source=self.source)
+                salt = {"salt_id": salt["salt_id"], **_wrap(new, secret, tenant=name, purpose="salt",
+                                                            key_id=salt["salt_id"])}
+            keys = []
+            for k in entry["data_keys"]:
+                if "wrapped" in k:
+                    secret = _unwrap(old, k["wrapped"], tenant=name, purpose="data_key", key_id=k["key_id"],
+                                     source=self.source)
+                    k = {**k, "wrapped": _wrap(new, secret, tenant=name, purpose="data_key", key_id=k["key_id"])}
+                keys.append(k)
+            tenants[name] = {**entry, "salt": salt, "data_keys": keys}
+        return replace(self, doc={**self.doc, "tenants": tenants})
+
     def tenant(self, tenant: str, *, kek: KeyEncryptionKey | None) -> TenantCrypto:
         """Unwrap ``tenant``'s salt and data keys (shredded keys are simply absent)."""
         entry = self._entry(tenant)

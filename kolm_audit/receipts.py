@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from kolm_audit import __version__
-from kolm_audit.canonical import digest_of, jcs, loads_canonical
+from kolm_audit.canonical import digest, jcs, loads_canonical
 from kolm_audit.errors import InputError, KeyFileError, LogError, SchemaError, SignatureError
 from kolm_audit.keys import PrivateKey, PublicKey
 from kolm_audit.privacy import TenantCrypto, is_sealed
@@ -42,15 +42,25 @@ RECEIPT_SCHEMA = "kolm.receipt/1"
 RECEIPT_PAYLOAD_TYPE = "application/vnd.kolm.receipt+json"
 RUNTIME_SPEC = "kolm-int/1"
 TASKS = ("embed", "classify", "generate")
+_MAX_ID = 2**31 - 1
+_MAX_JSON_INT = 2**53 - 1
 
 __all__ = ["RECEIPT_PAYLOAD_TYPE", "RECEIPT_SCHEMA", "Decision", "Decoding", "LeafVerifier", "ReceiptContext",
            "SignedReceipt", "build_receipt", "ids_digest", "input_ids_of", "make_leaf_verifier", "parse_leaf",
            "receipt_builder", "reveal", "sign_receipt", "verify_receipt"]
 
 
+def _int_array_jcs(values: Sequence[int]) -> bytes:
+    """JCS bytes of an integer array, fast: for JSON-safe integers RFC 8785 writes plain decimal numbers."""
+    ints = [int(v) for v in values]
+    if any(abs(v) > 2**53 - 1 for v in ints):
+        return jcs(ints)  # raises the canonical error
+    return ("[" + ",".join(map(str, ints)) + "]").encode("ascii")
+
+
 def ids_digest(ids: Sequence[int]) -> str:
-    """Digest of a token id sequence: ``sha256`` of the JCS bytes of the integer array."""
-    return digest_of([int(i) for i in ids])
+    """Digest of a token id sequence: ``sha256`` of the JCS bytes of the integer array (runtime spec §8)."""
+    return digest(_int_array_jcs(ids))
 
 
 def _check_int(value: object, name: str, low: int, high: int) -> None:
@@ -61,7 +71,8 @@ def _check_int(value: object, name: str, low: int, high: int) -> None:
 
 @dataclass(frozen=True)
 class Decoding:
-    """Decoding parameters of a generate call: greedy unless a temperature is given (integers only)."""
+    """Decoding parameters of a generate call: greedy without a seed, seeded sampling with one (integers only;
+    a null temperature/top_k/top_p means the runtime default: 1000 per-mille / whole vocabulary / 1000)."""
 
     max_new_tokens: int = 32
     temperature: int | None = None  # per-mille
@@ -75,16 +86,13 @@ class Decoding:
         _check_int(self.top_k, "top_k", 1, 10_000_000)
         _check_int(self.top_p, "top_p", 1, 1000)
         _check_int(self.seed, "seed", 0, 2**53 - 1)  # JCS integers
-        if self.temperature is None and (self.top_k, self.top_p, self.seed) != (None, None, None):
-            raise InputError("top_k, top_p and seed need a temperature (sampling); greedy takes none",
-                             field="temperature", expected="an integer temperature (per-mille)")
-        if self.temperature is not None and self.seed is None:
-            raise InputError("sampling needs a seed, so the decision can be replayed", field="seed",
-                             expected="an integer seed")
+        if self.seed is None and (self.temperature, self.top_k, self.top_p) != (None, None, None):
+            raise InputError("sampling parameters need a seed (no seed means greedy), so the decision can be "
+                             "replayed", field="seed", expected="an integer seed")
 
     @property
     def strategy(self) -> str:
-        return "greedy" if self.temperature is None else "sample"
+        return "greedy" if self.seed is None else "sample"
 
     def to_json(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
@@ -132,6 +140,14 @@ class Decision:
             raise InputError(f"a {self.task} decision needs {', '.join(missing)}", field=missing[0])
         if self.task != "generate" and self.decoding is not None:
             raise InputError("only generate takes decoding parameters", field="decoding")
+        clear = {"embedding_digest": self.embedding_digest, "label": self.label,
+                 "scores": None if self.scores is None else [int(v) for v in self.scores],
+                 "output_ids": None if self.output_ids is None else [int(v) for v in self.output_ids],
+                 "finish_reason": self.finish_reason}
+        recorded = _recorded_output_digest(self.task, clear)
+        if recorded != self.output_digest:
+            raise InputError("output digest does not match the outputs (runtime spec §8)", field="output_digest",
+                             expected=recorded, actual=self.output_digest)
 
     @classmethod
     def from_result(cls, result: Any, *, task: str, input_text: str | None = None, request_id: str | None = None,
@@ -257,9 +273,45 @@ def _time(value: str, *, source: str | None, field: str) -> datetime:
                           actual=value[:40]) from None
 
 
+def _recorded_output_digest(task: str, resp: Mapping[str, Any]) -> str | None:
+    """The output digest (runtime spec §8) of the outputs a receipt holds in clear; None when sealed/absent."""
+    if task == "embed":
+        return resp["embedding_digest"]
+    if task == "classify":
+        if is_sealed(resp["label"]) or is_sealed(resp["scores"]):
+            return None
+        return digest(b'{"label":' + jcs(resp["label"]) + b',"scores":' + _int_array_jcs(resp["scores"]) + b"}")
+    if is_sealed(resp["output_ids"]):
+        return None
+    return digest(b'{"finish_reason":' + jcs(resp["finish_reason"]) + b',"output_ids":'
+                  + _int_array_jcs(resp["output_ids"]) + b"}")  # = digest_of({...}): JCS key order, fast
+
+
+_INT_ARRAYS = (("request", "input_ids", 0, _MAX_ID, 10_000_000), ("response", "output_ids", 0, _MAX_ID, 10_000_000),
+               ("response", "scores", -_MAX_JSON_INT, _MAX_JSON_INT, 100_000))  # as schemas/receipt.schema.json
+
+
+def _skeleton(doc: Any, *, source: str | None, field: str) -> Any:
+    """``doc`` with its long integer arrays checked here (fast) and emptied for the schema validator, which
+    would otherwise spend milliseconds per receipt descending into every token id. Same rules as the schema."""
+    if not isinstance(doc, dict):
+        return doc
+    out = dict(doc)
+    for part, name, low, high, longest in _INT_ARRAYS:
+        section = out.get(part)
+        if not isinstance(section, dict) or not isinstance(section.get(name), list):
+            continue
+        values = section[name]
+        if len(values) > longest or not all(type(v) is int and low <= v <= high for v in values):  # no bools
+            raise SchemaError("expected an array of integers in range", file=source, field=f"{field}.{part}.{name}",
+                              expected=f"at most {longest} integers in [{low}, {high}]")
+        out[part] = {**section, name: []}
+    return out
+
+
 def _check_receipt(doc: Any, *, source: str | None, field: str) -> None:
     """Schema plus the rules a schema cannot say (digests of clear ids, time order, privacy consistency)."""
-    validate(doc, "receipt", source=source)
+    validate(_skeleton(doc, source=source, field=field), "receipt", source=source)
     where = f"{field}."
     start, end = (_time(doc["period"][k], source=source, field=f"{where}period.{k}") for k in ("start", "end"))
     if end < start:
@@ -268,11 +320,15 @@ def _check_receipt(doc: Any, *, source: str | None, field: str) -> None:
     if not is_sealed(req["input_ids"]) and ids_digest(req["input_ids"]) != req["input_digest"]:
         raise SchemaError("input_digest does not match input_ids", file=source, field=f"{where}request.input_digest",
                           expected=ids_digest(req["input_ids"]), actual=req["input_digest"])
+    resp = doc["response"]
+    recorded = _recorded_output_digest(doc["task"], resp)
+    if recorded is not None and recorded != resp["output_digest"]:
+        raise SchemaError("output_digest does not match the recorded output", file=source,
+                          field=f"{where}response.output_digest", expected=recorded, actual=resp["output_digest"])
     privacy = doc["privacy"]
     mode = privacy["mode"]
     if (mode == "clear") != (privacy["data_key_id"] is None):
         raise SchemaError("data_key_id must be null exactly in clear mode", file=source, field=f"{where}privacy")
-    resp = doc["response"]
     texts = {"request.text": req["text"], "response.text": resp.get("text")}
     ids = {"request.input_ids": req["input_ids"], "response.output_ids": resp.get("output_ids"),
            "response.label": resp.get("label"), "response.scores": resp.get("scores")}

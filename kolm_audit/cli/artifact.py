@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from kolm_audit.cli import emit
-from kolm_audit.errors import Finding, InputError
+from kolm_audit.errors import Finding, InputError, KolmError
 
 _SCHEMES = ("none", "int8", "int4", "nvfp4")
 
@@ -93,6 +93,18 @@ def sign(artifact: Path, key_path: Path, passphrase_env: str | None, sidecar: bo
     return 0
 
 
+def _policy(trust_path: Path | None, key_path: Path | None) -> Any:
+    from kolm_audit.keys import load_public_key
+    from kolm_audit.trust import TrustPolicy
+
+    if trust_path is not None and key_path is None:
+        return TrustPolicy.load(trust_path)
+    if key_path is not None and trust_path is None:
+        return TrustPolicy.from_public_key(load_public_key(key_path), roles=("artifact",), name=key_path.name,
+                                           source=str(key_path))
+    raise InputError("give exactly one of --trust and --key", field="--trust/--key")
+
+
 @click.command()
 @click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--trust", "trust_path", type=click.Path(dir_okay=False, path_type=Path), help="trust.toml policy.")
@@ -107,22 +119,17 @@ def verify(artifact: Path, trust_path: Path | None, key_path: Path | None, tenan
     Exit 0 verified, 1 a finding (tampered, bad or untrusted signature, unsigned), 2 unreadable or bad usage.
     """
     from kolm_audit.artifact import failed_report, verify_artifact
-    from kolm_audit.keys import load_public_key
-    from kolm_audit.trust import TrustPolicy
 
-    if (trust_path is None) == (key_path is None):
-        raise InputError("give exactly one of --trust and --key", field="--trust/--key")
-    policy = (TrustPolicy.load(trust_path) if trust_path is not None
-              else TrustPolicy.from_public_key(load_public_key(key_path), roles=("artifact",),  # type: ignore[arg-type]
-                                               name=Path(key_path).name, source=str(key_path)))
     try:
+        policy = _policy(trust_path, key_path)
         with _progress(artifact, as_json=as_json, desc="verifying") as update:
             report = verify_artifact(artifact, policy=policy, tenant=tenant, progress=update)
-    except Finding as exc:
+    except KolmError as exc:
         if not as_json:
             raise
-        emit(failed_report(artifact, exc), as_json=True)
-        click.echo(f"kolm-audit: NOT VERIFIED: {exc}", err=True)
+        emit(failed_report(artifact, exc), as_json=True)   # --json output is always a verify report
+        verdict = "NOT VERIFIED" if isinstance(exc, Finding) else "error"
+        click.echo(f"kolm-audit: {verdict}: {exc}", err=True)
         return exc.exit_code
     lines = [f"verified {artifact}", f"artifact digest: {report.artifact_digest}",
              f"name: {report.name} {report.version} (created {report.created})",

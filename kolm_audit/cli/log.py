@@ -10,6 +10,7 @@ Exit codes: 0 verified, 1 a finding (tampered leaf, bad signature, forked log), 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -71,7 +72,8 @@ def verify(path: Path, checkpoint_file: Path | None, trust: Path | None, keys: t
         from kolm_audit.receipts import make_leaf_verifier
 
         verify_leaf = make_leaf_verifier(policy)
-    report = verify_log(path, policy=policy, supplied_checkpoint=supplied, verify_leaf=verify_leaf, workers=workers)
+    report = verify_log(path, policy=policy, supplied_checkpoint=supplied, verify_leaf=verify_leaf, workers=workers,
+                        progress=sys.stderr.isatty() and not as_json)
     doc = report.to_json()
     validate(doc, "log-verify-report")
     latest = report.checkpoints[-1] if report.checkpoints else None

@@ -28,7 +28,7 @@ import click
 
 from kolm_audit.canonical import loads_strict
 from kolm_audit.cli import emit
-from kolm_audit.errors import GateFailed, InputError, KolmError, RuntimeInputError
+from kolm_audit.errors import GateFailed, InputError, KolmError, RuntimeInputError, TrustError
 from kolm_audit.keys import PrivateKey, load_private_key
 from kolm_audit.privacy import KeyEncryptionKey, KeyStore, TenantCrypto
 from kolm_audit.receipts import Decoding
@@ -159,6 +159,13 @@ class _Runner:
         self.out.flush()
 
 
+def _open_out(path: Path) -> IO[str]:
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write outputs ({exc.strerror})", file=str(path), field="--out") from None
+
+
 def _privacy(tenant: str, keystore: Path | None, kek_file: Path | None, kek_env: str | None) -> TenantCrypto | None:
     if keystore is None:
         if kek_file or kek_env:
@@ -176,6 +183,22 @@ def _checkpoint_key(key: PrivateKey, path: Path | None, passphrase_env: str | No
         raise InputError("log checkpoints are C2SP signed notes and need an Ed25519 key", field="--checkpoint-key",
                          expected="an Ed25519 key (--checkpoint-key, or an Ed25519 --key)", actual=ckey.key_type)
     return ckey
+
+
+def _warn_untrusted(trust: Path, key: PrivateKey, ckey: PrivateKey, tenant: str) -> None:
+    """Say so early when the trust file would not accept the receipts or checkpoints about to be signed."""
+    from kolm_audit.timefmt import now
+    from kolm_audit.trust import TrustPolicy
+
+    policy = TrustPolicy.load(trust)
+    for role, k in (("receipt", key), ("checkpoint", ckey)):
+        trusted = policy.find(k.key_id)
+        try:
+            if trusted is None:
+                raise TrustError("key is not in the trust file", field=k.key_id)
+            trusted.authorize(role=role, tenant=tenant if role == "receipt" else None, at=now())
+        except TrustError as exc:
+            click.echo(f"kolm-audit: warning: {role}s signed now will not verify under {trust}: {exc}", err=True)
 
 
 @click.command("run")
@@ -217,6 +240,8 @@ def run(artifact: Path, input_path: Path, log_path: Path, key_path: Path, passph
     key = load_private_key(key_path, passphrase_env=passphrase_env)
     ckey = _checkpoint_key(key, checkpoint_key, passphrase_env)
     crypto = _privacy(tenant, keystore, kek_file, kek_env)
+    if trust is not None:
+        _warn_untrusted(trust, key, ckey, tenant)
 
     import kolm_audit.model as kmodel
     from kolm_audit.log import ReceiptLog
@@ -229,8 +254,8 @@ def run(artifact: Path, input_path: Path, log_path: Path, key_path: Path, passph
     task = model.manifest["task"]["kind"]
     source = str(input_path)
     with ExitStack() as stack:
+        out = sys.stdout if out_path is None else stack.enter_context(_open_out(out_path))
         log = stack.enter_context(ReceiptLog.open(log_path, create=True))
-        out = sys.stdout if out_path is None else stack.enter_context(out_path.open("w", encoding="utf-8"))
         recorder = Recorder(model, log, key, tenant=tenant, operator=operator or _default_operator(), privacy=crypto,
                             checkpoint_key=ckey, checkpoint_every=checkpoint_every)
         runner = _Runner(recorder, out, stop_on_error=on_error == "stop", source=source)

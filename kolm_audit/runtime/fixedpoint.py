@@ -38,6 +38,7 @@ INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 MULT_BITS = 31                     # requantization multipliers are normalised to [2^30, 2^31)
 MAX_SHIFT = 93                     # largest shift requantize() accepts
+MAX_STEP_EXP = 10                  # per-token step exponent e <= 10 for |x| <= 2^31 (spec §3.3)
 QMAX = 127                         # int8 activations/weights use the symmetric range [-127, 127]
 STEP_MANTISSA_BITS = 15            # per-token quantization step d = m * 2^e with m <= 2^15
 
@@ -66,13 +67,14 @@ def round_shift(x: Any, s: Any) -> IntArray:
 
 
 def rdiv(a: Any, b: Any) -> IntArray:
-    """``rnd(a / b)`` for ``b > 0`` (broadcast); needs ``|a| < 2**61`` and ``b < 2**61``.
+    """``rnd(a / b)`` for ``0 < b < 2**62`` (broadcast), any int64 ``a``.
 
-    Computed as ``floor((2a + b) / (2b))`` with numpy's floor division, which is exact on int64.
+    ``q, r = divmod(a, b)`` (floor division, ``0 <= r < b``, exact on int64), then ``q + (2r >= b)``.
     """
     a = _i64(a)
     b = _i64(b)
-    return np.floor_divide(2 * a + b, 2 * b)
+    q, r = np.divmod(a, b)
+    return q + (2 * r >= b)
 
 
 def requantize(x: Any, multiplier: Any, shift: Any) -> IntArray:

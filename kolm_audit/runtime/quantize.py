@@ -43,6 +43,8 @@ INT4_SCALE_MAX = 32767              # int16 group scales, relative to the channe
 NVFP4_BLOCK = 16
 E2M1_HALVES = (0, 1, 2, 3, 4, 6, 8, 12)     # 2 × E2M1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6
 E4M3_MAX_UNITS = 448 << 9                   # largest E4M3 value (448) in units of 2^-9
+MIN_SHIFT, MAX_SHIFT = 10, 80               # linear-layer shifts (spec §4.2: shift - e >= 0, e <= 10)
+MAX_REAL_WEIGHT_LOG2 = 14                   # every effective real weight |W·M/2^S| < 2^14 (spec §4.3)
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def _mult_shift(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m, sh = fp.quantize_multiplier(Fraction(s))
         if sh > 80:                           # |scale| < 2^-50: the channel is zero for every input
             m, sh = 0, 0
-        if sh < 0:
+        if m > 0 and sh < MIN_SHIFT:
             raise UnsupportedModel("weight scale too large for kolm-int/1", field="weight scale", actual=str(s))
         mult[n], shift[n] = m, sh
     return mult, shift
@@ -174,6 +176,9 @@ def quantize_linear(weight: np.ndarray, bias: np.ndarray | None, prefix: str, *,
                                field=f"{prefix}.weight.shape", actual=str(list(w.shape)))
     if not np.all(np.isfinite(w)):
         raise UnsupportedModel("non-finite weight", field=f"{prefix}.weight")
+    if w.size and np.abs(w).max() >= 2.0 ** (MAX_REAL_WEIGHT_LOG2 - 1):
+        raise UnsupportedModel("weight magnitude too large for kolm-int/1", field=f"{prefix}.weight",
+                               expected=f"|w| < 2^{MAX_REAL_WEIGHT_LOG2 - 1}")
     parts, scale = {"int8": _encode_int8, "int4": _encode_int4, "nvfp4": _encode_nvfp4}[scheme](w)
     mult, shift = _mult_shift(scale)
     b = np.zeros(n) if bias is None else np.asarray(bias, dtype=np.float64)
@@ -185,7 +190,8 @@ def quantize_linear(weight: np.ndarray, bias: np.ndarray | None, prefix: str, *,
     return out
 
 
-def _need(tensors: Mapping[str, np.ndarray], name: str, dtype: str, shape: tuple[int, ...] | None) -> np.ndarray:
+def need_tensor(tensors: Mapping[str, np.ndarray], name: str, dtype: str, shape: tuple[int, ...] | None) -> np.ndarray:
+    """The tensor ``name`` with exactly ``dtype`` (and ``shape`` unless None), else :class:`ArtifactError`."""
     if name not in tensors:
         raise ArtifactError("tensor missing", field=f"tensors.{name}")
     arr = tensors[name]
@@ -198,26 +204,26 @@ def _need(tensors: Mapping[str, np.ndarray], name: str, dtype: str, shape: tuple
 
 def load_linear(tensors: Mapping[str, np.ndarray], prefix: str, *, scheme: str) -> IntLinear:
     """Decode the tensors ``prefix.*`` into an exact integer :class:`IntLinear` (spec §4.1)."""
-    mult = _need(tensors, f"{prefix}.mult", "int32", None)
+    mult = need_tensor(tensors, f"{prefix}.mult", "int32", None)
     n = mult.shape[0]
-    shift = _need(tensors, f"{prefix}.shift", "int32", (n,))
-    bias = _need(tensors, f"{prefix}.bias", "int32", (n,))
+    shift = need_tensor(tensors, f"{prefix}.shift", "int32", (n,))
+    bias = need_tensor(tensors, f"{prefix}.bias", "int32", (n,))
     if scheme == "int8":
-        w = _need(tensors, f"{prefix}.weight", "int8", None).astype(np.int32)
+        w = need_tensor(tensors, f"{prefix}.weight", "int8", None).astype(np.int32)
     elif scheme in ("int4", "nvfp4"):
-        packed = _need(tensors, f"{prefix}.weight", "uint8", None)
+        packed = need_tensor(tensors, f"{prefix}.weight", "uint8", None)
         codes = unpack_nibbles(packed)
         k = codes.shape[1]
         if scheme == "int4":
-            gs = _need(tensors, f"{prefix}.group_scale", "int16", (n, k // INT4_GROUP)).astype(np.int64)
+            gs = need_tensor(tensors, f"{prefix}.group_scale", "int16", (n, k // INT4_GROUP)).astype(np.int64)
             q = np.where(codes >= 8, codes - 16, codes)
             w = q * np.repeat(gs, INT4_GROUP, axis=1)
         else:
-            bs = _need(tensors, f"{prefix}.block_scale", "uint8", (n, k // NVFP4_BLOCK)).astype(np.int64)
+            bs = need_tensor(tensors, f"{prefix}.block_scale", "uint8", (n, k // NVFP4_BLOCK)).astype(np.int64)
             if np.any((bs & 0x7F) == 0x7F):
                 raise ArtifactError("NaN E4M3 block scale", field=f"tensors.{prefix}.block_scale")
-            e2 = _need(tensors, "tables.nvfp4_e2m1", "int32", (16,)).astype(np.int64)
-            e4 = _need(tensors, "tables.nvfp4_e4m3", "int32", (256,)).astype(np.int64)
+            e2 = need_tensor(tensors, "tables.nvfp4_e2m1", "int32", (16,)).astype(np.int64)
+            e4 = need_tensor(tensors, "tables.nvfp4_e4m3", "int32", (256,)).astype(np.int64)
             w = e2[codes] * np.repeat(e4[bs], NVFP4_BLOCK, axis=1)
         w = w.astype(np.int32)
     else:
@@ -226,9 +232,17 @@ def load_linear(tensors: Mapping[str, np.ndarray], prefix: str, *, scheme: str) 
     if w.shape[0] != n:
         raise ArtifactError("weight rows differ from mult length", field=f"tensors.{prefix}.weight",
                             expected=f"{n} rows", actual=str(list(w.shape)))
-    if np.any(shift < 0) or np.any(shift > 80):
-        raise ArtifactError("requantization shift out of range", field=f"tensors.{prefix}.shift", expected="0..80")
-    wmax = int(np.abs(w.astype(np.int64)).max()) if w.size else 0
+    live = mult != 0
+    if np.any(live & ((shift < MIN_SHIFT) | (shift > MAX_SHIFT))) or np.any(np.abs(mult.astype(np.int64)) >= 1 << 31):
+        raise ArtifactError("requantization shift out of range", field=f"tensors.{prefix}.shift",
+                            expected=f"{MIN_SHIFT}..{MAX_SHIFT}")
+    rowmax = np.abs(w.astype(np.int64)).max(axis=1) if w.size else np.zeros(n, dtype=np.int64)
+    sh = shift.astype(np.int64)
+    small = sh < 48                              # else rowmax·|M| < 2^53 < 2^(S+14) holds trivially
+    limit = np.left_shift(np.int64(1), np.where(small, sh + MAX_REAL_WEIGHT_LOG2, 0))
+    if np.any(small & (rowmax * np.abs(mult.astype(np.int64)) >= limit)):
+        raise ArtifactError("effective weight too large (|W·M/2^S| must be < 2^14)", field=f"tensors.{prefix}.mult")
+    wmax = int(rowmax.max()) if w.size else 0
     return IntLinear(weight=w, wmax=wmax, mult=mult.astype(np.int64), shift=shift.astype(np.int64),
                      bias=bias.astype(np.int64))
 
@@ -263,6 +277,16 @@ def quantize_embedding(table: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
     parts, scale = _encode_int8(w)
     mult, shift = _mult_shift(scale * (1 << fp.ACT_FRAC_BITS))
     return {f"{prefix}.weight": parts["weight"], f"{prefix}.mult": mult, f"{prefix}.shift": shift}
+
+
+def check_embedding(tensors: Mapping[str, np.ndarray], prefix: str, *, rows: int, dim: int) -> None:
+    """Validate an int8 embedding table ``prefix.*`` [rows, dim] at load (ArtifactError naming the tensor)."""
+    need_tensor(tensors, f"{prefix}.weight", "int8", (rows, dim))
+    mult = need_tensor(tensors, f"{prefix}.mult", "int32", (rows,)).astype(np.int64)
+    shift = need_tensor(tensors, f"{prefix}.shift", "int32", (rows,)).astype(np.int64)
+    if np.any((mult != 0) & ((shift < 0) | (shift > MAX_SHIFT))):
+        raise ArtifactError("embedding shift out of range", field=f"tensors.{prefix}.shift",
+                            expected=f"0..{MAX_SHIFT}")
 
 
 def embedding_lookup(tensors: Mapping[str, np.ndarray], prefix: str, ids: np.ndarray) -> np.ndarray:

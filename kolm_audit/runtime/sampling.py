@@ -32,6 +32,7 @@ from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime.llama_ops import exp_weights
 
 U64 = 1 << 64
+MAX_SEED = (1 << 53) - 1                 # seeds are recorded in JCS documents: I-JSON safe integers only
 RNG_DOMAIN = b"kolm-int/1/sample\x00"   # domain-separation prefix of every random draw
 MAX_TEMPERATURE = 100_000                # per-mille, i.e. T <= 100.0
 
@@ -63,8 +64,8 @@ class DecodingParams:
                                             field=name, expected="null when seed is null",
                                             actual=str(getattr(self, name)))
             return
-        if not 0 <= self.seed < U64:
-            raise RuntimeInputError("seed out of range", field="seed", expected="0 <= seed < 2**64",
+        if not 0 <= self.seed <= MAX_SEED:
+            raise RuntimeInputError("seed out of range", field="seed", expected="0 <= seed <= 2**53 - 1",
                                     actual=str(self.seed))
         if self.temperature is not None and not 1 <= self.temperature <= MAX_TEMPERATURE:
             raise RuntimeInputError("temperature is per-mille", field="temperature",

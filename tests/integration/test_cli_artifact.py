@@ -119,6 +119,11 @@ def test_usage_errors_exit_2(signed: dict[str, Path], capsys: pytest.CaptureFixt
     assert code == 2 and "exactly one of --trust and --key" in err
     code, _, err = run(capsys, "verify", tmp_path / "missing.kolm", "--key", signed["pub"])
     assert code == 2 and "cannot open artifact" in err
+    code, out, err = run(capsys, "verify", tmp_path / "missing.kolm", "--key", signed["pub"], "--json")
+    assert code == 2 and "cannot open artifact" in err
+    report = json.loads(out)
+    validate(report, "verify-report")
+    assert report["verified"] is False and report["error"]["exit_code"] == 2
     code, _, err = run(capsys, "verify", signed["kolm"], "--key", signed["priv"])
     assert code == 2 and "this is a private key" in err
     (tmp_path / "t.toml").write_text("schema = 1")
@@ -158,3 +163,18 @@ def test_console_script_exit_codes(signed: dict[str, Path]) -> None:
     bad = subprocess.run([exe, "verify", str(signed["kolm"]), "--key", str(signed["other_pub"])],
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+def test_keys_generate(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "keys", "generate", "--out", tmp_path, "--type", "ed25519", "--name", "rcpt")
+    assert code == 0 and "key id:      sha256:" in out and str(tmp_path / "rcpt.pem") in out
+    code, out, _ = run(capsys, "keys", "generate", "--out", tmp_path, "--name", "art", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["type"] == "ecdsa-p256" and doc["encrypted"] is False
+    assert Path(doc["public_key"]).read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    code, _, err = run(capsys, "keys", "generate", "--out", tmp_path, "--name", "art")
+    assert code == 2 and "refusing to overwrite" in err
+    code, _, err = run(capsys, "keys", "generate", "--out", tmp_path, "--name", "../x")
+    assert code == 2 and "bad key name" in err
+    code, _, err = run(capsys, "keys", "generate", "--out", tmp_path, "--type", "rsa")
+    assert code == 2

@@ -91,6 +91,7 @@ def _outputs(path: Path) -> list[dict]:
 def test_run_skip_records_good_lines_and_reports_bad_ones(capsys, world, tmp_path):
     code, out, err = _run(capsys, world, tmp_path, "--out", tmp_path / "out.jsonl", "--json")
     assert code == 0, err
+    assert "warning" not in err
     report = json.loads(out)
     assert report["recorded"] == 3 and report["log_size"] == 3 and not report["stopped"]
     assert [s["line"] for s in report["skipped"]] == [3, 4, 5, 6]
@@ -189,3 +190,55 @@ def test_ecdsa_receipt_key_needs_an_ed25519_checkpoint_key(capsys, world, tmp_pa
                         "--key", world / "k-art" / "key.pem", "--trust", world / "trust.toml")
     assert code == 2 and "Ed25519" in err
     assert not (tmp_path / "r.db").exists()
+
+
+def test_warns_when_receipts_would_not_verify(capsys, world, tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "a"}\n', encoding="utf-8")
+    code, _, err = _cli(capsys, "run", world / "model.kolm", "--input", good, "--log", tmp_path / "r.db",
+                        "--key", world / "k-rcpt" / "key.pem", "--trust", world / "trust.toml", "--tenant", "globex",
+                        "--out", tmp_path / "o.jsonl")
+    assert code == 0, err
+    assert "warning: receipts signed now will not verify" in err and "tenant 'globex'" in err
+    code, _, err = _cli(capsys, "log", "verify", tmp_path / "r.db", "--trust", world / "trust.toml")
+    assert code == 1 and "globex" in err
+
+
+def test_generate_with_per_line_decoding(capsys, world, tmp_path):
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    hf = tmp_path / "hf-llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                 bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)).eval().save_pretrained(hf)
+    tok = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 256)}},
+                                     unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    (hf / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
+    llm = tmp_path / "llm.kolm"
+    assert _cli(capsys, "quantize", hf, "--scheme", "int8", "--out", llm)[0] == 0
+    assert _cli(capsys, "sign", llm, "--key", world / "k-art" / "key.pem")[0] == 0
+    inputs = tmp_path / "gen.jsonl"
+    inputs.write_text("\n".join([
+        '{"text": "w5 w6 w7"}',
+        '{"text": "w5 w6 w7", "seed": 4, "temperature": 800, "top_p": 900, "max_new_tokens": 2}',
+        '{"text": "w8", "top_k": 3}',
+        '{"ids": [1, 9, 10], "seed": 4}',
+    ]) + "\n", encoding="utf-8")
+    code, _, err = _cli(capsys, "run", llm, "--input", inputs, "--log", tmp_path / "r.db", "--key",
+                        world / "k-rcpt" / "key.pem", "--trust", world / "trust.toml", "--tenant", "acme",
+                        "--max-new-tokens", 3, "--out", tmp_path / "out.jsonl")
+    assert code == 0, err
+    docs = _outputs(tmp_path / "out.jsonl")
+    assert "need a seed" in docs[2]["error"]["message"]
+    good = [d for d in docs if "error" not in d]
+    assert [len(d["output_ids"]) for d in good] == [3, 2, 3]  # --max-new-tokens default, per-line override
+    with ReceiptLog.open(tmp_path / "r.db") as log:
+        receipts = [parse_leaf(log.leaf(i)).receipt for i in range(log.size())]
+    assert [r["decoding"]["strategy"] for r in receipts] == ["greedy", "sample", "sample"]
+    assert receipts[1]["decoding"]["top_p"] == 900 and receipts[2]["request"]["input_ids"] == [1, 9, 10]
+    assert [r["response"]["output_digest"] for r in receipts] == [d["output_digest"] for d in good]
+    assert _verify_log(capsys, world, tmp_path)["size"] == 3

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kolm_audit.canonical import digest_of
 from kolm_audit.cli import main
 from kolm_audit.keys import generate_key, write_keypair
 from kolm_audit.log import ReceiptLog
@@ -43,8 +44,9 @@ def world(tmp_path: Path):  # type: ignore[no-untyped-def]
                          artifact_version="1.0.0", kscore=None, backend="numpy", key=receipt_key)
     with ReceiptLog.open(tmp_path / "r.db", create=True, origin=ORIGIN) as log:
         for i in range(12):
-            decision = Decision(task="classify", input_ids=(101, i, 102), output_digest="sha256:" + f"{i:02x}" * 32,
-                                input_text=f"request {i}", label="positive", scores=(900 - i, 100 + i))
+            scores = (900 - i, 100 + i)
+            decision = Decision(task="classify", input_ids=(101, i, 102), input_text=f"request {i}", label="positive",
+                                scores=scores, output_digest=digest_of({"label": "positive", "scores": list(scores)}))
             log.append(receipt_builder(ctx, decision, start=T0, end=T0))
             if i + 1 == 8:
                 (tmp_path / "kept.note").write_text(log.checkpoint(log_key))

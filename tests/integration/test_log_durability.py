@@ -21,13 +21,17 @@ ORIGIN = "durability.example/log"
 # (flushed), so the parent knows exactly which appends were acknowledged.
 _CHILD = r"""
 import sys
+import time
 from kolm_audit.canonical import jcs
 from kolm_audit.log import ReceiptLog
 
 path, run, count, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+start_at, pause = float(sys.argv[5]), float(sys.argv[6])
 log = ReceiptLog.open(path, create=True, origin="durability.example/log")
+time.sleep(max(0.0, start_at - time.time()))  # concurrent writers start together
 seq = 0
 while seq < count:
+    time.sleep(pause)  # the work between decisions (model inference) in a real writer
     if batch > 1:
         builders = [(lambda i, s=seq + j: jcs({"index": i, "run": run, "seq": s})) for j in range(batch)]
         for index in log.append_many(builders):
@@ -41,13 +45,14 @@ print("done", flush=True)
 """
 
 
-def _child(tmp_path: Path, db: Path, run: str, count: int, batch: int = 1) -> subprocess.Popen[str]:
+def _child(tmp_path: Path, db: Path, run: str, count: int, batch: int = 1,
+           start_at: float = 0.0, pause: float = 0.0) -> subprocess.Popen[str]:
     script = tmp_path / "child.py"
     if not script.exists():
         script.write_text(_CHILD)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(script), str(db), run, str(count), str(batch)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    argv = [sys.executable, str(script), str(db), run, str(count), str(batch), str(start_at), str(pause)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _check_acknowledged(db: Path, acked: dict[int, tuple[str, int]]) -> None:
@@ -62,7 +67,9 @@ def _check_acknowledged(db: Path, acked: dict[int, tuple[str, int]]) -> None:
 def test_two_processes_append_concurrently(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     ReceiptLog.open(db, create=True, origin=ORIGIN).close()
-    procs = {"a": _child(tmp_path, db, "a", 150), "b": _child(tmp_path, db, "b", 150, batch=5)}
+    go = time.time() + 1.5
+    procs = {"a": _child(tmp_path, db, "a", 300, start_at=go, pause=0.001),
+             "b": _child(tmp_path, db, "b", 300, batch=3, start_at=go, pause=0.003)}
     acked: dict[str, list[int]] = {}
     for run, proc in procs.items():
         out, err = proc.communicate(timeout=120)
@@ -70,17 +77,18 @@ def test_two_processes_append_concurrently(tmp_path: Path) -> None:
         lines = out.split()
         assert lines[-1] == "done"
         acked[run] = [int(x) for x in lines[:-1]]
-    assert len(acked["a"]) == len(acked["b"]) == 150
-    assert sorted(acked["a"] + acked["b"]) == list(range(300))  # nothing lost, nothing doubled
+    assert len(acked["a"]) == len(acked["b"]) == 300
+    assert sorted(acked["a"] + acked["b"]) == list(range(600))  # nothing lost, nothing doubled
+    assert min(acked["b"]) < max(acked["a"]) and min(acked["a"]) < max(acked["b"])  # they really interleaved
     with ReceiptLog.open(db) as log:
-        assert log.size() == 300
+        assert log.size() == 600
         for run, indices in acked.items():
-            assert [json.loads(log.leaf(i))["seq"] for i in indices] == list(range(150))
+            assert [json.loads(log.leaf(i))["seq"] for i in indices] == list(range(300))
             assert all(json.loads(log.leaf(i))["run"] == run for i in indices)
         key = generate_key(key_type="ed25519")
         log.checkpoint(key)
     policy = TrustPolicy.from_public_key(key.public_key(), roles=("checkpoint",))
-    assert verify_log(db, policy=policy, verify_leaf=check_leaf_canonical).size == 300
+    assert verify_log(db, policy=policy, verify_leaf=check_leaf_canonical).size == 600
 
 
 def test_sigkill_never_loses_an_acknowledged_receipt(tmp_path: Path) -> None:

@@ -137,6 +137,7 @@ def test_sign_verify_and_report(tmp_path: Path) -> None:
     report = verify_artifact(path, policy=policy)
     assert report.artifact_digest == unsigned.digest
     assert [(s.key_id, s.role) for s in report.signers] == [(key.key_id, "artifact")]
+    assert report.artifact is not None and report.artifact.digest == unsigned.digest
     validate(report.to_json(), "verify-report")
     env = result.artifact.envelopes[0]
     assert env.payload_type == IN_TOTO_PAYLOAD_TYPE
@@ -218,3 +219,15 @@ def test_parallel_and_serial_hashing_agree(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert sum(seen) == sum(e.nbytes for e in header.entries)
+
+
+def test_sign_refuses_a_tampered_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.kolm"
+    make_artifact(path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    key, _ = key_and_policy()
+    with pytest.raises(ArtifactError, match="do not match their manifest digest"):
+        sign_artifact(path, key)
+    assert path.read_bytes() == bytes(data)   # untouched

@@ -222,3 +222,58 @@ def test_missing_file_is_input_error(tmp_path: Path) -> None:
     from kolm_audit.errors import InputError
     with pytest.raises(InputError, match="cannot open artifact"):
         read_artifact(tmp_path / "nope.kolm")
+
+
+def _signed_twice(tmp_path: Path) -> bytes:
+    path = tmp_path / "two.kolm"
+    make_artifact(path, key=key_and_policy()[0])
+    from kolm_audit.artifact import sign_artifact
+    sign_artifact(path, key_and_policy()[0])
+    return path.read_bytes()
+
+
+def _edit_signatures(data: bytes, fn: Callable[[list[Any]], list[Any]]) -> bytes:
+    def edit(doc: dict[str, Any]) -> None:
+        inner = json.loads(doc["__metadata__"]["kolm"])
+        inner["signatures"] = fn(inner["signatures"])
+        doc["__metadata__"]["kolm"] = jcs(inner).decode()
+    return _edit(data, edit)
+
+
+def _reject_sig(tmp_path: Path, data: bytes, match: str) -> None:
+    path = tmp_path / "bad.kolm"
+    path.write_bytes(data)
+    with pytest.raises(SignatureError, match=match):
+        read_artifact(path)
+
+
+def test_signature_list_is_canonical(tmp_path: Path) -> None:
+    data = _signed_twice(tmp_path)
+    read_artifact(tmp_path / "two.kolm")
+    sigs = json.loads(_split(data)[0]["__metadata__"]["kolm"])["signatures"]
+    assert len(sigs) == 1 and len(sigs[0]["signatures"]) == 2
+    _reject_sig(tmp_path, _edit_signatures(data, lambda s: [s[0], s[0]]), "more than one envelope")
+
+    def swap(s: list[Any]) -> list[Any]:
+        s[0]["signatures"].reverse()
+        return s
+
+    def dup(s: list[Any]) -> list[Any]:
+        s[0]["signatures"][1] = s[0]["signatures"][0]
+        return s
+    _reject_sig(tmp_path, _edit_signatures(data, swap), "unique and sorted by keyid")
+    _reject_sig(tmp_path, _edit_signatures(data, dup), "unique and sorted by keyid")
+    _reject_sig(tmp_path, _edit_signatures(data, lambda s: [dict(s[0], payloadType="text/plain")]),
+                "unexpected payloadType")
+
+
+def test_lone_surrogate_tensor_name(tmp_path: Path, valid: bytes) -> None:
+    doc, body = _split(valid)
+    raw = jcs(doc).replace(b'"layer.scale":', b'"layer.\\ud800":', 1)
+    _reject(tmp_path, _join(raw, body), "surrogates not allowed")
+
+
+def test_directory_is_input_error(tmp_path: Path) -> None:
+    from kolm_audit.errors import InputError
+    with pytest.raises(InputError, match="not a regular file"):
+        read_artifact(tmp_path)

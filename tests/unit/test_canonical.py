@@ -35,6 +35,9 @@ def test_floats_and_unsafe_integers_are_refused() -> None:
     assert exc.value.field == "a[1].b"
     with pytest.raises(InputError, match="cannot canonicalize"):
         jcs(2**53)
+    for lone in (["\ud800"], {"\udc00": 1}):
+        with pytest.raises(InputError, match="cannot canonicalize"):
+            jcs(lone)
 
 
 def test_digests() -> None:
@@ -57,6 +60,8 @@ def test_digests() -> None:
     (b"[9007199254740992]", "outside the JSON safe range"),
     (b'["\xff"]', "utf-8"),
     (b"[1", "Expecting"),
+    (b'["\\ud800"]', "surrogates not allowed"),
+    (b'{"\\udc00x":1}', "surrogates not allowed"),
     (b"[" * 100_000 + b"]" * 100_000, "not strict JSON"),
 ])
 def test_loads_strict_rejects(text: bytes, match: str) -> None:

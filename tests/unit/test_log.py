@@ -8,8 +8,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kolm_audit.canonical import jcs
+from kolm_audit.canonical import jcs, loads_canonical
 from kolm_audit.checkpoint import parse_checkpoint
 from kolm_audit.errors import InputError, LogError, SchemaError, TrustError
 from kolm_audit.keys import generate_key
@@ -197,6 +200,10 @@ def _tamper_db(path: Path, action: str, i: int) -> None:
         for idx, _, _ in reversed(rows[i:]):
             conn.execute("UPDATE leaves SET idx = idx + 1 WHERE idx = ?", (idx,))
         conn.execute("INSERT INTO leaves VALUES (?, ?, ?)", (i, leaf_hash(leaf(i, "x")), leaf(i, "x")))
+    elif action == "node-edit":
+        conn.execute("UPDATE nodes SET hash = ? WHERE level = 1 AND idx = ?", (bytes(32), i // 2))
+    elif action == "node-delete":
+        conn.execute("DELETE FROM nodes WHERE level = 1 AND idx = ?", (i // 2,))
     elif action == "edit-with-hash":
         conn.execute("UPDATE leaves SET data = ?, hash = ? WHERE idx = ?",
                      (leaf(i, "forged"), leaf_hash(leaf(i, "forged")), i))
@@ -204,7 +211,8 @@ def _tamper_db(path: Path, action: str, i: int) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize("action", ["edit", "delete", "swap", "insert", "edit-with-hash"])
+@pytest.mark.parametrize("action", ["edit", "delete", "swap", "insert", "edit-with-hash", "node-edit",
+                                    "node-delete"])
 @pytest.mark.parametrize("i", [0, 6, 12])
 def test_any_database_tamper_is_detected_naming_the_index(tmp_path: Path, key, policy, action: str,
                                                           i: int) -> None:  # type: ignore[no-untyped-def]
@@ -340,3 +348,28 @@ def test_per_leaf_callback_runs_in_parallel_and_reports_the_index(tmp_path: Path
     with pytest.raises(LogError) as exc:
         verify_log(tmp_path / "r.db", policy=policy, verify_leaf=_reject_index_7, workers=1)
     assert leaf_named(exc) == 3007
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**60), max_value=2**60) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_json, spacing=st.booleans(), sort=st.booleans(), ascii_only=st.booleans())
+def test_fast_canonical_check_agrees_with_the_reference(doc: object, spacing: bool, sort: bool,
+                                                        ascii_only: bool) -> None:
+    data = json.dumps(doc, sort_keys=sort, ensure_ascii=ascii_only,
+                      separators=(", ", ": ") if spacing else (",", ":")).encode()
+    try:
+        loads_canonical(data, error=LogError)
+        reference_ok = True
+    except (LogError, rfc8785.IntegerDomainError):
+        reference_ok = False
+    try:
+        check_leaf_canonical(0, data)
+        fast_ok = True
+    except (LogError, rfc8785.IntegerDomainError):
+        fast_ok = False
+    assert fast_ok == reference_ok, data

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kolm_audit.canonical import digest, jcs
+from kolm_audit.canonical import digest, digest_of, jcs
 from kolm_audit.errors import InputError, KeyFileError, KolmError, LogError, SchemaError, SignatureError, TrustError
 from kolm_audit.keys import PrivateKey, generate_key
 from kolm_audit.privacy import KeyEncryptionKey, KeyStore, TenantCrypto
@@ -21,7 +21,6 @@ from kolm_audit.receipts import (
     Decision,
     Decoding,
     ReceiptContext,
-    build_receipt,
     ids_digest,
     input_ids_of,
     make_leaf_verifier,
@@ -44,13 +43,16 @@ KEY_EC = generate_key(key_type="ecdsa-p256")
 
 
 def _decision(task: str = "generate") -> Decision:
+    # output digests as the runtime spec (§8) defines them
     if task == "embed":
         return Decision(task="embed", input_ids=(101, 7592, 102), input_text="hello", output_digest=OUT,
                         embedding_digest=OUT, dim=384, request_id="q-1")
     if task == "classify":
-        return Decision(task="classify", input_ids=(101, 7592, 102), input_text="hello", output_digest=OUT,
+        return Decision(task="classify", input_ids=(101, 7592, 102), input_text="hello",
+                        output_digest=digest_of({"label": "positive", "scores": [-1200, 3400]}),
                         label="positive", scores=(-1200, 3400), caller="alice")
-    return Decision(task="generate", input_ids=(1, 15043, 29892), input_text="Hello,", output_digest=OUT,
+    return Decision(task="generate", input_ids=(1, 15043, 29892), input_text="Hello,",
+                    output_digest=digest_of({"finish_reason": "eos", "output_ids": [3186, 29991, 2]}),
                     output_ids=(3186, 29991, 2), output_text=" world!", finish_reason="eos",
                     decoding=Decoding(max_new_tokens=8, temperature=700, top_k=40, top_p=900, seed=7))
 
@@ -129,9 +131,13 @@ def test_edited_receipt_detected():
     leaf = _leaf("classify")
     env = json.loads(leaf)
     receipt = json.loads(base64.b64decode(env["payload"]))
-    receipt["response"]["label"] = "negative"
+    receipt["operator"]["name"] = "someone-else"
     env["payload"] = base64.b64encode(jcs(receipt)).decode()
     with pytest.raises(SignatureError, match="does not verify"):
+        verify_receipt(jcs(env), _policy(), expected_index=0)
+    receipt["response"]["label"] = "negative"  # the recorded output no longer matches its digest either
+    env["payload"] = base64.b64encode(jcs(receipt)).decode()
+    with pytest.raises(SchemaError, match="output_digest"):
         verify_receipt(jcs(env), _policy(), expected_index=0)
 
 
@@ -163,6 +169,9 @@ def test_non_canonical_leaf_refused():
                                   "top_p": None, "seed": None}), "schema"),
     (lambda r: r["response"].update(text_digest=None), "go together"),
     (lambda r: r["privacy"].update(mode="encrypt-text"), "data_key_id must be null"),
+    (lambda r: r["response"].update(output_digest=OUT), "output_digest does not match"),
+    (lambda r: r.update(decoding={"strategy": "sample", "max_new_tokens": 1, "temperature": 5, "top_k": None,
+                                  "top_p": None, "seed": None}), "schema"),
 ])
 @pytest.mark.parametrize("task", ["classify", "generate"])
 def test_semantic_rules_refused(edit, match, task):
@@ -175,13 +184,16 @@ def test_semantic_rules_refused(edit, match, task):
 def test_decision_and_decoding_validation():
     with pytest.raises(InputError, match="needs label"):
         Decision(task="classify", input_ids=(1,), output_digest=OUT)
+    with pytest.raises(InputError, match="output digest does not match"):
+        Decision(task="classify", input_ids=(1,), output_digest=OUT, label="a", scores=(1, 2))
     with pytest.raises(InputError, match="input digest"):
         Decision(task="embed", input_ids=(1,), output_digest=OUT, embedding_digest=OUT, dim=2,
                  input_digest=ids_digest((2,)))
-    with pytest.raises(InputError, match="need a temperature"):
+    with pytest.raises(InputError, match="need a seed"):
         Decoding(top_k=5)
-    with pytest.raises(InputError, match="needs a seed"):
+    with pytest.raises(InputError, match="need a seed"):
         Decoding(temperature=800)
+    assert Decoding(seed=3).to_json()["strategy"] == "sample"
     with pytest.raises(InputError, match="out of range"):
         Decoding(max_new_tokens=0)
     assert Decoding().to_json()["strategy"] == "greedy"
@@ -279,11 +291,11 @@ _PATHS = [(), ("request",), ("response",), ("period",), ("artifact",), ("runtime
           ("privacy",)]
 _SCALAR_PATHS = [("schema",), ("receipt_id",), ("tenant",), ("log_index",), ("task",), ("request", "input_digest"),
                  ("request", "input_ids"), ("response", "output_ids"), ("response", "finish_reason"),
-                 ("period", "start"), ("decoding", "seed"), ("decoding", "temperature"), ("runtime", "spec"),
+                 ("period", "start"), ("decoding", "seed"), ("decoding", "max_new_tokens"), ("runtime", "spec"),
                  ("artifact", "digest"), ("operator", "name")]
 _WRONG = st.one_of(st.booleans(), st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1), st.text(max_size=8),
-                   st.lists(st.text(max_size=3), min_size=1, max_size=2), st.dictionaries(st.text(max_size=3), st.integers(-5, 5),
-                                                                              max_size=2), st.none())
+                   st.lists(st.text(max_size=3), min_size=1, max_size=2),
+                   st.dictionaries(st.text(max_size=3), st.integers(-5, 5), max_size=2), st.none())
 
 
 def _kind(value: object) -> str:
@@ -388,3 +400,30 @@ def test_log_verify_finds_a_receipt_signed_by_an_untrusted_key(tmp_path: Path):
     verify_log(tmp_path / "r.db", policy=policy)  # tree and checkpoint alone are fine
     with pytest.raises(TrustError):
         verify_log(tmp_path / "r.db", policy=policy, verify_leaf=make_leaf_verifier(policy))
+
+
+@pytest.mark.parametrize("bad", [-1, True, 2**31, "7"])
+@pytest.mark.parametrize(("part", "name", "task"), [("request", "input_ids", "generate"),
+                                                    ("response", "output_ids", "generate"),
+                                                    ("response", "scores", "classify")])
+def test_bad_element_in_integer_arrays_refused(part, name, task, bad):
+    if name == "scores" and bad in (-1, 2**31):
+        bad = 2**53  # scores may be negative and large; only non-integers and non-JSON-safe values are bad
+        with pytest.raises(InputError):  # not even canonical JSON: the signer refuses it
+            _resign(_leaf(task), lambda r: r[part][name].append(bad))
+        return
+    with pytest.raises(SchemaError, match=name):
+        parse_leaf(_resign(_leaf(task), lambda r: r[part][name].append(bad)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers(-(2**53 - 1), 2**53 - 1), max_size=40), label=st.text(max_size=10),
+       reason=st.text(max_size=10))
+def test_fast_digests_equal_jcs_digests(values, label, reason):
+    from kolm_audit.receipts import _recorded_output_digest
+
+    assert ids_digest(values) == digest_of(values)
+    assert _recorded_output_digest("classify", {"label": label, "scores": values}) == \
+        digest_of({"label": label, "scores": values})
+    assert _recorded_output_digest("generate", {"finish_reason": reason, "output_ids": values}) == \
+        digest_of({"finish_reason": reason, "output_ids": values})

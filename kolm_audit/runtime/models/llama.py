@@ -8,11 +8,30 @@ RMSNorm and the LM head; prefill + KV-cached decoding, greedy or seeded sampling
 Batches are left-padded; every operation works per token or per request, so a request's tokens are the
 same alone, in any batch and with any padding, and decoding with the cache equals recomputing everything.
 
-Example (a real checkpoint: ``ckpt = kolm_audit.hf.read_hf_checkpoint("tiny-llama/")``)::
+Example (random weights; real checkpoints come from ``kolm_audit.hf.read_hf_checkpoint``)::
 
-    qm = quantize_llama(ckpt, scheme="int8")
-    rt = LlamaRuntime(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors)
-    rt.generate([[1, 5, 9]], max_new_tokens=8)        # [Generation(output_ids=(...), finish_reason='length')]
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> from kolm_audit.hf import HFCheckpoint
+    >>> cfg = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+    ...        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+    ...        "max_position_embeddings": 16, "eos_token_id": 2}
+    >>> shapes = {"model.embed_tokens.weight": (64, 32), "lm_head.weight": (64, 32), "model.norm.weight": (32,),
+    ...     "model.layers.0.input_layernorm.weight": (32,), "model.layers.0.post_attention_layernorm.weight": (32,),
+    ...     "model.layers.0.self_attn.q_proj.weight": (32, 32), "model.layers.0.self_attn.k_proj.weight": (16, 32),
+    ...     "model.layers.0.self_attn.v_proj.weight": (16, 32), "model.layers.0.self_attn.o_proj.weight": (32, 32),
+    ...     "model.layers.0.mlp.gate_proj.weight": (64, 32), "model.layers.0.mlp.up_proj.weight": (64, 32),
+    ...     "model.layers.0.mlp.down_proj.weight": (32, 64)}
+    >>> rng = np.random.default_rng(0)
+    >>> ckpt = HFCheckpoint(path=Path("tiny"), config=cfg, tokenizer_json=b"{}", file_digests={},
+    ...     tensors={n: rng.normal(0, 0.2, s).astype(np.float32) for n, s in shapes.items()})
+    >>> qm = quantize_llama(ckpt, scheme="int8")
+    >>> rt = LlamaRuntime(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors)
+    >>> out = rt.generate([[1, 5, 9]], max_new_tokens=4, eos_ids=[])
+    >>> len(out[0].output_ids), out[0].finish_reason
+    (4, 'length')
+    >>> rt.generate([[1, 5, 9]], max_new_tokens=4, eos_ids=[]) == out        # exact replay
+    True
 """
 
 from __future__ import annotations

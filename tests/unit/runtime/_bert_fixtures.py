@@ -14,10 +14,11 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ("the a an of to and in is was for on with as by at from it this that be are were not or but "
-         "model file log audit replay receipt signed integer exact byte hash key trust decision output input "
-         "token vendor regulator device batch every same year later bank loan credit risk approve deny "
-         "good bad quick brown fox jumps over lazy dog red blue green house car tree river city").split()
+_WORDS_TEXT = ("the a an of to and in is was for on with as by at from it this that be are were not or but "
+               "model file log audit replay receipt signed integer exact byte hash key trust decision output input "
+               "token vendor regulator device batch every same year later bank loan credit risk approve deny "
+               "good bad quick brown fox jumps over lazy dog red blue green house car tree river city")
+WORDS = _WORDS_TEXT.split()
 PIECES = ["##s", "##ed", "##ing", "##er", "##ly", "##est"]
 
 

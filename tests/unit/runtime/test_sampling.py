@@ -29,7 +29,7 @@ logit_arrays = st.lists(st.integers(-(40 << FRAC), 40 << FRAC), min_size=1, max_
     lambda xs: np.array(xs, dtype=np.int64))
 small_logits = st.lists(st.integers(-8, 8), min_size=1, max_size=40).map(
     lambda xs: np.array(xs, dtype=np.int64) << FRAC)          # many ties
-params_st = st.builds(DecodingParams, seed=st.integers(0, 2**64 - 1),
+params_st = st.builds(DecodingParams, seed=st.integers(0, 2**53 - 1),
                       temperature=st.none() | st.integers(1, 100_000), top_k=st.none() | st.integers(1, 80),
                       top_p=st.none() | st.integers(1, 1000))
 
@@ -73,7 +73,7 @@ def test_sampling_is_deterministic_and_respects_top_k_top_p(logits: np.ndarray, 
         # every kept token beats (or ties with a lower index than) every dropped one
         order = candidate_order(logits).tolist()
         assert ids.tolist() == order[: len(ids)]
-    if params.top_p is not None and len(ids) > 1:
+    if params.top_p is not None and params.top_p < 1000 and len(ids) > 1:
         _, w_all = sampling_weights(logits, exp_table=EXP,
                                     params=DecodingParams(seed=params.seed, temperature=params.temperature,
                                                           top_k=params.top_k))
@@ -115,7 +115,7 @@ def test_temperature_sharpens_and_flattens() -> None:
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"temperature": 700}, "temperature"),
     ({"seed": -1}, "seed"),
-    ({"seed": 2**64}, "seed"),
+    ({"seed": 2**53}, "seed"),
     ({"seed": 1, "temperature": 0}, "temperature"),
     ({"seed": 1, "temperature": 100_001}, "temperature"),
     ({"seed": 1, "top_k": 0}, "top_k"),

@@ -1,0 +1,67 @@
+"""The numpy reference reproduces every BERT conformance vector of kolm-int/1 bit for bit.
+
+Vectors and models live in ``golden/conformance/bert/`` (written once by ``golden/conformance/generate_bert.py``,
+never regenerated).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from kolm_audit.canonical import digest, digest_of, loads_strict
+from kolm_audit.model import Model, classification_digest, embedding_digest, input_digest
+
+ROOT = Path(__file__).resolve().parents[3] / "golden" / "conformance" / "bert"
+VECTORS = sorted((ROOT / "vectors").glob("*.json"))
+
+
+@cache
+def _model(name: str) -> tuple[Model, str]:
+    doc = json.loads((ROOT / "models" / f"{name}.json").read_text())
+    tensors = load_file(str(ROOT / "models" / f"{name}.safetensors"))
+    assert sorted(tensors) == sorted(doc["tensors"])
+    for tname, meta in doc["tensors"].items():
+        arr = tensors[tname]
+        assert (str(arr.dtype), list(arr.shape)) == (meta["dtype"], meta["shape"]), tname
+        assert digest(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()) == meta["sha256"]
+    manifest = {"runtime": doc["spec"], "architecture": doc["architecture"], "task": doc["task"],
+                "quantization": doc["quantization"]}
+    return Model(manifest=manifest, digest=digest_of(doc), tensors=tensors), digest_of(doc)
+
+
+def test_vectors_are_present_for_every_scheme_and_task() -> None:
+    kinds = {tuple(p.stem.split("-")[:2]) for p in VECTORS}
+    assert kinds == {(s, t) for s in ("int8", "int4", "nvfp4") for t in ("embed", "classify")}
+    assert len(VECTORS) >= 48
+
+
+@pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)
+def test_vector_reproduces_exactly(path: Path) -> None:
+    vec = loads_strict(path.read_bytes())
+    model, model_digest = _model(vec["model"]["name"])
+    assert model_digest == vec["model"]["digest"]
+    ids = model.tokenize([vec["input"]["text"]])[0] if "text" in vec["input"] else vec["input"]["input_ids"]
+    assert ids == vec["input_ids"] and input_digest(ids) == vec["input_digest"]
+    if vec["task"] == "embed":
+        got = model.embed([ids])[0]
+        assert got.embedding.tolist() == vec["output"]["embedding"]
+        assert got.output_digest == embedding_digest(np.array(vec["output"]["embedding"])) == vec["output_digest"]
+    else:
+        res = model.classify([ids])[0]
+        assert (res.label, res.label_index, list(res.scores)) == (
+            vec["output"]["label"], vec["output"]["label_index"], vec["output"]["scores"])
+        assert res.output_digest == classification_digest(res.label, res.scores) == vec["output_digest"]
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4", "nvfp4"])
+def test_all_vectors_of_a_model_in_one_batch(scheme: str) -> None:
+    vecs = [loads_strict(p.read_bytes()) for p in VECTORS if p.stem.startswith(f"{scheme}-embed")]
+    model, _ = _model(f"tiny-bert-{scheme}")
+    got = model.embed([v["input_ids"] for v in vecs])
+    assert [g.output_digest for g in got] == [v["output_digest"] for v in vecs]

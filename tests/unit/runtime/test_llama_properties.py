@@ -1,0 +1,71 @@
+"""Properties of the integer Llama runtime: the KV cache changes nothing, batching and padding change nothing,
+seeded sampling replays exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _llama_fixtures import tiny_config, tiny_model, write_checkpoint
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kolm_audit.hf import read_hf_checkpoint
+from kolm_audit.runtime.models.llama import LlamaRuntime, quantize_llama
+
+VOCAB, LIMIT = 384, 48
+prompts = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=12)
+
+
+@pytest.fixture(scope="module", params=["int8", "nvfp4"])
+def rt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> LlamaRuntime:
+    model = tiny_model(tiny_config(family="qwen2", max_pos=LIMIT), seed=7)
+    qm = quantize_llama(read_hf_checkpoint(write_checkpoint(model, tmp_path_factory.mktemp("hf"))),
+                        scheme=request.param)
+    return LlamaRuntime(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors)
+
+
+@settings(max_examples=12, deadline=None)
+@given(prompt=prompts, continuation=st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=6))
+def test_kv_cached_decoding_equals_full_recomputation(rt: LlamaRuntime, prompt: list[int],
+                                                      continuation: list[int]) -> None:
+    cached = rt.cached_logits(prompt, continuation)                           # [1+n, V]
+    full = rt.logits([prompt + continuation])[0]                              # [len, V]
+    assert np.array_equal(cached, full[len(prompt) - 1:])
+
+
+@settings(max_examples=10, deadline=None)
+@given(batch=st.lists(prompts, min_size=1, max_size=4), extra=st.lists(prompts, max_size=3),
+       seed=st.none() | st.integers(0, 2**53 - 1), data=st.data())
+def test_each_request_is_the_same_alone_or_in_any_batch(rt: LlamaRuntime, batch: list[list[int]],
+                                                        extra: list[list[int]], seed: int | None,
+                                                        data: st.DataObject) -> None:
+    kw = {"max_new_tokens": 4, "eos_ids": [2]}
+    if seed is not None:
+        kw |= {"seed": seed, "temperature": data.draw(st.integers(200, 3000)),
+               "top_k": data.draw(st.none() | st.integers(1, 50)), "top_p": data.draw(st.none() | st.integers(1, 1000))}
+    alone = [rt.generate([p], **kw)[0] for p in batch]
+    mixed = batch + extra                                                     # other lengths => other padding
+    order = data.draw(st.permutations(range(len(mixed))))
+    together = rt.generate([mixed[i] for i in order], **kw)
+    by_index = {i: together[pos] for pos, i in enumerate(order)}
+    assert [by_index[i] for i in range(len(batch))] == alone
+
+
+@settings(max_examples=6, deadline=None)
+@given(batch=st.lists(prompts, min_size=1, max_size=3))
+def test_teacher_forced_logits_do_not_depend_on_the_batch(rt: LlamaRuntime, batch: list[list[int]]) -> None:
+    together = rt.logits(batch)
+    for seq, got in zip(batch, together, strict=True):
+        assert np.array_equal(rt.logits([seq])[0], got)
+
+
+def test_sampling_replays_and_depends_on_the_seed(rt: LlamaRuntime) -> None:
+    prompt = [[5, 17, 33, 9]]
+    kw = {"max_new_tokens": 8, "eos_ids": [], "temperature": 1500, "top_k": 64}
+    a = rt.generate(prompt, seed=1, **kw)[0]
+    assert rt.generate(prompt, seed=1, **kw)[0] == a
+    others = {rt.generate(prompt, seed=s, **kw)[0].output_ids for s in range(2, 7)}
+    assert len(others | {a.output_ids}) > 1                                   # the seed matters
+    greedy = rt.generate(prompt, max_new_tokens=8, eos_ids=[])[0]
+    cold = rt.generate(prompt, seed=9, max_new_tokens=8, eos_ids=[], temperature=1, top_k=1)[0]
+    assert cold == greedy                                                     # top_k=1 is greedy
