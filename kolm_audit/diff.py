@@ -132,7 +132,8 @@ def diff_receipts(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     fields = json_paths({**ra, "signatures": a["signers"]}, {**rb, "signatures": b["signers"]})
     decision = [f for f in fields if not f["path"].startswith(BOOKKEEPING)]
     out: dict[str, Any] = {"task": {"a": ra["task"], "b": rb["task"]},
-                           "output_digest": {"a": ra["response"]["output_digest"], "b": rb["response"]["output_digest"]},
+                           "output_digest": {"a": ra["response"]["output_digest"],
+                                             "b": rb["response"]["output_digest"]},
                            "input_digest": {"a": ra["request"]["input_digest"], "b": rb["request"]["input_digest"]},
                            "first_divergence": None, "label": None, "scores": None, "fields": fields[:MAX_PATHS],
                            "decision_fields": len(decision), "bookkeeping_fields": len(fields) - len(decision)}
@@ -203,7 +204,8 @@ def diff_artifacts(a: Any, b: Any) -> dict[str, Any]:
         if ea == eb:
             same += 1
             continue
-        entry: dict[str, Any] = {"name": name, "a": {"dtype": ea["dtype"], "shape": ea["shape"], "sha256": ea["sha256"]},
+        entry: dict[str, Any] = {"name": name,
+                                 "a": {"dtype": ea["dtype"], "shape": ea["shape"], "sha256": ea["sha256"]},
                                  "b": {"dtype": eb["dtype"], "shape": eb["shape"], "sha256": eb["sha256"]},
                                  "elements": int(np.prod(ea["shape"], dtype=np.int64))}
         if (ea["dtype"], ea["shape"]) == (eb["dtype"], eb["shape"]):

@@ -26,6 +26,8 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import rfc8785
+
 from kolm_audit.canonical import loads_canonical
 from kolm_audit.checkpoint import Checkpoint, parse_checkpoint, sign_checkpoint
 from kolm_audit.errors import InputError, LogError
@@ -208,7 +210,11 @@ class ReceiptLog:
                 data = build(index)
                 if not isinstance(data, bytes):
                     raise InputError("a log leaf must be bytes", field=f"leaf {index}", actual=type(data).__name__)
-                loads_canonical(data, file=str(self.path), field=f"leaf {index}", error=InputError)
+                try:
+                    loads_canonical(data, file=str(self.path), field=f"leaf {index}", error=InputError)
+                except rfc8785.IntegerDomainError:
+                    raise InputError("integer outside the I-JSON safe range", file=str(self.path),
+                                     field=f"leaf {index}", expected="|n| <= 2**53 - 1") from None
                 h = leaf_hash(data)
                 conn.execute("INSERT INTO leaves(idx, hash, data) VALUES (?, ?, ?)", (index, h, data))
                 made = frontier.append(h)

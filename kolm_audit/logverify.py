@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import rfc8785
 from tqdm import tqdm
 
 from kolm_audit.canonical import loads_canonical
@@ -83,7 +84,10 @@ def check_leaf_canonical(index: int, data: bytes) -> None:
         pass  # the reference path below reports the precise problem
     except LogError as exc:
         raise LogError(exc.message, field=f"leaf {index}", actual=exc.field) from None
-    loads_canonical(data, field=f"leaf {index}", error=LogError)
+    try:
+        loads_canonical(data, field=f"leaf {index}", error=LogError)
+    except rfc8785.IntegerDomainError:
+        raise LogError("integer outside the I-JSON safe range (RFC 8785 §3.2.2.3)", field=f"leaf {index}") from None
 
 
 @dataclass(frozen=True)

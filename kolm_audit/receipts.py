@@ -23,17 +23,17 @@ role for the tenant; the log leaf is the JCS bytes of that envelope's JSON.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from kolm_audit import __version__
-from kolm_audit.canonical import digest, jcs, loads_canonical
+from kolm_audit.canonical import jcs, loads_canonical
 from kolm_audit.errors import InputError, KeyFileError, LogError, SchemaError, SignatureError
 from kolm_audit.keys import PrivateKey, PublicKey
 from kolm_audit.privacy import TenantCrypto, is_sealed
-from kolm_audit.schemas import validate
+from kolm_audit.receipt_rules import check_receipt, ids_digest, receipt_time, recorded_output_digest
 from kolm_audit.signing import Envelope, sign_envelope
 from kolm_audit.timefmt import format_time, parse_time
 from kolm_audit.trust import Signer, TrustedKey, TrustPolicy, verify_envelope
@@ -42,25 +42,10 @@ RECEIPT_SCHEMA = "kolm.receipt/1"
 RECEIPT_PAYLOAD_TYPE = "application/vnd.kolm.receipt+json"
 RUNTIME_SPEC = "kolm-int/1"
 TASKS = ("embed", "classify", "generate")
-_MAX_ID = 2**31 - 1
-_MAX_JSON_INT = 2**53 - 1
 
 __all__ = ["RECEIPT_PAYLOAD_TYPE", "RECEIPT_SCHEMA", "Decision", "Decoding", "LeafVerifier", "ReceiptContext",
            "SignedReceipt", "build_receipt", "ids_digest", "input_ids_of", "make_leaf_verifier", "parse_leaf",
            "receipt_builder", "reveal", "sign_receipt", "verify_receipt"]
-
-
-def _int_array_jcs(values: Sequence[int]) -> bytes:
-    """JCS bytes of an integer array, fast: for JSON-safe integers RFC 8785 writes plain decimal numbers."""
-    ints = [int(v) for v in values]
-    if any(abs(v) > 2**53 - 1 for v in ints):
-        return jcs(ints)  # raises the canonical error
-    return ("[" + ",".join(map(str, ints)) + "]").encode("ascii")
-
-
-def ids_digest(ids: Sequence[int]) -> str:
-    """Digest of a token id sequence: ``sha256`` of the JCS bytes of the integer array (runtime spec §8)."""
-    return digest(_int_array_jcs(ids))
 
 
 def _check_int(value: object, name: str, low: int, high: int) -> None:
@@ -144,7 +129,7 @@ class Decision:
                  "scores": None if self.scores is None else [int(v) for v in self.scores],
                  "output_ids": None if self.output_ids is None else [int(v) for v in self.output_ids],
                  "finish_reason": self.finish_reason}
-        recorded = _recorded_output_digest(self.task, clear)
+        recorded = recorded_output_digest(self.task, clear)
         if recorded != self.output_digest:
             raise InputError("output digest does not match the outputs (runtime spec §8)", field="output_digest",
                              expected=recorded, actual=self.output_digest)
@@ -235,7 +220,7 @@ def build_receipt(ctx: ReceiptContext, decision: Decision, *, log_index: int, st
         "privacy": {"mode": crypto.mode, "data_key_id": crypto.active_key_id if crypto.mode != "clear" else None,
                     "salt_id": crypto.salt_id},
     }
-    _check_receipt(receipt, source=None, field="receipt")
+    check_receipt(receipt, source=None, field="receipt")
     return receipt
 
 
@@ -262,93 +247,7 @@ class SignedReceipt:
 
     @property
     def end(self) -> datetime:
-        return _time(self.receipt["period"]["end"], source=None, field="period.end")
-
-
-def _time(value: str, *, source: str | None, field: str) -> datetime:
-    try:
-        return parse_time(value, file=source, field=field)
-    except (InputError, ValueError):  # a bad time inside evidence is a finding, not a usage error
-        raise SchemaError("not a valid RFC 3339 UTC date and time", file=source, field=field,
-                          actual=value[:40]) from None
-
-
-def _recorded_output_digest(task: str, resp: Mapping[str, Any]) -> str | None:
-    """The output digest (runtime spec §8) of the outputs a receipt holds in clear; None when sealed/absent."""
-    if task == "embed":
-        return resp["embedding_digest"]
-    if task == "classify":
-        if is_sealed(resp["label"]) or is_sealed(resp["scores"]):
-            return None
-        return digest(b'{"label":' + jcs(resp["label"]) + b',"scores":' + _int_array_jcs(resp["scores"]) + b"}")
-    if is_sealed(resp["output_ids"]):
-        return None
-    return digest(b'{"finish_reason":' + jcs(resp["finish_reason"]) + b',"output_ids":'
-                  + _int_array_jcs(resp["output_ids"]) + b"}")  # = digest_of({...}): JCS key order, fast
-
-
-_INT_ARRAYS = (("request", "input_ids", 0, _MAX_ID, 10_000_000), ("response", "output_ids", 0, _MAX_ID, 10_000_000),
-               ("response", "scores", -_MAX_JSON_INT, _MAX_JSON_INT, 100_000))  # as schemas/receipt.schema.json
-
-
-def _skeleton(doc: Any, *, source: str | None, field: str) -> Any:
-    """``doc`` with its long integer arrays checked here (fast) and emptied for the schema validator, which
-    would otherwise spend milliseconds per receipt descending into every token id. Same rules as the schema."""
-    if not isinstance(doc, dict):
-        return doc
-    out = dict(doc)
-    for part, name, low, high, longest in _INT_ARRAYS:
-        section = out.get(part)
-        if not isinstance(section, dict) or not isinstance(section.get(name), list):
-            continue
-        values = section[name]
-        if len(values) > longest or not all(type(v) is int and low <= v <= high for v in values):  # no bools
-            raise SchemaError("expected an array of integers in range", file=source, field=f"{field}.{part}.{name}",
-                              expected=f"at most {longest} integers in [{low}, {high}]")
-        out[part] = {**section, name: []}
-    return out
-
-
-def _check_receipt(doc: Any, *, source: str | None, field: str) -> None:
-    """Schema plus the rules a schema cannot say (digests of clear ids, time order, privacy consistency)."""
-    validate(_skeleton(doc, source=source, field=field), "receipt", source=source)
-    where = f"{field}."
-    start, end = (_time(doc["period"][k], source=source, field=f"{where}period.{k}") for k in ("start", "end"))
-    if end < start:
-        raise SchemaError("period ends before it starts", file=source, field=f"{where}period")
-    req = doc["request"]
-    if not is_sealed(req["input_ids"]) and ids_digest(req["input_ids"]) != req["input_digest"]:
-        raise SchemaError("input_digest does not match input_ids", file=source, field=f"{where}request.input_digest",
-                          expected=ids_digest(req["input_ids"]), actual=req["input_digest"])
-    resp = doc["response"]
-    recorded = _recorded_output_digest(doc["task"], resp)
-    if recorded is not None and recorded != resp["output_digest"]:
-        raise SchemaError("output_digest does not match the recorded output", file=source,
-                          field=f"{where}response.output_digest", expected=recorded, actual=resp["output_digest"])
-    privacy = doc["privacy"]
-    mode = privacy["mode"]
-    if (mode == "clear") != (privacy["data_key_id"] is None):
-        raise SchemaError("data_key_id must be null exactly in clear mode", file=source, field=f"{where}privacy")
-    texts = {"request.text": req["text"], "response.text": resp.get("text")}
-    ids = {"request.input_ids": req["input_ids"], "response.output_ids": resp.get("output_ids"),
-           "response.label": resp.get("label"), "response.scores": resp.get("scores")}
-    for name, value in [*texts.items(), *ids.items()]:
-        if value is None:
-            continue
-        must_seal = mode == "encrypt-all" or (mode == "encrypt-text" and name in texts)
-        if is_sealed(value) != must_seal:
-            raise SchemaError(f"field must be {'sealed' if must_seal else 'in clear'} in privacy mode {mode}",
-                              file=source, field=f"{where}{name}")
-        if must_seal and value["key_id"] != privacy["data_key_id"]:
-            raise SchemaError("sealed under a key other than the receipt's data key", file=source,
-                              field=f"{where}{name}", expected=privacy["data_key_id"], actual=value["key_id"])
-    for name, text_field in (("request", req), ("response", resp)):
-        if (text_field.get("text") is None) != (text_field.get("text_digest") is None):
-            raise SchemaError("text and text_digest go together", file=source, field=f"{where}{name}.text_digest")
-        tdig = text_field.get("text_digest")
-        if tdig is not None and tdig.startswith("hmac-") != (privacy["salt_id"] is not None):
-            raise SchemaError("text digest kind does not match the privacy salt", file=source,
-                              field=f"{where}{name}.text_digest")
+        return receipt_time(self.receipt["period"]["end"], source=None, field="period.end")
 
 
 def parse_leaf(leaf: bytes, *, source: str | None = None, field: str = "leaf") -> SignedReceipt:
@@ -362,7 +261,7 @@ def parse_leaf(leaf: bytes, *, source: str | None = None, field: str = "leaf") -
         raise SchemaError("not a receipt envelope", file=source, field=f"{field}.payloadType",
                           expected=RECEIPT_PAYLOAD_TYPE, actual=envelope.payload_type[:80])
     receipt = loads_canonical(envelope.payload, file=source, field=f"{field}.payload")
-    _check_receipt(receipt, source=source, field=f"{field}.payload")
+    check_receipt(receipt, source=source, field=f"{field}.payload")
     return SignedReceipt(envelope=envelope, receipt=receipt, leaf=leaf)
 
 

@@ -224,7 +224,7 @@ def _check_log(src: Any, policy: TrustPolicy, supplied: str | None, st: _State) 
 def _crypto(st: _State, options: ReplayOptions, tenant: str) -> TenantCrypto | None:
     if tenant not in st.crypto:
         crypto = None
-        if options.keystore is not None and tenant in options.keystore.tenants():
+        if options.keystore is not None and tenant in options.keystore.tenants:
             crypto = options.keystore.tenant(tenant, kek=options.kek)
         st.crypto[tenant] = crypto
     return st.crypto[tenant]
@@ -324,6 +324,7 @@ def _batches(jobs: Sequence[_Job], size: int) -> list[tuple[str, tuple[tuple[str
         groups.setdefault((job.task, job.kwargs), []).append(job)
     out = []
     for (task, kwargs), members in groups.items():
+        members.sort(key=lambda j: (len(j.ids), j.index))   # similar lengths together: less padding, same results
         for i in range(0, len(members), size):
             out.append((task, kwargs, [(j.index, j.ids) for j in members[i:i + size]]))
     return out

@@ -230,7 +230,8 @@ def build_results(*, artifact: Mapping[str, Any], log: Mapping[str, Any], select
     counts = {"receipts": len(rows), "signatures_verified": signatures_verified,
               "replayed": sum(o.replayed for o in rows), "matched": sum(o.status == "matched" for o in rows),
               "mismatched": sum(o.status == "mismatch" for o in rows),
-              "errors": len(errors), "warnings": len(ordered) - len(errors), "by_reason": dict(sorted(by_reason.items()))}
+              "errors": len(errors), "warnings": len(ordered) - len(errors),
+              "by_reason": dict(sorted(by_reason.items()))}
     return {"verdict": "mismatch" if errors else "matched", "artifact": dict(artifact), "log": dict(log),
             "selection": dict(selection), "counts": counts, "findings": [f.to_json() for f in ordered],
             "receipts": [o.to_json() for o in rows]}
@@ -243,7 +244,8 @@ def summary_text(report: Mapping[str, Any], *, limit: int = 20) -> str:
     head = "MATCHED" if res["verdict"] == "matched" else "MISMATCH"
     lines = [f"replay {head}: {c['matched']}/{c['receipts']} receipts reproduced byte for byte "
              f"({c['replayed']} replayed, {c['mismatched']} not matching, {c['warnings']} warning(s))",
-             f"  artifact {res['artifact']['digest']} ({'verified' if res['artifact']['verified'] else 'NOT verified'})",
+             f"  artifact {res['artifact']['digest']} "
+             f"({'verified' if res['artifact']['verified'] else 'NOT verified'})",
              f"  log {res['log']['origin']}: {res['log']['size']} leaves, "
              f"{'verified' if res['log']['verified'] else 'NOT verified'}",
              f"  backend {env['backend']} on {env['device']}, batch size {env['batch_size']}, "

@@ -136,7 +136,8 @@ def _diff_text(doc: dict[str, Any]) -> str:
         lines.append(f"                b {d['output_digest']['b']}")
         fd = d["first_divergence"]
         if fd is not None:
-            lines.append(f"  first divergent output token at position {fd['position']}: a {fd['a_token']} b {fd['b_token']}")
+            lines.append(f"  first divergent output token at position {fd['position']}: "
+                         f"a {fd['a_token']} b {fd['b_token']}")
             lines.append(f"    a tokens @{fd['window_start']}: {fd['a_tokens']}")
             lines.append(f"    b tokens @{fd['window_start']}: {fd['b_tokens']}")
             if fd["a_text"] is not None:
@@ -148,7 +149,8 @@ def _diff_text(doc: dict[str, Any]) -> str:
             s = d["scores"]
             lines.append(f"  scores: {s['differing']} differ, first at index {s['first_index']}, "
                          f"max |a-b| {s['max_abs_difference']}")
-        lines.append(f"  {d['decision_fields']} decision field(s), {d['bookkeeping_fields']} bookkeeping field(s) differ:")
+        lines.append(f"  {d['decision_fields']} decision field(s), {d['bookkeeping_fields']} bookkeeping "
+                     "field(s) differ:")
         lines.extend(f"    {f['path']}: {f['a']} -> {f['b']}" for f in d["fields"][:40])
     elif kind == "artifact":
         lines.append(f"  digest a {d['a_digest']}\n         b {d['b_digest']}")
@@ -161,10 +163,12 @@ def _diff_text(doc: dict[str, Any]) -> str:
         lines.extend(f"    + {n} (only in b)" for n in t["only_in_b"])
         for c in t["changed"]:
             if c["differing"] is None:
-                lines.append(f"    ~ {c['name']}: {c['a']['dtype']}{c['a']['shape']} -> {c['b']['dtype']}{c['b']['shape']}")
+                lines.append(f"    ~ {c['name']}: {c['a']['dtype']}{c['a']['shape']} -> "
+                             f"{c['b']['dtype']}{c['b']['shape']}")
             else:
                 lines.append(f"    ~ {c['name']}: {c['differing']}/{c['elements']} elements differ, max |a-b| "
-                             f"{c['max_abs_difference']}, first at {c['first_index']} ({c['a_value']} -> {c['b_value']})")
+                             f"{c['max_abs_difference']}, first at {c['first_index']} "
+                             f"({c['a_value']} -> {c['b_value']})")
         if d["signers"]["a"] != d["signers"]["b"]:
             lines.append(f"  signed by a {d['signers']['a']}  b {d['signers']['b']}")
     else:
@@ -173,7 +177,8 @@ def _diff_text(doc: dict[str, Any]) -> str:
         lines.append(f"  {d['receipts_changed']} receipt(s) changed status or digest")
         for r in d["receipts"][:20]:
             a, b = r["a"] or {}, r["b"] or {}
-            lines.append(f"    #{r['index']}: {a.get('status')} {a.get('reasons')} -> {b.get('status')} {b.get('reasons')}")
+            lines.append(f"    #{r['index']}: {a.get('status')} {a.get('reasons')} -> "
+                         f"{b.get('status')} {b.get('reasons')}")
         lines.append(f"  findings only in a: {len(d['findings']['only_in_a'])}, only in b: "
                      f"{len(d['findings']['only_in_b'])}")
         lines.extend(f"    {f['path']}: {f['a']} -> {f['b']}" for f in d["results"][:20])

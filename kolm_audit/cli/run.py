@@ -295,8 +295,9 @@ def run(artifact: Path, input_path: Path, log_path: Path, key_path: Path, passph
               "privacy": "clear" if crypto is None else crypto.mode,
               "skipped": [{"line": b.number, "error": b.error.to_json()} for b in runner.bad],
               "stopped": runner.stopped is not None, "outputs": None if out_path is None else str(out_path)}
-    text = (f"recorded {report['recorded']} decisions of {model.digest} in {log_path} "
-            f"(log size {size}, checkpoint signed); {len(runner.bad)} line(s) "
+    validate(report, "run-report")
+    text = (f"recorded {report['recorded']} decisions of {model.digest} in {log_path} (log size {size}"
+            f"{', checkpoint signed' if runner.indices else ''}); {len(runner.bad)} line(s) "
             f"{'stopped the run' if runner.stopped else 'skipped'}")
     if out_path is None:  # stdout carries the outputs: the report goes to stderr
         click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else text, err=True)

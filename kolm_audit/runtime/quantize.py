@@ -133,13 +133,20 @@ def _encode_int8(w: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return {"weight": q}, scale
 
 
+def int4_scale_max(k: int) -> int:
+    """Largest integer group scale for input dimension ``k``: as fine as int16 allows, but coarse enough that
+    ``k · 127 · 8 · scale < 2^31`` when possible, so the runtime may accumulate in int32 (at least 255)."""
+    return max(255, min(INT4_SCALE_MAX, ((1 << 31) - 1) // (k * 127 * (INT4_QMAX + 1))))
+
+
 def _encode_int4(w: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     n, k = w.shape
     g = w.reshape(n, k // INT4_GROUP, INT4_GROUP)
     gscale = np.abs(g).max(axis=2) / INT4_QMAX                     # [N, K/32] real group scales
-    chan = gscale.max(axis=1) / INT4_SCALE_MAX                      # [N] channel scale
+    top = int4_scale_max(k)
+    chan = gscale.max(axis=1) / top                                 # [N] channel scale
     safe_c = np.where(chan > 0, chan, 1.0)
-    gs = np.clip(_rnd(gscale / safe_c[:, None]), 0, INT4_SCALE_MAX)  # [N, K/32] integer group scales
+    gs = np.clip(_rnd(gscale / safe_c[:, None]), 0, top)            # [N, K/32] integer group scales
     eff = gs * safe_c[:, None]
     safe_e = np.where(eff > 0, eff, 1.0)
     q = np.where(eff[:, :, None] > 0, np.clip(_rnd(g / safe_e[:, :, None]), -INT4_QMAX, INT4_QMAX), 0)

@@ -93,6 +93,7 @@ def test_run_skip_records_good_lines_and_reports_bad_ones(capsys, world, tmp_pat
     assert code == 0, err
     assert "warning" not in err
     report = json.loads(out)
+    validate(report, "run-report")
     assert report["recorded"] == 3 and report["log_size"] == 3 and not report["stopped"]
     assert [s["line"] for s in report["skipped"]] == [3, 4, 5, 6]
     for needle in ("line 3", "line 4: temperature", "line 5: inputs", "line 6"):
@@ -242,3 +243,14 @@ def test_generate_with_per_line_decoding(capsys, world, tmp_path):
     assert receipts[1]["decoding"]["top_p"] == 900 and receipts[2]["request"]["input_ids"] == [1, 9, 10]
     assert [r["response"]["output_digest"] for r in receipts] == [d["output_digest"] for d in good]
     assert _verify_log(capsys, world, tmp_path)["size"] == 3
+
+
+def test_stop_on_a_request_the_runtime_refuses_inside_a_batch(capsys, world, tmp_path):
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"text": "a"}\n{"ids": [101, 99999999, 102]}\n{"text": "c"}\n', encoding="utf-8")
+    code, _, err = _run(capsys, world, tmp_path, "--out", tmp_path / "out.jsonl", "--on-error", "stop",
+                        "--batch-size", 3, inputs=inputs)
+    assert code == 2 and "line 2" in err
+    docs = _outputs(tmp_path / "out.jsonl")
+    assert [d["line"] for d in docs] == [1, 2] and docs[0]["log_index"] == 0 and "error" in docs[1]
+    assert _verify_log(capsys, world, tmp_path)["size"] == 1

@@ -46,7 +46,7 @@ def test_note_bytes_follow_the_spec(key) -> None:  # type: ignore[no-untyped-def
 
 
 def test_vkey_format(key) -> None:  # type: ignore[no-untyped-def]
-    name, hash_hex, b64 = vkey(ORIGIN, key.public_key()).split("+")
+    name, hash_hex, b64 = vkey(ORIGIN, key.public_key()).split("+", 2)
     assert name == ORIGIN and bytes.fromhex(hash_hex) == key_hash(ORIGIN, key.public_key())
     assert base64.b64decode(b64) == b"\x01" + key.public_key().raw()
 

@@ -85,6 +85,11 @@ def test_non_canonical_leaf_is_refused_and_rolled_back(tmp_path: Path, key) -> N
             log.append_many([leaf, lambda i: b'{"b":1, "a":2}'])
         with pytest.raises(InputError):
             log.append(lambda i: "text")  # type: ignore[arg-type,return-value]
+        for big in (b'{"a":9007199254740993}', '{"é":9007199254740993}'.encode()):
+            with pytest.raises(InputError):
+                log.append(lambda i, big=big: big)
+            with pytest.raises(LogError):
+                check_leaf_canonical(0, big)
         assert log.size() == 2
         assert log.append(leaf) == 2
 
@@ -370,6 +375,6 @@ def test_fast_canonical_check_agrees_with_the_reference(doc: object, spacing: bo
     try:
         check_leaf_canonical(0, data)
         fast_ok = True
-    except (LogError, rfc8785.IntegerDomainError):
+    except LogError:
         fast_ok = False
     assert fast_ok == reference_ok, data

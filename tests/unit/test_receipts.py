@@ -420,10 +420,10 @@ def test_bad_element_in_integer_arrays_refused(part, name, task, bad):
 @given(values=st.lists(st.integers(-(2**53 - 1), 2**53 - 1), max_size=40), label=st.text(max_size=10),
        reason=st.text(max_size=10))
 def test_fast_digests_equal_jcs_digests(values, label, reason):
-    from kolm_audit.receipts import _recorded_output_digest
+    from kolm_audit.receipt_rules import recorded_output_digest
 
     assert ids_digest(values) == digest_of(values)
-    assert _recorded_output_digest("classify", {"label": label, "scores": values}) == \
+    assert recorded_output_digest("classify", {"label": label, "scores": values}) == \
         digest_of({"label": label, "scores": values})
-    assert _recorded_output_digest("generate", {"finish_reason": reason, "output_ids": values}) == \
+    assert recorded_output_digest("generate", {"finish_reason": reason, "output_ids": values}) == \
         digest_of({"finish_reason": reason, "output_ids": values})

@@ -32,7 +32,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     keys = make_keys(tmp / "keys")
     art = quantize_signed(bert_checkpoint(tmp / "hf"), tmp / "model.kolm", keys.vendor)
     other = quantize_signed(bert_checkpoint(tmp / "hf2", seed=5), tmp / "other.kolm", keys.vendor, name="other")
-    changed, tensor, pos = changed_weight(art, tmp / "changed.kolm", keys.vendor)
+    changed, _, _ = changed_weight(art, tmp / "changed.kolm", keys.vendor)
     log = record(art, tmp / "receipts.db", keys)
     with open_log_source(log) as src:
         first_note = src.checkpoints()[-1][1]

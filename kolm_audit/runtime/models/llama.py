@@ -92,6 +92,23 @@ def _table(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...])
     return arr.astype(np.int64)
 
 
+def _check(tensors: Mapping[str, np.ndarray], want: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
+    for name, (dtype, shape) in want.items():
+        arr = tensors.get(name)
+        if arr is None or arr.dtype != np.dtype(dtype) or tuple(arr.shape) != shape:
+            raise ArtifactError("tensor missing or malformed", field=f"tensors.{name}",
+                                expected=f"{dtype} {list(shape)}",
+                                actual=None if arr is None else f"{arr.dtype} {list(arr.shape)}")
+
+
+def _linear(tensors: Mapping[str, np.ndarray], prefix: str, scheme: str, shape: tuple[int, int]) -> ref.IntLinear:
+    lin = load_linear(tensors, prefix, scheme=scheme)                 # exact integer weight [N, K] + scales
+    if tuple(lin.weight.shape) != shape:
+        raise ArtifactError("linear layer has the wrong shape", field=f"tensors.{prefix}.weight",
+                            expected=str(list(shape)), actual=str(list(lin.weight.shape)))
+    return lin
+
+
 class LlamaRuntime:
     """The integer Llama-family forward over an artifact's tensors (numpy reference backend)."""
 
@@ -113,16 +130,20 @@ class LlamaRuntime:
         self.cos = _table(tensors, "tables.rope_cos", (self.limit, self.d // 2))      # [P, D/2] Q.30
         self.sin = _table(tensors, "tables.rope_sin", (self.limit, self.d // 2))      # [P, D/2] Q.30
         self.scale_m, self.scale_s = (int(v) for v in _table(tensors, "tables.attn_scale", (2,)))
-        for name in ("model.embed_tokens.weight", "model.embed_tokens.mult", "model.embed_tokens.shift"):
-            if name not in tensors or tensors[name].shape[0] != self.vocab:
-                raise ArtifactError("embedding tensor missing or malformed", field=f"tensors.{name}")
-        names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-        self.layers = [{n: load_linear(tensors, f"model.layers.{i}.{n}", scheme=scheme) for n in names}
-                       for i in range(a["num_hidden_layers"])]
-        self.lm_head = load_linear(tensors, "lm_head", scheme=scheme)
-        if self.lm_head.weight.shape != (self.vocab, a["hidden_size"]):
-            raise ArtifactError("lm_head has the wrong shape", field="tensors.lm_head.weight")
+        h, inter = a["hidden_size"], a["intermediate_size"]
+        v = self.vocab
+        _check(tensors, {"model.embed_tokens.weight": ("int8", (v, h)), "model.embed_tokens.mult": ("int32", (v,)),
+                         "model.embed_tokens.shift": ("int32", (v,)), "model.norm.gamma": ("int32", (h,))})
+        shapes = {"self_attn.q_proj": (self.nh * self.d, h), "self_attn.k_proj": (self.nkv * self.d, h),
+                  "self_attn.v_proj": (self.nkv * self.d, h), "self_attn.o_proj": (h, self.nh * self.d),
+                  "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h), "mlp.down_proj": (h, inter)}
+        self.layers = []
+        for i in range(a["num_hidden_layers"]):
+            p = f"model.layers.{i}."
+            _check(tensors, {p + "input_layernorm.gamma": ("int32", (h,)),
+                             p + "post_attention_layernorm.gamma": ("int32", (h,))})
+            self.layers.append({n: _linear(tensors, p + n, scheme, shape) for n, shape in shapes.items()})
+        self.lm_head = _linear(tensors, "lm_head", scheme, (v, h))
 
     # ---- the forward --------------------------------------------------------------------------------------
 

@@ -40,7 +40,10 @@ from kolm_audit.runtime.quantize import (
 from kolm_audit.runtime.tokenize import tokenizer_tensor
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")
-MAX_DIM = 1 << 16          # shared core §4.2: K <= 2^16 keeps every linear accumulation inside its bound
+MAX_DIM = 1 << 16          # core spec §4.3: K <= 2^16 keeps every linear accumulation inside its bound
+MAX_HIDDEN = 1 << 14       # core spec §5.3: RMSNorm over H <= 2^14
+MAX_HEAD_DIM = 256         # core spec §5.2: attention with D <= 256
+MAX_POSITIONS = 1 << 16    # core spec §5.2: attention over T <= 2^16 keys (longer contexts are capped)
 MAX_VOCAB = 1 << 22        # spec §10: sampling sums 1000 · V · 2^30 stay below 2^63
 _INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "max_position_embeddings")
@@ -104,14 +107,16 @@ def llama_architecture(config: Mapping[str, Any], *, file: str | None = None) ->
     if not isinstance(head_dim, int) or head_dim % 2 or head_dim <= 0:
         raise UnsupportedModel("head_dim must be a positive even integer", file=file, field="head_dim",
                                actual=repr(head_dim))
-    limits = (("hidden_size", ints["hidden_size"], MAX_DIM), ("intermediate_size", ints["intermediate_size"], MAX_DIM),
-              ("head_dim", heads * head_dim, MAX_DIM), ("vocab_size", ints["vocab_size"], MAX_VOCAB))
+    limits = (("hidden_size", ints["hidden_size"], MAX_HIDDEN),
+              ("intermediate_size", ints["intermediate_size"], MAX_DIM), ("head_dim", head_dim, MAX_HEAD_DIM),
+              ("num_attention_heads", heads * head_dim, MAX_DIM),
+              ("vocab_size", ints["vocab_size"], MAX_VOCAB))
     for name, value, limit in limits:
         if value > limit:
             raise UnsupportedModel("dimension too large for kolm-int/1", file=file, field=name,
                                    expected=f"at most {limit}", actual=str(value))
     # Sliding-window attention equals full attention while sequences stay inside the window: cap the limit.
-    max_len = ints["max_position_embeddings"]
+    max_len = min(ints["max_position_embeddings"], MAX_POSITIONS)
     window = config.get("sliding_window")
     uses_window = model_type == "mistral" or bool(config.get("use_sliding_window", False))
     if uses_window and window is not None:

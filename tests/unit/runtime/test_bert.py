@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _bert_fixtures import float_hidden, tiny_config, tiny_model, tiny_vocab, write_checkpoint
+from _bert_fixtures import float_hidden, tiny_config, tiny_model, tiny_tokenizer_json, tiny_vocab, write_checkpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
@@ -178,3 +178,16 @@ def test_property_each_request_alone_equals_batched(tiny: tuple, batch: list[lis
     alone_c = m.classify([batch[pick]])[0].output_digest
     assert m.embed(batch)[pick].output_digest == alone_e
     assert m.classify(batch)[pick].output_digest == alone_c
+
+
+def test_tokenizer_never_truncates_or_pads() -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from kolm_audit.runtime.tokenize import Tokenizer
+
+    hf = HFTokenizer.from_str(tiny_tokenizer_json().decode())
+    hf.enable_truncation(max_length=4)
+    hf.enable_padding(length=12)
+    tok = Tokenizer(hf.to_str().encode())
+    ids = tok.encode(["the quick brown fox jumps over the lazy dog"])[0]
+    assert len(ids) == 11 and ids[0] == 2 and ids[-1] == 3

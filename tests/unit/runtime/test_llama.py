@@ -12,7 +12,7 @@ import pytest
 import torch
 from _llama_fixtures import float_logits, tiny_config, tiny_model, write_checkpoint
 
-from kolm_audit.errors import RuntimeInputError, UnsupportedModel
+from kolm_audit.errors import ArtifactError, RuntimeInputError, UnsupportedModel
 from kolm_audit.hf import read_hf_checkpoint
 from kolm_audit.runtime.models.llama import LlamaRuntime, quantize_llama
 from kolm_audit.runtime.models.llama_build import llama_architecture
@@ -69,6 +69,8 @@ def test_quantized_tensors_are_integers_with_hf_names(tmp_path: Path) -> None:
     ({"vocab_size": 0}, "vocab_size"),
     ({"eos_token_id": 9999}, "eos_token_id"),
     ({"intermediate_size": 1 << 17}, "intermediate_size"),
+    ({"hidden_size": 1 << 15, "head_dim": 128}, "hidden_size"),
+    ({"head_dim": 512}, "head_dim"),
     ({"vocab_size": 1 << 23}, "vocab_size"),
 ])
 def test_unsupported_config_fields_are_named(change: dict[str, Any], field: str) -> None:
@@ -83,6 +85,8 @@ def test_sliding_window_caps_the_context() -> None:
     assert arch["max_position_embeddings"] == 64
     arch = llama_architecture(tiny_config(family="qwen2", use_sliding_window=False, sliding_window=8).to_dict())
     assert arch["max_position_embeddings"] == 256
+    arch = llama_architecture(tiny_config(max_pos=131072).to_dict())
+    assert arch["max_position_embeddings"] == 65536                        # attention bound T <= 2^16
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +170,43 @@ def test_accuracy_against_transformers(tmp_path: Path, capsys: pytest.CaptureFix
             assert top1 >= 0.9
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+
+
+def test_artifact_round_trip_through_the_python_api(tmp_path: Path) -> None:
+    """quantize → .kolm → kolm_audit.load → generate equals the runtime on the in-memory tensors."""
+    import kolm_audit
+    from kolm_audit.artifact import write_artifact
+    from kolm_audit.hf import import_checkpoint
+
+    write_checkpoint(tiny_model(tiny_config(family="qwen2", tie_word_embeddings=True), seed=8), tmp_path / "hf")
+    manifest, tensors = import_checkpoint(tmp_path / "hf", scheme="nvfp4")
+    write_artifact(tmp_path / "m.kolm", manifest=manifest, tensors=tensors)
+    model = kolm_audit.load(tmp_path / "m.kolm", require_signature=False)
+    got = model.generate(["w5 w9 w17"], max_new_tokens=5, seed=3, temperature=900)
+    got += model.generate([[1, 2, 3]], max_new_tokens=5, seed=3, temperature=900)
+    rt = LlamaRuntime(architecture=manifest["architecture"], quantization=manifest["quantization"], tensors=tensors)
+    want = rt.generate([[5, 9, 17], [1, 2, 3]], max_new_tokens=5, seed=3, temperature=900)
+    assert [(g.output_ids, g.finish_reason) for g in got] == [tuple(w) for w in want]
+    assert got[0].input_ids == (5, 9, 17)
+
+
+def test_malformed_artifact_tensors_are_named(tmp_path: Path) -> None:
+    qm = quantize_llama(read_hf_checkpoint(write_checkpoint(tiny_model(tiny_config(), seed=9), tmp_path / "hf")),
+                        scheme="int8")
+    bad = {
+        "model.layers.1.post_attention_layernorm.gamma": None,                               # missing
+        "model.layers.0.self_attn.k_proj.weight": np.zeros((16, 64), dtype=np.int8),        # wrong shape
+        "tables.rope_cos": np.zeros((8, 8), dtype=np.int32),                                 # wrong length
+        "model.embed_tokens.weight": np.zeros((384, 64), dtype=np.int16),                   # wrong dtype
+    }
+    for name, arr in bad.items():
+        tensors = {n: a for n, a in qm.tensors.items() if n != name}
+        if arr is not None:
+            tensors[name] = arr
+        with pytest.raises(ArtifactError) as err:
+            LlamaRuntime(architecture=qm.architecture, quantization=qm.quantization, tensors=tensors)
+        assert err.value.field == f"tensors.{name}"
+    with pytest.raises(ArtifactError) as err:
+        LlamaRuntime(architecture={**qm.architecture, "rms_norm_eps_q32": 7}, quantization=qm.quantization,
+                     tensors=qm.tensors)
+    assert err.value.field == "architecture.rms_norm_eps_q32"

@@ -41,6 +41,7 @@ def test_rng_is_sha256_of_the_documented_key() -> None:
     assert random_u64(seed=7, key=key, step=5) == int.from_bytes(hashlib.sha256(block).digest()[:8], "big")
 
 
+@settings(deadline=None)
 @given(logits=small_logits)
 def test_greedy_takes_the_lowest_index_among_ties(logits: np.ndarray) -> None:
     t = greedy_token(logits)
@@ -48,6 +49,7 @@ def test_greedy_takes_the_lowest_index_among_ties(logits: np.ndarray) -> None:
     assert all(logits[i] < logits[t] for i in range(t))
 
 
+@settings(deadline=None)
 @given(logits=small_logits)
 def test_candidate_order_is_descending_with_index_tiebreak(logits: np.ndarray) -> None:
     order = candidate_order(logits).tolist()
@@ -56,7 +58,7 @@ def test_candidate_order_is_descending_with_index_tiebreak(logits: np.ndarray) -
     assert keys == sorted(keys)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(logits=logit_arrays, params=params_st, step=st.integers(0, 10_000))
 def test_sampling_is_deterministic_and_respects_top_k_top_p(logits: np.ndarray, params: DecodingParams,
                                                             step: int) -> None:
@@ -82,6 +84,7 @@ def test_sampling_is_deterministic_and_respects_top_k_top_p(logits: np.ndarray, 
         assert 1000 * int(w[:-1].sum()) < params.top_p * total      # and the prefix is minimal
 
 
+@settings(deadline=None)
 @given(seed=st.integers(0, 2**64 - 1), step=st.integers(0, 2**32))
 def test_rng_key_components_are_independent(seed: int, step: int) -> None:
     k1, k2 = request_key([1]), request_key([2])
