@@ -52,7 +52,10 @@ def validate(doc: Any, name: str, *, source: str | None = None,
     Raises ``error`` (default :class:`SchemaError`, exit 1) naming the source file and the JSON path of
     the first failing field (errors sorted by path, so the message is stable).
     """
-    errors = sorted(_validator(name).iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    validator = _validator(name)
+    if validator.is_valid(doc):  # fast path: collect and sort errors only for an invalid document
+        return
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if errors:
         first = errors[0]
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
