@@ -16,6 +16,7 @@ from safetensors.numpy import load_file
 
 from kolm_audit.canonical import digest, digest_of, loads_strict
 from kolm_audit.model import Model, classification_digest, embedding_digest, input_digest
+from kolm_audit.schemas import validate
 
 ROOT = Path(__file__).resolve().parents[3] / "golden" / "conformance" / "bert"
 VECTORS = sorted((ROOT / "vectors").glob("*.json"))
@@ -43,7 +44,8 @@ def test_vectors_are_present_for_every_scheme_and_task() -> None:
 
 @pytest.mark.parametrize("path", VECTORS, ids=lambda p: p.stem)
 def test_vector_reproduces_exactly(path: Path) -> None:
-    vec = loads_strict(path.read_bytes())
+    vec = loads_strict(path.read_bytes(), file=str(path))
+    validate(vec, "conformance-vector", source=str(path))
     model, model_digest = _model(vec["model"]["name"])
     assert model_digest == vec["model"]["digest"]
     ids = model.tokenize([vec["input"]["text"]])[0] if "text" in vec["input"] else vec["input"]["input_ids"]
