@@ -21,6 +21,7 @@ exactly when the command exits 1.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ _MISSING = object()
 BOOKKEEPING = ("$.receipt_id", "$.log_index", "$.period", "$.operator", "$.runtime", "$.request.id",
                "$.privacy", "$.signatures")
 
-__all__ = ["DIFF_SCHEMA", "diff", "diff_artifacts", "diff_receipts", "diff_reports", "json_paths", "load_side"]
+__all__ = ["DIFF_SCHEMA", "diff", "diff_artifacts", "diff_receipts", "diff_reports", "json_paths", "load_side",
+           "path_key"]
 
 
 def _show(value: Any) -> str | None:
@@ -47,6 +49,11 @@ def _show(value: Any) -> str | None:
         return None
     text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return text if len(text) <= _SHOW else text[: _SHOW - 1] + "…"
+
+
+def path_key(path: str) -> str:
+    """Sort key of a JSON path: array indices in numeric order (``[2]`` before ``[10]``)."""
+    return re.sub(r"\[(\d+)\]", lambda m: f"[{int(m.group(1)):016d}]", path)
 
 
 def json_paths(a: Any, b: Any, path: str = "$", out: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -61,7 +68,7 @@ def json_paths(a: Any, b: Any, path: str = "$", out: list[dict[str, Any]] | None
     elif a is _MISSING or b is _MISSING or type(a) is not type(b) or a != b:
         out.append({"path": path, "a": _show(a), "b": _show(b)})
     if path == "$":
-        out.sort(key=lambda d: d["path"])
+        out.sort(key=lambda d: path_key(d["path"]))
     return out
 
 

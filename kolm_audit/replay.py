@@ -25,12 +25,10 @@ section is byte-identical on every backend, batch size and worker count.
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ from kolm_audit.logverify import verify_log
 from kolm_audit.model import Model
 from kolm_audit.privacy import KeyEncryptionKey, KeyStore, TenantCrypto, is_sealed
 from kolm_audit.receipts import Decoding, ids_digest, parse_leaf
+from kolm_audit.recorder import gate_failed
 from kolm_audit.replay_report import (
     REPORT_SCHEMA,
     ReceiptOutcome,
@@ -55,6 +54,7 @@ from kolm_audit.replay_report import (
     recorded_consistency,
     tokenizer_drift,
 )
+from kolm_audit.replay_run import Batch, Progress, run_batches
 from kolm_audit.replay_select import Selection
 from kolm_audit.schemas import validate
 from kolm_audit.timefmt import format_time, now
@@ -62,7 +62,6 @@ from kolm_audit.trust import TrustPolicy, verify_envelope
 
 BACKENDS = ("auto", "numpy", "cpu", "cuda")
 TORCH_BACKEND_MODULE = "kolm_audit.runtime.torch_backend"
-Progress = Callable[[int, int], None]   # (receipts just replayed, receipts to replay)
 
 __all__ = ["BACKENDS", "ReplayOptions", "replay", "resolve_backend"]
 
@@ -105,56 +104,6 @@ def resolve_backend(requested: str) -> tuple[str, str]:
 
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     return requested, requested
-
-
-# --- the worker side: run batches of recorded inputs --------------------------------------------------------
-
-_MODEL: Model | None = None
-
-
-def _load_model(path: str, digest: str, backend: str) -> Model:
-    art = read_artifact(path, check_tensors=True)
-    if art.digest != digest:
-        raise InputError("the artifact changed during the replay", file=path, expected=digest, actual=art.digest)
-    return Model.from_artifact(art, backend="numpy" if backend == "numpy" else backend)
-
-
-def _init_worker(path: str, digest: str, backend: str) -> None:
-    global _MODEL
-    if _MODEL is None or _MODEL.digest != digest:  # a forked worker inherits the parent's model
-        _MODEL = _load_model(path, digest, backend)
-
-
-def _result_json(task: str, result: Any) -> dict[str, Any]:
-    if task == "embed":
-        return {"output_digest": result.output_digest}
-    if task == "classify":
-        return {"output_digest": result.output_digest, "label": result.label, "scores": list(result.scores)}
-    return {"output_digest": result.output_digest, "output_ids": list(result.output_ids),
-            "finish_reason": result.finish_reason}
-
-
-def _execute(model: Model, batch: tuple[str, tuple[tuple[str, Any], ...], list[tuple[int, tuple[int, ...]]]]
-             ) -> list[tuple[int, dict[str, Any]]]:
-    task, kwargs, items = batch
-    ids = [list(i) for _, i in items]
-    try:
-        if task == "embed":
-            results: list[Any] = model.embed(ids)
-        elif task == "classify":
-            results = model.classify(ids)
-        else:
-            results = model.generate(ids, **dict(kwargs))
-    except RuntimeInputError as exc:
-        if len(items) == 1:
-            return [(items[0][0], {"error": error_text(exc)})]
-        return [out for item in items for out in _execute(model, (task, kwargs, [item]))]
-    return [(index, _result_json(task, r)) for (index, _), r in zip(items, results, strict=True)]
-
-
-def _run_batch(batch: Any) -> list[tuple[int, dict[str, Any]]]:
-    assert _MODEL is not None
-    return _execute(_MODEL, batch)
 
 
 # --- the auditor side ---------------------------------------------------------------------------------------
@@ -203,6 +152,9 @@ def _check_artifact(path: Path, policy: TrustPolicy, st: _State) -> tuple[Artifa
         raise InputError("the artifact changed while it was being verified", file=str(path))
     info.update(digest=art.digest, name=art.manifest["name"], version=art.manifest["version"],
                 task=art.manifest["task"].get("kind"))
+    if gate_failed(art.manifest.get("kscore")):
+        st.add(None, "gate-failed", "the manifest's K-score gate failed", scope="artifact",
+               actual=jcs(art.manifest["kscore"]).decode("utf-8")[:200])
     return art, info
 
 
@@ -282,6 +234,12 @@ def _examine(index: int, leaf: bytes, *, model: Model | None, art: Artifact | No
                expected=rec["artifact"]["digest"], actual=art.digest)
         if not options.replay_mismatched:
             return
+    else:
+        named = {k: rec["artifact"][k] for k in ("name", "version", "kscore")}
+        own = {"name": art.manifest["name"], "version": art.manifest["version"], "kscore": art.manifest.get("kscore")}
+        if named != own:
+            st.add(index, "receipt-inconsistent", "receipt names this artifact's digest but another name, version "
+                   "or K-score", receipt_id=rid, expected=str(own)[:200], actual=str(named)[:200])
     if task != model.task:
         st.add(index, "task-mismatch", f"receipt task {task} cannot run on a {model.task} artifact", receipt_id=rid,
                expected=model.task, actual=task)
@@ -318,7 +276,7 @@ def _examine(index: int, leaf: bytes, *, model: Model | None, art: Artifact | No
     st.jobs.append(_Job(index=index, task=task, ids=ids, kwargs=kwargs))
 
 
-def _batches(jobs: Sequence[_Job], size: int) -> list[tuple[str, tuple[tuple[str, Any], ...], list[tuple[int, Any]]]]:
+def _batches(jobs: Sequence[_Job], size: int) -> list[Batch]:
     groups: dict[tuple[str, tuple[tuple[str, Any], ...]], list[_Job]] = {}
     for job in sorted(jobs, key=lambda j: j.index):
         groups.setdefault((job.task, job.kwargs), []).append(job)
@@ -328,35 +286,6 @@ def _batches(jobs: Sequence[_Job], size: int) -> list[tuple[str, tuple[tuple[str
         for i in range(0, len(members), size):
             out.append((task, kwargs, [(j.index, j.ids) for j in members[i:i + size]]))
     return out
-
-
-def _run(batches: list[Any], *, model: Model, art: Artifact, backend: str, workers: int,
-         progress: Progress | None) -> dict[int, dict[str, Any]]:
-    global _MODEL
-    results: dict[int, dict[str, Any]] = {}
-
-    total = sum(len(b[2]) for b in batches)
-
-    def take(done: list[tuple[int, dict[str, Any]]]) -> None:
-        results.update(done)
-        if progress is not None:
-            progress(len(done), total)
-
-    if workers <= 1 or len(batches) <= 1:
-        for batch in batches:
-            take(_execute(model, batch))
-        return results
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    _MODEL = model   # forked workers inherit it; spawned ones load the artifact once in the initializer
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(str(art.path), art.digest, backend)) as pool:
-            for done in pool.map(_run_batch, batches):
-                take(done)
-    finally:
-        _MODEL = None
-    return results
 
 
 def _environment(*, requested: str, backend: str, device: str, options: ReplayOptions, started: float,
@@ -387,7 +316,7 @@ def replay(log: str | Path, *, artifact: str | Path, policy: TrustPolicy, option
     model = None
     if art is not None:
         try:
-            model = Model.from_artifact(art, backend="numpy" if backend == "numpy" else backend)
+            model = Model.from_artifact(art, backend=backend)
         except Finding as exc:
             st.add(None, "artifact-invalid", error_text(exc), scope="artifact")
     with open_log_source(log) as src:
@@ -400,8 +329,8 @@ def replay(log: str | Path, *, artifact: str | Path, policy: TrustPolicy, option
                 _examine(index, leaf, model=model, art=art, policy=policy, options=options, st=st)
     results: dict[int, dict[str, Any]] = {}
     if st.jobs and model is not None and art is not None:
-        results = _run(_batches(st.jobs, options.batch_size), model=model, art=art, backend=backend,
-                       workers=options.workers, progress=progress)
+        results = run_batches(_batches(st.jobs, options.batch_size), model=model, artifact_path=str(art.path),
+                              digest=art.digest, backend=backend, workers=options.workers, progress=progress)
     tokens = 0
     for job in st.jobs:
         actual = results[job.index]

@@ -29,6 +29,7 @@ REASONS: dict[str, str] = {
     "output-mismatch": "the replayed output differs from the recorded one",
     "artifact-mismatch": "the receipt names another artifact digest than the one replayed",
     "artifact-invalid": "the artifact file is malformed or tampered with (digests, header, manifest)",
+    "gate-failed": "the artifact's K-score gate failed: it should never have served decisions",
     "signature-invalid": "a signature does not verify (receipt, artifact or checkpoint)",
     "untrusted-signer": "signed, but not by a key the trust policy allows for this role, tenant and time",
     "log-inconsistent": "the log's tree, checkpoints or a receipt's position do not add up",

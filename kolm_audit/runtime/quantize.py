@@ -223,6 +223,9 @@ def load_linear(tensors: Mapping[str, np.ndarray], prefix: str, *, scheme: str) 
         k = codes.shape[1]
         if scheme == "int4":
             gs = need_tensor(tensors, f"{prefix}.group_scale", "int16", (n, k // INT4_GROUP)).astype(np.int64)
+            if np.any(gs < 0):
+                raise ArtifactError("negative int4 group scale", field=f"tensors.{prefix}.group_scale",
+                                    expected="0..32767")
             q = np.where(codes >= 8, codes - 16, codes)
             w = q * np.repeat(gs, INT4_GROUP, axis=1)
         else:

@@ -26,6 +26,7 @@ GAMMA_FRAC_BITS = 24            # LayerNorm/RMSNorm weights and biases of norms:
 PROB_FRAC_BITS = 16             # softmax probabilities Q.16 (sum ≈ 2^16)
 EXP_STEP_SHIFT = 9              # tables.exp: step 2^-7 in Q.16 units
 SIG_X0, SIG_STEP_SHIFT = -8 << 16, 9   # tables.gelu_cdf / tables.tanh: x0 = -8, step 2^-7
+MAX_NORM_DIM, MAX_HEAD_DIM, MAX_TOKENS = 1 << 14, 256, 1 << 16
 _NEG_SENTINEL = -(1 << 62)
 _I32_ACC_LIMIT = 1 << 31
 
@@ -79,6 +80,8 @@ def linear(x: np.ndarray, lin: IntLinear) -> np.ndarray:
 def _norm(c: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, eps_q32: int,
           rsqrt_table: np.ndarray) -> np.ndarray:
     h = c.shape[-1]
+    if h > MAX_NORM_DIM or not 0 <= eps_q32 < 1 << 32:
+        raise ValueError("norm: H <= 2^14 and 0 <= eps_q32 < 2^32 (spec §5.3 bounds)")
     cmax = np.max(np.abs(c), axis=-1, keepdims=True)            # [...,1] int64
     k = np.maximum(fp.bit_length(cmax) - 24, 0)                 # [...,1] pre-shift so |c'| <= 2^24
     c2 = fp.round_shift(c, k)                                   # [...,H] Q.(16-k)
@@ -137,6 +140,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray
     q [B, Hq, Tq, D], k and v [B, Hq, Tk, D]: Q.16. key_valid [B, 1 or Hq, Tq or 1, Tk] bool (padding and
     causal masks). ``scale_mult / 2^scale_shift ≈ 1/sqrt(D)``. Returns the context [B, Hq, Tq, D] Q.16.
     """
+    if q.shape[-1] > MAX_HEAD_DIM or k.shape[-2] > MAX_TOKENS:
+        raise ValueError("attention: head dim <= 256 and <= 2^16 keys (spec §5.2 bounds)")
     qq, mq, eq = fp.quantize_rows(q)                               # [B,H,Tq,D] int8 vals; [B,H,Tq,1]
     kq, mk, ek = fp.quantize_rows(k)                               # [B,H,Tk,D] int8 vals; [B,H,Tk,1]
     acc = np.einsum("bhqd,bhkd->bhqk", qq.astype(np.int32), kq.astype(np.int32)).astype(np.int64)

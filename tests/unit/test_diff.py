@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 from _replay_fixtures import bert_checkpoint, changed_weight, llama_checkpoint, make_keys, quantize_signed, record
+from hypothesis import given
+from hypothesis import strategies as hs
 
 from kolm_audit.artifact import read_artifact
-from kolm_audit.diff import diff, json_paths
+from kolm_audit.diff import diff, json_paths, path_key
 from kolm_audit.errors import InputError
 from kolm_audit.log import open_log_source
 from kolm_audit.model import classification_digest, generation_digest
@@ -41,9 +43,23 @@ def _leaf(log: Path, index: int) -> bytes:
 
 
 def test_json_paths_are_sorted_and_name_missing_sides() -> None:
+    assert [d["path"] for d in json_paths(list(range(12)), [])][:3] == ["$[0]", "$[1]", "$[2]"]
     diffs = json_paths({"z": 1, "a": {"x": [1, 2, 3]}}, {"a": {"x": [1, 5]}, "b": None})
     assert [d["path"] for d in diffs] == ["$.a.x[1]", "$.a.x[2]", "$.b", "$.z"]
     assert diffs[1] == {"path": "$.a.x[2]", "a": "3", "b": None} and diffs[2]["a"] is None
+
+
+_JSON = hs.recursive(hs.none() | hs.booleans() | hs.integers(-5, 5) | hs.text(max_size=3),
+                     lambda kids: hs.lists(kids, max_size=3) | hs.dictionaries(hs.text(max_size=2), kids, max_size=3),
+                     max_leaves=12)
+
+
+@given(_JSON, _JSON)
+def test_json_paths_empty_exactly_when_equal(a: Any, b: Any) -> None:
+    diffs = json_paths(a, b)
+    assert (diffs == []) == (json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True))
+    assert [d["path"] for d in diffs] == sorted((d["path"] for d in diffs), key=path_key)
+    assert json_paths(a, a) == []
 
 
 def test_same_artifact_is_identical(files: dict[str, Any]) -> None:
@@ -69,7 +85,7 @@ def test_one_changed_weight_is_located_exactly(files: dict[str, Any]) -> None:
 def test_another_model_differs_in_manifest_and_tensors(files: dict[str, Any]) -> None:
     doc = diff(str(files["art"]), str(files["other"]))
     paths = [d["path"] for d in doc["details"]["manifest"]]
-    assert "$.name" in paths and paths == sorted(paths)
+    assert "$.name" in paths and paths == sorted(paths, key=path_key)
     assert len(doc["details"]["tensors"]["changed"]) > 10
 
 

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from _replay_fixtures import Keys, bert_checkpoint, changed_weight, make_keys, quantize_signed, record
 
+from kolm_audit.artifact import build_manifest, read_artifact, sign_artifact, write_artifact
 from kolm_audit.canonical import digest_of, jcs
 from kolm_audit.errors import InputError
 from kolm_audit.keys import PrivateKey
@@ -149,6 +151,17 @@ def test_edit_without_fixing_the_digest_is_receipt_inconsistent(world: dict[str,
     assert _reasons(report, 2) == {"receipt-inconsistent"}
 
 
+def test_receipt_naming_this_digest_with_another_version_is_inconsistent(world: dict[str, Any],
+                                                                        tmp_path: Path) -> None:
+    def edit(receipt: dict[str, Any]) -> None:
+        receipt["artifact"]["version"] = "2"
+
+    forged = _forge(world, tmp_path / "version.db", 7, edit, world["keys"].receipt)
+    report = replay(forged, artifact=world["art"], policy=world["keys"].policy)
+    assert _reasons(report, 7) == {"receipt-inconsistent"}
+    assert report["results"]["receipts"][7]["replayed"]          # the decision itself still reproduced
+
+
 def test_tampered_leaf_in_the_database_is_log_inconsistent(world: dict[str, Any], tmp_path: Path) -> None:
     forged = _forge(world, tmp_path / "f.db", 4, _edit_scores, world["keys"].receipt)
     with open_log_source(forged) as src:
@@ -180,6 +193,21 @@ def test_tampered_artifact_is_artifact_invalid_and_nothing_is_replayed(world: di
     res = replay(world["log"], artifact=bad, policy=world["keys"].policy)["results"]
     assert _reasons({"results": res}, None, scope="artifact") == {"artifact-invalid"}
     assert res["counts"]["replayed"] == 0 and res["verdict"] == "mismatch"
+
+
+def test_failed_gate_is_reported(world: dict[str, Any], tmp_path: Path) -> None:
+    art = read_artifact(world["art"])
+    m = art.manifest
+    tensors = {n: np.asarray(a) for n, a in art.tensors.items()}
+    manifest = build_manifest(name=m["name"], version=m["version"], task=m["task"], architecture=m["architecture"],
+                              quantization=m["quantization"], tensors=tensors, provenance=m["provenance"],
+                              created=m["created"], kscore={"score": 400, "gate": {"min_score": 800, "passed": False}})
+    gated = tmp_path / "gated.kolm"
+    write_artifact(gated, manifest=manifest, tensors=tensors)
+    sign_artifact(gated, world["keys"].vendor)
+    report = replay(world["log"], artifact=gated, policy=world["keys"].policy)
+    assert _reasons(report, None, scope="artifact") == {"gate-failed"}
+    assert report["results"]["counts"]["by_reason"]["artifact-mismatch"] == 10
 
 
 def test_selection_filters(world: dict[str, Any]) -> None:

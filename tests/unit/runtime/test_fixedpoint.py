@@ -158,3 +158,75 @@ def test_no_float_in_forward_code(module: object) -> None:
         for node in ast.walk(fn):
             assert not (isinstance(node, ast.Constant) and isinstance(node.value, float)), fn.name
             assert not (isinstance(node, ast.Attribute) and node.attr.startswith("float")), fn.name
+
+
+# ---- spec formulas in Python big integers (no overflow possible) vs the int64 reference at the extremes ----
+
+def _spec_quantize_row(x: list[int]) -> tuple[list[int], int, int]:
+    amax = max(abs(v) for v in x)
+    d0 = max(1, -(-amax // 127))
+    e = max(0, d0.bit_length() - 15)
+    m = -(-d0 // (1 << e))
+    return [rnd(Fraction(v, m << e)) for v in x], m, e
+
+
+def _spec_linear(x: list[int], w: list[list[int]], mult: list[int], shift: list[int], bias: list[int]) -> list[int]:
+    q, m, e = _spec_quantize_row(x)
+    out = []
+    for n, row in enumerate(w):
+        acc = sum(a * b for a, b in zip(q, row, strict=True))
+        y = rnd(Fraction(acc * m * mult[n], 1 << (shift[n] - e))) + bias[n]
+        out.append(min(max(y, -(1 << 31)), (1 << 31) - 1))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32), st.sampled_from([127, 8 * 5504, 12 * 229376]))
+def test_linear_matches_big_integer_spec_at_extremes(seed: int, wmax: int) -> None:
+    rng = np.random.default_rng(seed)
+    k, n = 256, 6
+    x = rng.integers(-(1 << 31), 1 << 31, size=k)
+    x[rng.integers(0, k)] = -(1 << 31)                                   # the most negative activation
+    w = rng.integers(-wmax, wmax + 1, size=(n, k))
+    w[0, :] = wmax                                                       # a row at the bound
+    shift = rng.integers(10, 81, size=n)
+    # the largest multiplier the load-time check allows: |W·M/2^S| < 2^14
+    mult = np.array([min((1 << 31) - 1, ((1 << (int(s) + 14)) - 1) // wmax) for s in shift])
+    mult[1] = -mult[1]
+    bias = rng.integers(-(1 << 31), 1 << 31, size=n)
+    lin = ref.IntLinear(weight=w, wmax=wmax, mult=mult, shift=shift, bias=bias)
+    got = ref.linear(x[None, :], lin)[0].tolist()
+    assert got == _spec_linear(x.tolist(), w.tolist(), mult.tolist(), shift.tolist(), bias.tolist())
+
+
+def _spec_layer_norm(x: list[int], gamma: list[int], beta: list[int], eps_q32: int) -> list[int]:
+    h = len(x)
+    mu = rnd(Fraction(sum(x), h))
+    c = [v - mu for v in x]
+    k = max(0, max(abs(v) for v in c).bit_length() - 24)
+    c2 = [rnd(Fraction(v, 1 << k)) for v in c]
+    var = rnd(Fraction(sum(v * v for v in c2), h))
+    v = max(var + rnd(Fraction(eps_q32, 1 << (2 * k))), 1)
+    j = (v.bit_length() - 29) // 2
+    mant = v * 4 ** (-j) if j <= 0 else rnd(Fraction(v, 1 << (2 * j)))
+    r = int(fp.lut_interp(np.int64(mant), RSQRT, x0=1 << 28, step_shift=18))
+    p = 44 + j
+    out = []
+    for cv, g, b in zip(c, gamma, beta, strict=True):
+        y = rnd(Fraction(cv * r * g, 1 << (p - (16 - k) + 24))) + b
+        out.append(min(max(y, -(1 << 31)), (1 << 31) - 1))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32), st.sampled_from([1, 1 << 8, 1 << 20, 1 << 31]),
+       st.sampled_from([0, 4295, 1 << 31]))
+def test_layer_norm_matches_big_integer_spec_at_extremes(seed: int, spread: int, eps_q32: int) -> None:
+    rng = np.random.default_rng(seed)
+    h = 64
+    x = np.clip(rng.integers(-spread, spread + 1, size=h) + int(rng.integers(-(1 << 30), 1 << 30)),
+                -(1 << 31), (1 << 31) - 1)
+    gamma = rng.integers(-(1 << 31) + 1, 1 << 31, size=h)
+    beta = rng.integers(-(1 << 31), 1 << 31, size=h)
+    got = ref.layer_norm(x[None, :], gamma, beta, eps_q32=eps_q32, rsqrt_table=RSQRT)[0].tolist()
+    assert got == _spec_layer_norm(x.tolist(), gamma.tolist(), beta.tolist(), eps_q32)

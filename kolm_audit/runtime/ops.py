@@ -1,0 +1,175 @@
+"""Backends of ``kolm-int/1``: one object (``ops``) with every primitive a model forward calls.
+
+The model files (:mod:`~kolm_audit.runtime.models.llama`, :mod:`~kolm_audit.runtime.models.bert`) keep their
+readable forward and call ``ops.linear``, ``ops.attention``, ``ops.rms_norm``… on the backend's own arrays.
+:class:`NumpyOps` is the reference (it calls :mod:`~kolm_audit.runtime.reference`,
+:mod:`~kolm_audit.runtime.llama_ops` and :mod:`~kolm_audit.runtime.fixedpoint` unchanged);
+:class:`kolm_audit.runtime.torch_backend.TorchOps` computes the same integers on torch CPU or CUDA. Every
+backend returns identical integers (tested on every conformance vector), so the choice of backend — like the
+thread count — never changes an output; it is recorded for information only.
+
+Backend names: ``numpy``; ``cpu`` and ``cuda`` (torch); ``auto`` = ``cuda`` when a GPU is visible, else ``cpu``
+when torch imports, else ``numpy``.
+
+Example::
+
+    >>> import numpy as np
+    >>> ops = get_ops("numpy")
+    >>> ops.name, ops.numpy(ops.saturate(ops.const(np.array([1 << 40, -5])))).tolist()
+    ('numpy', [2147483647, -5])
+    >>> resolve_backend("numpy")
+    'numpy'
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kolm_audit.errors import InputError
+from kolm_audit.runtime import fixedpoint as fp
+from kolm_audit.runtime import llama_ops as lo
+from kolm_audit.runtime import reference as ref
+
+BACKENDS = ("auto", "numpy", "cpu", "cuda")
+THREADS_ENV = "KOLM_THREADS"
+
+
+class NumpyOps:
+    """The numpy reference backend: arrays are ``np.ndarray`` int64 (bool for masks)."""
+
+    name = "numpy"
+    threads: int | None = None
+
+    # ---- arrays -------------------------------------------------------------------------------------------
+    def const(self, arr: Any) -> np.ndarray:
+        """An integer array in this backend (int64)."""
+        return np.asarray(arr).astype(np.int64)
+
+    def mask(self, arr: Any) -> np.ndarray:
+        return np.asarray(arr, dtype=bool)
+
+    def numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def heads(self, x: np.ndarray, n: int, d: int) -> np.ndarray:
+        """[B, T, n·d] → [B, n, T, d]."""
+        b, t, _ = x.shape
+        return x.reshape(b, t, n, d).transpose(0, 2, 1, 3)
+
+    def merge_heads(self, x: np.ndarray) -> np.ndarray:
+        """[B, n, T, d] → [B, T, n·d]."""
+        b, n, t, d = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(b, t, n * d)
+
+    def cat(self, xs: Sequence[np.ndarray], axis: int) -> np.ndarray:
+        return np.concatenate(list(xs), axis=axis)
+
+    def repeat(self, x: np.ndarray, rep: int, axis: int) -> np.ndarray:
+        return x if rep == 1 else np.repeat(x, rep, axis=axis)
+
+    def take(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (numpy int array) of ``x`` along axis 0."""
+        return x[rows]
+
+    # ---- primitives ---------------------------------------------------------------------------------------
+    def prepare_linear(self, lin: ref.IntLinear) -> ref.IntLinear:
+        return lin
+
+    def linear(self, x: np.ndarray, lin: ref.IntLinear) -> np.ndarray:
+        return ref.linear(x, lin)
+
+    def prepare_embedding(self, tensors: Mapping[str, np.ndarray], prefix: str) -> tuple[np.ndarray, ...]:
+        return (np.asarray(tensors[f"{prefix}.weight"]), tensors[f"{prefix}.mult"].astype(np.int64),
+                tensors[f"{prefix}.shift"].astype(np.int64))
+
+    def embedding(self, emb: tuple[np.ndarray, ...], ids: np.ndarray) -> np.ndarray:
+        """Q.16 rows of an int8 embedding table: ``requantize(w[id], mult[id], shift[id])``."""
+        w, mult, shift = emb
+        return fp.requantize(w[ids].astype(np.int64), mult[ids][..., None], shift[ids][..., None])
+
+    def saturate(self, x: np.ndarray) -> np.ndarray:
+        return fp.saturate_int32(x)
+
+    def rdiv(self, a: np.ndarray, b: Any) -> np.ndarray:
+        return fp.rdiv(a, b)
+
+    def layer_norm(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, eps_q32: int,
+                   rsqrt_table: np.ndarray) -> np.ndarray:
+        return ref.layer_norm(x, gamma, beta, eps_q32=eps_q32, rsqrt_table=rsqrt_table)
+
+    def rms_norm(self, x: np.ndarray, gamma: np.ndarray, *, eps_q32: int, rsqrt_table: np.ndarray) -> np.ndarray:
+        return ref.rms_norm(x, gamma, eps_q32=eps_q32, rsqrt_table=rsqrt_table)
+
+    def softmax(self, scores: np.ndarray, valid: np.ndarray, exp_table: np.ndarray) -> np.ndarray:
+        return ref.softmax(scores, valid, exp_table)
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray, *, scale_mult: int,
+                  scale_shift: int, exp_table: np.ndarray) -> np.ndarray:
+        return ref.attention(q, k, v, key_valid, scale_mult=scale_mult, scale_shift=scale_shift,
+                             exp_table=exp_table)
+
+    def gelu(self, x: np.ndarray, cdf_table: np.ndarray) -> np.ndarray:
+        return ref.gelu(x, cdf_table)
+
+    def tanh(self, x: np.ndarray, tanh_table: np.ndarray) -> np.ndarray:
+        return ref.tanh(x, tanh_table)
+
+    def rope(self, x: np.ndarray, positions: np.ndarray, cos_table: np.ndarray, sin_table: np.ndarray) -> np.ndarray:
+        return lo.rope(x, positions, cos_table, sin_table)
+
+    def swiglu(self, gate: np.ndarray, up: np.ndarray, sigmoid_table: np.ndarray) -> np.ndarray:
+        return lo.swiglu(gate, up, sigmoid_table)
+
+
+def torch_available() -> bool:
+    """Whether torch can be imported (without importing it)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def resolve_backend(name: str) -> str:
+    """``auto`` → ``cuda`` | ``cpu`` | ``numpy``; other names are checked (InputError naming ``backend``)."""
+    if name not in BACKENDS:
+        raise InputError("unknown backend", field="backend", expected=" | ".join(BACKENDS), actual=repr(name))
+    if name == "numpy":
+        return name
+    if not torch_available():
+        if name == "auto":
+            return "numpy"
+        raise InputError("torch is not installed", field="backend", expected="numpy (or install torch)",
+                         actual=name)
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("no CUDA device is available", field="backend", expected="auto | numpy | cpu",
+                         actual="cuda")
+    return name
+
+
+def thread_count(threads: int | None) -> int | None:
+    """The torch thread count: ``threads`` if given, else ``$KOLM_THREADS``, else torch's default (recorded)."""
+    if threads is None and os.environ.get(THREADS_ENV):
+        raw = os.environ[THREADS_ENV]
+        if not raw.isdigit() or int(raw) < 1:
+            raise InputError("bad thread count", field=THREADS_ENV, expected="a positive integer", actual=raw)
+        threads = int(raw)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError("bad thread count", field="threads", expected="a positive integer", actual=repr(threads))
+    return threads
+
+
+def get_ops(backend: str = "auto", *, threads: int | None = None) -> Any:
+    """The ops object of ``backend`` (``auto`` | ``numpy`` | ``cpu`` | ``cuda``); ``ops.name`` is the one used."""
+    name = resolve_backend(backend)
+    n = thread_count(threads)
+    if name == "numpy":
+        return NumpyOps()
+    from kolm_audit.runtime.torch_backend import TorchOps
+
+    return TorchOps(device=name, threads=n)

@@ -1,0 +1,119 @@
+"""The fixed-point helpers of :mod:`kolm_audit.runtime.fixedpoint`, on torch ``int64`` tensors (CPU or CUDA).
+
+Same functions, same arguments, same integers: every helper here is the line-for-line torch transcription of
+its numpy twin (spec ``docs/runtime-spec.md`` §2–§5.1) and uses only exact ``int64`` operations (add, multiply,
+floor division, arithmetic shifts, comparisons, indexing). The one float use, :func:`bit_length`, reads the
+binary exponent of an exactly converted integer and then corrects it with integer shifts, so it is exact for
+every ``int64``. Unit tests compare every helper with the numpy reference on random inputs (hypothesis).
+
+Example::
+
+    >>> import torch
+    >>> round_shift(torch.tensor([5, -5, 6, -6]), 1).tolist()
+    [3, -2, 3, -3]
+    >>> q, m, e = quantize_rows(torch.tensor([[65536, -32768, 0]]))
+    >>> q.tolist(), m.tolist(), e.tolist()
+    ([[127, -63, 0]], [[517]], [[0]])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kolm_audit.runtime.fixedpoint import INT32_MAX, INT32_MIN, QMAX, STEP_MANTISSA_BITS
+
+Tensor = torch.Tensor
+_LIMB = 31
+_LIMB_MASK = (1 << _LIMB) - 1
+_MAX_SHIFT = 93
+
+
+def _one(like: Tensor) -> Tensor:
+    return torch.ones((), dtype=torch.int64, device=like.device)
+
+
+def pow2(s: Tensor | int, like: Tensor) -> Tensor:
+    """``2**s`` as int64 (``0 <= s <= 62``)."""
+    if isinstance(s, int):
+        return torch.tensor(1 << s, dtype=torch.int64, device=like.device)
+    return torch.bitwise_left_shift(_one(like), s)
+
+
+def round_shift(x: Tensor, s: Tensor | int) -> Tensor:
+    """``rnd(x / 2**s)`` for ``s >= 0`` (round half up); ``s == 0`` returns ``x``."""
+    if isinstance(s, int):
+        return x if s == 0 else torch.bitwise_right_shift(x + (1 << (s - 1)), s)
+    half = torch.where(s > 0, pow2(torch.clamp(s - 1, min=0), x), 0)
+    return torch.bitwise_right_shift(x + half, s)
+
+
+def rdiv(a: Tensor, b: Tensor | int) -> Tensor:
+    """``rnd(a / b)`` for ``0 < b < 2**62``: floor quotient plus one where the remainder is at least ``b/2``."""
+    q = torch.div(a, b, rounding_mode="floor")
+    r = a - q * b
+    return q + (2 * r >= b).to(torch.int64)
+
+
+def requantize(x: Tensor, multiplier: Tensor | int, shift: Tensor | int) -> Tensor:
+    """``rnd(x · multiplier / 2**shift)`` with one rounding (two-limb product, spec §3.2)."""
+    xh = torch.bitwise_right_shift(x, _LIMB)
+    xl = torch.bitwise_and(x, _LIMB_MASK)
+    a = xh * multiplier
+    b = xl * multiplier
+    s = shift if isinstance(shift, Tensor) else torch.tensor(shift, dtype=torch.int64, device=x.device)
+    hi_s = torch.clamp(s, 32, _MAX_SHIFT)
+    high = torch.bitwise_right_shift(a + pow2(hi_s - 32, x) + torch.bitwise_right_shift(b, _LIMB), hi_s - 31)
+    if bool((s >= 32).all()):                    # the usual case: only the first branch is needed
+        return high
+    mid = a + torch.bitwise_right_shift(b + (1 << 30), _LIMB)
+    lo_s = torch.clamp(s, 0, 30)
+    low_half = torch.where(lo_s > 0, pow2(torch.clamp(lo_s - 1, min=0), x), 0)
+    low = torch.bitwise_left_shift(a, _LIMB - lo_s) + torch.bitwise_right_shift(b + low_half, lo_s)
+    return torch.where(s >= 32, high, torch.where(s == 31, mid, low))
+
+
+def saturate_int32(x: Tensor) -> Tensor:
+    """Clamp to ``[-2**31, 2**31 - 1]``."""
+    return torch.clamp(x, INT32_MIN, INT32_MAX)
+
+
+def bit_length(x: Tensor) -> Tensor:
+    """Bits of ``x >= 0`` element-wise (``0 → 0``), exact for every int64.
+
+    ``frexp`` of the (possibly rounded) float64 gives a candidate ``n`` within one of the answer; two integer
+    shift tests then fix it: ``n`` is right iff ``x >> n == 0`` and ``x >> (n - 1) != 0`` (or ``x == 0``).
+    """
+    n = torch.frexp(x.to(torch.float64)).exponent.to(torch.int64)
+    n = n + (torch.bitwise_right_shift(x, torch.clamp(n, 0, 63)) != 0).to(torch.int64)
+    n = n - ((x > 0) & (torch.bitwise_right_shift(x, torch.clamp(n - 1, 0, 63)) == 0)).to(torch.int64)
+    return n
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row int8 quantization (spec §3.3): ``(q, m, e)`` with ``m``, ``e`` of shape ``x.shape[:-1] + (1,)``."""
+    amax = x.abs().amax(dim=-1, keepdim=True)
+    d0 = torch.clamp(torch.div(amax + (QMAX - 1), QMAX, rounding_mode="floor"), min=1)
+    e = torch.clamp(bit_length(d0) - STEP_MANTISSA_BITS, min=0)
+    p = pow2(e, x)
+    m = torch.div(d0 + p - 1, p, rounding_mode="floor")
+    q = rdiv(x, torch.bitwise_left_shift(m, e))
+    return q, m, e
+
+
+def lut_interp(x: Tensor, table: Tensor, *, x0: int, step_shift: int) -> Tensor:
+    """Piecewise-linear table lookup (spec §5.1), one rounding; ``table`` int64 on the same device."""
+    n = table.shape[0]
+    pos = x - x0
+    i = torch.clamp(torch.bitwise_right_shift(pos, step_shift), 0, n - 2)
+    f = torch.clamp(pos - torch.bitwise_left_shift(i, step_shift), 0, 1 << step_shift)
+    lo = table[i]
+    return lo + round_shift((table[i + 1] - lo) * f, step_shift)
+
+
+def rsqrt(v: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
+    """``1/sqrt(v) ≈ r / 2**p`` for ``v >= 1`` (spec §5.3); same integers as ``fixedpoint.rsqrt``."""
+    j = torch.div(bit_length(v) - 29, 2, rounding_mode="floor")
+    m = torch.where(j <= 0, torch.bitwise_left_shift(v, torch.clamp(-2 * j, min=0)),
+                    round_shift(v, torch.clamp(2 * j, min=0)))
+    r = lut_interp(m, table, x0=1 << 28, step_shift=18)
+    return r, 44 + j
