@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/kolm-audit demo --workdir $(DEMO_DIR)
+	$(VENV)/bin/kolm-audit demo --workdir $(DEMO_DIR) --force
 
 test: $(STAMP)
 	$(PY) -m ruff check kolm_audit tests bench

@@ -91,19 +91,28 @@ class ReplayOptions:
             raise InputError("a key store needs its key-encryption key", field="--kek-file/--kek-env")
 
 
-def resolve_backend(requested: str) -> tuple[str, str]:
-    """``(backend, device)`` actually used: ``auto`` is ``numpy`` while no torch backend module exists."""
+def resolve_backend(requested: str) -> str:
+    """The backend to ask the runtime for: ``auto`` is ``numpy`` while no torch backend module exists; ``cpu`` and
+    ``cuda`` need that module (and ``cuda`` a CUDA device). The runtime resolves the rest (see ``environment``)."""
     has_torch = importlib.util.find_spec(TORCH_BACKEND_MODULE) is not None
     if requested == "numpy" or (requested == "auto" and not has_torch):
-        return "numpy", "cpu"
+        return "numpy"
     if not has_torch:
         raise InputError("backend not available in this build (only the numpy reference exists)",
                          field="--backend", expected="auto | numpy", actual=requested)
-    if requested == "auto":
+    if requested == "cuda":
         import torch
 
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    return requested, requested
+        if not torch.cuda.is_available():
+            raise InputError("no CUDA device here", field="--backend", expected="auto | numpy | cpu", actual="cuda")
+    return requested
+
+
+def _used(model: Model | None, backend: str) -> tuple[str, str]:
+    """(backend, device) the model actually runs on (informational)."""
+    name = str(getattr(model, "backend", backend))
+    device = getattr(model, "device", None)
+    return name, str(device) if device is not None else ("cuda" if "cuda" in name else "cpu")
 
 
 # --- the auditor side ---------------------------------------------------------------------------------------
@@ -310,7 +319,7 @@ def replay(log: str | Path, *, artifact: str | Path, policy: TrustPolicy, option
     """
     options = options or ReplayOptions()
     started = time.perf_counter()
-    backend, device = resolve_backend(options.backend)
+    backend = resolve_backend(options.backend)
     st = _State()
     art, art_info = _check_artifact(Path(artifact), policy, st)
     model = None
@@ -331,6 +340,7 @@ def replay(log: str | Path, *, artifact: str | Path, policy: TrustPolicy, option
     if st.jobs and model is not None and art is not None:
         results = run_batches(_batches(st.jobs, options.batch_size), model=model, artifact_path=str(art.path),
                               digest=art.digest, backend=backend, workers=options.workers, progress=progress)
+    used, device = _used(model, backend)
     tokens = 0
     for job in st.jobs:
         actual = results[job.index]
@@ -355,7 +365,7 @@ def replay(log: str | Path, *, artifact: str | Path, policy: TrustPolicy, option
     report = {"schema": REPORT_SCHEMA, "tool": {"name": "kolm-audit", "version": __version__},
               "inputs": {"log": str(log), "artifact": str(artifact), **dict(inputs or {})},
               "results": res, "results_digest": digest_of(res),
-              "environment": _environment(requested=options.backend, backend=backend, device=device, options=options,
+              "environment": _environment(requested=options.backend, backend=used, device=device, options=options,
                                           started=started, replayed=len(results), tokens=tokens)}
     jcs(report)   # no floats anywhere
     validate(report, "replay-report")

@@ -101,7 +101,8 @@ def test_replay_against_a_changed_weight_exits_1_with_reasons(capsys, world, tmp
 
 @pytest.mark.parametrize("args", [
     ["--select", "index=9..1"],
-    ["--backend", "cuda"],
+    pytest.param(["--backend", "cuda"], marks=pytest.mark.skipif(
+        __import__("torch").cuda.is_available(), reason="a CUDA device is present")),
     ["--kek-env", "NOPE"],
 ])
 def test_bad_input_exits_2(capsys, world, args):

@@ -46,14 +46,14 @@ from kolm_audit.errors import ArtifactError, RuntimeInputError
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import reference as ref
 from kolm_audit.runtime import tables as tb
-from kolm_audit.runtime.llama_ops import rope, swiglu
 from kolm_audit.runtime.models.llama_build import (
     SIGMOID_LEN,
     check_architecture,
     llama_architecture,
     quantize_llama,
 )
-from kolm_audit.runtime.quantize import embedding_lookup, load_linear, quantization_params
+from kolm_audit.runtime.ops import NumpyOps
+from kolm_audit.runtime.quantize import load_linear, quantization_params
 from kolm_audit.runtime.sampling import DecodingParams, request_key, select_token
 
 __all__ = ["Generation", "LlamaRuntime", "generate", "llama_architecture", "quantize_llama"]
@@ -71,17 +71,22 @@ class Generation(NamedTuple):
 
 @dataclass
 class KVCache:
-    """Per-layer keys (after RoPE) and values of a left-padded batch, int64 [B, nkv, T, D] Q.16."""
+    """Per-layer keys (after RoPE) and values of a left-padded batch, int64 [B, nkv, T, D] Q.16.
 
-    keys: list[np.ndarray] = field(default_factory=list)
-    values: list[np.ndarray] = field(default_factory=list)
+    ``keys``/``values`` live in the backend's arrays (numpy, or torch on CPU/CUDA); ``key_ok`` and ``pos`` are
+    numpy (the masks and positions are built on the host).
+    """
+
+    keys: list[Any] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
     key_ok: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))   # [B, T] real token?
     pos: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))        # [B] next position
 
-    def select(self, rows: np.ndarray) -> KVCache:
+    def select(self, rows: np.ndarray, ops: Any | None = None) -> KVCache:
         """The cache of a subset of the requests (dropping finished ones never changes the others)."""
-        return KVCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.key_ok[rows],
-                       self.pos[rows])
+        take = (ops or NumpyOps()).take
+        return KVCache([take(k, rows) for k in self.keys], [take(v, rows) for v in self.values],
+                       self.key_ok[rows], self.pos[rows])
 
 
 def _table(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -110,10 +115,16 @@ def _linear(tensors: Mapping[str, np.ndarray], prefix: str, scheme: str, shape: 
 
 
 class LlamaRuntime:
-    """The integer Llama-family forward over an artifact's tensors (numpy reference backend)."""
+    """The integer Llama-family forward over an artifact's tensors.
+
+    ``ops`` is the backend (:class:`kolm_audit.runtime.ops.NumpyOps`, the reference, by default; or
+    :class:`kolm_audit.runtime.torch_backend.TorchOps`): every backend yields the same integers.
+    """
 
     def __init__(self, *, architecture: Mapping[str, Any], quantization: Mapping[str, Any],
-                 tensors: Mapping[str, np.ndarray], task: Mapping[str, Any] | None = None) -> None:
+                 tensors: Mapping[str, np.ndarray], task: Mapping[str, Any] | None = None,
+                 ops: Any | None = None) -> None:
+        self.ops = ops = ops or NumpyOps()
         a = check_architecture(architecture)
         scheme = str(quantization.get("scheme"))
         quantization_params(scheme)
@@ -142,43 +153,48 @@ class LlamaRuntime:
             p = f"model.layers.{i}."
             _check(tensors, {p + "input_layernorm.gamma": ("int32", (h,)),
                              p + "post_attention_layernorm.gamma": ("int32", (h,))})
-            self.layers.append({n: _linear(tensors, p + n, scheme, shape) for n, shape in shapes.items()})
-        self.lm_head = _linear(tensors, "lm_head", scheme, (v, h))
+            self.layers.append({n: ops.prepare_linear(_linear(tensors, p + n, scheme, shape))
+                                for n, shape in shapes.items()})
+        self.lm_head = ops.prepare_linear(_linear(tensors, "lm_head", scheme, (v, h)))
+        # backend copies of what the forward reads (numpy tables above stay for sampling)
+        self.embed = ops.prepare_embedding(tensors, "model.embed_tokens")
+        self.k_rsqrt, self.k_sigmoid = ops.const(self.rsqrt), ops.const(self.sigmoid)
+        self.k_cos, self.k_sin, self.k_exp = ops.const(self.cos), ops.const(self.sin), ops.const(self.exp)
+        self.gammas = {n[:-len(".gamma")]: ops.const(arr) for n, arr in tensors.items() if n.endswith(".gamma")}
 
     # ---- the forward --------------------------------------------------------------------------------------
 
-    def _norm(self, x: np.ndarray, name: str) -> np.ndarray:
-        gamma = self.t[f"{name}.gamma"].astype(np.int64)                          # [H] Q.24
-        return ref.rms_norm(x, gamma, eps_q32=self.eps, rsqrt_table=self.rsqrt)   # [..., H] Q.16
+    def _norm(self, x: Any, name: str) -> Any:
+        gamma = self.gammas[name]                                                 # [H] Q.24
+        return self.ops.rms_norm(x, gamma, eps_q32=self.eps, rsqrt_table=self.k_rsqrt)   # [..., H] Q.16
 
-    def _block(self, i: int, x: np.ndarray, pos: np.ndarray, cache: KVCache, mask: np.ndarray) -> np.ndarray:
+    def _block(self, i: int, x: Any, pos: Any, cache: KVCache, mask: Any) -> Any:
         """Decoder layer ``i`` on new tokens x int64 [B, T, H] Q.16 (positions [B, T]); appends to the cache."""
-        lay, p = self.layers[i], f"model.layers.{i}."
-        b, t, _ = x.shape
+        ops, lay, p = self.ops, self.layers[i], f"model.layers.{i}."
         h = self._norm(x, p + "input_layernorm")                                  # [B,T,H] Q.16
-        q = ref.linear(h, lay["self_attn.q_proj"]).reshape(b, t, self.nh, self.d).transpose(0, 2, 1, 3)
-        k = ref.linear(h, lay["self_attn.k_proj"]).reshape(b, t, self.nkv, self.d).transpose(0, 2, 1, 3)
-        v = ref.linear(h, lay["self_attn.v_proj"]).reshape(b, t, self.nkv, self.d).transpose(0, 2, 1, 3)
-        q = rope(q, pos, self.cos, self.sin)                                      # [B,nh,T,D] Q.16
-        k = rope(k, pos, self.cos, self.sin)                                      # [B,nkv,T,D] Q.16
+        q = ops.heads(ops.linear(h, lay["self_attn.q_proj"]), self.nh, self.d)    # [B,nh,T,D] Q.16
+        k = ops.heads(ops.linear(h, lay["self_attn.k_proj"]), self.nkv, self.d)   # [B,nkv,T,D] Q.16
+        v = ops.heads(ops.linear(h, lay["self_attn.v_proj"]), self.nkv, self.d)   # [B,nkv,T,D] Q.16
+        q = ops.rope(q, pos, self.k_cos, self.k_sin)                              # [B,nh,T,D] Q.16
+        k = ops.rope(k, pos, self.k_cos, self.k_sin)                              # [B,nkv,T,D] Q.16
         if i < len(cache.keys):
-            cache.keys[i] = np.concatenate([cache.keys[i], k], axis=2)            # [B,nkv,Tk,D] Q.16
-            cache.values[i] = np.concatenate([cache.values[i], v], axis=2)        # [B,nkv,Tk,D] Q.16
+            cache.keys[i] = ops.cat([cache.keys[i], k], axis=2)                   # [B,nkv,Tk,D] Q.16
+            cache.values[i] = ops.cat([cache.values[i], v], axis=2)               # [B,nkv,Tk,D] Q.16
         else:
             cache.keys.append(k)
             cache.values.append(v)
         rep = self.nh // self.nkv                                                 # query heads per KV head
-        k_all = np.repeat(cache.keys[i], rep, axis=1)                             # [B,nh,Tk,D] Q.16
-        v_all = np.repeat(cache.values[i], rep, axis=1)                           # [B,nh,Tk,D] Q.16
-        ctx = ref.attention(q, k_all, v_all, mask, scale_mult=self.scale_m, scale_shift=self.scale_s,
-                            exp_table=self.exp)                                   # [B,nh,T,D] Q.16
-        ctx = ctx.transpose(0, 2, 1, 3).reshape(b, t, self.nh * self.d)           # [B,T,nh·D] Q.16
-        x = fp.saturate_int32(x + ref.linear(ctx, lay["self_attn.o_proj"]))       # [B,T,H] Q.16 residual
+        k_all = ops.repeat(cache.keys[i], rep, axis=1)                            # [B,nh,Tk,D] Q.16
+        v_all = ops.repeat(cache.values[i], rep, axis=1)                          # [B,nh,Tk,D] Q.16
+        ctx = ops.attention(q, k_all, v_all, mask, scale_mult=self.scale_m, scale_shift=self.scale_s,
+                            exp_table=self.k_exp)                                 # [B,nh,T,D] Q.16
+        ctx = ops.merge_heads(ctx)                                                # [B,T,nh·D] Q.16
+        x = ops.saturate(x + ops.linear(ctx, lay["self_attn.o_proj"]))            # [B,T,H] Q.16 residual
         h = self._norm(x, p + "post_attention_layernorm")                         # [B,T,H] Q.16
-        g = ref.linear(h, lay["mlp.gate_proj"])                                   # [B,T,I] Q.16
-        u = ref.linear(h, lay["mlp.up_proj"])                                     # [B,T,I] Q.16
-        m = swiglu(g, u, self.sigmoid)                                            # [B,T,I] Q.16 silu(g)·u
-        return fp.saturate_int32(x + ref.linear(m, lay["mlp.down_proj"]))         # [B,T,H] Q.16 residual
+        g = ops.linear(h, lay["mlp.gate_proj"])                                   # [B,T,I] Q.16
+        u = ops.linear(h, lay["mlp.up_proj"])                                     # [B,T,I] Q.16
+        m = ops.swiglu(g, u, self.k_sigmoid)                                      # [B,T,I] Q.16 silu(g)·u
+        return ops.saturate(x + ops.linear(m, lay["mlp.down_proj"]))              # [B,T,H] Q.16 residual
 
     def _step(self, ids: np.ndarray, new_ok: np.ndarray, cache: KVCache, *, all_logits: bool) -> np.ndarray:
         """Run new tokens ids int64 [B, T] (new_ok [B, T]: real, else left padding) through the model.
@@ -193,13 +209,15 @@ class LlamaRuntime:
         qi = np.arange(tk - t, tk)[:, None]                                       # [T,1] timeline index of queries
         kj = np.arange(tk)[None, :]                                               # [1,Tk] timeline index of keys
         mask = (kj <= qi)[None] & (cache.key_ok[:, None, :] | (kj == qi)[None])   # [B,T,Tk] causal, no padding
-        mask = mask[:, None, :, :]                                                # [B,1,T,Tk] bool
-        x = embedding_lookup(self.t, "model.embed_tokens", ids)                   # [B,T,H] Q.16
+        mask = self.ops.mask(mask[:, None, :, :])                                 # [B,1,T,Tk] bool
+        pos_b = self.ops.const(pos)                                               # [B,T] int64 (backend)
+        x = self.ops.embedding(self.embed, ids)                                   # [B,T,H] Q.16
         for i in range(len(self.layers)):
-            x = self._block(i, x, pos, cache, mask)                               # [B,T,H] Q.16
+            x = self._block(i, x, pos_b, cache, mask)                             # [B,T,H] Q.16
         cache.pos = cache.pos + new_ok.sum(axis=1)                                # [B] next positions
         x = x if all_logits else x[:, -1:, :]                                     # [B,T|1,H] Q.16
-        logits = ref.linear(self._norm(x, "model.norm"), self.lm_head)            # [B,T|1,V] Q.16
+        logits = self.ops.linear(self._norm(x, "model.norm"), self.lm_head)       # [B,T|1,V] Q.16
+        logits = self.ops.numpy(logits)                                           # host int64 for sampling
         return logits if all_logits else logits[:, 0, :]
 
     # ---- requests -----------------------------------------------------------------------------------------
@@ -295,7 +313,7 @@ class LlamaRuntime:
                     keep[row] = True
             if not keep.any():
                 break
-            cache, active, nxt = cache.select(np.flatnonzero(keep)), active[keep], nxt[keep]
+            cache, active, nxt = cache.select(np.flatnonzero(keep), self.ops), active[keep], nxt[keep]
             logits = self._step(nxt[:, None], np.ones((active.size, 1), dtype=bool), cache, all_logits=False)
         return [Generation(tuple(o), reason) for o, reason in zip(outs, reasons, strict=True)]
 
@@ -303,8 +321,8 @@ class LlamaRuntime:
 def generate(tensors: Mapping[str, np.ndarray], architecture: Mapping[str, Any],
              input_ids_batch: Sequence[Sequence[int]], *, quantization: Mapping[str, Any], max_new_tokens: int,
              eos_ids: Sequence[int] | None = None, seed: int | None = None, temperature: int | None = None,
-             top_k: int | None = None, top_p: int | None = None) -> list[Generation]:
+             top_k: int | None = None, top_p: int | None = None, ops: Any | None = None) -> list[Generation]:
     """One-shot generation over an artifact's tensors (builds a :class:`LlamaRuntime`; reuse one for speed)."""
-    rt = LlamaRuntime(architecture=architecture, quantization=quantization, tensors=tensors)
+    rt = LlamaRuntime(architecture=architecture, quantization=quantization, tensors=tensors, ops=ops)
     return rt.generate(input_ids_batch, max_new_tokens=max_new_tokens, seed=seed, temperature=temperature,
                        top_k=top_k, top_p=top_p, eos_ids=eos_ids)
