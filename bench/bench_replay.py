@@ -79,6 +79,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64, help="receipts in the log")
     ap.add_argument("--workers", type=int, default=2, help="processes for the extra multi-worker replay")
+    ap.add_argument("--peer-threads", type=int, default=1,
+                    help="torch threads for the peer (1 = like the single-threaded numpy reference per worker)")
     args = ap.parse_args()
     hf_dir = _minilm()
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -118,11 +120,14 @@ def main() -> None:
         import torch
         from transformers import AutoModel
 
+        torch.set_num_threads(args.peer_threads)
         peer = AutoModel.from_pretrained(hf_dir, dtype=torch.float32).eval()
         _peer(peer, ids[:4], 4)                                                   # warm-up, not timed
         p1, s1 = _peer(peer, ids, 1)
         p32, s32 = _peer(peer, ids, 32)
         differ = sum(a != b for a, b in zip(p1, p32, strict=True))
+        print(f"peer: transformers {__import__('transformers').__version__} fp32, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} thread(s)")
         print(f"peer transformers fp32 batch  1: {args.n / s1:7.2f} receipts/s, {tokens / s1:8.1f} tokens/s")
         print(f"peer transformers fp32 batch 32: {args.n / s32:7.2f} receipts/s, {tokens / s32:8.1f} tokens/s")
         print(f"peer outputs that differ bit for bit between batch 1 and batch 32: {differ}/{args.n}")

@@ -56,6 +56,8 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Artifact:
+    """A ``.kolm`` file as read: its manifest, signature envelopes (JSON), digest and read-only tensors."""
+
     path: Path | None
     manifest: dict[str, Any]
     signatures: tuple[dict[str, Any], ...]

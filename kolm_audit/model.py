@@ -28,7 +28,7 @@ from kolm_audit.errors import ArtifactError, InputError, RuntimeInputError, Unsu
 from kolm_audit.runtime import SPEC
 from kolm_audit.runtime.tokenize import Tokenizer
 
-BACKENDS = ("auto", "numpy")
+BACKENDS = ("auto", "numpy", "cpu", "cuda")   # see kolm_audit.runtime.ops: every backend gives the same bytes
 
 
 def input_digest(ids: Sequence[int]) -> str:
@@ -95,37 +95,48 @@ class GenerateResult:
 
 
 class Model:
-    """A verified ``kolm-int/1`` artifact ready to run (numpy reference backend)."""
+    """A verified ``kolm-int/1`` artifact ready to run.
+
+    ``backend`` (``auto`` | ``numpy`` | ``cpu`` | ``cuda``) picks the implementation; :attr:`backend` records the
+    one actually used (``numpy``, ``cpu`` or ``cuda``) and :attr:`threads` the torch thread count (``threads``
+    argument, else ``$KOLM_THREADS``, else torch's default). Both are informational: outputs never depend on them.
+    """
 
     def __init__(self, *, manifest: dict[str, Any], digest: str, tensors: Mapping[str, np.ndarray],
-                 backend: str = "numpy", path: Path | None = None) -> None:
+                 backend: str = "numpy", path: Path | None = None, threads: int | None = None) -> None:
+        from kolm_audit.runtime.ops import get_ops
+
         if backend not in BACKENDS:
             raise InputError("backend not available in this build", field="backend",
                              expected=" | ".join(BACKENDS), actual=backend)
         if manifest.get("runtime") != SPEC:
             raise UnsupportedModel("runtime spec not supported", file=str(path) if path else None,
                                    field="runtime", expected=SPEC, actual=repr(manifest.get("runtime")))
-        self.manifest, self.digest, self.backend, self.path = manifest, digest, "numpy", path
+        ops = get_ops(backend, threads=threads)
+        self.manifest, self.digest, self.backend, self.path = manifest, digest, str(ops.name), path
+        self.device = "cuda" if ops.name == "cuda" else "cpu"
+        self.threads: int | None = ops.threads
         self.tokenizer = Tokenizer.from_tensors(tensors)
         arch, task, quant = manifest["architecture"], manifest["task"], manifest["quantization"]
         family = arch.get("family")
         if family == "bert":
             from kolm_audit.runtime.models.bert import BertRuntime
 
-            self._rt: Any = BertRuntime(architecture=arch, quantization=quant, task=task, tensors=tensors)
+            self._rt: Any = BertRuntime(architecture=arch, quantization=quant, task=task, tensors=tensors, ops=ops)
         elif family == "llama":
             from kolm_audit.runtime.models import llama
 
-            self._rt = llama.LlamaRuntime(architecture=arch, quantization=quant, task=task, tensors=tensors)
+            self._rt = llama.LlamaRuntime(architecture=arch, quantization=quant, task=task, tensors=tensors,
+                                          ops=ops)
         else:
             raise UnsupportedModel("unsupported architecture family", file=str(path) if path else None,
                                    field="architecture.family", expected="bert | llama", actual=repr(family))
 
     @classmethod
-    def from_artifact(cls, artifact: Any, *, backend: str = "numpy") -> Model:
+    def from_artifact(cls, artifact: Any, *, backend: str = "numpy", threads: int | None = None) -> Model:
         """A Model over an already read (and verified) :class:`kolm_audit.artifact.Artifact`."""
         return cls(manifest=artifact.manifest, digest=artifact.digest, tensors=artifact.tensors, backend=backend,
-                   path=artifact.path)
+                   path=artifact.path, threads=threads)
 
     @property
     def task(self) -> str:
@@ -201,7 +212,7 @@ class Model:
 
 
 def load(path: str | Path, *, trust: str | Path | None = None, key: str | Path | None = None,
-         backend: str = "auto", require_signature: bool = True) -> Model:
+         backend: str = "auto", require_signature: bool = True, threads: int | None = None) -> Model:
     """Verify ``path`` (strict read, tensor digests, trusted signature) and return a runnable :class:`Model`.
 
     ``trust`` is a trust file (``trust.toml``), ``key`` a PEM public key trusted for every role. With
@@ -231,4 +242,4 @@ def load(path: str | Path, *, trust: str | Path | None = None, key: str | Path |
     if verified is not None and art.digest != verified.artifact_digest:
         raise ArtifactError("the artifact changed while it was being loaded", file=str(path), field="manifest",
                             expected=verified.artifact_digest, actual=art.digest)
-    return Model.from_artifact(art, backend=backend)
+    return Model.from_artifact(art, backend=backend, threads=threads)

@@ -82,6 +82,7 @@ def sign(artifact: Path, key_path: Path, passphrase_env: str | None, sidecar: bo
     """Check the artifact, then embed a DSSE signature over its in-toto statement."""
     from kolm_audit.artifact import sign_artifact
     from kolm_audit.keys import load_private_key
+    from kolm_audit.sidecar import sidecar_path
 
     key = load_private_key(key_path, passphrase_env=passphrase_env)
     with _progress(artifact, as_json=as_json, desc="checking") as update:
@@ -89,6 +90,9 @@ def sign(artifact: Path, key_path: Path, passphrase_env: str | None, sidecar: bo
     text = f"signed {artifact}\nartifact digest: {result.artifact.digest}\nkey id: {result.key_id}"
     if result.sidecar is not None:
         text += f"\nsidecar: {result.sidecar}"
+    elif sidecar_path(artifact).is_file():
+        click.echo(f"kolm-audit: warning: {sidecar_path(artifact)} covers the file before this signature; "
+                   "re-create it with `sign --sidecar`", err=True)
     emit(result.to_json(), as_json=as_json, text=text)
     return 0
 

@@ -48,6 +48,8 @@ from kolm_audit.runtime.reference import IntLinear
 Tensor = torch.Tensor
 _NEG_SENTINEL = -(1 << 62)
 _CUDA_K_CHUNK = 1024            # 1024 · 127 · 128 < 2^24: bf16 GEMM partial sums exact in fp32
+_CPU_K_CHUNK = 1 << 17          # 2^17 · 127 · 128 < 2^31: int8 GEMM partial sums exact in int32
+_F32_EXACT = 1 << 24            # every integer of magnitude <= 2^24 is exact in fp32
 _DIGIT_BASE_BITS = 8            # balanced base-256 digits in [-128, 127]
 
 
@@ -89,7 +91,8 @@ class TorchOps:
         if threads is not None:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads() if device == "cpu" else threads
-        self._bf16_out = device == "cuda"          # bf16 GEMM with fp32 output (falls back to fp64 if missing)
+        self._bf16_mm = device == "cuda"           # bf16 GEMM with fp32 output (else fp32/fp64, both exact)
+        self._bf16_bmm = device == "cuda"
 
     # ---- arrays -------------------------------------------------------------------------------------------
     def const(self, arr: Any) -> Tensor:
@@ -131,22 +134,24 @@ class TorchOps:
 
     def _mm_digit(self, a: Tensor, d: Tensor) -> Tensor:
         """Exact ``a @ d`` for ``a`` [M, K] in [-127, 127] (int8 on CPU, bf16 on CUDA) and a digit [K, N]."""
-        if self.device.type == "cpu":
-            return torch._int_mm(a, d).to(torch.int64)          # |partial sums| <= K·127·128 < 2^31
         k = a.shape[1]
+        cpu = self.device.type == "cpu"
+        step = _CPU_K_CHUNK if cpu else _CUDA_K_CHUNK
         out: Tensor | None = None
-        for k0 in range(0, k, _CUDA_K_CHUNK):
-            part = self._mm_bf16(a[:, k0:k0 + _CUDA_K_CHUNK], d[k0:k0 + _CUDA_K_CHUNK]).to(torch.int64)
+        for k0 in range(0, k, step):
+            ak, dk = a[:, k0:k0 + step], d[k0:k0 + step]
+            part = torch._int_mm(ak, dk) if cpu else self._mm_bf16(ak, dk)   # exact partial sums
+            part = part.to(torch.int64)
             out = part if out is None else out + part
         assert out is not None
         return out
 
     def _mm_bf16(self, a: Tensor, b: Tensor) -> Tensor:
-        if self._bf16_out:
+        if self._bf16_mm:
             try:
                 return torch.mm(a, b, out_dtype=torch.float32)
             except (RuntimeError, TypeError):
-                self._bf16_out = False
+                self._bf16_mm = False
         if self._f32_exact():
             return torch.mm(a.float(), b.float())
         return torch.mm(a.double(), b.double())
@@ -163,23 +168,25 @@ class TorchOps:
         k = q.shape[-1]
         a = q.reshape(-1, k).to(torch.int8 if self.device.type == "cpu" else torch.bfloat16)
         acc: Tensor | None = None
-        for l, d in enumerate(lin.digits):
+        for j, d in enumerate(lin.digits):
             part = self._mm_digit(a, d)
-            part = part if l == 0 else torch.bitwise_left_shift(part, _DIGIT_BASE_BITS * l)
+            part = part if j == 0 else torch.bitwise_left_shift(part, _DIGIT_BASE_BITS * j)
             acc = part if acc is None else acc + part
         assert acc is not None
         return acc.reshape(*q.shape[:-1], lin.out_features)
 
     def _bmm_small(self, a: Tensor, b: Tensor) -> Tensor:
-        """Exact ``a @ b`` (batched) for int8-valued operands whose partial sums stay below 2^24."""
-        if self._bf16_out:
+        """Exact ``a @ b`` (batched) for int8-valued operands (|.| <= 127): scores of attention."""
+        if a.shape[-1] * 127 * 127 >= _F32_EXACT:
+            return torch.matmul(a.double(), b.double()).to(torch.int64)     # exact below 2^53
+        if self._bf16_bmm:
             try:
                 shape = a.shape[:-1] + b.shape[-1:]
                 a3 = a.reshape(-1, *a.shape[-2:]).to(torch.bfloat16)
                 b3 = b.expand(*a.shape[:-2], *b.shape[-2:]).reshape(-1, *b.shape[-2:]).to(torch.bfloat16)
                 return torch.bmm(a3, b3, out_dtype=torch.float32).reshape(shape).to(torch.int64)
             except (RuntimeError, TypeError):
-                self._bf16_out = False
+                self._bf16_bmm = False
         if self._f32_exact():
             return torch.matmul(a.float(), b.float()).to(torch.int64)
         return torch.matmul(a.double(), b.double()).to(torch.int64)

@@ -64,8 +64,14 @@ def test_cli_sign_sidecar_with_encrypted_key(tmp_path: Path, monkeypatch: pytest
     assert "sidecar:" in capsys.readouterr().out
     ok = _ms_verify(kolm, tmp_path / "model.kolm.sig", pub)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    wrong = write_keypair(generate_key(), tmp_path, name="wrong")[1]
+    wrong_priv, wrong = write_keypair(generate_key(), tmp_path, name="wrong")
     assert _ms_verify(kolm, tmp_path / "model.kolm.sig", wrong).returncode != 0
+    # a later embedded signature makes the sidecar stale: the CLI says so, model_signing refuses it
+    with pytest.raises(SystemExit) as exc:
+        main(["sign", str(kolm), "--key", str(wrong_priv)])
+    assert exc.value.code == 0
+    assert "re-create it with `sign --sidecar`" in capsys.readouterr().err
+    assert _ms_verify(kolm, tmp_path / "model.kolm.sig", pub).returncode != 0
 
 
 def test_ed25519_sidecar_is_refused(tmp_path: Path) -> None:

@@ -23,12 +23,11 @@ import numpy as np
 
 from kolm_audit.errors import ArtifactError, RuntimeInputError, UnsupportedModel
 from kolm_audit.runtime import fixedpoint as fp
-from kolm_audit.runtime import reference as ref
 from kolm_audit.runtime import tables as tb
+from kolm_audit.runtime.ops import NumpyOps
 from kolm_audit.runtime.quantize import (
     QuantizedModel,
     check_embedding,
-    embedding_lookup,
     eps_q32,
     load_linear,
     need_tensor,
@@ -165,10 +164,15 @@ def _table(tensors: Mapping[str, np.ndarray], name: str, length: int) -> np.ndar
 
 
 class BertRuntime:
-    """The integer BERT forward over an artifact's tensors (numpy reference backend)."""
+    """The integer BERT forward over an artifact's tensors.
+
+    ``ops`` is the backend (:class:`kolm_audit.runtime.ops.NumpyOps`, the reference, by default; or
+    :class:`kolm_audit.runtime.torch_backend.TorchOps`): every backend yields the same integers.
+    """
 
     def __init__(self, *, architecture: Mapping[str, Any], quantization: Mapping[str, Any], task: Mapping[str, Any],
-                 tensors: Mapping[str, np.ndarray]) -> None:
+                 tensors: Mapping[str, np.ndarray], ops: Any | None = None) -> None:
+        self.ops = ops = ops or NumpyOps()
         arch = dict(architecture)
         try:
             eps = float(str(arch.get("layer_norm_eps")))
@@ -222,11 +226,20 @@ class BertRuntime:
                     len(self.task.get("labels", ())), hid):
                 raise ArtifactError("pooler/classifier shape differs from hidden size and label count",
                                     field="tensors.classifier.weight")
+            self.head = (ops.prepare_linear(self.head[0]), ops.prepare_linear(self.head[1]))
+        # backend copies of everything the forward reads
+        self.layers = [{name: ops.prepare_linear(lin) for name, lin in lay.items()} for lay in self.layers]
+        self.word_emb = ops.prepare_embedding(tensors, "embeddings.word")
+        self.k_pos, self.k_type = ops.const(tensors["embeddings.position"]), ops.const(tensors["embeddings.token_type"])
+        self.k_exp, self.k_rsqrt, self.k_cdf, self.k_tanh = (ops.const(a) for a in (self.exp, self.rsqrt, self.cdf,
+                                                                                   self.tanh))
+        self.norms = {n: (ops.const(tensors[f"{n}.gamma"]), ops.const(tensors[f"{n}.beta"]))
+                      for n in ["embeddings.ln"] + [f"layers.{i}.{ln}" for i in range(checked["num_hidden_layers"])
+                                                    for ln in ("attn_ln", "ffn_ln")]}
 
-    def _ln(self, x: np.ndarray, name: str) -> np.ndarray:
-        gamma = self.t[f"{name}.gamma"].astype(np.int64)
-        beta = self.t[f"{name}.beta"].astype(np.int64)
-        return ref.layer_norm(x, gamma, beta, eps_q32=self.eps, rsqrt_table=self.rsqrt)
+    def _ln(self, x: Any, name: str) -> Any:
+        gamma, beta = self.norms[name]                                          # [H] Q.24, [H] Q.16
+        return self.ops.layer_norm(x, gamma, beta, eps_q32=self.eps, rsqrt_table=self.k_rsqrt)
 
     def check_ids(self, batch: Sequence[Sequence[int]]) -> None:
         """Refuse empty, over-long or out-of-vocabulary requests (RuntimeInputError naming the field)."""
@@ -245,31 +258,35 @@ class BertRuntime:
 
     def encode(self, batch: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Final hidden states of a padded batch: (h int64 [B, T, H] Q.16, valid bool [B, T])."""
+        x, valid = self._encode(batch)
+        return self.ops.numpy(x), valid
+
+    def _encode(self, batch: Sequence[Sequence[int]]) -> tuple[Any, np.ndarray]:
+        """:meth:`encode` with h in the backend's arrays."""
+        ops = self.ops
         b, t = len(batch), max(len(ids) for ids in batch)
         ids = np.full((b, t), self.arch["pad_token_id"], dtype=np.int64)        # [B,T] token ids
         valid = np.zeros((b, t), dtype=bool)                                    # [B,T] real token?
         for i, seq in enumerate(batch):
             ids[i, :len(seq)] = np.asarray(seq, dtype=np.int64)
             valid[i, :len(seq)] = True
-        x = embedding_lookup(self.t, "embeddings.word", ids)                    # [B,T,H] Q.16
-        x = x + self.t["embeddings.position"][:t].astype(np.int64)             # [B,T,H] Q.16 (+ positions 0..T-1)
-        x = x + self.t["embeddings.token_type"][0].astype(np.int64)            # [B,T,H] Q.16 (segment 0)
-        x = self._ln(fp.saturate_int32(x), "embeddings.ln")                     # [B,T,H] Q.16
-        key_valid = valid[:, None, None, :]                                     # [B,1,1,T] bool
+        x = ops.embedding(self.word_emb, ids)                                      # [B,T,H] Q.16
+        x = x + self.k_pos[:t]                                                  # [B,T,H] Q.16 (+ positions 0..T-1)
+        x = x + self.k_type[0]                                                  # [B,T,H] Q.16 (segment 0)
+        x = self._ln(ops.saturate(x), "embeddings.ln")                          # [B,T,H] Q.16
+        key_valid = ops.mask(valid[:, None, None, :])                           # [B,1,1,T] bool
+        nh, d = self.heads, self.head_dim
         for i, lay in enumerate(self.layers):
-            def heads(y: np.ndarray) -> np.ndarray:                            # [B,T,H] -> [B,nh,T,D]
-                return y.reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3)
-            q = heads(ref.linear(x, lay["attn.q"]))                             # [B,nh,T,D] Q.16
-            k = heads(ref.linear(x, lay["attn.k"]))                             # [B,nh,T,D] Q.16
-            v = heads(ref.linear(x, lay["attn.v"]))                             # [B,nh,T,D] Q.16
-            ctx = ref.attention(q, k, v, key_valid, scale_mult=self.scale_m, scale_shift=self.scale_s,
-                                exp_table=self.exp)                             # [B,nh,T,D] Q.16
-            ctx = ctx.transpose(0, 2, 1, 3).reshape(b, t, -1)                   # [B,T,H] Q.16
-            a = ref.linear(ctx, lay["attn.o"])                                  # [B,T,H] Q.16
-            x = self._ln(fp.saturate_int32(x + a), f"layers.{i}.attn_ln")      # [B,T,H] Q.16
-            f = ref.gelu(ref.linear(x, lay["ffn.up"]), self.cdf)                # [B,T,I] Q.16
-            f = ref.linear(f, lay["ffn.down"])                                  # [B,T,H] Q.16
-            x = self._ln(fp.saturate_int32(x + f), f"layers.{i}.ffn_ln")       # [B,T,H] Q.16
+            q = ops.heads(ops.linear(x, lay["attn.q"]), nh, d)                  # [B,nh,T,D] Q.16
+            k = ops.heads(ops.linear(x, lay["attn.k"]), nh, d)                  # [B,nh,T,D] Q.16
+            v = ops.heads(ops.linear(x, lay["attn.v"]), nh, d)                  # [B,nh,T,D] Q.16
+            ctx = ops.attention(q, k, v, key_valid, scale_mult=self.scale_m, scale_shift=self.scale_s,
+                                exp_table=self.k_exp)                           # [B,nh,T,D] Q.16
+            a = ops.linear(ops.merge_heads(ctx), lay["attn.o"])                 # [B,T,H] Q.16
+            x = self._ln(ops.saturate(x + a), f"layers.{i}.attn_ln")           # [B,T,H] Q.16
+            f = ops.gelu(ops.linear(x, lay["ffn.up"]), self.k_cdf)              # [B,T,I] Q.16
+            f = ops.linear(f, lay["ffn.down"])                                  # [B,T,H] Q.16
+            x = self._ln(ops.saturate(x + f), f"layers.{i}.ffn_ln")            # [B,T,H] Q.16
         return x, valid
 
     def _chunks(self, batch: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -298,9 +315,9 @@ class BertRuntime:
         pooler, classifier = self.head
         out: list[tuple[int, np.ndarray]] = [(0, np.empty(0))] * len(batch)
         for idx in self._chunks(batch):
-            h, _ = self.encode([batch[i] for i in idx])                         # [b,T,H] Q.16
-            pooled = ref.tanh(ref.linear(h[:, 0, :], pooler), self.tanh)        # [b,H] Q.16 tanh(W·h_CLS + b)
-            logits = ref.linear(pooled, classifier).astype(np.int32)            # [b,L] Q.16
+            h, _ = self._encode([batch[i] for i in idx])                        # [b,T,H] Q.16 (backend)
+            pooled = self.ops.tanh(self.ops.linear(h[:, 0, :], pooler), self.k_tanh)   # [b,H] Q.16
+            logits = self.ops.numpy(self.ops.linear(pooled, classifier)).astype(np.int32)   # [b,L] Q.16
             for row, i in enumerate(idx):
                 out[i] = (int(np.argmax(logits[row])), logits[row])
         return out

@@ -157,7 +157,7 @@ class LlamaRuntime:
                                 for n, shape in shapes.items()})
         self.lm_head = ops.prepare_linear(_linear(tensors, "lm_head", scheme, (v, h)))
         # backend copies of what the forward reads (numpy tables above stay for sampling)
-        self.embed = ops.prepare_embedding(tensors, "model.embed_tokens")
+        self.tok_emb = ops.prepare_embedding(tensors, "model.embed_tokens")
         self.k_rsqrt, self.k_sigmoid = ops.const(self.rsqrt), ops.const(self.sigmoid)
         self.k_cos, self.k_sin, self.k_exp = ops.const(self.cos), ops.const(self.sin), ops.const(self.exp)
         self.gammas = {n[:-len(".gamma")]: ops.const(arr) for n, arr in tensors.items() if n.endswith(".gamma")}
@@ -211,7 +211,7 @@ class LlamaRuntime:
         mask = (kj <= qi)[None] & (cache.key_ok[:, None, :] | (kj == qi)[None])   # [B,T,Tk] causal, no padding
         mask = self.ops.mask(mask[:, None, :, :])                                 # [B,1,T,Tk] bool
         pos_b = self.ops.const(pos)                                               # [B,T] int64 (backend)
-        x = self.ops.embedding(self.embed, ids)                                   # [B,T,H] Q.16
+        x = self.ops.embedding(self.tok_emb, ids)                                   # [B,T,H] Q.16
         for i in range(len(self.layers)):
             x = self._block(i, x, pos_b, cache, mask)                             # [B,T,H] Q.16
         cache.pos = cache.pos + new_ok.sum(axis=1)                                # [B] next positions
