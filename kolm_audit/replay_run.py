@@ -1,5 +1,6 @@
 """The worker side of :mod:`kolm_audit.replay`: re-run batches of recorded inputs, in-process or in local worker
-processes (each loads the artifact once; a forked worker inherits the auditor's already verified model).
+processes (each loads the artifact once; with the numpy backend a forked worker inherits the auditor's already verified
+model, torch backends use spawned workers).
 
 Batches are formed by :func:`kolm_audit.replay.replay` (grouped by task and decoding parameters, similar lengths
 together); the runtime is batch-invariant, so how receipts are batched or spread over workers never changes a
@@ -36,8 +37,12 @@ def _load_model(path: str, digest: str, backend: str) -> Model:
     return Model.from_artifact(art, backend=backend)
 
 
-def _init_worker(path: str, digest: str, backend: str) -> None:
+def _init_worker(path: str, digest: str, backend: str, threads: int) -> None:
     global _MODEL
+    if backend != "numpy":   # share the cores between workers instead of oversubscribing them
+        import torch
+
+        torch.set_num_threads(threads)
     if _MODEL is None or _MODEL.digest != digest:  # a forked worker inherits the parent's model
         _MODEL = _load_model(path, digest, backend)
 
@@ -96,12 +101,15 @@ def run_batches(batches: list[Batch], *, model: Model | None, artifact_path: str
         return results
     # the auditor already used the Rust tokenizer: keep its thread pool out of forked workers (no fork warning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    _MODEL = model   # forked workers inherit it; spawned ones load the artifact once in the initializer
+    # fork shares the verified numpy model for free; torch backends are not fork-safe (their OpenMP/CUDA state
+    # deadlocks a forked child), so their workers are spawned and load the artifact once in the initializer
+    fork = "fork" in multiprocessing.get_all_start_methods() and (model is None or model.backend == "numpy")
+    ctx = multiprocessing.get_context("fork" if fork else "spawn")
+    _MODEL = model if fork else None
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(artifact_path, digest, backend)) as pool:
+                                 initargs=(artifact_path, digest, backend,
+                                           max(1, (os.cpu_count() or 1) // workers))) as pool:
             for done in pool.map(_run_batch, batches):
                 take(done)
     finally:

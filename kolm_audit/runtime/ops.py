@@ -110,6 +110,10 @@ class NumpyOps:
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray, *, scale_mult: int,
                   scale_shift: int, exp_table: np.ndarray) -> np.ndarray:
+        """Spec §5.2; ``k``/``v`` with fewer heads than ``q`` are repeated (query head j uses KV head j // g)."""
+        g = q.shape[1] // k.shape[1]
+        if g > 1:
+            k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
         return ref.attention(q, k, v, key_valid, scale_mult=scale_mult, scale_shift=scale_shift,
                              exp_table=exp_table)
 
@@ -124,6 +128,15 @@ class NumpyOps:
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray, sigmoid_table: np.ndarray) -> np.ndarray:
         return lo.swiglu(gate, up, sigmoid_table)
+
+
+def fuse_linears(lins: Sequence[ref.IntLinear]) -> ref.IntLinear:
+    """Linear layers with the same input stacked along N: one quantization and one matmul, the same integers
+    (quantization is per input row, every output column is computed on its own)."""
+    return ref.IntLinear(weight=np.concatenate([lin.weight for lin in lins], axis=0),
+                         wmax=max(lin.wmax for lin in lins), mult=np.concatenate([lin.mult for lin in lins]),
+                         shift=np.concatenate([lin.shift for lin in lins]),
+                         bias=np.concatenate([lin.bias for lin in lins]))
 
 
 def torch_available() -> bool:

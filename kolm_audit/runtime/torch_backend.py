@@ -17,7 +17,13 @@ step on ``int64`` tensors with :mod:`~kolm_audit.runtime.torch_fixedpoint` (the 
   because every product and partial sum is an integer below 2^53.
 
 fp32 paths are used only while ``torch.get_float32_matmul_precision() == "highest"`` (and, on CUDA, TF32 is
-off); otherwise the fp64 path is taken, which is exact for all of them.
+off); otherwise the fp64 path is taken, which is exact for all of them. ``torch._int_mm`` is used only for
+``K >= 8`` (torch 2.13 CPU returns wrong sums for ``K = 1``).
+
+Element-wise steps take fewer passes than the reference but give the same integers: table lookups gather
+from the fully expanded table (every interpolated value of ``lut_interp`` computed once, by ``lut_interp``
+itself), ``rdiv(a, b) = floor((a + ⌊b/2⌋) / b)``, one requantization branch when the shifts are known to be
+``>= 32``, in-place temporaries, and grouped-query attention without copying the shared keys and values.
 
 Example::
 
@@ -50,6 +56,7 @@ _NEG_SENTINEL = -(1 << 62)
 _CUDA_K_CHUNK = 1024            # 1024 · 127 · 128 < 2^24: bf16 GEMM partial sums exact in fp32
 _CPU_K_CHUNK = 1 << 17          # 2^17 · 127 · 128 < 2^31: int8 GEMM partial sums exact in int32
 _F32_EXACT = 1 << 24            # every integer of magnitude <= 2^24 is exact in fp32
+_INT_MM_MIN_K = 8               # torch._int_mm (CPU, torch 2.13) returns wrong sums for K = 1: never used below 8
 _DIGIT_BASE_BITS = 8            # balanced base-256 digits in [-128, 127]
 
 
@@ -57,11 +64,56 @@ _DIGIT_BASE_BITS = 8            # balanced base-256 digits in [-128, 127]
 class TorchLinear:
     """A linear layer prepared for a device: weight digits ``[K, N]`` plus int64 ``mult``/``shift``/``bias``."""
 
-    digits: tuple[Tensor, ...]         # int8 (CPU) or bf16 (CUDA) [K, N]; W = Σ_l digits[l] · 256^l
+    digits: tuple[Tensor, ...]         # int8 (CPU) or bf16 (CUDA) [N, K]; W = Σ_l digits[l] · 256^l
     mult: Tensor                       # int64 [N]
-    shift: Tensor                      # int64 [N]
+    shift: Tensor                      # int64 [N] (40 where mult == 0: the result is 0 for every shift)
     bias: Tensor                       # int64 [N] Q.16
     out_features: int
+    high: bool                         # every shift - e >= 32 (shift >= 42, e <= 10): one requantize branch
+    high0: bool                        # every shift >= 32: per-column constants serve rows with e == 0
+    half_hi: Tensor                    # int64 [N] 2^(shift - 32): rounding term when e == 0
+    shift_hi: Tensor                   # int64 [N] shift - 31
+
+
+def _requant_high_(x: Tensor, mult: Tensor, half: Tensor | int, shift_hi: Tensor | int) -> Tensor:
+    """In place on the temporary ``x``: ``requantize(x, mult, s)`` for ``s >= 32`` given ``half = 2^(s-32)`` and
+    ``shift_hi = s - 31`` (the ``s >= 32`` case of spec §3.2, same integers as ``fixedpoint.requantize``)."""
+    b = torch.bitwise_and(x, (1 << 31) - 1).mul_(mult).bitwise_right_shift_(31)
+    return x.bitwise_right_shift_(31).mul_(mult).add_(half).add_(b).bitwise_right_shift_(shift_hi)
+
+
+_FEW_ROWS = 8                   # norms over at most this many rows (decoding) compute row scalars in Python
+_FULL_LUT_MAX = 1 << 22          # tables with at most this many interpolated points are expanded at first use
+
+
+def _full_lut(table: Tensor, step_shift: int) -> Tensor:
+    """Every value of ``lut_interp`` on ``pos = 0 … (n-1)·2^h`` (int64, Q.30), computed once per table tensor
+    with :func:`torch_fixedpoint.lut_interp` itself, so a lookup is one clamp and one gather."""
+    full = getattr(table, "_kolm_full", None)
+    if full is None:
+        pos = torch.arange(((table.shape[0] - 1) << step_shift) + 1, dtype=torch.int64, device=table.device)
+        full = tfp.lut_interp(pos, table, x0=0, step_shift=step_shift)
+        table._kolm_full = full         # type: ignore[attr-defined]
+    return full
+
+
+def _lut_(x: Tensor, table: Tensor, *, x0: int, step_shift: int) -> Tensor:
+    """``torch_fixedpoint.lut_interp(x, table, x0, h)`` as ``full[clamp(x - x0, 0, (n-1)·2^h)]`` (spec §5.1: left
+    of the table ``T[0]``, right of it ``T[n-1]``, inside the interpolated value), int64 result."""
+    n = table.shape[0]
+    if ((n - 1) << step_shift) >= _FULL_LUT_MAX:
+        return tfp.lut_interp(x, table, x0=x0, step_shift=step_shift, diff=_diff(table))
+    pos = torch.sub(x, x0).clamp_(0, (n - 1) << step_shift)
+    return _full_lut(table, step_shift)[pos]
+
+
+def _diff(table: Tensor) -> Tensor:
+    """``T[i+1] - T[i]`` of a table tensor, computed once and kept on the tensor."""
+    d = getattr(table, "_kolm_diff", None)
+    if d is None:
+        d = table[1:] - table[:-1]
+        table._kolm_diff = d            # type: ignore[attr-defined]
+    return d
 
 
 def weight_digits(w: np.ndarray) -> list[np.ndarray]:
@@ -93,6 +145,7 @@ class TorchOps:
         self.threads = torch.get_num_threads() if device == "cpu" else threads
         self._bf16_mm = device == "cuda"           # bf16 GEMM with fp32 output (else fp32/fp64, both exact)
         self._bf16_bmm = device == "cuda"
+        self._eps: dict[tuple[int, str], Tensor] = {}
 
     # ---- arrays -------------------------------------------------------------------------------------------
     def const(self, arr: Any) -> Tensor:
@@ -103,7 +156,7 @@ class TorchOps:
     def mask(self, arr: Any) -> Tensor:
         if isinstance(arr, Tensor):
             return arr.to(device=self.device, dtype=torch.bool)
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(arr, dtype=bool))).to(self.device)
+        return torch.from_numpy(np.array(arr, dtype=bool, copy=True)).to(self.device)
 
     def numpy(self, x: Any) -> np.ndarray:
         return x.cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
@@ -133,16 +186,24 @@ class TorchOps:
         return self.device.type != "cuda" or not torch.backends.cuda.matmul.allow_tf32
 
     def _mm_digit(self, a: Tensor, d: Tensor) -> Tensor:
-        """Exact ``a @ d`` for ``a`` [M, K] in [-127, 127] (int8 on CPU, bf16 on CUDA) and a digit [K, N]."""
+        """Exact ``a @ dᵀ`` (int32 or int64) for ``a`` [M, K] in [-127, 127] (int8 on CPU, bf16 on CUDA) and a
+        digit [N, K]."""
         k = a.shape[1]
         cpu = self.device.type == "cpu"
         step = _CPU_K_CHUNK if cpu else _CUDA_K_CHUNK
         out: Tensor | None = None
         for k0 in range(0, k, step):
-            ak, dk = a[:, k0:k0 + step], d[k0:k0 + step]
-            part = torch._int_mm(ak, dk) if cpu else self._mm_bf16(ak, dk)   # exact partial sums
+            ak, dk = a[:, k0:k0 + step], d[:, k0:k0 + step].t()         # digit stored [N, K]
+            if cpu and ak.shape[1] >= _INT_MM_MIN_K:
+                part = torch._int_mm(ak, dk)                                 # int32, exact partial sums
+            elif cpu:
+                part = torch.mm(ak.double(), dk.double()).to(torch.int64)   # tiny K: exact in fp64
+            else:
+                part = self._mm_bf16(ak, dk).to(torch.int64)                 # fp32, exact partial sums
+            if k <= step:
+                return part                                                  # int32 or int64, exact
             part = part.to(torch.int64)
-            out = part if out is None else out + part
+            out = part if out is None else out.add_(part)
         assert out is not None
         return out
 
@@ -157,23 +218,31 @@ class TorchOps:
         return torch.mm(a.double(), b.double())
 
     def prepare_linear(self, lin: IntLinear) -> TorchLinear:
-        digits = weight_digits(np.asarray(lin.weight).T)          # [K, N] each
+        digits = weight_digits(np.asarray(lin.weight))            # [N, K] each (used transposed)
         dtype = torch.int8 if self.device.type == "cpu" else torch.bfloat16
         dev = tuple(torch.from_numpy(np.ascontiguousarray(d)).to(self.device).to(dtype) for d in digits)
-        return TorchLinear(digits=dev, mult=self.const(lin.mult), shift=self.const(lin.shift),
-                           bias=self.const(lin.bias), out_features=int(lin.weight.shape[0]))
+        mult = np.asarray(lin.mult, dtype=np.int64)
+        shift = np.where(mult == 0, 40, np.asarray(lin.shift, dtype=np.int64))   # 0 · anything = 0
+        high = bool(shift.size == 0 or shift.min() >= 32 + 10)
+        high0 = bool(shift.size == 0 or shift.min() >= 32)
+        half_hi = np.left_shift(1, np.maximum(shift - 32, 0))
+        return TorchLinear(digits=dev, mult=self.const(mult), shift=self.const(shift), bias=self.const(lin.bias),
+                           out_features=int(lin.weight.shape[0]), high=high, high0=high0, half_hi=self.const(half_hi),
+                           shift_hi=self.const(shift - 31))
 
-    def int_matmul(self, q: Tensor, lin: TorchLinear) -> Tensor:
-        """Exact ``q @ Wᵀ`` for int64 ``q`` [..., K] with ``|q| <= 127`` → int64 [..., N]."""
+    def int_matmul(self, q: Tensor, lin: TorchLinear, scale: Tensor | None = None) -> Tensor:
+        """Exact ``q @ Wᵀ`` (times the per-row ``scale`` [..., 1] if given) for int64 ``q`` [..., K] with
+        ``|q| <= 127`` → int64 [..., N]."""
         k = q.shape[-1]
         a = q.reshape(-1, k).to(torch.int8 if self.device.type == "cpu" else torch.bfloat16)
-        acc: Tensor | None = None
-        for j, d in enumerate(lin.digits):
-            part = self._mm_digit(a, d)
-            part = part if j == 0 else torch.bitwise_left_shift(part, _DIGIT_BASE_BITS * j)
-            acc = part if acc is None else acc + part
-        assert acc is not None
-        return acc.reshape(*q.shape[:-1], lin.out_features)
+        parts = [self._mm_digit(a, d) for d in lin.digits]
+        acc = parts[0] if len(parts) == 1 else parts[0].to(torch.int64)
+        for j, part in enumerate(parts[1:], start=1):
+            acc.add_(part.to(torch.int64).bitwise_left_shift_(_DIGIT_BASE_BITS * j))
+        acc = acc.reshape(*q.shape[:-1], lin.out_features)
+        if scale is not None:
+            return torch.mul(acc, scale)                                # int32/int64 · int64 → int64, one pass
+        return acc.to(torch.int64)
 
     def _bmm_small(self, a: Tensor, b: Tensor) -> Tensor:
         """Exact ``a @ b`` (batched) for int8-valued operands (|.| <= 127): scores of attention."""
@@ -194,12 +263,18 @@ class TorchOps:
     # ---- primitives ---------------------------------------------------------------------------------------
     def linear(self, x: Tensor, lin: TorchLinear) -> Tensor:
         q, m, e = tfp.quantize_rows(x)                                  # [...,K] int8 values; [...,1]
-        acc = self.int_matmul(q, lin)                                   # [...,N] int64 exact
-        y = tfp.requantize(acc * m, lin.mult, lin.shift - e)            # [...,N] Q.16
-        return tfp.saturate_int32(y + lin.bias)
+        acc = self.int_matmul(q, lin, m)                                # [...,N] int64 acc·m, < 2^60
+        if lin.high0 and not bool(e.any()):                             # shift - e = shift >= 32 for all
+            y = _requant_high_(acc, lin.mult, lin.half_hi, lin.shift_hi)
+        elif lin.high:
+            s = lin.shift - e
+            y = _requant_high_(acc, lin.mult, tfp.pow2(s - 32, acc), s - 31)
+        else:
+            y = tfp.requantize(acc, lin.mult, lin.shift - e)            # [...,N] Q.16
+        return y.add_(lin.bias).clamp_(-(1 << 31), (1 << 31) - 1)
 
     def prepare_embedding(self, tensors: Mapping[str, np.ndarray], prefix: str) -> tuple[Tensor, ...]:
-        w = torch.from_numpy(np.ascontiguousarray(tensors[f"{prefix}.weight"])).to(self.device)
+        w = torch.from_numpy(np.array(tensors[f"{prefix}.weight"], copy=True)).to(self.device)
         return w, self.const(tensors[f"{prefix}.mult"]), self.const(tensors[f"{prefix}.shift"])
 
     def embedding(self, emb: tuple[Tensor, ...], ids: Any) -> Tensor:
@@ -213,19 +288,64 @@ class TorchOps:
     def rdiv(self, a: Tensor, b: Any) -> Tensor:
         return tfp.rdiv(a, b)
 
-    def _norm(self, c: Tensor, gamma: Tensor, beta: Tensor | None, eps_q32: int, rsqrt_table: Tensor) -> Tensor:
+    def _row_scales(self, c: Tensor, eps_q32: int, rsqrt_table: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The norm's per-row ``(r, s)`` of spec §5.3 in Python integers, for a few rows (decoding), when every
+        row has ``k = 0`` (``max|c| < 2^24``); ``None`` otherwise. Same integers as the tensor path, fewer ops."""
         h = c.shape[-1]
-        cmax = c.abs().amax(dim=-1, keepdim=True)
-        k = torch.clamp(tfp.bit_length(cmax) - 24, min=0)
-        c2 = tfp.round_shift(c, k)
-        var = tfp.rdiv((c2 * c2).sum(dim=-1, keepdim=True), h)
-        eps = torch.full_like(k, eps_q32)
-        v = torch.clamp(var + tfp.round_shift(eps, 2 * k), min=1)
-        r, p = tfp.rsqrt(v, rsqrt_table)
-        y = tfp.requantize(c * r, gamma, p - (16 - k) + 24)
+        rows = c.numel() // h if h else 0
+        if self.device.type != "cpu" or not 0 < rows <= _FEW_ROWS:
+            return None
+        if int(tfp.absmax_rows(c).max()) >= 1 << 24:
+            return None
+        table = getattr(rsqrt_table, "_kolm_list", None)
+        if table is None:
+            table = rsqrt_table.tolist()
+            rsqrt_table._kolm_list = table  # type: ignore[attr-defined]
+        rs, ss = [], []
+        for total in (c * c).sum(dim=-1).flatten().tolist():          # Σ c² per row, k = 0
+            v = max((total + (h >> 1)) // h + eps_q32, 1)             # rdiv(Σ, H) + eps
+            j = (v.bit_length() - 29) >> 1
+            mant = v << (-2 * j) if j <= 0 else (v + (1 << (2 * j - 1))) >> (2 * j)
+            pos = min(max(mant - (1 << 28), 0), (len(table) - 1) << 18)
+            i = min(pos >> 18, len(table) - 2)
+            f = pos - (i << 18)
+            rs.append(table[i] + (((table[i + 1] - table[i]) * f + (1 << 17)) >> 18))
+            ss.append(52 + j)
+        shape = (*c.shape[:-1], 1)
+        return torch.tensor(rs, dtype=torch.int64).reshape(shape), torch.tensor(ss, dtype=torch.int64).reshape(shape)
+
+    def _norm(self, c: Tensor, gamma: Tensor, beta: Tensor | None, eps_q32: int, rsqrt_table: Tensor) -> Tensor:
+        few = self._row_scales(c, eps_q32, rsqrt_table)
+        if few is not None:
+            r, s = few
+            y = _requant_high_(c * r, gamma, tfp.pow2(s - 32, c), s - 31)
+            if beta is not None:
+                y = y.add_(beta)
+            return y.clamp_(-(1 << 31), (1 << 31) - 1)
+        h = c.shape[-1]
+        cmax = tfp.absmax_rows(c)                                       # < 2^33
+        k = tfp.bits_above(cmax, 24, 34)                                # max(0, bits(cmax) - 24) <= 9
+        c2 = torch.bitwise_right_shift(c + torch.bitwise_right_shift(tfp.pow2(k, c), 1), k)   # round_shift(c, k)
+        var = tfp.rdiv((c2 * c2).sum(dim=-1, keepdim=True), h)          # Σ <= 2^62
+        v = (var + self._eps_table(eps_q32, c.device)[k]).clamp_(min=1) # + round_shift(eps, 2k); < 2^50
+        nb = torch.frexp(v.double()).exponent.to(torch.int64)           # bits(v): exact, v < 2^53
+        j = torch.bitwise_right_shift(nb - 29, 1)                       # floor((bits - 29) / 2)
+        up, down = torch.clamp(-2 * j, min=0), torch.clamp(2 * j, min=0)
+        mant = torch.bitwise_right_shift(torch.bitwise_left_shift(v, up) + (tfp.pow2(down, v) >> 1), down)
+        r = tfp.lut_interp(mant, rsqrt_table, x0=1 << 28, step_shift=18, diff=_diff(rsqrt_table))
+        s = 52 + j + k                                                  # p - (16 - k) + 24 >= 38
+        y = _requant_high_(c * r, gamma, tfp.pow2(s - 32, c), s - 31)
         if beta is not None:
-            y = y + beta
-        return tfp.saturate_int32(y)
+            y = y.add_(beta)
+        return y.clamp_(-(1 << 31), (1 << 31) - 1)
+
+    def _eps_table(self, eps_q32: int, device: torch.device) -> Tensor:
+        """``round_shift(eps_q32, 2k)`` for k = 0 … 16."""
+        key = (eps_q32, str(device))
+        if key not in self._eps:
+            vals = [eps_q32 if kk == 0 else (eps_q32 + (1 << (2 * kk - 1))) >> (2 * kk) for kk in range(17)]
+            self._eps[key] = torch.tensor(vals, dtype=torch.int64, device=device)
+        return self._eps[key]
 
     def layer_norm(self, x: Tensor, gamma: Tensor, beta: Tensor, *, eps_q32: int, rsqrt_table: Tensor) -> Tensor:
         mu = tfp.rdiv(x.sum(dim=-1, keepdim=True), x.shape[-1])
@@ -238,28 +358,45 @@ class TorchOps:
         s = torch.where(valid, scores, _NEG_SENTINEL)
         mx = s.amax(dim=-1, keepdim=True)
         t = torch.where(valid, mx - s, 0)
-        e = torch.where(valid, tfp.lut_interp(t, exp_table, x0=0, step_shift=9), 0)
-        total = e.sum(dim=-1, keepdim=True)
-        return tfp.rdiv(torch.bitwise_left_shift(e, 16), total)
+        e = torch.where(valid, _lut_(t, exp_table, x0=0, step_shift=9), 0)
+        total = e.sum(dim=-1, keepdim=True)                             # >= 2^30, <= 2^46
+        return tfp.rdiv(torch.bitwise_left_shift(e, 16), total)         # e·2^16 <= 2^46
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, *, scale_mult: int, scale_shift: int,
                   exp_table: Tensor) -> Tensor:
-        qq, mq, eq = tfp.quantize_rows(q)                               # [B,H,Tq,D]; [B,H,Tq,1]
-        kq, mk, ek = tfp.quantize_rows(k)                               # [B,H,Tk,D]; [B,H,Tk,1]
-        acc = self._bmm_small(qq, kq.transpose(-1, -2))                 # [B,H,Tq,Tk], |acc| < 2^22
-        mm = mq * mk.transpose(-1, -2)
-        ee = eq + ek.transpose(-1, -2)
-        scores = tfp.requantize(acc * mm, scale_mult, scale_shift + 16 - ee)
-        probs = self.softmax(scores, key_valid, exp_table)              # [B,H,Tq,Tk] Q.16
-        ctx = torch.matmul(probs.double(), v.double()).to(torch.int64)  # exact: |Σ P·V| < 2^48 < 2^53
-        return tfp.saturate_int32(tfp.round_shift(ctx, 16))
+        """Spec §5.2. ``k``, ``v`` may have fewer heads than ``q`` (grouped-query attention): query head ``j``
+        uses key/value head ``j // (Hq / Hkv)``, as if they were repeated, without copying them."""
+        b, hq, tq, d = q.shape
+        hk, tk = k.shape[1], k.shape[2]
+        g = hq // hk
+        qq, mq, eq = tfp.quantize_rows(q)                               # [B,Hq,Tq,D]; [B,Hq,Tq,1]
+        kq, mk, ek = tfp.quantize_rows(k)                               # [B,Hk,Tk,D]; [B,Hk,Tk,1]
+        acc = self._bmm_small(qq.reshape(b, hk, g * tq, d), kq.transpose(-1, -2))   # |acc| < 2^22
+        acc = acc.reshape(b, hq, tq, tk)
+        mm = (mq.reshape(b, hk, g, tq, 1) * mk.reshape(b, hk, 1, 1, tk)).reshape(b, hq, tq, tk)
+        ee = (eq.reshape(b, hk, g, tq, 1) + ek.reshape(b, hk, 1, 1, tk)).reshape(b, hq, tq, tk)
+        acc.mul_(mm)                                                    # |acc·mq·mk| < 2^52
+        eemax = int(ee.max())
+        if eemax == 0:                                                  # usual: one shift for every score
+            s0 = scale_shift + 16
+            scores = _requant_high_(acc, scale_mult, 1 << (s0 - 32), s0 - 31) if s0 >= 32 else tfp.requantize(
+                acc, scale_mult, s0)
+        elif scale_shift + 16 - eemax >= 32:
+            s1 = scale_shift + 16 - ee
+            scores = _requant_high_(acc, scale_mult, tfp.pow2(s1 - 32, acc), s1 - 31)
+        else:
+            scores = tfp.requantize(acc, scale_mult, scale_shift + 16 - ee)
+        probs = self.softmax(scores, key_valid, exp_table)              # [B,Hq,Tq,Tk] Q.16
+        ctx = torch.matmul(probs.reshape(b, hk, g * tq, tk).double(), v.double())   # exact: |Σ P·V| < 2^48
+        ctx = ctx.to(torch.int64).reshape(b, hq, tq, d)
+        return ctx.add_(1 << 15).bitwise_right_shift_(16).clamp_(-(1 << 31), (1 << 31) - 1)
 
     def gelu(self, x: Tensor, cdf_table: Tensor) -> Tensor:
-        phi = tfp.lut_interp(x, cdf_table, x0=-8 << 16, step_shift=9)
-        return tfp.saturate_int32(tfp.round_shift(x * phi, 30))
+        phi = _lut_(x, cdf_table, x0=-8 << 16, step_shift=9)
+        return phi.mul_(x).add_(1 << 29).bitwise_right_shift_(30).clamp_(-(1 << 31), (1 << 31) - 1)
 
     def tanh(self, x: Tensor, tanh_table: Tensor) -> Tensor:
-        return tfp.round_shift(tfp.lut_interp(x, tanh_table, x0=-8 << 16, step_shift=9), 14)
+        return _lut_(x, tanh_table, x0=-8 << 16, step_shift=9).add_(1 << 13).bitwise_right_shift_(14)
 
     def rope(self, x: Tensor, positions: Any, cos_table: Tensor, sin_table: Tensor) -> Tensor:
         half = x.shape[-1] // 2
@@ -272,8 +409,9 @@ class TorchOps:
         return tfp.saturate_int32(torch.cat([out_a, out_b], dim=-1))
 
     def silu(self, x: Tensor, sigmoid_table: Tensor) -> Tensor:
-        sig = tfp.lut_interp(x, sigmoid_table, x0=-16 << 16, step_shift=9)
-        return tfp.saturate_int32(tfp.round_shift(x * sig, 30))
+        sig = _lut_(x, sigmoid_table, x0=-16 << 16, step_shift=9)
+        return sig.mul_(x).add_(1 << 29).bitwise_right_shift_(30).clamp_(-(1 << 31), (1 << 31) - 1)
 
     def swiglu(self, gate: Tensor, up: Tensor, sigmoid_table: Tensor) -> Tensor:
-        return tfp.saturate_int32(tfp.round_shift(self.silu(gate, sigmoid_table) * up, 16))
+        out = self.silu(gate, sigmoid_table).mul_(up).add_(1 << 15).bitwise_right_shift_(16)
+        return out.clamp_(-(1 << 31), (1 << 31) - 1)

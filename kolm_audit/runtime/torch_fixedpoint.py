@@ -18,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from kolm_audit.runtime.fixedpoint import INT32_MAX, INT32_MIN, QMAX, STEP_MANTISSA_BITS
@@ -48,10 +50,14 @@ def round_shift(x: Tensor, s: Tensor | int) -> Tensor:
 
 
 def rdiv(a: Tensor, b: Tensor | int) -> Tensor:
-    """``rnd(a / b)`` for ``0 < b < 2**62``: floor quotient plus one where the remainder is at least ``b/2``."""
-    q = torch.div(a, b, rounding_mode="floor")
-    r = a - q * b
-    return q + (2 * r >= b).to(torch.int64)
+    """``rnd(a / b)`` for ``0 < b``: ``floor((a + ⌊b/2⌋) / b)``; needs ``|a| + b/2 < 2^63``.
+
+    For even ``b`` this is ``floor(a/b + 1/2)``. For odd ``b`` the numerators ``a + (b-1)/2`` and ``a + b/2``
+    differ by 1/2 and no multiple of ``b`` lies in ``(a + (b-1)/2, a + b/2]`` (it would be an integer strictly
+    between two consecutive half-integers' neighbours), so both floors agree.
+    """
+    half = (b >> 1) if isinstance(b, int) else torch.bitwise_right_shift(b, 1)
+    return torch.div(a + half, b, rounding_mode="floor")
 
 
 def requantize(x: Tensor, multiplier: Tensor | int, shift: Tensor | int) -> Tensor:
@@ -89,30 +95,65 @@ def bit_length(x: Tensor) -> Tensor:
     return n
 
 
+@lru_cache(maxsize=16)
+def _powers(device: torch.device, lo: int, hi: int) -> Tensor:
+    return torch.tensor([1 << j for j in range(lo, hi)], dtype=torch.int64, device=device)
+
+
+def bits_above(x: Tensor, lo: int, hi: int) -> Tensor:
+    """``clip(bit_length(x) - lo, 0, hi - lo)`` for ``x >= 0`` [..., 1] by counting thresholds ``2^lo … 2^(hi-1)``.
+
+    Equals ``max(0, bit_length(x) - lo)`` whenever ``x < 2^hi``.
+    """
+    return (x >= _powers(x.device, lo, hi)).sum(dim=-1, keepdim=True)
+
+
+def requantize_high(x: Tensor, multiplier: Tensor | int, shift: Tensor) -> Tensor:
+    """:func:`requantize` for shifts known to be ``>= 32`` (no branch): the ``s >= 32`` case of spec §3.2."""
+    a = torch.bitwise_right_shift(x, _LIMB) * multiplier
+    b = torch.bitwise_and(x, _LIMB_MASK) * multiplier
+    return torch.bitwise_right_shift(a + pow2(shift - 32, x) + torch.bitwise_right_shift(b, _LIMB), shift - 31)
+
+
+def absmax_rows(x: Tensor) -> Tensor:
+    """``max_k |x[..., k]|`` [..., 1] in one pass over ``x`` (min and max, then ``max(-min, max)``)."""
+    mn, mx = torch.aminmax(x, dim=-1, keepdim=True)
+    return torch.maximum(-mn, mx)
+
+
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-row int8 quantization (spec §3.3): ``(q, m, e)`` with ``m``, ``e`` of shape ``x.shape[:-1] + (1,)``."""
-    amax = x.abs().amax(dim=-1, keepdim=True)
+    """Per-row int8 quantization (spec §3.3): ``(q, m, e)`` with ``m``, ``e`` of shape ``x.shape[:-1] + (1,)``.
+
+    ``|x| <= 2^31`` gives ``d0 < 2^25``, so ``e = max(0, bit_length(d0) - 15)`` counts the thresholds
+    ``2^15 … 2^24``; ``m = ceil(d0 / 2^e) = -((-d0) >> e)``; ``q = rdiv(x, d)``.
+    """
+    amax = absmax_rows(x)
     d0 = torch.clamp(torch.div(amax + (QMAX - 1), QMAX, rounding_mode="floor"), min=1)
-    e = torch.clamp(bit_length(d0) - STEP_MANTISSA_BITS, min=0)
-    p = pow2(e, x)
-    m = torch.div(d0 + p - 1, p, rounding_mode="floor")
-    q = rdiv(x, torch.bitwise_left_shift(m, e))
+    e = bits_above(d0, STEP_MANTISSA_BITS, 25)
+    m = -torch.bitwise_right_shift(-d0, e)
+    d = torch.bitwise_left_shift(m, e)
+    q = rdiv(x, d)
     return q, m, e
 
 
-def lut_interp(x: Tensor, table: Tensor, *, x0: int, step_shift: int) -> Tensor:
-    """Piecewise-linear table lookup (spec §5.1), one rounding; ``table`` int64 on the same device."""
+def lut_interp(x: Tensor, table: Tensor, *, x0: int, step_shift: int, diff: Tensor | None = None) -> Tensor:
+    """Piecewise-linear table lookup (spec §5.1), one rounding; ``table`` int64 on the same device.
+
+    ``pos`` is first clamped to ``[0, (n-1)·2^h]``: left of the table that gives ``i = 0, f = 0`` (``T[0]``),
+    right of it ``i = n-2, f = 2^h`` (``T[n-1]``), inside it the same ``i, f`` as spec §5.1. ``diff`` may hold
+    the precomputed ``T[i+1] - T[i]``.
+    """
     n = table.shape[0]
-    pos = x - x0
-    i = torch.clamp(torch.bitwise_right_shift(pos, step_shift), 0, n - 2)
-    f = torch.clamp(pos - torch.bitwise_left_shift(i, step_shift), 0, 1 << step_shift)
-    lo = table[i]
-    return lo + round_shift((table[i + 1] - lo) * f, step_shift)
+    pos = torch.clamp(x - x0, 0, (n - 1) << step_shift)
+    i = torch.clamp(torch.bitwise_right_shift(pos, step_shift), max=n - 2)
+    f = pos - torch.bitwise_left_shift(i, step_shift)
+    d = (table[1:] - table[:-1]) if diff is None else diff
+    return table[i] + round_shift(d[i] * f, step_shift)
 
 
 def rsqrt(v: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
     """``1/sqrt(v) ≈ r / 2**p`` for ``v >= 1`` (spec §5.3); same integers as ``fixedpoint.rsqrt``."""
-    j = torch.div(bit_length(v) - 29, 2, rounding_mode="floor")
+    j = torch.div(bit_length(v) - 29, 2, rounding_mode="floor")              # v < 2^62
     m = torch.where(j <= 0, torch.bitwise_left_shift(v, torch.clamp(-2 * j, min=0)),
                     round_shift(v, torch.clamp(2 * j, min=0)))
     r = lut_interp(m, table, x0=1 << 28, step_shift=18)

@@ -155,3 +155,7 @@ def test_bad_inputs(files: dict[str, Any], tmp_path: Path) -> None:
     odd.write_text('{"schema": "something/1"}')
     with pytest.raises(InputError):
         diff(str(odd), str(odd))
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(bytes(range(256)))
+    with pytest.raises(InputError):
+        diff(str(noise), str(noise))

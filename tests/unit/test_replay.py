@@ -77,11 +77,12 @@ def test_clean_replay_matches_everything(world: dict[str, Any]) -> None:
 
 def test_results_identical_across_batch_sizes_and_workers(world: dict[str, Any]) -> None:
     policy = world["keys"].policy
-    runs = [replay(world["log"], artifact=world["art"], policy=policy, options=ReplayOptions(batch_size=b, workers=w))
-            for b, w in ((1, 1), (4, 1), (4, 2), (3, 2))]
+    runs = [replay(world["log"], artifact=world["art"], policy=policy,
+                   options=ReplayOptions(batch_size=b, workers=w, backend=be))
+            for b, w, be in ((1, 1, "numpy"), (4, 1, "numpy"), (4, 2, "numpy"), (3, 2, "numpy"), (3, 2, "auto"))]
     assert len({jcs(r["results"]) for r in runs}) == 1
-    assert [r["environment"]["batch_size"] for r in runs] == [1, 4, 4, 3]
-    assert [r["environment"]["workers"] for r in runs] == [1, 1, 2, 2]
+    assert [r["environment"]["batch_size"] for r in runs] == [1, 4, 4, 3, 3]
+    assert [r["environment"]["workers"] for r in runs] == [1, 1, 2, 2, 2]
 
 
 def test_bundle_gives_the_same_results_as_the_database(world: dict[str, Any], tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from kolm_audit.errors import ArtifactError, RuntimeInputError, UnsupportedModel
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import tables as tb
-from kolm_audit.runtime.ops import NumpyOps
+from kolm_audit.runtime.ops import NumpyOps, fuse_linears
 from kolm_audit.runtime.quantize import (
     QuantizedModel,
     check_embedding,
@@ -228,7 +228,9 @@ class BertRuntime:
                                     field="tensors.classifier.weight")
             self.head = (ops.prepare_linear(self.head[0]), ops.prepare_linear(self.head[1]))
         # backend copies of everything the forward reads
-        self.layers = [{name: ops.prepare_linear(lin) for name, lin in lay.items()} for lay in self.layers]
+        self.layers = [{"qkv": ops.prepare_linear(fuse_linears([lay["attn.q"], lay["attn.k"], lay["attn.v"]])),
+                        **{name: ops.prepare_linear(lay[name]) for name in ("attn.o", "ffn.up", "ffn.down")}}
+                       for lay in self.layers]      # q|k|v share their input: fused, same integers
         self.word_emb = ops.prepare_embedding(tensors, "embeddings.word")
         self.k_pos, self.k_type = ops.const(tensors["embeddings.position"]), ops.const(tensors["embeddings.token_type"])
         self.k_exp, self.k_rsqrt, self.k_cdf, self.k_tanh = (ops.const(a) for a in (self.exp, self.rsqrt, self.cdf,
@@ -277,9 +279,11 @@ class BertRuntime:
         key_valid = ops.mask(valid[:, None, None, :])                           # [B,1,1,T] bool
         nh, d = self.heads, self.head_dim
         for i, lay in enumerate(self.layers):
-            q = ops.heads(ops.linear(x, lay["attn.q"]), nh, d)                  # [B,nh,T,D] Q.16
-            k = ops.heads(ops.linear(x, lay["attn.k"]), nh, d)                  # [B,nh,T,D] Q.16
-            v = ops.heads(ops.linear(x, lay["attn.v"]), nh, d)                  # [B,nh,T,D] Q.16
+            qkv = ops.linear(x, lay["qkv"])                                     # [B,T,3H] q|k|v Q.16
+            hid = nh * d
+            q = ops.heads(qkv[..., :hid], nh, d)                                # [B,nh,T,D] Q.16
+            k = ops.heads(qkv[..., hid:2 * hid], nh, d)                         # [B,nh,T,D] Q.16
+            v = ops.heads(qkv[..., 2 * hid:], nh, d)                            # [B,nh,T,D] Q.16
             ctx = ops.attention(q, k, v, key_valid, scale_mult=self.scale_m, scale_shift=self.scale_s,
                                 exp_table=self.k_exp)                           # [B,nh,T,D] Q.16
             a = ops.linear(ops.merge_heads(ctx), lay["attn.o"])                 # [B,T,H] Q.16

@@ -52,7 +52,7 @@ from kolm_audit.runtime.models.llama_build import (
     llama_architecture,
     quantize_llama,
 )
-from kolm_audit.runtime.ops import NumpyOps
+from kolm_audit.runtime.ops import NumpyOps, fuse_linears
 from kolm_audit.runtime.quantize import load_linear, quantization_params
 from kolm_audit.runtime.sampling import DecodingParams, request_key, select_token
 
@@ -153,8 +153,14 @@ class LlamaRuntime:
             p = f"model.layers.{i}."
             _check(tensors, {p + "input_layernorm.gamma": ("int32", (h,)),
                              p + "post_attention_layernorm.gamma": ("int32", (h,))})
-            self.layers.append({n: ops.prepare_linear(_linear(tensors, p + n, scheme, shape))
-                                for n, shape in shapes.items()})
+            lay = {n: _linear(tensors, p + n, scheme, shape) for n, shape in shapes.items()}
+            self.layers.append({   # q|k|v and gate|up share their input: fused (per-column results unchanged)
+                "qkv": ops.prepare_linear(fuse_linears([lay["self_attn.q_proj"], lay["self_attn.k_proj"],
+                                                        lay["self_attn.v_proj"]])),
+                "o_proj": ops.prepare_linear(lay["self_attn.o_proj"]),
+                "gate_up": ops.prepare_linear(fuse_linears([lay["mlp.gate_proj"], lay["mlp.up_proj"]])),
+                "down_proj": ops.prepare_linear(lay["mlp.down_proj"])})
+        self.inter = inter
         self.lm_head = ops.prepare_linear(_linear(tensors, "lm_head", scheme, (v, h)))
         # backend copies of what the forward reads (numpy tables above stay for sampling)
         self.tok_emb = ops.prepare_embedding(tensors, "model.embed_tokens")
@@ -172,9 +178,11 @@ class LlamaRuntime:
         """Decoder layer ``i`` on new tokens x int64 [B, T, H] Q.16 (positions [B, T]); appends to the cache."""
         ops, lay, p = self.ops, self.layers[i], f"model.layers.{i}."
         h = self._norm(x, p + "input_layernorm")                                  # [B,T,H] Q.16
-        q = ops.heads(ops.linear(h, lay["self_attn.q_proj"]), self.nh, self.d)    # [B,nh,T,D] Q.16
-        k = ops.heads(ops.linear(h, lay["self_attn.k_proj"]), self.nkv, self.d)   # [B,nkv,T,D] Q.16
-        v = ops.heads(ops.linear(h, lay["self_attn.v_proj"]), self.nkv, self.d)   # [B,nkv,T,D] Q.16
+        nq, nk = self.nh * self.d, self.nkv * self.d
+        qkv = ops.linear(h, lay["qkv"])                                           # [B,T,nq+2nk] q|k|v_proj
+        q = ops.heads(qkv[..., :nq], self.nh, self.d)                             # [B,nh,T,D] Q.16
+        k = ops.heads(qkv[..., nq:nq + nk], self.nkv, self.d)                     # [B,nkv,T,D] Q.16
+        v = ops.heads(qkv[..., nq + nk:], self.nkv, self.d)                       # [B,nkv,T,D] Q.16
         q = ops.rope(q, pos, self.k_cos, self.k_sin)                              # [B,nh,T,D] Q.16
         k = ops.rope(k, pos, self.k_cos, self.k_sin)                              # [B,nkv,T,D] Q.16
         if i < len(cache.keys):
@@ -183,18 +191,15 @@ class LlamaRuntime:
         else:
             cache.keys.append(k)
             cache.values.append(v)
-        rep = self.nh // self.nkv                                                 # query heads per KV head
-        k_all = ops.repeat(cache.keys[i], rep, axis=1)                            # [B,nh,Tk,D] Q.16
-        v_all = ops.repeat(cache.values[i], rep, axis=1)                          # [B,nh,Tk,D] Q.16
-        ctx = ops.attention(q, k_all, v_all, mask, scale_mult=self.scale_m, scale_shift=self.scale_s,
-                            exp_table=self.k_exp)                                 # [B,nh,T,D] Q.16
+        # grouped-query attention: query head j uses KV head j // (nh / nkv) (ops.attention repeats them)
+        ctx = ops.attention(q, cache.keys[i], cache.values[i], mask, scale_mult=self.scale_m,
+                            scale_shift=self.scale_s, exp_table=self.k_exp)       # [B,nh,T,D] Q.16
         ctx = ops.merge_heads(ctx)                                                # [B,T,nh·D] Q.16
-        x = ops.saturate(x + ops.linear(ctx, lay["self_attn.o_proj"]))            # [B,T,H] Q.16 residual
+        x = ops.saturate(x + ops.linear(ctx, lay["o_proj"]))                      # [B,T,H] Q.16 residual
         h = self._norm(x, p + "post_attention_layernorm")                         # [B,T,H] Q.16
-        g = ops.linear(h, lay["mlp.gate_proj"])                                   # [B,T,I] Q.16
-        u = ops.linear(h, lay["mlp.up_proj"])                                     # [B,T,I] Q.16
-        m = ops.swiglu(g, u, self.k_sigmoid)                                      # [B,T,I] Q.16 silu(g)·u
-        return ops.saturate(x + ops.linear(m, lay["mlp.down_proj"]))              # [B,T,H] Q.16 residual
+        gu = ops.linear(h, lay["gate_up"])                                        # [B,T,2I] gate|up_proj
+        m = ops.swiglu(gu[..., :self.inter], gu[..., self.inter:], self.k_sigmoid)   # [B,T,I] silu(g)·u
+        return ops.saturate(x + ops.linear(m, lay["down_proj"]))                  # [B,T,H] Q.16 residual
 
     def _step(self, ids: np.ndarray, new_ok: np.ndarray, cache: KVCache, *, all_logits: bool) -> np.ndarray:
         """Run new tokens ids int64 [B, T] (new_ok [B, T]: real, else left padding) through the model.

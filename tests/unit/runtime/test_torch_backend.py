@@ -122,6 +122,14 @@ def test_attention_softmax_and_rope_match(ops: TorchOps, seed: int, d: int, tq: 
     _eq(ops, ops.attention(ops.const(q), ops.const(k), ops.const(v), ops.mask(valid), scale_mult=scale_m,
                            scale_shift=scale_s, exp_table=ops.const(EXP)),
         ref.attention(q, k, v, valid, scale_mult=scale_m, scale_shift=scale_s, exp_table=EXP))
+    qs, ks = q >> 13, k >> 13                                                 # |x| < 2^18: every e = 0
+    _eq(ops, ops.attention(ops.const(qs), ops.const(ks), ops.const(v), ops.mask(valid), scale_mult=scale_m,
+                           scale_shift=scale_s, exp_table=ops.const(EXP)),
+        ref.attention(qs, ks, v, valid, scale_mult=scale_m, scale_shift=scale_s, exp_table=EXP))
+    k1, v1 = k[:, :1], v[:, :1]                                               # grouped-query: 3 heads share 1
+    _eq(ops, ops.attention(ops.const(q), ops.const(k1), ops.const(v1), ops.mask(valid), scale_mult=scale_m,
+                           scale_shift=scale_s, exp_table=ops.const(EXP)),
+        NumpyOps().attention(q, k1, v1, valid, scale_mult=scale_m, scale_shift=scale_s, exp_table=EXP))
     scores = rng.integers(-(1 << 40), 1 << 40, (2, 3, tq, tk))
     _eq(ops, ops.softmax(ops.const(scores), ops.mask(valid), ops.const(EXP)), ref.softmax(scores, valid, EXP))
     cos = rng.integers(-(1 << 30), (1 << 30) + 1, (16, d // 2))
@@ -183,3 +191,28 @@ def test_backend_names_resolve_and_refuse() -> None:
             get_ops("cuda")
     with pytest.raises(InputError):
         get_ops("cpu", threads=0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 8, 9, 33])
+def test_linear_is_exact_for_tiny_inner_dimensions(ops: TorchOps, k: int) -> None:
+    """torch._int_mm (torch 2.13 CPU) returns wrong sums for K = 1; the backend must not depend on it there."""
+    rng = np.random.default_rng(k)
+    w = rng.integers(-127, 128, (16, k))
+    lin = ref.IntLinear(weight=w, wmax=int(np.abs(w).max()), mult=np.full(16, 1 << 30), shift=np.full(16, 36),
+                        bias=np.zeros(16, dtype=np.int64))
+    x = _acts(rng, (5, k))
+    _eq(ops, ops.linear(ops.const(x), ops.prepare_linear(lin)), ref.linear(x, lin))
+
+
+@pytest.mark.parametrize(("rows", "bits"), [(1, 20), (3, 23), (8, 16), (9, 20), (2, 30)])
+def test_norms_match_on_the_few_rows_and_the_tensor_paths(ops: TorchOps, rows: int, bits: int) -> None:
+    """Decoding (few rows, |c| < 2^24) computes the per-row scalars in Python; other shapes use tensors."""
+    rng = np.random.default_rng(rows * 100 + bits)
+    x = rng.integers(-(1 << bits), 1 << bits, (rows, 48))
+    gamma, beta = rng.integers(-(1 << 26), 1 << 26, 48), rng.integers(-(1 << 20), 1 << 20, 48)
+    for eps in (0, 42950, 1 << 20):
+        _eq(ops, ops.rms_norm(ops.const(x), ops.const(gamma), eps_q32=eps, rsqrt_table=ops.const(RSQRT)),
+            ref.rms_norm(x, gamma, eps_q32=eps, rsqrt_table=RSQRT))
+        _eq(ops, ops.layer_norm(ops.const(x), ops.const(gamma), ops.const(beta), eps_q32=eps,
+                                rsqrt_table=ops.const(RSQRT)),
+            ref.layer_norm(x, gamma, beta, eps_q32=eps, rsqrt_table=RSQRT))
