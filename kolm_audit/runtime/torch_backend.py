@@ -58,6 +58,7 @@ _CPU_K_CHUNK = 1 << 17          # 2^17 · 127 · 128 < 2^31: int8 GEMM partial s
 _F32_EXACT = 1 << 24            # every integer of magnitude <= 2^24 is exact in fp32
 _INT_MM_MIN_K = 8               # torch._int_mm (CPU, torch 2.13) returns wrong sums for K = 1: never used below 8
 _DIGIT_BASE_BITS = 8            # balanced base-256 digits in [-128, 127]
+_FEW_ROWS = 16                  # norms over at most this many rows (decoding) compute row scalars in Python
 
 
 @dataclass(frozen=True)
@@ -73,47 +74,6 @@ class TorchLinear:
     high0: bool                        # every shift >= 32: per-column constants serve rows with e == 0
     half_hi: Tensor                    # int64 [N] 2^(shift - 32): rounding term when e == 0
     shift_hi: Tensor                   # int64 [N] shift - 31
-
-
-def _requant_high_(x: Tensor, mult: Tensor, half: Tensor | int, shift_hi: Tensor | int) -> Tensor:
-    """In place on the temporary ``x``: ``requantize(x, mult, s)`` for ``s >= 32`` given ``half = 2^(s-32)`` and
-    ``shift_hi = s - 31`` (the ``s >= 32`` case of spec §3.2, same integers as ``fixedpoint.requantize``)."""
-    b = torch.bitwise_and(x, (1 << 31) - 1).mul_(mult).bitwise_right_shift_(31)
-    return x.bitwise_right_shift_(31).mul_(mult).add_(half).add_(b).bitwise_right_shift_(shift_hi)
-
-
-_FEW_ROWS = 8                   # norms over at most this many rows (decoding) compute row scalars in Python
-_FULL_LUT_MAX = 1 << 22          # tables with at most this many interpolated points are expanded at first use
-
-
-def _full_lut(table: Tensor, step_shift: int) -> Tensor:
-    """Every value of ``lut_interp`` on ``pos = 0 … (n-1)·2^h`` (int64, Q.30), computed once per table tensor
-    with :func:`torch_fixedpoint.lut_interp` itself, so a lookup is one clamp and one gather."""
-    full = getattr(table, "_kolm_full", None)
-    if full is None:
-        pos = torch.arange(((table.shape[0] - 1) << step_shift) + 1, dtype=torch.int64, device=table.device)
-        full = tfp.lut_interp(pos, table, x0=0, step_shift=step_shift)
-        table._kolm_full = full         # type: ignore[attr-defined]
-    return full
-
-
-def _lut_(x: Tensor, table: Tensor, *, x0: int, step_shift: int) -> Tensor:
-    """``torch_fixedpoint.lut_interp(x, table, x0, h)`` as ``full[clamp(x - x0, 0, (n-1)·2^h)]`` (spec §5.1: left
-    of the table ``T[0]``, right of it ``T[n-1]``, inside the interpolated value), int64 result."""
-    n = table.shape[0]
-    if ((n - 1) << step_shift) >= _FULL_LUT_MAX:
-        return tfp.lut_interp(x, table, x0=x0, step_shift=step_shift, diff=_diff(table))
-    pos = torch.sub(x, x0).clamp_(0, (n - 1) << step_shift)
-    return _full_lut(table, step_shift)[pos]
-
-
-def _diff(table: Tensor) -> Tensor:
-    """``T[i+1] - T[i]`` of a table tensor, computed once and kept on the tensor."""
-    d = getattr(table, "_kolm_diff", None)
-    if d is None:
-        d = table[1:] - table[:-1]
-        table._kolm_diff = d            # type: ignore[attr-defined]
-    return d
 
 
 def weight_digits(w: np.ndarray) -> list[np.ndarray]:
@@ -170,13 +130,27 @@ class TorchOps:
         return x.permute(0, 2, 1, 3).reshape(b, t, n * d)
 
     def cat(self, xs: Sequence[Tensor], axis: int) -> Tensor:
-        return torch.cat(list(xs), dim=axis)
+        """``torch.cat``; a KV cache grown along time keeps its per-row memo (quantized keys, fp64 values):
+        rows are independent, so the memo of the concatenation is the concatenation of the memos."""
+        out = torch.cat(list(xs), dim=axis)
+        if axis == 2 and len(xs) > 1 and all(x.dim() == 4 for x in xs):
+            for attr in tfp.MEMOS:
+                if getattr(xs[0], attr, None) is not None:
+                    parts = [tfp.memo(x, attr) for x in xs]
+                    setattr(out, attr, tuple(torch.cat([p[i] for p in parts], dim=2) for i in range(len(parts[0]))))
+        return out
 
     def repeat(self, x: Tensor, rep: int, axis: int) -> Tensor:
         return x if rep == 1 else torch.repeat_interleave(x, rep, dim=axis)
 
     def take(self, x: Tensor, rows: np.ndarray) -> Tensor:
-        return x.index_select(0, torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.device))
+        idx = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.device)
+        out = x.index_select(0, idx)
+        for attr in tfp.MEMOS:
+            memo = getattr(x, attr, None)
+            if memo is not None:
+                setattr(out, attr, tuple(m.index_select(0, idx) for m in memo))
+        return out
 
     # ---- exact matrix products ----------------------------------------------------------------------------
     def _f32_exact(self) -> bool:
@@ -193,7 +167,7 @@ class TorchOps:
         step = _CPU_K_CHUNK if cpu else _CUDA_K_CHUNK
         out: Tensor | None = None
         for k0 in range(0, k, step):
-            ak, dk = a[:, k0:k0 + step], d[:, k0:k0 + step].t()         # digit stored [N, K]
+            ak, dk = (a, d.t()) if k <= step else (a[:, k0:k0 + step], d[:, k0:k0 + step].t())   # d is [N, K]
             if cpu and ak.shape[1] >= _INT_MM_MIN_K:
                 part = torch._int_mm(ak, dk)                                 # int32, exact partial sums
             elif cpu:
@@ -265,10 +239,10 @@ class TorchOps:
         q, m, e = tfp.quantize_rows(x)                                  # [...,K] int8 values; [...,1]
         acc = self.int_matmul(q, lin, m)                                # [...,N] int64 acc·m, < 2^60
         if lin.high0 and not bool(e.any()):                             # shift - e = shift >= 32 for all
-            y = _requant_high_(acc, lin.mult, lin.half_hi, lin.shift_hi)
+            y = tfp.requantize_high_(acc, lin.mult, lin.half_hi, lin.shift_hi)
         elif lin.high:
             s = lin.shift - e
-            y = _requant_high_(acc, lin.mult, tfp.pow2(s - 32, acc), s - 31)
+            y = tfp.requantize_high_(acc, lin.mult, tfp.pow2(s - 32, acc), s - 31)
         else:
             y = tfp.requantize(acc, lin.mult, lin.shift - e)            # [...,N] Q.16
         return y.add_(lin.bias).clamp_(-(1 << 31), (1 << 31) - 1)
@@ -318,23 +292,26 @@ class TorchOps:
         few = self._row_scales(c, eps_q32, rsqrt_table)
         if few is not None:
             r, s = few
-            y = _requant_high_(c * r, gamma, tfp.pow2(s - 32, c), s - 31)
+            y = tfp.requantize_high_(c * r, gamma, tfp.pow2(s - 32, c), s - 31)
             if beta is not None:
                 y = y.add_(beta)
             return y.clamp_(-(1 << 31), (1 << 31) - 1)
         h = c.shape[-1]
         cmax = tfp.absmax_rows(c)                                       # < 2^33
         k = tfp.bits_above(cmax, 24, 34)                                # max(0, bits(cmax) - 24) <= 9
-        c2 = torch.bitwise_right_shift(c + torch.bitwise_right_shift(tfp.pow2(k, c), 1), k)   # round_shift(c, k)
+        if int(cmax.max()) < 1 << 24:                                   # every k = 0: c' = c
+            c2 = c
+        else:
+            c2 = torch.bitwise_right_shift(c + torch.bitwise_right_shift(tfp.pow2(k, c), 1), k)   # round_shift
         var = tfp.rdiv((c2 * c2).sum(dim=-1, keepdim=True), h)          # Σ <= 2^62
         v = (var + self._eps_table(eps_q32, c.device)[k]).clamp_(min=1) # + round_shift(eps, 2k); < 2^50
         nb = torch.frexp(v.double()).exponent.to(torch.int64)           # bits(v): exact, v < 2^53
         j = torch.bitwise_right_shift(nb - 29, 1)                       # floor((bits - 29) / 2)
         up, down = torch.clamp(-2 * j, min=0), torch.clamp(2 * j, min=0)
         mant = torch.bitwise_right_shift(torch.bitwise_left_shift(v, up) + (tfp.pow2(down, v) >> 1), down)
-        r = tfp.lut_interp(mant, rsqrt_table, x0=1 << 28, step_shift=18, diff=_diff(rsqrt_table))
+        r = tfp.lut_interp(mant, rsqrt_table, x0=1 << 28, step_shift=18, diff=tfp.table_diff(rsqrt_table))
         s = 52 + j + k                                                  # p - (16 - k) + 24 >= 38
-        y = _requant_high_(c * r, gamma, tfp.pow2(s - 32, c), s - 31)
+        y = tfp.requantize_high_(c * r, gamma, tfp.pow2(s - 32, c), s - 31)
         if beta is not None:
             y = y.add_(beta)
         return y.clamp_(-(1 << 31), (1 << 31) - 1)
@@ -358,7 +335,7 @@ class TorchOps:
         s = torch.where(valid, scores, _NEG_SENTINEL)
         mx = s.amax(dim=-1, keepdim=True)
         t = torch.where(valid, mx - s, 0)
-        e = torch.where(valid, _lut_(t, exp_table, x0=0, step_shift=9), 0)
+        e = torch.where(valid, tfp.lut_(t, exp_table, x0=0, step_shift=9), 0)
         total = e.sum(dim=-1, keepdim=True)                             # >= 2^30, <= 2^46
         return tfp.rdiv(torch.bitwise_left_shift(e, 16), total)         # e·2^16 <= 2^46
 
@@ -370,7 +347,7 @@ class TorchOps:
         hk, tk = k.shape[1], k.shape[2]
         g = hq // hk
         qq, mq, eq = tfp.quantize_rows(q)                               # [B,Hq,Tq,D]; [B,Hq,Tq,1]
-        kq, mk, ek = tfp.quantize_rows(k)                               # [B,Hk,Tk,D]; [B,Hk,Tk,1]
+        kq, mk, ek = tfp.memo(k, "_kolm_rows")                             # [B,Hk,Tk,D]; [B,Hk,Tk,1]
         acc = self._bmm_small(qq.reshape(b, hk, g * tq, d), kq.transpose(-1, -2))   # |acc| < 2^22
         acc = acc.reshape(b, hq, tq, tk)
         mm = (mq.reshape(b, hk, g, tq, 1) * mk.reshape(b, hk, 1, 1, tk)).reshape(b, hq, tq, tk)
@@ -379,24 +356,24 @@ class TorchOps:
         eemax = int(ee.max())
         if eemax == 0:                                                  # usual: one shift for every score
             s0 = scale_shift + 16
-            scores = _requant_high_(acc, scale_mult, 1 << (s0 - 32), s0 - 31) if s0 >= 32 else tfp.requantize(
+            scores = tfp.requantize_high_(acc, scale_mult, 1 << (s0 - 32), s0 - 31) if s0 >= 32 else tfp.requantize(
                 acc, scale_mult, s0)
         elif scale_shift + 16 - eemax >= 32:
             s1 = scale_shift + 16 - ee
-            scores = _requant_high_(acc, scale_mult, tfp.pow2(s1 - 32, acc), s1 - 31)
+            scores = tfp.requantize_high_(acc, scale_mult, tfp.pow2(s1 - 32, acc), s1 - 31)
         else:
             scores = tfp.requantize(acc, scale_mult, scale_shift + 16 - ee)
         probs = self.softmax(scores, key_valid, exp_table)              # [B,Hq,Tq,Tk] Q.16
-        ctx = torch.matmul(probs.reshape(b, hk, g * tq, tk).double(), v.double())   # exact: |Σ P·V| < 2^48
+        ctx = torch.matmul(probs.reshape(b, hk, g * tq, tk).double(), tfp.memo(v, "_kolm_f64")[0])   # < 2^48
         ctx = ctx.to(torch.int64).reshape(b, hq, tq, d)
         return ctx.add_(1 << 15).bitwise_right_shift_(16).clamp_(-(1 << 31), (1 << 31) - 1)
 
     def gelu(self, x: Tensor, cdf_table: Tensor) -> Tensor:
-        phi = _lut_(x, cdf_table, x0=-8 << 16, step_shift=9)
+        phi = tfp.lut_(x, cdf_table, x0=-8 << 16, step_shift=9)
         return phi.mul_(x).add_(1 << 29).bitwise_right_shift_(30).clamp_(-(1 << 31), (1 << 31) - 1)
 
     def tanh(self, x: Tensor, tanh_table: Tensor) -> Tensor:
-        return _lut_(x, tanh_table, x0=-8 << 16, step_shift=9).add_(1 << 13).bitwise_right_shift_(14)
+        return tfp.lut_(x, tanh_table, x0=-8 << 16, step_shift=9).add_(1 << 13).bitwise_right_shift_(14)
 
     def rope(self, x: Tensor, positions: Any, cos_table: Tensor, sin_table: Tensor) -> Tensor:
         half = x.shape[-1] // 2
@@ -409,7 +386,7 @@ class TorchOps:
         return tfp.saturate_int32(torch.cat([out_a, out_b], dim=-1))
 
     def silu(self, x: Tensor, sigmoid_table: Tensor) -> Tensor:
-        sig = _lut_(x, sigmoid_table, x0=-16 << 16, step_shift=9)
+        sig = tfp.lut_(x, sigmoid_table, x0=-16 << 16, step_shift=9)
         return sig.mul_(x).add_(1 << 29).bitwise_right_shift_(30).clamp_(-(1 << 31), (1 << 31) - 1)
 
     def swiglu(self, gate: Tensor, up: Tensor, sigmoid_table: Tensor) -> Tensor:

@@ -158,3 +158,58 @@ def rsqrt(v: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
                     round_shift(v, torch.clamp(2 * j, min=0)))
     r = lut_interp(m, table, x0=1 << 28, step_shift=18)
     return r, 44 + j
+
+
+# ---- helpers of the torch backend (same integers, fewer passes; docs/runtime-spec.md "Fast backends") ----
+
+def requantize_high_(x: Tensor, mult: Tensor, half: Tensor | int, shift_hi: Tensor | int) -> Tensor:
+    """In place on the temporary ``x``: ``requantize(x, mult, s)`` for ``s >= 32`` given ``half = 2^(s-32)`` and
+    ``shift_hi = s - 31`` (the ``s >= 32`` case of spec §3.2, same integers as ``fixedpoint.requantize``)."""
+    b = torch.bitwise_and(x, (1 << 31) - 1).mul_(mult).bitwise_right_shift_(31)
+    return x.bitwise_right_shift_(31).mul_(mult).add_(half).add_(b).bitwise_right_shift_(shift_hi)
+
+
+FULL_LUT_MAX = 1 << 22          # tables with at most this many interpolated points are expanded at first use
+
+
+def full_lut(table: Tensor, step_shift: int) -> Tensor:
+    """Every value of ``lut_interp`` on ``pos = 0 … (n-1)·2^h`` (int64, Q.30), computed once per table tensor
+    with :func:`torch_fixedpoint.lut_interp` itself, so a lookup is one clamp and one gather."""
+    full = getattr(table, "_kolm_full", None)
+    if full is None:
+        pos = torch.arange(((table.shape[0] - 1) << step_shift) + 1, dtype=torch.int64, device=table.device)
+        full = lut_interp(pos, table, x0=0, step_shift=step_shift)
+        table._kolm_full = full         # type: ignore[attr-defined]
+    return full
+
+
+def lut_(x: Tensor, table: Tensor, *, x0: int, step_shift: int) -> Tensor:
+    """``torch_fixedpoint.lut_interp(x, table, x0, h)`` as ``full[clamp(x - x0, 0, (n-1)·2^h)]`` (spec §5.1: left
+    of the table ``T[0]``, right of it ``T[n-1]``, inside the interpolated value), int64 result."""
+    n = table.shape[0]
+    if ((n - 1) << step_shift) >= FULL_LUT_MAX:
+        return lut_interp(x, table, x0=x0, step_shift=step_shift, diff=table_diff(table))
+    pos = torch.sub(x, x0).clamp_(0, (n - 1) << step_shift)
+    return full_lut(table, step_shift)[pos]
+
+
+MEMOS = ("_kolm_rows", "_kolm_f64")
+
+
+def memo(x: Tensor, attr: str) -> tuple[Tensor, ...]:
+    """Per-row derived tensors of a (cached) key or value tensor, computed once and kept on it:
+    ``_kolm_rows`` = ``quantize_rows(x)``, ``_kolm_f64`` = ``(x as float64,)`` (exact: |x| < 2^31)."""
+    found = getattr(x, attr, None)
+    if found is None:
+        found = quantize_rows(x) if attr == "_kolm_rows" else (x.double(),)
+        setattr(x, attr, found)
+    return found
+
+
+def table_diff(table: Tensor) -> Tensor:
+    """``T[i+1] - T[i]`` of a table tensor, computed once and kept on the tensor."""
+    d = getattr(table, "_kolm_diff", None)
+    if d is None:
+        d = table[1:] - table[:-1]
+        table._kolm_diff = d            # type: ignore[attr-defined]
+    return d

@@ -204,7 +204,7 @@ def test_linear_is_exact_for_tiny_inner_dimensions(ops: TorchOps, k: int) -> Non
     _eq(ops, ops.linear(ops.const(x), ops.prepare_linear(lin)), ref.linear(x, lin))
 
 
-@pytest.mark.parametrize(("rows", "bits"), [(1, 20), (3, 23), (8, 16), (9, 20), (2, 30)])
+@pytest.mark.parametrize(("rows", "bits"), [(1, 20), (3, 23), (16, 16), (17, 20), (40, 23), (2, 30), (40, 30)])
 def test_norms_match_on_the_few_rows_and_the_tensor_paths(ops: TorchOps, rows: int, bits: int) -> None:
     """Decoding (few rows, |c| < 2^24) computes the per-row scalars in Python; other shapes use tensors."""
     rng = np.random.default_rng(rows * 100 + bits)
