@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from kolm_audit.canonical import digest_of
-from kolm_audit.errors import ArtifactError, InputError, RuntimeInputError, UnsupportedModel
+from kolm_audit.errors import InputError, RuntimeInputError, UnsupportedModel
 from kolm_audit.runtime import SPEC
 from kolm_audit.runtime.tokenize import Tokenizer
 
@@ -219,27 +219,15 @@ def load(path: str | Path, *, trust: str | Path | None = None, key: str | Path |
     ``require_signature=False`` and neither given, only the strict read and the tensor digests are checked.
     """
     from kolm_audit.artifact import read_artifact, verify_artifact
-    from kolm_audit.keys import load_public_key
-    from kolm_audit.trust import TrustPolicy
+    from kolm_audit.trust import load_policy
 
     if backend not in BACKENDS:
         raise InputError("backend not available in this build", field="backend", expected=" | ".join(BACKENDS),
                          actual=backend)
-    if trust is not None and key is not None:
-        raise InputError("give either trust or key, not both", field="trust")
     policy = None
-    if trust is not None:
-        policy = TrustPolicy.load(trust)
-    elif key is not None:
-        policy = TrustPolicy.from_public_key(load_public_key(key), source=str(key))
-    elif require_signature:
-        raise InputError("a trust file or a public key is needed to verify the artifact's signature",
-                         field="trust", expected="trust=PATH or key=PATH (or require_signature=False)")
-    verified = None
-    if policy is not None:
-        verified = verify_artifact(path, policy=policy, require_signature=require_signature)
-    art = read_artifact(path, check_tensors=True)
-    if verified is not None and art.digest != verified.artifact_digest:
-        raise ArtifactError("the artifact changed while it was being loaded", file=str(path), field="manifest",
-                            expected=verified.artifact_digest, actual=art.digest)
+    if trust is not None or key is not None or require_signature:
+        policy = load_policy(trust=trust, keys=() if key is None else (key,), what="the artifact's signature")
+    # Run exactly the tensors that were verified: one read, one hashing pass, no window for a swap.
+    verified = None if policy is None else verify_artifact(path, policy=policy, require_signature=require_signature)
+    art = verified.artifact if verified is not None and verified.artifact is not None else read_artifact(path)
     return Model.from_artifact(art, backend=backend, threads=threads)

@@ -27,7 +27,7 @@ Verification answers *which* trusted key, for which role and tenant, signed — 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -143,6 +143,24 @@ class TrustPolicy:
                 tenants=frozenset(entry.get("tenants", [ANY_TENANT])),
                 not_before=_opt_time(entry, "not_before", path, i), not_after=_opt_time(entry, "not_after", path, i)))
         return cls(keys=tuple(keys), source=str(path))
+
+
+def load_policy(*, trust: str | Path | None, keys: Sequence[str | Path] = (), roles: Iterable[str] = ROLES,
+                what: str = "signatures") -> TrustPolicy:
+    """The policy a user names: a trust file, or public keys trusted for ``roles`` and any tenant.
+
+    Exactly one of ``trust`` and ``keys`` must be given (the CLI's ``--trust`` / ``--key``).
+    """
+    if trust is not None and keys:
+        raise ConfigError("give either --trust or --key, not both", field="--trust/--key")
+    if trust is not None:
+        return TrustPolicy.load(trust)
+    if not keys:
+        raise ConfigError(f"a trust policy is needed to check {what}", field="--trust/--key",
+                          expected="--trust trust.toml or --key PUB")
+    return TrustPolicy(keys=tuple(TrustedKey(name=Path(k).name, public_key=load_public_key(k),
+                                             roles=frozenset(roles)) for k in keys),
+                       source=", ".join(str(k) for k in keys))
 
 
 def _stringify_dates(obj: Any) -> Any:

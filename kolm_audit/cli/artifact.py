@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from kolm_audit.cli import emit
-from kolm_audit.errors import Finding, InputError, KolmError
+from kolm_audit.errors import Finding, KolmError
 
 _SCHEMES = ("none", "int8", "int4", "nvfp4")
 
@@ -98,15 +98,10 @@ def sign(artifact: Path, key_path: Path, passphrase_env: str | None, sidecar: bo
 
 
 def _policy(trust_path: Path | None, key_path: Path | None) -> Any:
-    from kolm_audit.keys import load_public_key
-    from kolm_audit.trust import TrustPolicy
+    from kolm_audit.trust import load_policy
 
-    if trust_path is not None and key_path is None:
-        return TrustPolicy.load(trust_path)
-    if key_path is not None and trust_path is None:
-        return TrustPolicy.from_public_key(load_public_key(key_path), roles=("artifact",), name=key_path.name,
-                                           source=str(key_path))
-    raise InputError("give exactly one of --trust and --key", field="--trust/--key")
+    return load_policy(trust=trust_path, keys=() if key_path is None else (key_path,), roles=("artifact",),
+                       what="the artifact's signature")
 
 
 @click.command()

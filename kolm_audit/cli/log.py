@@ -18,25 +18,17 @@ import click
 from kolm_audit.checkpoint import parse_checkpoint
 from kolm_audit.cli import emit
 from kolm_audit.errors import InputError, LogError
-from kolm_audit.keys import load_private_key, load_public_key
+from kolm_audit.keys import load_private_key
 from kolm_audit.log import ReceiptLog, export_bundle, open_log_source, verify_log
 from kolm_audit.merkle import leaf_hash, verify_inclusion
 from kolm_audit.schemas import validate
-from kolm_audit.trust import ROLES, TrustedKey, TrustPolicy
+from kolm_audit.trust import TrustPolicy, load_policy
 
 _PATH = click.Path(path_type=Path)
 
 
 def _policy(trust: Path | None, keys: tuple[Path, ...]) -> TrustPolicy:
-    if trust is not None and keys:
-        raise InputError("give either --trust or --key, not both", field="--trust/--key")
-    if trust is not None:
-        return TrustPolicy.load(trust)
-    if not keys:
-        raise InputError("a trust policy is needed to check signatures", field="--trust/--key",
-                         expected="--trust trust.toml or --key PUB (repeatable)")
-    return TrustPolicy(keys=tuple(TrustedKey(name=f"--key {p}", public_key=load_public_key(p), roles=frozenset(ROLES))
-                                  for p in keys), source="--key")
+    return load_policy(trust=trust, keys=keys, what="checkpoint and receipt signatures")
 
 
 def _read_text(path: Path) -> str:

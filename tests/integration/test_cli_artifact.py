@@ -116,7 +116,7 @@ def test_wrong_key_role_tenant_expiry(signed: dict[str, Path], capsys: pytest.Ca
 
 def test_usage_errors_exit_2(signed: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "verify", signed["kolm"])
-    assert code == 2 and "exactly one of --trust and --key" in err
+    assert code == 2 and "a trust policy is needed" in err and "--trust trust.toml or --key PUB" in err
     code, _, err = run(capsys, "verify", tmp_path / "missing.kolm", "--key", signed["pub"])
     assert code == 2 and "cannot open artifact" in err
     code, out, err = run(capsys, "verify", tmp_path / "missing.kolm", "--key", signed["pub"], "--json")

@@ -10,7 +10,7 @@ from kolm_audit.errors import ConfigError, KeyFileError, SignatureError, TrustEr
 from kolm_audit.keys import generate_key, write_keypair
 from kolm_audit.signing import Envelope, Signature, sign_envelope
 from kolm_audit.timefmt import parse_time
-from kolm_audit.trust import TrustedKey, TrustPolicy, verify_envelope, write_trust_file
+from kolm_audit.trust import TrustedKey, TrustPolicy, load_policy, verify_envelope, write_trust_file
 
 T = parse_time
 
@@ -104,3 +104,14 @@ def test_bad_trust_files(tmp_path: Path, text: str, error: type, match: str) -> 
         TrustPolicy.load(tmp_path / "trust.toml")
     with pytest.raises(ConfigError, match="cannot read trust file"):
         TrustPolicy.load(tmp_path / "missing.toml")
+
+
+def test_load_policy_takes_exactly_one_source(tmp_path: Path) -> None:
+    key = generate_key(key_type="ed25519")
+    _, pub = write_keypair(key, tmp_path, name="k")
+    policy = load_policy(trust=None, keys=(pub,), roles=("receipt",))
+    assert policy.find(key.key_id) is not None and policy.find(key.key_id).roles == frozenset({"receipt"})
+    with pytest.raises(ConfigError, match="not both"):
+        load_policy(trust=tmp_path / "trust.toml", keys=(pub,))
+    with pytest.raises(ConfigError, match="trust policy is needed"):
+        load_policy(trust=None, keys=())
