@@ -8,12 +8,13 @@
 3. each selected receipt — strict parse, its position in the log, its signature by a key trusted for role
    ``receipt`` and its tenant, that it names this artifact, that its recorded output hashes to its own digest;
 4. re-runs each receipt from its recorded token ids and decoding parameters (seeded sampling included), in
-   batches of any size and on any number of worker processes — the runtime is batch-invariant, so both are
-   speed choices only — and compares output digests (first divergent token, excerpt); re-tokenizes readable
-   recorded text and warns when today's tokenizer disagrees with the recorded ids.
+   batches of any size, on any number of local worker processes or Ray actors (``ReplayOptions(ray=...)``) — the
+   runtime is batch-invariant, so all of these are speed choices only — and compares output digests (first
+   divergent token, excerpt); re-tokenizes readable recorded text and warns when today's tokenizer disagrees
+   with the recorded ids.
 
 The result is a ``kolm.replay-report/1`` document (:mod:`kolm_audit.replay_report`) whose ``results``
-section is byte-identical on every backend, batch size and worker count.
+section is byte-identical on every backend, batch size, worker count and executor (local or Ray).
 
     >>> from kolm_audit.trust import TrustPolicy
     >>> report = replay("receipts.db", artifact="model.kolm", policy=TrustPolicy.load("trust.toml"),
@@ -29,6 +30,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ from kolm_audit.replay_report import (
     recorded_consistency,
     tokenizer_drift,
 )
-from kolm_audit.replay_run import Batch, Progress, run_batches
+from kolm_audit.replay_run import Batch, Progress, ray_cluster, run_batches
 from kolm_audit.replay_select import Selection
 from kolm_audit.schemas import validate
 from kolm_audit.timefmt import format_time, now
@@ -78,6 +80,7 @@ class ReplayOptions:
     keystore: KeyStore | None = None           # tenant key store, to open sealed ids / text
     kek: KeyEncryptionKey | None = None
     replay_mismatched: bool = False            # also re-run receipts that name another artifact
+    ray: str | None = None                     # run the workers as Ray actors: local | auto | a cluster address
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -87,6 +90,9 @@ class ReplayOptions:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer", field=f"--{name.replace('_', '-')}",
                                  actual=repr(value))
+        if self.ray is not None and (not isinstance(self.ray, str) or not self.ray.strip()):
+            raise InputError("a Ray address is needed", field="--ray", expected="local | auto | ADDRESS",
+                             actual=repr(self.ray))
         if self.keystore is not None and self.kek is None:
             raise InputError("a key store needs its key-encryption key", field="--kek-file/--kek-env")
 
@@ -298,16 +304,21 @@ def _batches(jobs: Sequence[_Job], size: int) -> list[Batch]:
 
 
 def _environment(*, requested: str, backend: str, device: str, options: ReplayOptions, started: float,
-                 replayed: int, tokens: int) -> dict[str, Any]:
+                 replayed: int, tokens: int, ray: dict[str, Any] | None) -> dict[str, Any]:
     import numpy
 
     elapsed = max(time.perf_counter() - started, 1e-9)
-    return {"backend": backend, "backend_requested": requested, "device": device, "batch_size": options.batch_size,
-            "workers": options.workers, "elapsed_ms": int(elapsed * 1000), "replayed_tokens": tokens,
-            "receipts_per_s": f"{replayed / elapsed:.1f}", "tokens_per_s": f"{tokens / elapsed:.1f}",
-            "finished": format_time(now()), "cpu_count": os.cpu_count() or 0,
-            "versions": {"kolm_audit": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
-                         "platform": platform.platform()}}
+    env: dict[str, Any] = {
+        "backend": backend, "backend_requested": requested, "device": device, "batch_size": options.batch_size,
+        "workers": options.workers, "elapsed_ms": int(elapsed * 1000), "replayed_tokens": tokens,
+        "receipts_per_s": f"{replayed / elapsed:.1f}", "tokens_per_s": f"{tokens / elapsed:.1f}",
+        "finished": format_time(now()), "cpu_count": os.cpu_count() or 0,
+        "versions": {"kolm_audit": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
+                     "platform": platform.platform()}}
+    if options.ray is not None:   # where the workers ran (informational, like everything here)
+        env["ray"] = ray or {"requested": options.ray, "address": None, "nodes": 0, "cpus": 0, "actors": 0,
+                             "started_here": False, "version": None}
+    return env
 
 
 def replay(log: str | Path, *, artifact: str | Path, policy: TrustPolicy, options: ReplayOptions | None = None,
@@ -337,9 +348,15 @@ def replay(log: str | Path, *, artifact: str | Path, policy: TrustPolicy, option
             if options.selection.index_ok(index):
                 _examine(index, leaf, model=model, art=art, policy=policy, options=options, st=st)
     results: dict[int, dict[str, Any]] = {}
+    ray_info = None
     if st.jobs and model is not None and art is not None:
-        results = run_batches(_batches(st.jobs, options.batch_size), model=model, artifact_path=str(art.path),
-                              digest=art.digest, backend=backend, workers=options.workers, progress=progress)
+        batches = _batches(st.jobs, options.batch_size)
+        joined = nullcontext(None) if options.ray is None else ray_cluster(options.ray, workers=options.workers)
+        with joined as cluster:
+            results = run_batches(batches, model=model, artifact_path=str(art.path), digest=art.digest,
+                                  backend=backend, workers=options.workers, progress=progress, cluster=cluster)
+            if cluster is not None:
+                ray_info = cluster.describe(actors=min(options.workers, len(batches)))
     used, device = _used(model, backend)
     tokens = 0
     for job in st.jobs:
@@ -366,7 +383,8 @@ def replay(log: str | Path, *, artifact: str | Path, policy: TrustPolicy, option
               "inputs": {"log": str(log), "artifact": str(artifact), **dict(inputs or {})},
               "results": res, "results_digest": digest_of(res),
               "environment": _environment(requested=options.backend, backend=used, device=device, options=options,
-                                          started=started, replayed=len(results), tokens=tokens)}
+                                          started=started, replayed=len(results), tokens=tokens,
+                                          ray=ray_info)}
     jcs(report)   # no floats anywhere
     validate(report, "replay-report")
     return report

@@ -1,6 +1,8 @@
-"""The worker side of :mod:`kolm_audit.replay`: re-run batches of recorded inputs, in-process or in local worker
+"""The worker side of :mod:`kolm_audit.replay`: re-run batches of recorded inputs, in-process, in local worker
 processes (each loads the artifact once; with the numpy backend a forked worker inherits the auditor's already verified
-model, torch backends use spawned workers).
+model, torch backends use spawned workers), or on Ray actors (:func:`ray_cluster`, optional extra ``kolm-audit[ray]``:
+the artifact travels once as bytes through Ray's object store, each actor checks its digest and loads it once; the log
+never leaves the auditor, only batches of token ids do).
 
 Batches are formed by :func:`kolm_audit.replay.replay` (grouped by task and decoding parameters, similar lengths
 together); the runtime is batch-invariant, so how receipts are batched or spread over workers never changes a
@@ -13,10 +15,15 @@ result. A request the runtime refuses is isolated and reported, the rest of its 
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kolm_audit.artifact import read_artifact
@@ -79,9 +86,104 @@ def _run_batch(batch: Any) -> list[tuple[int, dict[str, Any]]]:
     return execute(_MODEL, batch)
 
 
+@dataclass(frozen=True)
+class RayCluster:
+    """The Ray runtime a replay runs on (see :func:`ray_cluster`); informational only, never part of ``results``."""
+
+    requested: str      # what --ray said: local | auto | an address
+    address: str        # the GCS address actually joined
+    nodes: int
+    cpus: int
+    started_here: bool  # a local Ray this replay started (and stops)
+    version: str
+
+    def describe(self, *, actors: int) -> dict[str, Any]:
+        return {"requested": self.requested, "address": self.address, "nodes": self.nodes, "cpus": self.cpus,
+                "actors": actors, "started_here": self.started_here, "version": self.version}
+
+
+@contextmanager
+def ray_cluster(address: str, *, workers: int) -> Iterator[RayCluster]:
+    """Join Ray for the length of a replay: the runtime this process already joined if any; else ``local`` starts a
+    local Ray bounded to ``workers`` CPUs, ``auto`` joins the running cluster Ray finds (``RAY_ADDRESS`` or
+    ``ray start`` on this machine) and falls back to a local one, anything else is a cluster address."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--ray needs the optional extra: pip install 'kolm-audit[ray]'", field="--ray",
+                         actual=address) from None
+    started = not ray.is_initialized()
+    if started:
+        local = {"num_cpus": workers, "include_dashboard": False, "log_to_driver": False,
+                 "logging_level": logging.WARNING}
+        try:
+            if address == "local":   # a new local Ray, even where RAY_ADDRESS names a cluster
+                ray.init(address="local", **local)
+            elif address == "auto":
+                try:
+                    ray.init(address="auto", logging_level=logging.WARNING)
+                except ConnectionError:
+                    ray.init(address="local", **local)
+            else:
+                ray.init(address=address, logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            raise InputError(f"cannot join the Ray cluster ({exc})", field="--ray", actual=address) from None
+    try:
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        yield RayCluster(requested=address, address=str(ray.get_runtime_context().gcs_address), nodes=len(alive),
+                         cpus=int(ray.cluster_resources().get("CPU", 0)), started_here=started,
+                         version=str(ray.__version__))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _RayWorker:
+    """One Ray actor: loads the artifact from the bytes it is sent (digest checked) once, then runs batches."""
+
+    def __init__(self, blob: bytes, digest: str, backend: str) -> None:
+        if backend != "numpy":   # one CPU per actor (its Ray resource)
+            import torch
+
+            torch.set_num_threads(1)
+        with tempfile.TemporaryDirectory(prefix="kolm-replay-") as tmp:
+            path = Path(tmp) / "artifact.kolm"
+            path.write_bytes(blob)
+            # tensors are read through a memory map, which outlives the file's name (POSIX)
+            self.model = _load_model(str(path), digest, backend)
+
+    def run(self, batch: Batch) -> list[tuple[int, dict[str, Any]]]:
+        return execute(self.model, batch)
+
+
+def _run_on_ray(batches: list[Batch], *, artifact_path: str, digest: str, backend: str, workers: int,
+                take: Callable[[list[tuple[int, dict[str, Any]]]], None]) -> None:
+    """Run ``batches`` on ``min(workers, len(batches))`` Ray actors; ``take`` sees the results in batch order."""
+    import ray
+    from ray.util import ActorPool
+
+    try:
+        blob = Path(artifact_path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read artifact ({exc.strerror})", file=artifact_path) from None
+    remote = ray.remote(num_cpus=1)(_RayWorker)
+    ref = ray.put(blob)
+    actors = [remote.remote(ref, digest, backend) for _ in range(min(workers, len(batches)))]
+    try:
+        for done in ActorPool(actors).map(lambda actor, batch: actor.run.remote(batch), batches):
+            take(done)
+    except ray.exceptions.RayActorError as exc:
+        raise InputError(f"a Ray worker failed to load the artifact or died ({exc})", file=artifact_path) from None
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
 def run_batches(batches: list[Batch], *, model: Model | None, artifact_path: str, digest: str, backend: str,
-                workers: int, progress: Progress | None) -> dict[int, dict[str, Any]]:
-    """Run every batch (in order, or over ``workers`` processes) and return ``{index: result}``."""
+                workers: int, progress: Progress | None,
+                cluster: RayCluster | None = None) -> dict[int, dict[str, Any]]:
+    """Run every batch (in order, over ``workers`` processes, or over ``workers`` actors on a joined Ray
+    ``cluster``) and return ``{index: result}``."""
     global _MODEL
     results: dict[int, dict[str, Any]] = {}
     total = sum(len(b[2]) for b in batches)
@@ -92,6 +194,9 @@ def run_batches(batches: list[Batch], *, model: Model | None, artifact_path: str
             progress(len(done), total)
 
     if not batches:
+        return results
+    if cluster is not None:
+        _run_on_ray(batches, artifact_path=artifact_path, digest=digest, backend=backend, workers=workers, take=take)
         return results
     if workers <= 1 or len(batches) <= 1:
         if model is None:

@@ -1,8 +1,9 @@
 """``kolm-audit replay`` and ``kolm-audit diff``.
 
     kolm-audit replay receipts.db --artifact model.kolm --trust trust.toml [--backend auto|numpy|cpu|cuda] \\
-        [--batch-size N] [--workers N] [--select index=10..20] [--checkpoint kept.note] [--report report.json] \\
-        [--keystore tenant-keys.json (--kek-file F | --kek-env VAR)] [--replay-mismatched] [--json]
+        [--batch-size N] [--workers N] [--ray local|auto|ADDRESS] [--select index=10..20] [--checkpoint kept.note] \\
+        [--report report.json] [--keystore tenant-keys.json (--kek-file F | --kek-env VAR)] [--replay-mismatched] \\
+        [--json]
     kolm-audit diff A B [--json]        # two receipts (file or LOG#INDEX), two artifacts, or two replay reports
 
 Exit codes: 0 everything matched / identical; 1 a finding (mismatch, bad signature, different); 2 bad input.
@@ -77,7 +78,10 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Receipts per forward pass (a speed choice only: results are batch-invariant).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Local worker processes (each loads the artifact once).")
+              help="Local worker processes, or Ray actors with --ray (each loads the artifact once).")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Run the workers on Ray (extra kolm-audit[ray]): local (a local Ray of --workers CPUs), auto "
+                   "(the running cluster, else local) or a cluster address. Results are the same bytes.")
 @click.option("--select", "selects", multiple=True, metavar="FILTER",
               help="index=A..B | time=T1..T2 | tenant=NAME[,NAME] | id=RECEIPT_ID[,ID]; repeatable (AND).")
 @click.option("--checkpoint", "checkpoint_file", type=_FILE, help="A checkpoint you kept; the log must extend it.")
@@ -90,9 +94,9 @@ def write_report(report: dict[str, Any], path: Path) -> None:
               help="Also re-run receipts that name another artifact (shows which outputs the change affects).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def replay(log: Path, artifact: Path, trust: Path | None, keys: tuple[Path, ...], backend: str, batch_size: int,
-           workers: int, selects: tuple[str, ...], checkpoint_file: Path | None, report_path: Path | None,
-           keystore: Path | None, kek_file: Path | None, kek_env: str | None, replay_mismatched: bool,
-           as_json: bool) -> int:
+           workers: int, ray_address: str | None, selects: tuple[str, ...], checkpoint_file: Path | None,
+           report_path: Path | None, keystore: Path | None, kek_file: Path | None, kek_env: str | None,
+           replay_mismatched: bool, as_json: bool) -> int:
     """Re-run every recorded decision of LOG (database or bundle) on ARTIFACT and prove it matches."""
     from tqdm import tqdm
 
@@ -105,7 +109,7 @@ def replay(log: Path, artifact: Path, trust: Path | None, keys: tuple[Path, ...]
     store, kek = _keystore(keystore, kek_file, kek_env)
     options = ReplayOptions(backend=backend, batch_size=batch_size, workers=workers, selection=Selection.parse(selects),
                             supplied_checkpoint=None if checkpoint_file is None else _read_note(checkpoint_file),
-                            keystore=store, kek=kek, replay_mismatched=replay_mismatched)
+                            keystore=store, kek=kek, replay_mismatched=replay_mismatched, ray=ray_address)
     bar = tqdm(total=0, unit="receipt", desc="replay", disable=not sys.stderr.isatty() or as_json, file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
