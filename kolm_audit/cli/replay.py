@@ -26,18 +26,9 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def _policy(trust: Path | None, keys: tuple[Path, ...]) -> Any:
-    from kolm_audit.keys import load_public_key
-    from kolm_audit.trust import ROLES, TrustedKey, TrustPolicy
+    from kolm_audit.trust import load_policy
 
-    if trust is not None and keys:
-        raise InputError("give either --trust or --key, not both", field="--trust/--key")
-    if trust is not None:
-        return TrustPolicy.load(trust)
-    if not keys:
-        raise InputError("replay checks signatures: a trust policy is needed", field="--trust/--key",
-                         expected="--trust trust.toml or --key PUB (repeatable; trusted for every role)")
-    return TrustPolicy(keys=tuple(TrustedKey(name=f"--key {p}", public_key=load_public_key(p), roles=frozenset(ROLES))
-                                  for p in keys), source="--key")
+    return load_policy(trust=trust, keys=keys, what="signatures (replay verifies them)")
 
 
 def _keystore(keystore: Path | None, kek_file: Path | None, kek_env: str | None) -> tuple[Any, Any]:
