@@ -72,7 +72,8 @@ def check_digest(value: object, *, field: str, file: str | None = None) -> str:
     return value
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for :func:`json.loads` that refuses duplicate keys (raises ValueError)."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
@@ -93,7 +94,7 @@ def loads_strict(data: bytes | str, *, file: str | None = None, field: str | Non
     """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+        obj = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_no_constants,
                          parse_float=lambda s: _reject_float_literal(s), parse_int=_safe_int)
         if _SURROGATE_ESCAPE.search(text):
             _reject_lone_surrogates(obj)

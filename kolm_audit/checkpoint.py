@@ -28,6 +28,7 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kolm_audit.errors import InputError, LogError, SignatureError, TrustError
@@ -226,3 +227,13 @@ def verify_checkpoint(note: str | bytes | SignedCheckpoint, *, policy: TrustPoli
                          expected="an Ed25519 signature by a trusted checkpoint key",
                          actual="signed by " + ", ".join(s.name for s in parsed.signatures))
     return SignedCheckpoint(checkpoint=parsed.checkpoint, signatures=parsed.signatures, signers=tuple(signers))
+
+
+def read_note_file(path: str | Path) -> str:
+    """The text of a checkpoint file a user supplies (``--checkpoint``): UTF-8, else a finding."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read checkpoint ({exc.strerror})", file=str(path)) from None
+    except UnicodeDecodeError:
+        raise LogError("checkpoint is not UTF-8", file=str(path)) from None

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from kolm_audit.canonical import no_duplicate_keys
 from kolm_audit.errors import InputError, UnsupportedModel
 
 _HEADER_CAP = 100_000_000   # the safetensors library's own limit
@@ -42,15 +43,6 @@ class HFCheckpoint:
     file_digests: dict[str, str]
 
 
-def _no_dup(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def _load_json(path: Path, *, what: str) -> tuple[Any, bytes]:
     try:
         raw = path.read_bytes()
@@ -59,7 +51,7 @@ def _load_json(path: Path, *, what: str) -> tuple[Any, bytes]:
     except OSError as exc:
         raise InputError(f"cannot read {what} ({exc.strerror})", file=str(path)) from None
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_dup), raw
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys), raw
     except (UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{what} is not valid JSON ({exc})", file=str(path)) from None
 
@@ -87,7 +79,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], str]:
         raise _bad("declared header length is impossible", path, "header.length",
                    expected=f"at most {min(_HEADER_CAP, size - 8)}", actual=str(n))
     try:
-        header = json.loads(bytes(mm[8:8 + n]).decode("utf-8"), object_pairs_hook=_no_dup)
+        header = json.loads(bytes(mm[8:8 + n]).decode("utf-8"), object_pairs_hook=no_duplicate_keys)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _bad(f"header is not valid JSON ({exc})", path, "header") from None
     if not isinstance(header, dict):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from kolm_audit.checkpoint import parse_checkpoint
+from kolm_audit.checkpoint import parse_checkpoint, read_note_file
 from kolm_audit.cli import emit
 from kolm_audit.errors import InputError, LogError
 from kolm_audit.keys import load_private_key
@@ -29,15 +29,6 @@ _PATH = click.Path(path_type=Path)
 
 def _policy(trust: Path | None, keys: tuple[Path, ...]) -> TrustPolicy:
     return load_policy(trust=trust, keys=keys, what="checkpoint and receipt signatures")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read file ({exc.strerror})", file=str(path)) from None
-    except UnicodeDecodeError:
-        raise LogError("checkpoint is not UTF-8", file=str(path)) from None
 
 
 @click.group("log")
@@ -58,7 +49,7 @@ def verify(path: Path, checkpoint_file: Path | None, trust: Path | None, keys: t
            checkpoint_only: bool, workers: int | None, as_json: bool) -> int:
     """Verify LOG (database) or BUNDLE (exported directory): every leaf, the tree, every checkpoint."""
     policy = _policy(trust, keys)
-    supplied = None if checkpoint_file is None else _read_text(checkpoint_file)
+    supplied = None if checkpoint_file is None else read_note_file(checkpoint_file)
     verify_leaf = None
     if not checkpoint_only:
         from kolm_audit.receipts import make_leaf_verifier

@@ -18,8 +18,9 @@ from typing import Any
 
 import click
 
+from kolm_audit.checkpoint import read_note_file
 from kolm_audit.cli import emit
-from kolm_audit.errors import InputError, LogError
+from kolm_audit.errors import InputError
 
 _PATH = click.Path(path_type=Path)
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -42,15 +43,6 @@ def _keystore(keystore: Path | None, kek_file: Path | None, kek_env: str | None)
         raise InputError("a key store needs exactly one key-encryption key source", field="--kek-file/--kek-env")
     kek = KeyEncryptionKey.from_file(kek_file) if kek_file else KeyEncryptionKey.from_env(str(kek_env))
     return KeyStore.load(keystore), kek
-
-
-def _read_note(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read checkpoint ({exc.strerror})", file=str(path)) from None
-    except UnicodeDecodeError:
-        raise LogError("checkpoint is not UTF-8", file=str(path)) from None
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
@@ -99,7 +91,7 @@ def replay(log: Path, artifact: Path, trust: Path | None, keys: tuple[Path, ...]
     policy = _policy(trust, keys)
     store, kek = _keystore(keystore, kek_file, kek_env)
     options = ReplayOptions(backend=backend, batch_size=batch_size, workers=workers, selection=Selection.parse(selects),
-                            supplied_checkpoint=None if checkpoint_file is None else _read_note(checkpoint_file),
+                            supplied_checkpoint=None if checkpoint_file is None else read_note_file(checkpoint_file),
                             keystore=store, kek=kek, replay_mismatched=replay_mismatched, ray=ray_address)
     bar = tqdm(total=0, unit="receipt", desc="replay", disable=not sys.stderr.isatty() or as_json, file=sys.stderr)
 
