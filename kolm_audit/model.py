@@ -26,7 +26,7 @@ import numpy as np
 from kolm_audit.canonical import digest_of
 from kolm_audit.errors import InputError, RuntimeInputError, UnsupportedModel
 from kolm_audit.runtime import SPEC
-from kolm_audit.runtime.tokenize import Tokenizer
+from kolm_audit.runtime.tokenize import Tokenizer, check_tokenizer_fits
 
 BACKENDS = ("auto", "numpy", "cpu", "cuda")   # see kolm_audit.runtime.ops: every backend gives the same bytes
 
@@ -118,6 +118,8 @@ class Model:
         self.threads: int | None = ops.threads
         self.tokenizer = Tokenizer.from_tensors(tensors)
         arch, task, quant = manifest["architecture"], manifest["task"], manifest["quantization"]
+        check_tokenizer_fits(self.tokenizer, vocab_size=int(arch.get("vocab_size", 0)),
+                             file=str(path) if path else None)
         family = arch.get("family")
         if family == "bert":
             from kolm_audit.runtime.models.bert import BertRuntime

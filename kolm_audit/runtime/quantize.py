@@ -267,18 +267,24 @@ def quantize_checkpoint(ckpt: Any, *, scheme: str) -> QuantizedModel:
     Dispatches on the architecture: BERT → :func:`kolm_audit.runtime.models.bert.quantize_bert`, Llama family
     → :func:`kolm_audit.runtime.models.llama.quantize_llama`.
     """
+    from kolm_audit.runtime.tokenize import Tokenizer, check_tokenizer_fits
+
     quantization_params(scheme)
     model_type = ckpt.config.get("model_type")
     if model_type == "bert":
         from kolm_audit.runtime.models.bert import quantize_bert
 
-        return quantize_bert(ckpt, scheme=scheme)
-    if model_type in ("llama", "qwen2", "mistral"):
+        qm = quantize_bert(ckpt, scheme=scheme)
+    elif model_type in ("llama", "qwen2", "mistral"):
         from kolm_audit.runtime.models.llama import quantize_llama
 
-        return quantize_llama(ckpt, scheme=scheme)
-    raise UnsupportedModel("unsupported architecture", file=str(ckpt.path / "config.json"), field="model_type",
-                           expected="bert | llama | qwen2 | mistral", actual=repr(model_type))
+        qm = quantize_llama(ckpt, scheme=scheme)
+    else:
+        raise UnsupportedModel("unsupported architecture", file=str(ckpt.path / "config.json"),
+                               field="model_type", expected="bert | llama | qwen2 | mistral", actual=repr(model_type))
+    check_tokenizer_fits(Tokenizer(ckpt.tokenizer_json), vocab_size=qm.architecture["vocab_size"],
+                         file=str(ckpt.path / "tokenizer.json"))
+    return qm
 
 
 def quantize_embedding(table: np.ndarray, prefix: str) -> dict[str, np.ndarray]:

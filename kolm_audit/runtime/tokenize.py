@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 
-from kolm_audit.errors import ArtifactError, RuntimeInputError
+from kolm_audit.errors import ArtifactError, RuntimeInputError, UnsupportedModel
 
 TOKENIZER_TENSOR = "tokenizer.json"
 
@@ -67,6 +67,14 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
+
+
+def check_tokenizer_fits(tokenizer: Tokenizer, *, vocab_size: int, file: str | None = None) -> None:
+    """Refuse a tokenizer that can produce ids the model has no embedding row for (spec §7)."""
+    if tokenizer.vocab_size > vocab_size:
+        raise UnsupportedModel("the tokenizer produces token ids the model has no embedding for", file=file,
+                               field=TOKENIZER_TENSOR, expected=f"at most {vocab_size} tokens (vocab_size)",
+                               actual=f"{tokenizer.vocab_size} tokens")
 
 
 def tokenizer_tensor(tokenizer_json: bytes) -> np.ndarray:
