@@ -42,3 +42,13 @@ def generate(out_dir: Path, key_type: str, passphrase_env: str | None, name: str
     emit(doc, as_json=as_json, text=f"key id:      {key.key_id}\ntype:        {key_type}\n"
                                     f"private key: {priv}{' (encrypted)' if passphrase else ''}\npublic key:  {pub}")
     return 0
+
+
+def _register() -> None:
+    from kolm_audit.cli.tenant import kek, tenant
+
+    keys.add_command(kek)
+    keys.add_command(tenant)
+
+
+_register()

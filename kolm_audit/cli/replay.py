@@ -33,16 +33,9 @@ def _policy(trust: Path | None, keys: tuple[Path, ...]) -> Any:
 
 
 def _keystore(keystore: Path | None, kek_file: Path | None, kek_env: str | None) -> tuple[Any, Any]:
-    from kolm_audit.privacy import KeyEncryptionKey, KeyStore
+    from kolm_audit.cli._options import open_keystore
 
-    if keystore is None:
-        if kek_file or kek_env:
-            raise InputError("--kek-file/--kek-env need --keystore", field="--keystore")
-        return None, None
-    if (kek_file is None) == (kek_env is None):
-        raise InputError("a key store needs exactly one key-encryption key source", field="--kek-file/--kek-env")
-    kek = KeyEncryptionKey.from_file(kek_file) if kek_file else KeyEncryptionKey.from_env(str(kek_env))
-    return KeyStore.load(keystore), kek
+    return open_keystore(keystore, kek_file=kek_file, kek_env=kek_env)
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:

@@ -28,9 +28,10 @@ import click
 
 from kolm_audit.canonical import loads_strict
 from kolm_audit.cli import emit
+from kolm_audit.cli._options import open_keystore
 from kolm_audit.errors import GateFailed, InputError, KolmError, RuntimeInputError, TrustError
 from kolm_audit.keys import PrivateKey, load_private_key
-from kolm_audit.privacy import KeyEncryptionKey, KeyStore, TenantCrypto
+from kolm_audit.privacy import TenantCrypto
 from kolm_audit.receipts import Decoding
 from kolm_audit.recorder import Recorded, Recorder, Request, gate_failed
 from kolm_audit.schemas import validate
@@ -167,14 +168,8 @@ def _open_out(path: Path) -> IO[str]:
 
 
 def _privacy(tenant: str, keystore: Path | None, kek_file: Path | None, kek_env: str | None) -> TenantCrypto | None:
-    if keystore is None:
-        if kek_file or kek_env:
-            raise InputError("--kek-file/--kek-env need --keystore", field="--keystore")
-        return None
-    if (kek_file is None) == (kek_env is None):
-        raise InputError("a key store needs exactly one key-encryption key source", field="--kek-file/--kek-env")
-    kek = KeyEncryptionKey.from_file(kek_file) if kek_file else KeyEncryptionKey.from_env(str(kek_env))
-    return KeyStore.load(keystore).tenant(tenant, kek=kek)
+    store, kek = open_keystore(keystore, kek_file=kek_file, kek_env=kek_env)
+    return None if store is None else store.tenant(tenant, kek=kek)
 
 
 def _checkpoint_key(key: PrivateKey, path: Path | None, passphrase_env: str | None) -> PrivateKey:
