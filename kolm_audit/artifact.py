@@ -190,9 +190,11 @@ def write_artifact(path: str | Path, *, manifest: dict[str, Any], tensors: Mappi
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:  # leave no temporary file behind, whatever stopped the write
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write artifact ({exc.strerror})", file=str(path)) from None
         raise
     return read_artifact(path, check_tensors=False)
 
