@@ -106,9 +106,15 @@ def prove(path: Path, index: int, size: int | None, as_json: bool) -> int:
         for note in receipt_log.checkpoints():
             cp = parse_checkpoint(note, source=str(path)).checkpoint
             notes[cp.size] = (note, cp.root)
+        if not 0 <= index < receipt_log.size():  # a question about a leaf that does not exist: bad usage
+            raise InputError("no such leaf in this log", file=str(path), field="--index",
+                             expected=f"0 <= index < {receipt_log.size()}", actual=str(index))
         if size is None:
             covering = [s for s in notes if s > index]
             size = max(covering) if covering else receipt_log.size()
+        elif not index < size <= receipt_log.size():
+            raise InputError("tree size out of range", file=str(path), field="--size",
+                             expected=f"{index} < size <= {receipt_log.size()}", actual=str(size))
         proof = receipt_log.inclusion_proof(index, size)
         leaf = leaf_hash(receipt_log.leaf(index))
         root = receipt_log.root(size)

@@ -9,8 +9,9 @@ The artifact is verified first (signature by a trusted ``artifact`` key; a faile
 Each input line (schema ``run-input``) is ``{"text": ...}`` or ``{"ids": [...]}`` with an optional ``id``,
 ``caller`` and, for generators, decoding parameters. Each batch's receipts are appended in one durable
 transaction; outputs (schema ``run-output``) are written in input order; a checkpoint is signed every N
-receipts and at the end. A malformed line is reported with its line number and skipped, or stops the run
-(``--on-error stop``, exit 2) — in both cases every receipt appended so far stays in the log and is checkpointed.
+receipts and at the end. A malformed line is reported with its line number and skipped (exit 2 at the end), or
+stops the run (``--on-error stop``, exit 2) — in both cases every receipt appended so far stays in the log and is
+checkpointed.
 """
 
 from __future__ import annotations
@@ -301,5 +302,9 @@ def run(artifact: Path, input_path: Path, log_path: Path, key_path: Path, passph
     if runner.stopped is not None:  # exit 2 (bad input) without a second JSON document on stdout
         click.echo(f"kolm-audit: error: run stopped at {runner.stopped.error}; {report['recorded']} receipts "
                    "recorded and checkpointed", err=True)
+        return InputError.exit_code
+    if runner.bad:  # every good line is recorded; the skipped ones still make the input bad (exit 2)
+        click.echo(f"kolm-audit: error: {len(runner.bad)} input line(s) skipped (see above); "
+                   f"{report['recorded']} receipts recorded and checkpointed", err=True)
         return InputError.exit_code
     return 0

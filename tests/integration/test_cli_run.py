@@ -90,7 +90,8 @@ def _outputs(path: Path) -> list[dict]:
 
 def test_run_skip_records_good_lines_and_reports_bad_ones(capsys, world, tmp_path):
     code, out, err = _run(capsys, world, tmp_path, "--out", tmp_path / "out.jsonl", "--json")
-    assert code == 0, err
+    assert code == 2, err
+    assert "4 input line(s) skipped" in err
     assert "warning" not in err
     report = json.loads(out)
     validate(report, "run-report")

@@ -172,5 +172,5 @@ def test_checkpoint_and_prove(world: Path, capsys: pytest.CaptureFixture[str]) -
     assert proof["tree_size"] == 12 and proof["verified"] and proof["checkpoint"].startswith(ORIGIN)
     code, out, _ = run(capsys, "log", "prove", world / "r.db", "--index", "5", "--size", "8")
     assert code == 0 and "tree of size 8" in out and "signed checkpoint" in out
-    assert run(capsys, "log", "prove", world / "r.db", "--index", "12")[0] == 1
-    assert run(capsys, "log", "prove", world / "r.db", "--index", "3", "--size", "40")[0] == 1
+    assert run(capsys, "log", "prove", world / "r.db", "--index", "12")[0] == 2  # no such leaf: bad usage
+    assert run(capsys, "log", "prove", world / "r.db", "--index", "3", "--size", "40")[0] == 2  # size > log
