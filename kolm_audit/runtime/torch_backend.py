@@ -205,8 +205,8 @@ class TorchOps:
                            shift_hi=self.const(shift - 31))
 
     def int_matmul(self, q: Tensor, lin: TorchLinear, scale: Tensor | None = None) -> Tensor:
-        """Exact ``q @ Wᵀ`` (times the per-row ``scale`` [..., 1] if given) for int64 ``q`` [..., K] with
-        ``|q| <= 127`` → int64 [..., N]."""
+        """Exact ``q @ Wᵀ`` (times the per-row ``scale`` [..., 1] if given) for integer-valued ``q`` [..., K]
+        (int64 or float64) with ``|q| <= 127`` → int64 [..., N]."""
         k = q.shape[-1]
         a = q.reshape(-1, k).to(torch.int8 if self.device.type == "cpu" else torch.bfloat16)
         parts = [self._mm_digit(a, d) for d in lin.digits]
@@ -236,7 +236,7 @@ class TorchOps:
 
     # ---- primitives ---------------------------------------------------------------------------------------
     def linear(self, x: Tensor, lin: TorchLinear) -> Tensor:
-        q, m, e = tfp.quantize_rows(x)                                  # [...,K] int8 values; [...,1]
+        q, m, e = tfp.quantize_rows_f64(x)                              # [...,K] int8 values (f64); [...,1]
         acc = self.int_matmul(q, lin, m)                                # [...,N] int64 acc·m, < 2^60
         if lin.high0 and not bool(e.any()):                             # shift - e = shift >= 32 for all
             y = tfp.requantize_high_(acc, lin.mult, lin.half_hi, lin.shift_hi)
@@ -346,7 +346,7 @@ class TorchOps:
         b, hq, tq, d = q.shape
         hk, tk = k.shape[1], k.shape[2]
         g = hq // hk
-        qq, mq, eq = tfp.quantize_rows(q)                               # [B,Hq,Tq,D]; [B,Hq,Tq,1]
+        qq, mq, eq = tfp.quantize_rows_f64(q)                           # [B,Hq,Tq,D]; [B,Hq,Tq,1]
         kq, mk, ek = tfp.memo(k, "_kolm_rows")                             # [B,Hk,Tk,D]; [B,Hk,Tk,1]
         acc = self._bmm_small(qq.reshape(b, hk, g * tq, d), kq.transpose(-1, -2))   # |acc| < 2^22
         acc = acc.reshape(b, hq, tq, tk)

@@ -127,13 +127,26 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     ``|x| <= 2^31`` gives ``d0 < 2^25``, so ``e = max(0, bit_length(d0) - 15)`` counts the thresholds
     ``2^15 … 2^24``; ``m = ceil(d0 / 2^e) = -((-d0) >> e)``; ``q = rdiv(x, d)``.
     """
+    q, m, e = quantize_rows_f64(x)
+    return q.to(torch.int64), m, e
+
+
+def quantize_rows_f64(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`quantize_rows` with ``q`` as float64 (integer values in [-127, 127]): ``q = rdiv_f64(x, d)``,
+    exact because ``|x| + d < 2^53`` (``|x| <= 2^31``, ``d < 2^26``)."""
     amax = absmax_rows(x)
     d0 = torch.clamp(torch.div(amax + (QMAX - 1), QMAX, rounding_mode="floor"), min=1)
     e = bits_above(d0, STEP_MANTISSA_BITS, 25)
     m = -torch.bitwise_right_shift(-d0, e)
     d = torch.bitwise_left_shift(m, e)
-    q = rdiv(x, d)
-    return q, m, e
+    return rdiv_f64(x, d), m, e
+
+
+def rdiv_f64(a: Tensor, b: Tensor) -> Tensor:
+    """``rdiv(a, b)`` as float64 integer values, for int64 ``a`` and ``b >= 1`` with ``|a| + b < 2^53``:
+    ``floor(fl64((a + ⌊b/2⌋) / b))`` (docs/runtime-spec.md "Fast backends": a correctly rounded quotient of
+    integers ``|n| < 2^53`` never rounds across an integer)."""
+    return (a + torch.bitwise_right_shift(b, 1)).double().div_(b.double()).floor_()
 
 
 def lut_interp(x: Tensor, table: Tensor, *, x0: int, step_shift: int, diff: Tensor | None = None) -> Tensor:
@@ -165,8 +178,9 @@ def rsqrt(v: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
 def requantize_high_(x: Tensor, mult: Tensor, half: Tensor | int, shift_hi: Tensor | int) -> Tensor:
     """In place on the temporary ``x``: ``requantize(x, mult, s)`` for ``s >= 32`` given ``half = 2^(s-32)`` and
     ``shift_hi = s - 31`` (the ``s >= 32`` case of spec §3.2, same integers as ``fixedpoint.requantize``)."""
-    b = torch.bitwise_and(x, (1 << 31) - 1).mul_(mult).bitwise_right_shift_(31)
-    return x.bitwise_right_shift_(31).mul_(mult).add_(half).add_(b).bitwise_right_shift_(shift_hi)
+    xh = torch.bitwise_right_shift(x, 31)
+    b = x.sub_(xh, alpha=1 << 31).mul_(mult).bitwise_right_shift_(31)     # x & (2^31 - 1) = x - (x >> 31)·2^31
+    return xh.mul_(mult).add_(half).add_(b).bitwise_right_shift_(shift_hi)
 
 
 FULL_LUT_MAX = 1 << 22          # tables with at most this many interpolated points are expanded at first use
