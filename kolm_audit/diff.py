@@ -85,6 +85,9 @@ def load_side(spec: str) -> tuple[str, Any]:
         from kolm_audit.logsource import open_log_source
 
         with open_log_source(base) as src:
+            if int(index) >= src.size():  # asking for a receipt the log does not have: bad input, not a finding
+                raise InputError("no such receipt in this log", file=base, field=f"#{index}",
+                                 expected=f"an index below {src.size()}")
             leaf = src.leaf(int(index))
         signed = parse_leaf(leaf, source=spec)
         return "receipt", {"receipt": signed.receipt, "signers": sorted(s.keyid for s in signed.envelope.signatures)}

@@ -347,6 +347,10 @@ def replay(log: str | Path, *, artifact: str | Path, policy: TrustPolicy, option
                 break
             if options.selection.index_ok(index):
                 _examine(index, leaf, model=model, art=art, policy=policy, options=options, st=st)
+    if options.selection.filters and not st.outcomes and not any(f.index is not None for f in st.findings):
+        # "replay receipt X" when X is not in this log must not read as "MATCHED 0/0"
+        raise InputError("no receipt in this log matches the selection; nothing was replayed", file=str(log),
+                         field="--select", actual=" ".join(options.selection.describe()))
     results: dict[int, dict[str, Any]] = {}
     ray_info = None
     if st.jobs and model is not None and art is not None:
