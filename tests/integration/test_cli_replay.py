@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli_fixtures import cli as _cli
 
 from kolm_audit.canonical import jcs
 from kolm_audit.cli import main
@@ -18,13 +19,6 @@ from kolm_audit.trust import write_trust_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from _replay_fixtures import TEXTS, bert_checkpoint, changed_weight
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 @pytest.fixture(scope="module")

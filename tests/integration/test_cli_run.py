@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _cli_fixtures import cli as _cli
 
 from kolm_audit.cli import main
 from kolm_audit.log import ReceiptLog
@@ -31,11 +32,6 @@ LINES = [
 ]
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from _cli_fixtures import cli as _run
 
-from kolm_audit.cli import main
 from kolm_audit.errors import KeyFileError
 from kolm_audit.privacy import KeyEncryptionKey, KeyStore
 from kolm_audit.schemas import validate
-
-
-def _run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_add_rotate_list_shred(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from _cli_fixtures import cli as run
 
 from kolm_audit.canonical import digest_of
-from kolm_audit.cli import main
 from kolm_audit.keys import generate_key, write_keypair
 from kolm_audit.log import ReceiptLog
 from kolm_audit.merkle import leaf_hash
@@ -23,11 +23,6 @@ ORIGIN = "cli.example/log"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
 
 
 @pytest.fixture
