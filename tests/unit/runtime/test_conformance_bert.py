@@ -6,15 +6,13 @@ never regenerated).
 
 from __future__ import annotations
 
-import json
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
+from _conformance import conformance_model
 
-from kolm_audit.canonical import digest, digest_of, loads_strict
+from kolm_audit.canonical import loads_strict
 from kolm_audit.model import Model, classification_digest, embedding_digest, input_digest
 from kolm_audit.schemas import validate
 
@@ -22,18 +20,8 @@ ROOT = Path(__file__).resolve().parents[3] / "golden" / "conformance" / "bert"
 VECTORS = sorted((ROOT / "vectors").glob("*.json"))
 
 
-@cache
 def _model(name: str) -> tuple[Model, str]:
-    doc = json.loads((ROOT / "models" / f"{name}.json").read_text())
-    tensors = load_file(str(ROOT / "models" / f"{name}.safetensors"))
-    assert sorted(tensors) == sorted(doc["tensors"])
-    for tname, meta in doc["tensors"].items():
-        arr = tensors[tname]
-        assert (str(arr.dtype), list(arr.shape)) == (meta["dtype"], meta["shape"]), tname
-        assert digest(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()) == meta["sha256"]
-    manifest = {"runtime": doc["spec"], "architecture": doc["architecture"], "task": doc["task"],
-                "quantization": doc["quantization"]}
-    return Model(manifest=manifest, digest=digest_of(doc), tensors=tensors), digest_of(doc)
+    return conformance_model("bert", name)
 
 
 def test_vectors_are_present_for_every_scheme_and_task() -> None:

@@ -7,15 +7,13 @@ visible; those tests are marked ``gpu`` and skipped otherwise).
 
 from __future__ import annotations
 
-import json
-from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.numpy import load_file
+from _conformance import conformance_model
 
-from kolm_audit.canonical import digest_of, loads_strict
+from kolm_audit.canonical import loads_strict
 from kolm_audit.model import Model
 
 ROOT = Path(__file__).resolve().parents[3] / "golden" / "conformance"
@@ -29,15 +27,8 @@ DEVICES = [
 ]
 
 
-@cache
 def _model(family: str, name: str, backend: str) -> Model:
-    doc = json.loads((ROOT / family / "models" / f"{name}.json").read_text())
-    tensors = load_file(str(ROOT / family / "models" / f"{name}.safetensors"))
-    manifest = {"runtime": doc["spec"], "architecture": doc["architecture"], "task": doc["task"],
-                "quantization": doc["quantization"]}
-    model = Model(manifest=manifest, digest=digest_of(doc), tensors=tensors, backend=backend)
-    assert model.backend == backend
-    return model
+    return conformance_model(family, name, backend)[0]
 
 
 def _check(vec: dict, backend: str) -> None:
