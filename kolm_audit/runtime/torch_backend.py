@@ -24,6 +24,12 @@ Element-wise steps take fewer passes than the reference but give the same intege
 from the fully expanded table (every interpolated value of ``lut_interp`` computed once, by ``lut_interp``
 itself), ``rdiv(a, b) = floor((a + ⌊b/2⌋) / b)``, one requantization branch when the shifts are known to be
 ``>= 32``, in-place temporaries, and grouped-query attention without copying the shared keys and values.
+Per-row quantization divides in fp64 (exact: ``|x| + d < 2^53``), and a linear layer whose
+``K · 127 · wmax < 2^31`` and ``16 <= shift <= 61`` requantizes with a 16-bit split of ``mult`` (five int64
+passes instead of eight; bounds in "Fast backends"); attention's softmax divides in fp64 (exact: every
+operand below 2^47) and feeds the fp64 context GEMM directly; expanded tables are gathered as int32 when every
+value fits. Temporaries that never leave a method reuse per-thread scratch buffers (large fresh allocations
+cost page faults on every call).
 
 Example::
 
@@ -74,6 +80,11 @@ class TorchLinear:
     high0: bool                        # every shift >= 32: per-column constants serve rows with e == 0
     half_hi: Tensor                    # int64 [N] 2^(shift - 32): rounding term when e == 0
     shift_hi: Tensor                   # int64 [N] shift - 31
+    split16: bool                      # K·127·wmax < 2^31 and 16 <= shift <= 61: the 16-bit split requantization
+    mult_hi: Tensor                    # int64 [N] mult >> 16 (< 2^15)
+    mult_lo: Tensor                    # int64 [N] mult & 0xFFFF
+    half_s: Tensor                     # int64 [N] 2^(shift - 1)
+    shift_16: Tensor                   # int64 [N] shift - 16
 
 
 def weight_digits(w: np.ndarray) -> list[np.ndarray]:
@@ -92,6 +103,16 @@ def weight_digits(w: np.ndarray) -> list[np.ndarray]:
             return out
 
 
+def _table_in(table: Tensor, lo: int, hi: int) -> bool:
+    """Whether every entry of a table tensor lies in ``[lo, hi]`` (checked once, kept on the tensor)."""
+    key = f"_kolm_in_{lo}_{hi}"
+    found = getattr(table, key, None)
+    if found is None:
+        found = bool(table.numel() == 0 or (int(table.min()) >= lo and int(table.max()) <= hi))
+        setattr(table, key, found)
+    return found
+
+
 class TorchOps:
     """The torch backend (``device`` ``"cpu"`` or ``"cuda"``): int64 tensors, exact GEMM paths."""
 
@@ -106,6 +127,10 @@ class TorchOps:
         self._bf16_mm = device == "cuda"           # bf16 GEMM with fp32 output (else fp32/fp64, both exact)
         self._bf16_bmm = device == "cuda"
         self._eps: dict[tuple[int, str], Tensor] = {}
+
+    def _scratch(self, like: Tensor) -> Tensor:
+        """A per-thread buffer of ``like``'s shape and dtype for a temporary that never leaves the method."""
+        return tfp.scratch(like.shape, like.dtype, like.device)
 
     # ---- arrays -------------------------------------------------------------------------------------------
     def const(self, arr: Any) -> Tensor:
@@ -200,9 +225,15 @@ class TorchOps:
         high = bool(shift.size == 0 or shift.min() >= 32 + 10)
         high0 = bool(shift.size == 0 or shift.min() >= 32)
         half_hi = np.left_shift(1, np.maximum(shift - 32, 0))
+        k, wmax = int(lin.weight.shape[1]), int(np.abs(np.asarray(lin.weight)).max(initial=0))
+        split16 = bool(k * 127 * wmax < 1 << 31 and (shift.size == 0 or (
+            shift.min() >= 16 and shift.max() <= 61 and mult.min() >= 0 and mult.max() < 1 << 31)))
         return TorchLinear(digits=dev, mult=self.const(mult), shift=self.const(shift), bias=self.const(lin.bias),
                            out_features=int(lin.weight.shape[0]), high=high, high0=high0, half_hi=self.const(half_hi),
-                           shift_hi=self.const(shift - 31))
+                           shift_hi=self.const(shift - 31), split16=split16, mult_hi=self.const(mult >> 16),
+                           mult_lo=self.const(mult & 0xFFFF),
+                           half_s=self.const(np.left_shift(1, np.clip(shift - 1, 0, 62))),
+                           shift_16=self.const(np.maximum(shift - 16, 0)))
 
     def int_matmul(self, q: Tensor, lin: TorchLinear, scale: Tensor | None = None) -> Tensor:
         """Exact ``q @ Wᵀ`` (times the per-row ``scale`` [..., 1] if given) for integer-valued ``q`` [..., K]
@@ -214,8 +245,8 @@ class TorchOps:
         for j, part in enumerate(parts[1:], start=1):
             acc.add_(part.to(torch.int64).bitwise_left_shift_(_DIGIT_BASE_BITS * j))
         acc = acc.reshape(*q.shape[:-1], lin.out_features)
-        if scale is not None:
-            return torch.mul(acc, scale)                                # int32/int64 · int64 → int64, one pass
+        if scale is not None:                                           # int64 acc · scale, in place
+            return (acc.to(torch.int64) if acc.dtype != torch.int64 else acc.clone()).mul_(scale)
         return acc.to(torch.int64)
 
     def _bmm_small(self, a: Tensor, b: Tensor) -> Tensor:
@@ -236,9 +267,13 @@ class TorchOps:
 
     # ---- primitives ---------------------------------------------------------------------------------------
     def linear(self, x: Tensor, lin: TorchLinear) -> Tensor:
-        q, m, e = tfp.quantize_rows_f64(x)                              # [...,K] int8 values (f64); [...,1]
+        q, m, e, e0 = tfp.quantize_rows_flag(x, reuse=True)             # [...,K] int8 values (f64); [...,1]
         acc = self.int_matmul(q, lin, m)                                # [...,N] int64 acc·m, < 2^60
-        if lin.high0 and not bool(e.any()):                             # shift - e = shift >= 32 for all
+        if lin.split16 and e0:                                          # |acc·m| < 2^46, 16 <= shift <= 61
+            t = torch.mul(acc, lin.mult_lo, out=self._scratch(acc))     # a temporary: reused buffer
+            t.add_(lin.half_s).bitwise_right_shift_(16)                 # ⌊(A·ml + 2^(s-1)) / 2^16⌋
+            y = acc.mul_(lin.mult_hi).add_(t).bitwise_right_shift_(lin.shift_16)      # ⌊(A·mh + t) / 2^(s-16)⌋
+        elif lin.high0 and e0:                                          # shift - e = shift >= 32 for all
             y = tfp.requantize_high_(acc, lin.mult, lin.half_hi, lin.shift_hi)
         elif lin.high:
             s = lin.shift - e
@@ -332,12 +367,20 @@ class TorchOps:
         return self._norm(x, gamma, None, eps_q32, rsqrt_table)
 
     def softmax(self, scores: Tensor, valid: Tensor, exp_table: Tensor) -> Tensor:
+        return self._softmax(scores, valid, exp_table, f64=False)
+
+    def _softmax(self, scores: Tensor, valid: Tensor, exp_table: Tensor, *, f64: bool) -> Tensor:
+        """Spec §5.2 softmax (int64 Q.16); with ``f64`` the same integers as float64 when the division is
+        provably exact in fp64 (``0 <= exp_table <= 2^30``, ``Tk <= 2^16``: ``e·2^16 + total < 2^47``)."""
         s = torch.where(valid, scores, _NEG_SENTINEL)
         mx = s.amax(dim=-1, keepdim=True)
         t = torch.where(valid, mx - s, 0)
         e = torch.where(valid, tfp.lut_(t, exp_table, x0=0, step_shift=9), 0)
         total = e.sum(dim=-1, keepdim=True)                             # >= 2^30, <= 2^46
-        return tfp.rdiv(torch.bitwise_left_shift(e, 16), total)         # e·2^16 <= 2^46
+        num = torch.bitwise_left_shift(e, 16)                           # e·2^16 <= 2^46
+        if f64 and scores.shape[-1] <= 1 << 16 and _table_in(exp_table, 0, 1 << 30) and bool((total > 0).all()):
+            return tfp.rdiv_f64(num, total)                             # float64 integer values
+        return tfp.rdiv(num, total)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, *, scale_mult: int, scale_shift: int,
                   exp_table: Tensor) -> Tensor:
@@ -363,7 +406,7 @@ class TorchOps:
             scores = tfp.requantize_high_(acc, scale_mult, tfp.pow2(s1 - 32, acc), s1 - 31)
         else:
             scores = tfp.requantize(acc, scale_mult, scale_shift + 16 - ee)
-        probs = self.softmax(scores, key_valid, exp_table)              # [B,Hq,Tq,Tk] Q.16
+        probs = self._softmax(scores, key_valid, exp_table, f64=True)   # [B,Hq,Tq,Tk] Q.16 (f64 or int64)
         ctx = torch.matmul(probs.reshape(b, hk, g * tq, tk).double(), tfp.memo(v, "_kolm_f64")[0])   # < 2^48
         ctx = ctx.to(torch.int64).reshape(b, hq, tq, d)
         return ctx.add_(1 << 15).bitwise_right_shift_(16).clamp_(-(1 << 31), (1 << 31) - 1)

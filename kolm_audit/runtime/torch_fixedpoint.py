@@ -18,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
@@ -134,19 +136,35 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def quantize_rows_f64(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`quantize_rows` with ``q`` as float64 (integer values in [-127, 127]): ``q = rdiv_f64(x, d)``,
     exact because ``|x| + d < 2^53`` (``|x| <= 2^31``, ``d < 2^26``)."""
+    q, m, e, _ = quantize_rows_flag(x)
+    return q, m, e
+
+
+E0_AMAX = QMAX * ((1 << STEP_MANTISSA_BITS) - 1)   # amax <= this ⟺ d0 = ⌈amax/127⌉ < 2^15 ⟺ e = 0
+
+
+def quantize_rows_flag(x: Tensor, *, reuse: bool = False) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """:func:`quantize_rows_f64` plus whether every row has ``e = 0``. When every ``amax <= 127·(2^15 - 1)``,
+    ``d0 < 2^15`` so ``e = 0`` and ``m = d = d0`` (the general steps are skipped; same integers). ``reuse``: ``q``
+    lives in a per-thread scratch buffer (only for a caller that consumes it before any other call)."""
     amax = absmax_rows(x)
     d0 = torch.clamp(torch.div(amax + (QMAX - 1), QMAX, rounding_mode="floor"), min=1)
+    out = scratch(x.shape, torch.float64, x.device) if reuse else None
+    if amax.numel() and int(amax.max()) <= E0_AMAX:
+        return rdiv_f64(x, d0, out=out), d0, torch.zeros_like(d0), True
     e = bits_above(d0, STEP_MANTISSA_BITS, 25)
     m = -torch.bitwise_right_shift(-d0, e)
     d = torch.bitwise_left_shift(m, e)
-    return rdiv_f64(x, d), m, e
+    return rdiv_f64(x, d, out=out), m, e, False
 
 
-def rdiv_f64(a: Tensor, b: Tensor) -> Tensor:
+def rdiv_f64(a: Tensor, b: Tensor, *, out: Tensor | None = None) -> Tensor:
     """``rdiv(a, b)`` as float64 integer values, for int64 ``a`` and ``b >= 1`` with ``|a| + b < 2^53``:
     ``floor(fl64((a + ⌊b/2⌋) / b))`` (docs/runtime-spec.md "Fast backends": a correctly rounded quotient of
     integers ``|n| < 2^53`` never rounds across an integer)."""
-    return (a + torch.bitwise_right_shift(b, 1)).double().div_(b.double()).floor_()
+    bf = b.double()                                     # the sum below is of integers < 2^53: exact in fp64
+    af = a.double() if out is None else out.copy_(a)    # out: float64 of a's shape (fully overwritten)
+    return af.add_(torch.bitwise_right_shift(b, 1).double()).div_(bf).floor_()
 
 
 def lut_interp(x: Tensor, table: Tensor, *, x0: int, step_shift: int, diff: Tensor | None = None) -> Tensor:
@@ -183,16 +201,37 @@ def requantize_high_(x: Tensor, mult: Tensor, half: Tensor | int, shift_hi: Tens
     return xh.mul_(mult).add_(half).add_(b).bitwise_right_shift_(shift_hi)
 
 
+_LOCAL = threading.local()
+_SCRATCH_MAX = 16
+
+
+def scratch(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A reused per-thread buffer for a temporary that never leaves the calling function (no integer depends on
+    it: it is fully overwritten before use); avoids a fresh large allocation (page faults) on every call."""
+    bufs = getattr(_LOCAL, "bufs", None)
+    if bufs is None:
+        bufs = _LOCAL.bufs = {}
+    key = (tuple(shape), dtype, str(device))
+    buf = bufs.get(key)
+    if buf is None:
+        if len(bufs) >= _SCRATCH_MAX:
+            bufs.clear()
+        buf = bufs[key] = torch.empty(tuple(shape), dtype=dtype, device=device)
+    return buf
+
+
 FULL_LUT_MAX = 1 << 22          # tables with at most this many interpolated points are expanded at first use
 
 
 def full_lut(table: Tensor, step_shift: int) -> Tensor:
-    """Every value of ``lut_interp`` on ``pos = 0 … (n-1)·2^h`` (int64, Q.30), computed once per table tensor
-    with :func:`torch_fixedpoint.lut_interp` itself, so a lookup is one clamp and one gather."""
+    """Every value of ``lut_interp`` on ``pos = 0 … (n-1)·2^h`` (Q.30; stored as int32 when every value fits,
+    else int64), computed once per table tensor with :func:`lut_interp` itself: a lookup is a clamp and a gather."""
     full = getattr(table, "_kolm_full", None)
     if full is None:
         pos = torch.arange(((table.shape[0] - 1) << step_shift) + 1, dtype=torch.int64, device=table.device)
         full = lut_interp(pos, table, x0=0, step_shift=step_shift)
+        if full.numel() and int(full.min()) >= INT32_MIN and int(full.max()) <= INT32_MAX:
+            full = full.to(torch.int32)     # half the bytes to gather from; widened back exactly in lut_
         table._kolm_full = full         # type: ignore[attr-defined]
     return full
 
@@ -203,8 +242,12 @@ def lut_(x: Tensor, table: Tensor, *, x0: int, step_shift: int) -> Tensor:
     n = table.shape[0]
     if ((n - 1) << step_shift) >= FULL_LUT_MAX:
         return lut_interp(x, table, x0=x0, step_shift=step_shift, diff=table_diff(table))
-    pos = torch.sub(x, x0).clamp_(0, (n - 1) << step_shift)
-    return full_lut(table, step_shift)[pos]
+    pos = torch.sub(x, x0, out=scratch(x.shape, x.dtype, x.device)).clamp_(0, (n - 1) << step_shift)
+    full = full_lut(table, step_shift)
+    if full.dtype == torch.int64:
+        return full.index_select(0, pos.reshape(-1)).view(pos.shape)                    # = full[pos]
+    out = torch.index_select(full, 0, pos.reshape(-1), out=scratch((pos.numel(),), full.dtype, full.device))
+    return out.view(pos.shape).to(torch.int64)                                          # widened: exact
 
 
 MEMOS = ("_kolm_rows", "_kolm_f64")
