@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -74,3 +75,20 @@ def float_logits(model: torch.nn.Module, ids: list[list[int]]) -> torch.Tensor:
     """Float reference logits [B, T, V] of equal-length sequences."""
     with torch.no_grad():
         return model(torch.tensor(ids, dtype=torch.long)).logits.float()
+
+
+def generations_alone_and_batched(rt: Any, batch: list[list[int]], extra: list[list[int]], seed: int | None,
+                                  data: st.DataObject) -> tuple[list[Any], dict[str, Any]]:
+    """Generate each prompt of ``batch`` alone and inside a shuffled batch with ``extra`` prompts (other lengths,
+    so other padding); assert both agree and return the lone results and the decoding arguments used."""
+    kw: dict[str, Any] = {"max_new_tokens": 4, "eos_ids": [2]}
+    if seed is not None:
+        kw |= {"seed": seed, "temperature": data.draw(st.integers(200, 3000)),
+               "top_k": data.draw(st.none() | st.integers(1, 50)), "top_p": data.draw(st.none() | st.integers(1, 1000))}
+    alone = [rt.generate([p], **kw)[0] for p in batch]
+    mixed = batch + extra
+    order = data.draw(st.permutations(range(len(mixed))))
+    together = rt.generate([mixed[i] for i in order], **kw)
+    by_index = {i: together[pos] for pos, i in enumerate(order)}
+    assert [by_index[i] for i in range(len(batch))] == alone
+    return alone, kw

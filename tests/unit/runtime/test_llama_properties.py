@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _llama_fixtures import tiny_config, tiny_model, write_checkpoint
+from _llama_fixtures import generations_alone_and_batched, tiny_config, tiny_model, write_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,16 +39,7 @@ def test_kv_cached_decoding_equals_full_recomputation(rt: LlamaRuntime, prompt: 
 def test_each_request_is_the_same_alone_or_in_any_batch(rt: LlamaRuntime, batch: list[list[int]],
                                                         extra: list[list[int]], seed: int | None,
                                                         data: st.DataObject) -> None:
-    kw = {"max_new_tokens": 4, "eos_ids": [2]}
-    if seed is not None:
-        kw |= {"seed": seed, "temperature": data.draw(st.integers(200, 3000)),
-               "top_k": data.draw(st.none() | st.integers(1, 50)), "top_p": data.draw(st.none() | st.integers(1, 1000))}
-    alone = [rt.generate([p], **kw)[0] for p in batch]
-    mixed = batch + extra                                                     # other lengths => other padding
-    order = data.draw(st.permutations(range(len(mixed))))
-    together = rt.generate([mixed[i] for i in order], **kw)
-    by_index = {i: together[pos] for pos, i in enumerate(order)}
-    assert [by_index[i] for i in range(len(batch))] == alone
+    generations_alone_and_batched(rt, batch, extra, seed, data)
 
 
 @settings(max_examples=6, deadline=None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _llama_fixtures import tiny_config, tiny_model, write_checkpoint
+from _llama_fixtures import generations_alone_and_batched, tiny_config, tiny_model, write_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
@@ -52,16 +52,7 @@ def test_each_request_is_the_same_alone_or_in_any_batch(pair: tuple[LlamaRuntime
                                                         batch: list[list[int]], extra: list[list[int]],
                                                         seed: int | None, data: st.DataObject) -> None:
     rt, ref_rt = pair
-    kw = {"max_new_tokens": 4, "eos_ids": [2]}
-    if seed is not None:
-        kw |= {"seed": seed, "temperature": data.draw(st.integers(200, 3000)),
-               "top_k": data.draw(st.none() | st.integers(1, 50)), "top_p": data.draw(st.none() | st.integers(1, 1000))}
-    alone = [rt.generate([p], **kw)[0] for p in batch]
-    mixed = batch + extra                                                     # other lengths => other padding
-    order = data.draw(st.permutations(range(len(mixed))))
-    together = rt.generate([mixed[i] for i in order], **kw)
-    by_index = {i: together[pos] for pos, i in enumerate(order)}
-    assert [by_index[i] for i in range(len(batch))] == alone
+    alone, kw = generations_alone_and_batched(rt, batch, extra, seed, data)
     assert ref_rt.generate(batch, **kw) == alone                              # numpy reference, batched
 
 
