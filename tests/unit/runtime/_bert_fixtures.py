@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _random_weights import randomize_
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
@@ -57,16 +58,7 @@ def tiny_model(config: BertConfig, *, seed: int = 0, init_std: float = 0.1, head
     """A float32 BERT with seeded random weights (LayerNorm gains and biases randomised too)."""
     torch.manual_seed(seed)
     model = (BertForSequenceClassification(config) if head else BertModel(config)).to(torch.float32).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            if "LayerNorm.weight" in name:
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(init_std * torch.randn(p.shape, generator=gen))
-    return model
+    return randomize_(model, seed=seed, init_std=init_std, is_norm_gain=lambda name: "LayerNorm.weight" in name)
 
 
 def write_checkpoint(model: torch.nn.Module, out_dir: Path) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _random_weights import randomize_
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -41,16 +42,7 @@ def tiny_model(config: Any, *, seed: int = 0, init_std: float = 0.05) -> torch.n
     _, model_cls = _FAMILIES[config.model_type]
     torch.manual_seed(seed)
     model = model_cls(config).to(torch.float32).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
-            elif name.endswith(".bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(init_std * torch.randn(p.shape, generator=gen))
-    return model
+    return randomize_(model, seed=seed, init_std=init_std, is_norm_gain=lambda name: name.endswith("norm.weight"))
 
 
 def tiny_tokenizer_json(vocab: int) -> bytes:
