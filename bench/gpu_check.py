@@ -3,6 +3,7 @@
     python bench/gpu_check.py                     # CUDA (the GPU machine)
     python bench/gpu_check.py --device cpu        # the same checks on torch CPU (to test this script)
     python bench/gpu_check.py --skip-bench        # conformance only
+    python bench/gpu_check.py --unfused           # plain torch ops instead of the fused (Triton / numba) kernels
 
 Each conformance vector (``golden/conformance/{bert,llama}/vectors``) is run alone and then every vector of a
 model and setting in one batch; the output digest is compared with the stored reference digest. Exit status 1
@@ -25,17 +26,18 @@ from safetensors.numpy import load_file
 
 from kolm_audit.canonical import digest_of, loads_strict
 from kolm_audit.model import Model
+from kolm_audit.runtime.ops import get_ops
 
 ROOT = Path(__file__).resolve().parents[1] / "golden" / "conformance"
 PARAM_KEYS = ("seed", "temperature", "top_k", "top_p")
 
 
-def _model(family: str, name: str, backend: str) -> Model:
+def _model(family: str, name: str, backend: str, fused: bool) -> Model:
     doc = json.loads((ROOT / family / "models" / f"{name}.json").read_text())
     manifest = {"runtime": doc["spec"], "architecture": doc["architecture"], "task": doc["task"],
                 "quantization": doc["quantization"]}
-    return Model(manifest=manifest, digest=digest_of(doc),
-                 tensors=load_file(str(ROOT / family / "models" / f"{name}.safetensors")), backend=backend)
+    return Model(manifest=manifest, digest=digest_of(doc), ops=get_ops(backend, fused=fused),
+                 tensors=load_file(str(ROOT / family / "models" / f"{name}.safetensors")))
 
 
 def _run(model: Model, vecs: list[dict[str, Any]]) -> list[str]:
@@ -50,7 +52,7 @@ def _run(model: Model, vecs: list[dict[str, Any]]) -> list[str]:
                                                     **{k: p[k] for k in PARAM_KEYS})]
 
 
-def check_conformance(backend: str) -> bool:
+def check_conformance(backend: str, *, fused: bool = True) -> bool:
     ok_all = True
     for family in ("bert", "llama"):
         vecs = [loads_strict(p.read_bytes()) for p in sorted((ROOT / family / "vectors").glob("*.json"))]
@@ -62,7 +64,7 @@ def check_conformance(backend: str) -> bool:
         t0 = time.perf_counter()
         alone_bad, batch_bad = [], []
         for (name, _task, _mode), group in sorted(groups.items()):
-            model = models.setdefault(name, _model(family, name, backend))
+            model = models.setdefault(name, _model(family, name, backend, fused))
             for v in group:
                 if _run(model, [v]) != [v["output_digest"]]:
                     alone_bad.append(v["id"])
@@ -70,7 +72,8 @@ def check_conformance(backend: str) -> bool:
                 batch_bad.append(f"{name}/{group[0]['task']}")
         ok = not alone_bad and not batch_bad
         ok_all &= ok
-        print(f"{'PASS' if ok else 'FAIL'} conformance {family} on {backend}: {len(vecs) - len(alone_bad)}/"
+        kind = type(next(iter(models.values()))._rt.ops).__name__
+        print(f"{'PASS' if ok else 'FAIL'} conformance {family} on {backend} ({kind}): {len(vecs) - len(alone_bad)}/"
               f"{len(vecs)} vectors alone, {len(groups) - len(batch_bad)}/{len(groups)} batches match the "
               f"reference digests ({time.perf_counter() - t0:.1f} s)"
               + (f"; differ: {alone_bad[:5] + batch_bad[:5]}" if not ok else ""))
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--unfused", action="store_true", help="plain torch ops instead of the fused kernels")
     args, bench_args = ap.parse_known_args(argv)
     bench_args = [a for a in bench_args if a != "--"]
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -88,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"# device {args.device}: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}")
-    ok = check_conformance(args.device)
+    ok = check_conformance(args.device, fused=not args.unfused)
     if not args.skip_bench:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from bench_runtime import main as bench_main
 
-        bench_main(["--device", args.device, *bench_args])
+        bench_main(["--device", args.device, *(["--unfused"] if args.unfused else []), *bench_args])
     return 0 if ok else 1
 
 

@@ -100,10 +100,13 @@ class Model:
     ``backend`` (``auto`` | ``numpy`` | ``cpu`` | ``cuda``) picks the implementation; :attr:`backend` records the
     one actually used (``numpy``, ``cpu`` or ``cuda``) and :attr:`threads` the torch thread count (``threads``
     argument, else ``$KOLM_THREADS``, else torch's default). Both are informational: outputs never depend on them.
+    ``ops`` runs the model on a given backend object instead (e.g. ``get_ops("cpu", fused=False)``); its name is
+    recorded as :attr:`backend`.
     """
 
     def __init__(self, *, manifest: dict[str, Any], digest: str, tensors: Mapping[str, np.ndarray],
-                 backend: str = "numpy", path: Path | None = None, threads: int | None = None) -> None:
+                 backend: str = "numpy", path: Path | None = None, threads: int | None = None,
+                 ops: Any | None = None) -> None:
         from kolm_audit.runtime.ops import get_ops
 
         if backend not in BACKENDS:
@@ -112,7 +115,7 @@ class Model:
         if manifest.get("runtime") != SPEC:
             raise UnsupportedModel("runtime spec not supported", file=str(path) if path else None,
                                    field="runtime", expected=SPEC, actual=repr(manifest.get("runtime")))
-        ops = get_ops(backend, threads=threads)
+        ops = ops if ops is not None else get_ops(backend, threads=threads)
         self.manifest, self.digest, self.backend, self.path = manifest, digest, str(ops.name), path
         self.device = "cuda" if ops.name == "cuda" else "cpu"
         self.threads: int | None = ops.threads

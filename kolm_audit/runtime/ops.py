@@ -180,9 +180,10 @@ def thread_count(threads: int | None) -> int | None:
 def get_ops(backend: str = "auto", *, threads: int | None = None, fused: bool = True) -> Any:
     """The ops object of ``backend`` (``auto`` | ``numpy`` | ``cpu`` | ``cuda``); ``ops.name`` is the one used.
 
-    On ``cpu`` the fused-kernel backend (:class:`~kolm_audit.runtime.cpu_fused.FusedCpuOps`) is used when numba is
-    installed and ``fused`` is true, else plain :class:`~kolm_audit.runtime.torch_backend.TorchOps`: the same
-    integers either way."""
+    With ``fused`` (the default) ``cpu`` uses :class:`~kolm_audit.runtime.cpu_fused.FusedCpuOps` when numba is
+    installed and ``cuda`` uses :class:`~kolm_audit.runtime.triton_fused.FusedTritonOps` when Triton is; otherwise
+    (or with ``fused=False``) plain :class:`~kolm_audit.runtime.torch_backend.TorchOps`. The same integers either
+    way."""
     name = resolve_backend(backend)
     n = thread_count(threads)
     if name == "numpy":
@@ -191,6 +192,10 @@ def get_ops(backend: str = "auto", *, threads: int | None = None, fused: bool = 
         from kolm_audit.runtime.cpu_fused import FusedCpuOps
 
         return FusedCpuOps(threads=n)
+    if name == "cuda" and fused and importlib.util.find_spec("triton") is not None:
+        from kolm_audit.runtime.triton_fused import FusedTritonOps
+
+        return FusedTritonOps(device="cuda", threads=n)
     from kolm_audit.runtime.torch_backend import TorchOps
 
     return TorchOps(device=name, threads=n)

@@ -212,8 +212,8 @@ class TorchOps:
         return self.device.type != "cuda" or not torch.backends.cuda.matmul.allow_tf32
 
     def _mm_digit(self, a: Tensor, d: Tensor) -> Tensor:
-        """Exact ``a @ dᵀ`` (int32 or int64) for ``a`` [M, K] in [-127, 127] (int8 on CPU, bf16 on CUDA) and a
-        digit [N, K]."""
+        """Exact ``a @ dᵀ`` for ``a`` [M, K] in [-127, 127] (int8 on CPU, bf16 on CUDA) and a digit [N, K]: int32,
+        or fp32/fp64 holding integers (one K-chunk on CUDA), or int64 (several chunks)."""
         k = a.shape[1]
         cpu = self.device.type == "cpu"
         step = _CPU_K_CHUNK if cpu else _CUDA_K_CHUNK
@@ -225,9 +225,9 @@ class TorchOps:
             elif cpu:
                 part = torch.mm(ak.double(), dk.double()).to(torch.int64)   # tiny K: exact in fp64
             else:
-                part = self._mm_bf16(ak, dk).to(torch.int64)                 # fp32, exact partial sums
+                part = self._mm_bf16(ak, dk)                                 # fp32 (or fp64), exact partial sums
             if k <= step:
-                return part                                                  # int32 or int64, exact
+                return part                                                  # int32, int64 or float, exact
             part = part.to(torch.int64)
             out = part if out is None else out.add_(part)
         assert out is not None
@@ -263,7 +263,8 @@ class TorchOps:
                            shift_16=self.const(np.maximum(shift - 16, 0)))
 
     def accumulate(self, a: Tensor, lin: TorchLinear) -> Tensor:
-        """Exact ``a @ Wᵀ`` for ``a`` [M, K] in [-127, 127] (int8 on CPU, bf16 on CUDA) → int32 or int64 [M, N]."""
+        """Exact ``a @ Wᵀ`` for ``a`` [M, K] in [-127, 127] (int8 on CPU, bf16 on CUDA) → [M, N] int32, int64, or
+        (CUDA, one digit and one K-chunk) a float tensor holding the exact integers."""
         parts = [self._mm_digit(a, d) for d in lin.digits]
         acc = parts[0] if len(parts) == 1 else parts[0].to(torch.int64)
         for j, part in enumerate(parts[1:], start=1):

@@ -1,12 +1,15 @@
 """The torch backends reproduce every conformance vector of kolm-int/1 (BERT and Llama) bit for bit.
 
 Same vectors and models as ``test_conformance_bert.py`` / ``test_conformance_llama.py`` (golden, never
-regenerated), run through :class:`kolm_audit.model.Model` with ``backend="cpu"`` (and ``"cuda"`` where a GPU is
-visible; those tests are marked ``gpu`` and skipped otherwise).
+regenerated), run through :class:`kolm_audit.model.Model` on both CPU variants — ``cpu-fused``
+(:class:`~kolm_audit.runtime.cpu_fused.FusedCpuOps`, what ``backend="cpu"`` picks when numba is installed; skipped
+without numba) and ``cpu-unfused`` (plain :class:`~kolm_audit.runtime.torch_backend.TorchOps`) — and on ``cuda``
+where a GPU is visible (marked ``gpu``, skipped otherwise). Each model is built once per variant.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -21,14 +24,18 @@ BERT = sorted((ROOT / "bert" / "vectors").glob("*.json"))
 LLAMA = sorted((ROOT / "llama" / "vectors").glob("*.json"))
 PARAM_KEYS = ("seed", "temperature", "top_k", "top_p")
 DEVICES = [
-    "cpu",
+    pytest.param("cpu-fused", marks=pytest.mark.skipif(importlib.util.find_spec("numba") is None,
+                                                       reason="numba is not installed")),
+    "cpu-unfused",
     pytest.param("cuda", marks=[pytest.mark.gpu,
                                 pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
 ]
 
 
 def _model(family: str, name: str, backend: str) -> Model:
-    return conformance_model(family, name, backend)[0]
+    """``backend``: ``cpu-fused`` | ``cpu-unfused`` | ``cuda`` (one cached model each)."""
+    device, _, variant = backend.partition("-")
+    return conformance_model(family, name, device, fused=variant != "unfused")[0]
 
 
 def _check(vec: dict, backend: str) -> None:

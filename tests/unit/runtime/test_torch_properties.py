@@ -1,9 +1,12 @@
-"""Properties of the torch CPU backend: batching/padding change nothing, the KV cache equals recomputation, and
-every integer equals the numpy reference (hypothesis over random batch compositions)."""
+"""Properties of both torch CPU backends (plain :class:`TorchOps` and the fused :class:`FusedCpuOps`): batching and
+padding change nothing, the KV cache equals recomputation, and every integer equals the numpy reference
+(hypothesis over random batch compositions)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from safetensors.numpy import load_file
 from kolm_audit.hf import read_hf_checkpoint
 from kolm_audit.runtime.models.bert import BertRuntime
 from kolm_audit.runtime.models.llama import LlamaRuntime, quantize_llama
+from kolm_audit.runtime.models.llama_build import QuantizedModel
 from kolm_audit.runtime.torch_backend import TorchOps
 
 VOCAB, LIMIT = 384, 48
@@ -24,14 +28,32 @@ prompts = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=12)
 BERT_ROOT = Path(__file__).resolve().parents[3] / "golden" / "conformance" / "bert" / "models"
 
 
+def _fused_ops() -> TorchOps:
+    from kolm_audit.runtime.cpu_fused import FusedCpuOps
+
+    return FusedCpuOps()
+
+
+OPS: dict[str, Callable[[], TorchOps]] = {"unfused": lambda: TorchOps(device="cpu"), "fused": _fused_ops}
+VARIANTS = ["unfused", pytest.param("fused", marks=pytest.mark.skipif(importlib.util.find_spec("numba") is None,
+                                                                      reason="numba is not installed"))]
+
+
 @pytest.fixture(scope="module", params=["int8", "int4"])
-def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[LlamaRuntime, LlamaRuntime]:
-    """(torch CPU runtime, numpy runtime) over the same quantized Qwen2-style model."""
+def quantized(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> QuantizedModel:
+    """One quantized Qwen2-style model per scheme, shared by both CPU variants."""
     model = tiny_model(tiny_config(family="qwen2", max_pos=LIMIT), seed=7)
-    qm = quantize_llama(read_hf_checkpoint(write_checkpoint(model, tmp_path_factory.mktemp("hf"))),
-                        scheme=request.param)
-    kw = {"architecture": qm.architecture, "quantization": qm.quantization, "tensors": qm.tensors}
-    return LlamaRuntime(**kw, ops=TorchOps(device="cpu")), LlamaRuntime(**kw)
+    return quantize_llama(read_hf_checkpoint(write_checkpoint(model, tmp_path_factory.mktemp("hf"))),
+                          scheme=request.param)
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def pair(request: pytest.FixtureRequest, quantized: QuantizedModel) -> tuple[LlamaRuntime, LlamaRuntime]:
+    """(torch CPU runtime of the variant, numpy runtime) over the same quantized model."""
+    kw = {"architecture": quantized.architecture, "quantization": quantized.quantization, "tensors": quantized.tensors}
+    ops = OPS[request.param]()
+    assert type(ops).__name__ == {"unfused": "TorchOps", "fused": "FusedCpuOps"}[request.param]
+    return LlamaRuntime(**kw, ops=ops), LlamaRuntime(**kw)
 
 
 @settings(max_examples=10, deadline=None)
@@ -57,19 +79,21 @@ def test_each_request_is_the_same_alone_or_in_any_batch(pair: tuple[LlamaRuntime
 
 
 @cache
-def _bert(scheme: str) -> BertRuntime:
+def _bert(scheme: str, variant: str) -> BertRuntime:
     doc = json.loads((BERT_ROOT / f"tiny-bert-{scheme}.json").read_text())
     tensors = load_file(str(BERT_ROOT / f"tiny-bert-{scheme}.safetensors"))
     return BertRuntime(architecture=doc["architecture"], quantization=doc["quantization"], task=doc["task"],
-                       tensors=tensors, ops=TorchOps(device="cpu"))
+                       tensors=tensors, ops=OPS[variant]())
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @settings(max_examples=10, deadline=None)
 @given(scheme=st.sampled_from(["int8", "nvfp4"]),
        batch=st.lists(st.lists(st.integers(0, 137), min_size=1, max_size=20), min_size=1, max_size=6),
        data=st.data())
-def test_bert_outputs_do_not_depend_on_the_batch(scheme: str, batch: list[list[int]], data: st.DataObject) -> None:
-    rt = _bert(scheme)
+def test_bert_outputs_do_not_depend_on_the_batch(variant: str, scheme: str, batch: list[list[int]],
+                                                 data: st.DataObject) -> None:
+    rt = _bert(scheme, variant)
     order = data.draw(st.permutations(range(len(batch))))
     shuffled = [batch[i] for i in order]
     emb = rt.embed(shuffled)
