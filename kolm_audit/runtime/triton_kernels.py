@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+I32_MIN, I32_MAX = tl.constexpr(-(1 << 31)), tl.constexpr((1 << 31) - 1)   # globals in kernels: constexpr
 
 
 @triton.jit
