@@ -35,7 +35,7 @@ import torch
 
 from kolm_audit.runtime import cpu_kernels as kn
 from kolm_audit.runtime.fused_ops import FusedOps
-from kolm_audit.runtime.torch_backend import TorchLinear
+from kolm_audit.runtime.torch_matmul import TorchLinear
 
 Tensor = torch.Tensor
 _PAR_MIN = 1 << 16              # elements below which one thread does the whole operation

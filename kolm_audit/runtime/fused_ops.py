@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from kolm_audit.runtime.torch_backend import TorchLinear, TorchOps
+from kolm_audit.runtime.torch_backend import TorchOps
+from kolm_audit.runtime.torch_matmul import _F32_EXACT, TorchLinear
 
 Tensor = torch.Tensor
-_F32_EXACT = 1 << 24            # fp32 holds every integer of magnitude <= 2^24
 
 
 class FusedOps(TorchOps, metaclass=ABCMeta):

@@ -16,7 +16,7 @@ import triton
 
 from kolm_audit.runtime import triton_kernels as kt
 from kolm_audit.runtime.fused_ops import FusedOps
-from kolm_audit.runtime.torch_backend import TorchLinear
+from kolm_audit.runtime.torch_matmul import TorchLinear
 
 Tensor = torch.Tensor
 _COLS = 1024                    # column block of the element-wise kernels over wide rows
