@@ -14,14 +14,13 @@ partial sum is below 2^24, fp64 for the attention context); the glue is
 Example::
 
     >>> import numpy as np
-    >>> from kolm_audit.runtime.reference import IntLinear, linear
+    >>> from kolm_audit.runtime.llama_ops import swiglu
+    >>> from kolm_audit.runtime.models.llama_build import sigmoid_table
     >>> rng = np.random.default_rng(0)
-    >>> w = rng.integers(-127, 128, (6, 32))
-    >>> lin = IntLinear(weight=w, wmax=int(abs(w).max()), mult=np.full(6, 1 << 30), shift=np.full(6, 40),
-    ...                 bias=np.zeros(6, dtype=np.int64))
-    >>> x = rng.integers(-(1 << 20), 1 << 20, (3, 32))
-    >>> ops = FusedCpuOps()
-    >>> ops.numpy(ops.linear(ops.const(x), ops.prepare_linear(lin))).tolist() == linear(x, lin).tolist()
+    >>> gate, up = rng.integers(-(1 << 20), 1 << 20, (2, 3, 8))
+    >>> ops, table = FusedCpuOps(), sigmoid_table()
+    >>> got = ops.swiglu(ops.const(gate), ops.const(up), ops.const(table))
+    >>> ops.numpy(got).tolist() == swiglu(gate, up, table).tolist()
     True
 """
 

@@ -71,6 +71,15 @@ def _count_at_least(v, lo: tl.constexpr, hi: tl.constexpr):
 
 
 @triton.jit
+def _gqa_row(row, hk, tq, group):
+    """Row ``row`` of a [B, Hk, g·Tq, ...] grouped-query layout → (batch, KV head, query head ``kh·g + i``, time)."""
+    gtq = group * tq
+    kh = (row // gtq) % hk
+    rr = row % gtq
+    return row // (hk * gtq), kh, kh * group + rr // tq, rr % tq
+
+
+@triton.jit
 def quantize_rows(x_ptr, sx, q_ptr, m_ptr, e_ptr, k, BLOCK: tl.constexpr):
     """Spec §3.3 for row ``program_id``: ``q`` (dtype of ``q_ptr``, values in [-127, 127]), ``m``, ``e``."""
     r = tl.program_id(0).to(tl.int64)
@@ -143,12 +152,7 @@ def attention_probs(acc_ptr, mq_ptr, eq_ptr, mk_ptr, ek_ptr, valid_ptr, sv0, sv1
     (Q.16 integer values). ``mq``/``eq`` [B, Hq, Tq]; ``mk``/``ek`` [B, Hk, Tk]; ``valid`` [B, Hq, Tq, Tk] with
     element strides ``sv0``, ``sv1``, ``sv2`` (0 for broadcast axes) and a unit last stride."""
     row = tl.program_id(0).to(tl.int64)
-    gtq = group * tq
-    bi = row // (hk * gtq)
-    kh = (row // gtq) % hk
-    rr = row % gtq
-    hq = kh * group + rr // tq
-    t = rr % tq
+    bi, kh, hq, t = _gqa_row(row, hk, tq, group)
     offs = tl.arange(0, BLOCK)
     ok = offs < tk
     valid = tl.load(valid_ptr + bi * sv0 + hq * sv1 + t * sv2 + offs, mask=ok, other=0) != 0
@@ -172,12 +176,7 @@ def context_out(ctx_ptr, out_ptr, hk, tq, d, group, BLOCK: tl.constexpr):
     """``sat(round_shift(ctx, 16))`` of row ``program_id`` of ``ctx`` float64 [B, Hk, g·Tq, D] into the merged-heads
     layout ``out`` int32 [B, Tq, Hq·D]."""
     row = tl.program_id(0).to(tl.int64)
-    gtq = group * tq
-    bi = row // (hk * gtq)
-    kh = (row // gtq) % hk
-    rr = row % gtq
-    hq = kh * group + rr // tq
-    t = rr % tq
+    bi, _kh, hq, t = _gqa_row(row, hk, tq, group)
     offs = tl.arange(0, BLOCK)
     ok = offs < d
     c = tl.load(ctx_ptr + row * d + offs, mask=ok, other=0).to(tl.int64)
