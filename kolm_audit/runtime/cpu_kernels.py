@@ -22,10 +22,21 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numba import njit
 
-_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}   # divisors are >= 1 by construction
+_JIT = {"nogil": True, "error_model": "numpy"}   # divisors are >= 1 by construction
+
+
+def _kernel(fn: Callable[..., None]) -> Callable[..., None]:
+    """``njit`` with the compiled code cached on disk; where numba finds no writable cache location (it raises
+    at decoration), the kernel is compiled in memory once per process instead."""
+    try:
+        return njit(cache=True, **_JIT)(fn)
+    except RuntimeError:
+        return njit(cache=False, **_JIT)(fn)
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -92,7 +103,7 @@ def _round_shift(x: int, s: int) -> int:
 
 # ---- kernels ------------------------------------------------------------------------------------------------
 
-@njit(**_JIT)
+@_kernel
 def quantize_rows(x: np.ndarray, q: np.ndarray, m: np.ndarray, e: np.ndarray) -> None:
     """Spec §3.3 per-row int8 quantization of ``x`` [R, K] (|x| <= 2^31) into ``q`` int8 [R, K], ``m``, ``e`` [R]."""
     rows, k = x.shape
@@ -119,7 +130,7 @@ def quantize_rows(x: np.ndarray, q: np.ndarray, m: np.ndarray, e: np.ndarray) ->
         e[r] = ee
 
 
-@njit(**_JIT)
+@_kernel
 def linear_epilogue(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.ndarray, shift: np.ndarray,
                     bias: np.ndarray, out: np.ndarray) -> None:
     """Spec §4.2 after the product: ``out = sat(requantize(acc·m_r, M_n, S_n - e_r) + bias_n)``, ``acc`` [R, N].
@@ -142,7 +153,7 @@ def linear_epilogue(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.ndar
                 out[r, j] = _sat(_requantize(np.int64(acc[r, j]) * mr, mult[j], shift[j] - er) + bias[j])
 
 
-@njit(**_JIT)
+@_kernel
 def norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, center: bool, eps_q32: int, table: np.ndarray,
          out: np.ndarray) -> None:
     """Spec §5.3 LayerNorm (``center``: subtract the mean, add ``beta``) or RMSNorm of ``x`` [R, H] → ``out``."""
@@ -183,7 +194,7 @@ def norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, center: bool, eps_q
             out[r, j] = _sat(y)
 
 
-@njit(**_JIT)
+@_kernel
 def attention_probs(acc: np.ndarray, mq: np.ndarray, eq: np.ndarray, mk: np.ndarray, ek: np.ndarray,
                     valid: np.ndarray, group: int, scale_mult: int, scale_shift: int, table: np.ndarray,
                     probs: np.ndarray) -> None:
@@ -224,7 +235,7 @@ def attention_probs(acc: np.ndarray, mq: np.ndarray, eq: np.ndarray, mk: np.ndar
                     probs[bi, kh, row, j] = np.floor((np.float64(ex[j] << 16) + half) / tf)
 
 
-@njit(**_JIT)
+@_kernel
 def context_out(ctx: np.ndarray, group: int, out: np.ndarray) -> None:
     """``sat(round_shift(ctx, 16))`` of ``ctx`` float64 [B, Hk, g·Tq, D] (integers < 2^48) into ``out`` int64
     [B, Tq, Hq·D] (heads merged: query head ``kh·g + row // Tq``)."""
@@ -239,7 +250,7 @@ def context_out(ctx: np.ndarray, group: int, out: np.ndarray) -> None:
                     out[bi, t, hq * d + j] = _sat((np.int64(ctx[bi, kh, row, j]) + (1 << 15)) >> 16)
 
 
-@njit(**_JIT)
+@_kernel
 def rope(x: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray) -> None:
     """Llama spec §3 RoPE of ``x`` [B, n, T, D] (any strides; rotate-half pairs) at ``pos`` [B, T] → ``out``."""
     b, nh, t, d = x.shape
@@ -272,7 +283,7 @@ def _lut_row(xr: np.ndarray, t: np.ndarray, x0: int, h: int, idx: np.ndarray, fr
         df[j] = np.int64(t[idx[j] + 1]) - a
 
 
-@njit(**_JIT)
+@_kernel
 def swiglu(gate: np.ndarray, up: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
     """Llama spec §4 ``sat(rnd(silu(g)·u / 2^16))`` with ``silu(g) = sat(rnd(g·σ(g) / 2^30))``, [R, I] each."""
     rows, n = gate.shape
@@ -291,7 +302,7 @@ def swiglu(gate: np.ndarray, up: np.ndarray, table: np.ndarray, out: np.ndarray)
             orow[j] = _sat((sv * ur[j] + (1 << 15)) >> 16)
 
 
-@njit(**_JIT)
+@_kernel
 def gelu(x: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
     """Spec §5.4 ``sat(rnd(x·Φ(x) / 2^30))`` of ``x`` [R, N]."""
     rows, n = x.shape

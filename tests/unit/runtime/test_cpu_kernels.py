@@ -8,6 +8,10 @@ the full int32 range, rounding ties), every requantization branch and every rsqr
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -154,3 +158,21 @@ def test_norm_kernel_at_every_rsqrt_table_knot() -> None:
             assert np.array_equal(out, ref.rms_norm(x, gamma, eps_q32=eps, rsqrt_table=RSQRT)), v
 
 
+
+
+def test_kernels_compile_without_a_disk_cache_when_numba_finds_no_cache_location() -> None:
+    """numba raises at decoration when no cache location is usable (read-only install, no home): the kernels
+    then compile in memory (simulated with a cache-locator setting numba cannot resolve)."""
+    code = ("import numpy as np\n"
+            "from kolm_audit.runtime import cpu_kernels as kn, fixedpoint as fp\n"
+            "x = np.array([[65536, -32768, 0], [7, -1 << 31, 5]])\n"
+            "q, m, e = np.empty((2, 3), np.int8), np.empty(2, np.int64), np.empty(2, np.int64)\n"
+            "kn.quantize_rows(x, q, m, e)\n"
+            "rq, rm, re = fp.quantize_rows(x)\n"
+            "assert (q == rq).all() and (m == rm[:, 0]).all() and (e == re[:, 0]).all()\n"
+            "print(type(kn.quantize_rows._cache).__name__)\n")
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "NoSuchLocator"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "NullCache"
