@@ -1,15 +1,23 @@
-"""JSON Schema (2020-12) validation for every document kolm_audit reads or writes.
+r"""JSON Schema (2020-12) validation for every document kolm_audit reads or writes.
 
 The schemas live in the repository's top-level ``schemas/`` folder and are shipped inside the wheel as
 ``kolm_audit/_schemas`` (hatch ``force-include``), so an installed package validates with the same files.
 
-    >>> validate({"kolm": 1}, "does-not-exist")  # doctest: +SKIP
+``pattern`` follows ECMA-262 as JSON Schema requires (§6.3.3 of the 2020-12 validation vocabulary): a final
+``$`` matches only at the end of the string. Python's ``re`` also matches it before a trailing newline, which
+would let ``"sha256:<64 hex>\n"`` through; the validator here anchors such patterns with ``\Z`` instead. The
+schemas write digit classes as ``[0-9]`` (ECMA's ``\d`` is ASCII, Python's is Unicode).
+
+    >>> _ecma_regex("^sha256:[0-9a-f]{4}$").search("sha256:abcd\n") is None
+    True
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +37,27 @@ def schema_dir() -> Path:
 
 
 @functools.cache
-def _validator(name: str) -> jsonschema.Draft202012Validator:
+def _ecma_regex(pattern: str) -> re.Pattern[str]:
+    r"""``pattern`` with a final unescaped ``$`` as ``\Z`` (ECMA-262: end of input, never before a newline)."""
+    return re.compile(re.sub(r"(?<!\\)\$$", r"\\Z", pattern))
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not _ecma_regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+
+
+@functools.cache
+def _validator(name: str) -> Any:
     path = schema_dir() / f"{name}.schema.json"
     if not path.is_file():
         raise InputError("no such schema", file=str(path))
     schema = json.loads(path.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    return _Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
 
 def _path(error: jsonschema.ValidationError) -> str:
