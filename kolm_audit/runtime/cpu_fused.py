@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -56,6 +57,7 @@ class FusedCpuOps(FusedOps):
     def __init__(self, *, threads: int | None = None) -> None:
         super().__init__(device="cpu", threads=threads)
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0                   # a forked child gets a pool of its own (its parent's threads are gone)
 
     def _par(self, rows: int, work: int, fn: Callable[[int, int], None]) -> None:
         """``fn(lo, hi)`` over row ranges covering ``[0, rows)``, on up to ``threads`` threads for large work."""
@@ -63,8 +65,9 @@ class FusedCpuOps(FusedOps):
         if n <= 1 or work < _PAR_MIN:
             fn(0, rows)
             return
-        if self._pool is None:
+        if self._pool is None or self._pool_pid != os.getpid():
             self._pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="kolm-cpu")
+            self._pool_pid = os.getpid()
         step = -(-rows // n)
         futures = [self._pool.submit(fn, lo, min(lo + step, rows)) for lo in range(step, rows, step)]
         fn(0, step)

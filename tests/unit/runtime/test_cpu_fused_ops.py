@@ -290,3 +290,28 @@ def test_get_ops_cpu_is_fused_when_numba_is_importable_and_plain_when_asked() ->
     assert type(plain) is TorchOps
     assert fused.name == plain.name == "cpu"
 
+
+
+def test_a_forked_child_gets_its_own_thread_pool() -> None:
+    """After ``fork`` the parent's worker threads do not exist in the child: the child must not wait on them."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    ops = cf.FusedCpuOps(threads=2)
+    x = _rows(np.random.default_rng(5), (_split_rows(64), 64))
+
+    def norm() -> np.ndarray:
+        return _np(ops, ops.rms_norm(ops.const(x), ops.const(np.full(64, 1 << 24)), eps_q32=1,
+                                     rsqrt_table=ops.const(RSQRT)))
+
+    want = norm()
+    assert ops._pool is not None                                       # the parent split the rows
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=lambda: send.send(norm()))              # fork: the closure is not pickled
+    child.start()
+    assert recv.poll(120), "the forked child did not finish (waiting on its parent's threads?)"
+    got = recv.recv()
+    child.join(30)
+    assert np.array_equal(got, want)
