@@ -94,7 +94,7 @@ def _fast_validator(name: str) -> Any | None:
     """The ``jsonschema-rs`` validator of ``name`` when installed and :func:`_fast_ok`, else ``None``."""
     if jsonschema_rs is None:
         return None
-    schema = json.loads((schema_dir() / f"{name}.schema.json").read_text(encoding="utf-8"))
+    schema = _validator(name).schema                    # loaded and checked once, by the Python validator
     return jsonschema_rs.Draft202012Validator(schema) if _fast_ok(schema) else None
 
 

@@ -104,7 +104,7 @@ class TorchOps(ExactMatmul):
     def const(self, arr: Any) -> Tensor:
         if isinstance(arr, Tensor):
             return arr.to(device=self.device, dtype=torch.int64)
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(arr).astype(np.int64))).to(self.device)
+        return self._int64(arr)
 
     def mask(self, arr: Any) -> Tensor:
         if isinstance(arr, Tensor):

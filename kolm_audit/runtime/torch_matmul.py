@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,8 @@ class ExactMatmul:
     _bf16_mm: bool
     _bf16_bmm: bool
 
-    def _int64(self, arr: np.ndarray) -> Tensor:
+    def _int64(self, arr: Any) -> Tensor:
+        """An array-like as an int64 tensor on the backend's device (``TorchOps.const`` for non-tensors)."""
         return torch.from_numpy(np.ascontiguousarray(np.asarray(arr).astype(np.int64))).to(self.device)
 
     def _f32_exact(self) -> bool:
