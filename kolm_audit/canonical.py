@@ -1,7 +1,7 @@
 """Canonical bytes and digests for everything kolm_audit hashes or signs.
 
 * JSON is serialised with RFC 8785 (JSON Canonicalization Scheme) through the ``rfc8785`` package.
-* Floats are refused (DESIGN §4.1): signed documents carry integers or decimal strings only.
+* Floats are refused (docs/architecture.md, invariant 1): signed documents carry integers or decimal strings only.
 * Digests are written ``"sha256:<64 lowercase hex>"``.
 
 Example::
@@ -24,7 +24,9 @@ import rfc8785
 
 from kolm_audit.errors import InputError, SchemaError
 
+DIGEST_PREFIX = "sha256:"
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+MAX_SAFE_INT = 2**53 - 1     # RFC 8785 / I-JSON: the largest integer every JSON reader keeps exactly
 
 
 def _reject_floats(obj: Any, path: str) -> None:
@@ -56,7 +58,7 @@ def sha256_hex(data: bytes) -> str:
 
 def digest(data: bytes) -> str:
     """``"sha256:<hex>"`` of raw bytes."""
-    return "sha256:" + sha256_hex(data)
+    return DIGEST_PREFIX + sha256_hex(data)
 
 
 def digest_of(obj: Any) -> str:
@@ -103,7 +105,6 @@ def loads_strict(data: bytes | str, *, file: str | None = None, field: str | Non
         raise error(f"not strict JSON: {exc}", file=file, field=field) from None  # type: ignore[call-arg]
 
 
-_MAX_SAFE_INT = 2**53 - 1
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
@@ -121,7 +122,7 @@ def _reject_lone_surrogates(obj: Any) -> None:
 
 
 def _safe_int(text: str) -> int:
-    if len(text.lstrip("-")) > 16 or abs(value := int(text)) > _MAX_SAFE_INT:
+    if len(text.lstrip("-")) > 16 or abs(value := int(text)) > MAX_SAFE_INT:
         raise ValueError(f"integer {text[:40]} outside the JSON safe range ±(2^53-1)")
     return value
 

@@ -15,6 +15,8 @@ Every error names the file, the field and what was expected, so a message is act
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -120,3 +122,25 @@ class ReplayMismatch(Finding):
 class GateFailed(Finding):
     """A K-score gate (or other release gate) was not met."""
 
+
+
+@contextmanager
+def naming_file(file: str | None) -> Iterator[None]:
+    """Re-raise a :class:`KolmError` that names no file as the same error naming ``file``.
+
+    Validation deep inside a value (a frozen dataclass's ``__post_init__``) knows the field but not the document it
+    came from; the caller that read the document wraps it::
+
+        >>> try:
+        ...     with naming_file("config.json"):
+        ...         raise InputError("expected a positive integer", field="hidden_size")
+        ... except InputError as exc:
+        ...     print(exc)
+        config.json: hidden_size: expected a positive integer
+    """
+    try:
+        yield
+    except KolmError as exc:
+        if exc.file is not None or file is None:
+            raise
+        raise type(exc)(exc.message, file=file, field=exc.field, expected=exc.expected, actual=exc.actual) from None

@@ -2,7 +2,7 @@
 
 ``load`` verifies the artifact (strict read, every tensor digest, a trusted signature) before it returns.
 Every result carries the request's token ids and the digests a receipt records; the digests are defined in
-``docs/runtime-spec.md`` §8 (sha256 over RFC 8785 bytes).
+``docs/runtime-spec.md`` §8 (sha256 over RFC 8785 bytes) and computed by :mod:`kolm_audit.runtime.digests`.
 
 Example::
 
@@ -10,8 +10,6 @@ Example::
     >>> model = kolm_audit.load("model.kolm", trust="trust.toml")              # doctest: +SKIP
     >>> [r.output_digest[:7] for r in model.embed(["hello world"])]           # doctest: +SKIP
     ['sha256:']
-    >>> input_digest([101, 7592, 102])
-    'sha256:a3961465edbfcdd87077bdebaa55b46471ad735fca0316837d3b53096f602a46'
 """
 
 from __future__ import annotations
@@ -23,32 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from kolm_audit.canonical import digest_of
 from kolm_audit.errors import InputError, RuntimeInputError, UnsupportedModel
 from kolm_audit.runtime import SPEC
+from kolm_audit.runtime.digests import classification_digest, embedding_digest, generation_digest, input_digest
+from kolm_audit.runtime.models import FamilyRuntime, load_runtime
+from kolm_audit.runtime.ops import BACKENDS, Ops, get_ops
 from kolm_audit.runtime.tokenize import Tokenizer, check_tokenizer_fits
-
-BACKENDS = ("auto", "numpy", "cpu", "cuda")   # see kolm_audit.runtime.ops: every backend gives the same bytes
-
-
-def input_digest(ids: Sequence[int]) -> str:
-    """Digest of a request's token ids: ``sha256(JCS([id, ...]))`` (spec §8)."""
-    return digest_of([int(i) for i in ids])
-
-
-def embedding_digest(embedding: np.ndarray) -> str:
-    """``sha256(JCS({"embedding": [int, ...]}))`` of a Q.16 embedding (spec §8)."""
-    return digest_of({"embedding": [int(v) for v in embedding.tolist()]})
-
-
-def classification_digest(label: str, scores: Sequence[int]) -> str:
-    """``sha256(JCS({"label": label, "scores": [int, ...]}))`` (spec §8)."""
-    return digest_of({"label": label, "scores": [int(v) for v in scores]})
-
-
-def generation_digest(output_ids: Sequence[int], finish_reason: str) -> str:
-    """``sha256(JCS({"finish_reason": reason, "output_ids": [int, ...]}))`` (spec §8)."""
-    return digest_of({"finish_reason": finish_reason, "output_ids": [int(v) for v in output_ids]})
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,9 +84,7 @@ class Model:
 
     def __init__(self, *, manifest: dict[str, Any], digest: str, tensors: Mapping[str, np.ndarray],
                  backend: str = "numpy", path: Path | None = None, threads: int | None = None,
-                 ops: Any | None = None) -> None:
-        from kolm_audit.runtime.ops import get_ops
-
+                 ops: Ops | None = None) -> None:
         if backend not in BACKENDS:
             raise InputError("backend not available in this build", field="backend",
                              expected=" | ".join(BACKENDS), actual=backend)
@@ -120,22 +96,10 @@ class Model:
         self.device = "cuda" if ops.name == "cuda" else "cpu"
         self.threads: int | None = ops.threads
         self.tokenizer = Tokenizer.from_tensors(tensors)
-        arch, task, quant = manifest["architecture"], manifest["task"], manifest["quantization"]
-        check_tokenizer_fits(self.tokenizer, vocab_size=int(arch.get("vocab_size", 0)),
+        check_tokenizer_fits(self.tokenizer, vocab_size=int(manifest["architecture"].get("vocab_size", 0)),
                              file=str(path) if path else None)
-        family = arch.get("family")
-        if family == "bert":
-            from kolm_audit.runtime.models.bert import BertRuntime
-
-            self._rt: Any = BertRuntime(architecture=arch, quantization=quant, task=task, tensors=tensors, ops=ops)
-        elif family == "llama":
-            from kolm_audit.runtime.models import llama
-
-            self._rt = llama.LlamaRuntime(architecture=arch, quantization=quant, task=task, tensors=tensors,
-                                          ops=ops)
-        else:
-            raise UnsupportedModel("unsupported architecture family", file=str(path) if path else None,
-                                   field="architecture.family", expected="bert | llama", actual=repr(family))
+        self._rt: FamilyRuntime = load_runtime(manifest=manifest, tensors=tensors, ops=ops,
+                                               file=str(path) if path else None)
 
     @classmethod
     def from_artifact(cls, artifact: Any, *, backend: str = "numpy", threads: int | None = None) -> Model:
@@ -171,8 +135,6 @@ class Model:
 
     def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[EmbedResult]:
         """Integer (Q.16) mean-pooled embeddings of each input, with digests."""
-        if not hasattr(self._rt, "embed"):
-            raise RuntimeInputError("this artifact cannot embed", field="task.kind", actual=self.task)
         batch = self._ids(inputs)
         out = []
         for ids, emb in zip(batch, self._rt.embed(batch), strict=True):
@@ -201,7 +163,7 @@ class Model:
                  seed: int | None = None, temperature: int | None = None, top_k: int | None = None,
                  top_p: int | None = None) -> list[GenerateResult]:
         """Generated continuation of each input (delegates to :mod:`kolm_audit.runtime.models.llama`)."""
-        if self.task != "generate" or not hasattr(self._rt, "generate"):
+        if self.task != "generate":
             raise RuntimeInputError("this artifact does not generate", field="task.kind", expected="generate",
                                     actual=self.task)
         batch = self._ids(inputs)

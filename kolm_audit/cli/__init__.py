@@ -17,7 +17,7 @@ import click
 
 from kolm_audit.errors import KolmError
 
-# command name -> "module:attribute" (DESIGN §9; names are fixed).
+# command name -> "module:attribute" (names are fixed: docs/architecture.md, "The command line").
 _COMMANDS: dict[str, str] = {
     "keys": "kolm_audit.cli.keys:keys",
     "quantize": "kolm_audit.cli.artifact:quantize",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kolm_audit.errors import InputError
-from kolm_audit.privacy import KeyEncryptionKey, KeyStore
+from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore
 
 
 def kek_from_options(*, kek_file: str | Path | None, kek_env: str | None) -> KeyEncryptionKey:

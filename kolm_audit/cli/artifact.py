@@ -59,7 +59,7 @@ def quantize(hf_dir: Path, scheme: str, out: Path, name: str | None, version_: s
              as_json: bool) -> int:
     """Import an HF checkpoint (safetensors) into an unsigned .kolm artifact."""
     from kolm_audit.artifact import write_artifact
-    from kolm_audit.hf import import_checkpoint
+    from kolm_audit.compile.hf import import_checkpoint
 
     manifest, tensors = import_checkpoint(hf_dir, scheme=scheme, name=name, version=version_, created=created)
     art = write_artifact(out, manifest=manifest, tensors=tensors)
@@ -81,8 +81,8 @@ def quantize(hf_dir: Path, scheme: str, out: Path, name: str | None, version_: s
 def sign(artifact: Path, key_path: Path, passphrase_env: str | None, sidecar: bool, as_json: bool) -> int:
     """Check the artifact, then embed a DSSE signature over its in-toto statement."""
     from kolm_audit.artifact import sign_artifact
+    from kolm_audit.artifact.sidecar import sidecar_path
     from kolm_audit.keys import load_private_key
-    from kolm_audit.sidecar import sidecar_path
 
     key = load_private_key(key_path, passphrase_env=passphrase_env)
     with _progress(artifact, as_json=as_json, desc="checking") as update:
@@ -147,7 +147,7 @@ def verify(artifact: Path, trust_path: Path | None, key_path: Path | None, tenan
 def inspect(artifact: Path, as_json: bool) -> int:
     """Show manifest summary, tensors, signers (key ids, not verified) and sizes. Works on unsigned files."""
     from kolm_audit.artifact import read_artifact
-    from kolm_audit.sidecar import sidecar_path
+    from kolm_audit.artifact.sidecar import sidecar_path
 
     art = read_artifact(artifact, check_tensors=False)
     m = art.manifest

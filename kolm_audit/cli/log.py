@@ -15,12 +15,12 @@ from pathlib import Path
 
 import click
 
-from kolm_audit.checkpoint import parse_checkpoint, read_note_file
 from kolm_audit.cli import emit
 from kolm_audit.errors import InputError, LogError
 from kolm_audit.keys import load_private_key
 from kolm_audit.log import ReceiptLog, export_bundle, open_log_source, verify_log
-from kolm_audit.merkle import leaf_hash, verify_inclusion
+from kolm_audit.log.checkpoint import parse_checkpoint, read_note_file
+from kolm_audit.log.merkle import leaf_hash, verify_inclusion
 from kolm_audit.schemas import validate
 from kolm_audit.trust import TrustPolicy, load_policy
 
@@ -52,7 +52,7 @@ def verify(path: Path, checkpoint_file: Path | None, trust: Path | None, keys: t
     supplied = None if checkpoint_file is None else read_note_file(checkpoint_file)
     verify_leaf = None
     if not checkpoint_only:
-        from kolm_audit.receipts import make_leaf_verifier
+        from kolm_audit.receipts.document import make_leaf_verifier
 
         verify_leaf = make_leaf_verifier(policy)
     report = verify_log(path, policy=policy, supplied_checkpoint=supplied, verify_leaf=verify_leaf, workers=workers,

@@ -18,9 +18,10 @@ from typing import Any
 
 import click
 
-from kolm_audit.checkpoint import read_note_file
 from kolm_audit.cli import emit
 from kolm_audit.errors import InputError
+from kolm_audit.log.checkpoint import read_note_file
+from kolm_audit.runtime.ops import BACKENDS
 
 _PATH = click.Path(path_type=Path)
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -50,7 +51,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 @click.option("--artifact", type=_FILE, required=True, help="The .kolm artifact the receipts name.")
 @click.option("--trust", type=_PATH, help="Trust policy (roles artifact, receipt, checkpoint).")
 @click.option("--key", "keys", type=_PATH, multiple=True, help="A trusted public key (all roles); repeatable.")
-@click.option("--backend", type=click.Choice(["auto", "numpy", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Receipts per forward pass (a speed choice only: results are batch-invariant).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -76,10 +77,10 @@ def replay(log: Path, artifact: Path, trust: Path | None, keys: tuple[Path, ...]
     """Re-run every recorded decision of LOG (database or bundle) on ARTIFACT and prove it matches."""
     from tqdm import tqdm
 
-    from kolm_audit.replay import ReplayOptions
-    from kolm_audit.replay import replay as run_replay
-    from kolm_audit.replay_report import summary_text
-    from kolm_audit.replay_select import Selection
+    from kolm_audit.replay.engine import ReplayOptions
+    from kolm_audit.replay.engine import replay as run_replay
+    from kolm_audit.replay.report import summary_text
+    from kolm_audit.replay.selection import Selection
 
     policy = _policy(trust, keys)
     store, kek = _keystore(keystore, kek_file, kek_env)
@@ -174,7 +175,7 @@ def _diff_text(doc: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the diff report as JSON.")
 def diff(a: str, b: str, as_json: bool) -> int:
     """Explain how A and B differ: two receipts (file or LOG#INDEX), two artifacts, or two replay reports."""
-    from kolm_audit.diff import diff as run_diff
+    from kolm_audit.replay.diff import diff as run_diff
 
     doc = run_diff(a, b)
     emit(doc, as_json=as_json, text=_diff_text(doc))

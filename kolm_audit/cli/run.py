@@ -27,14 +27,16 @@ from typing import IO, Any
 
 import click
 
+from kolm_audit.artifact.manifest import gate_failed
 from kolm_audit.canonical import loads_strict
 from kolm_audit.cli import emit
 from kolm_audit.cli._options import open_keystore
 from kolm_audit.errors import GateFailed, InputError, KolmError, RuntimeInputError, TrustError
 from kolm_audit.keys import PrivateKey, load_private_key
-from kolm_audit.privacy import TenantCrypto
-from kolm_audit.receipts import Decoding
-from kolm_audit.recorder import Recorded, Recorder, Request, gate_failed
+from kolm_audit.receipts.document import Decoding
+from kolm_audit.receipts.privacy import TenantCrypto
+from kolm_audit.receipts.recorder import Recorded, Recorder, Request
+from kolm_audit.runtime.ops import BACKENDS
 from kolm_audit.schemas import validate
 
 RUN_REPORT_SCHEMA = "kolm.run-report/1"
@@ -208,7 +210,7 @@ def _warn_untrusted(trust: Path, key: PrivateKey, ckey: PrivateKey, tenant: str)
 @click.option("--artifact-key", type=_PATH, help="Public key the artifact must be signed by (instead of --trust).")
 @click.option("--tenant", default="default", show_default=True, help="Tenant recorded in every receipt.")
 @click.option("--operator", default=None, help="Operator recorded in every receipt [default: the OS user].")
-@click.option("--backend", type=click.Choice(["auto", "numpy", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
               help="Sign a checkpoint every N receipts.")

@@ -19,7 +19,7 @@ import click
 from kolm_audit.cli import emit
 from kolm_audit.cli._options import kek_from_options
 from kolm_audit.errors import InputError
-from kolm_audit.privacy import MODES, KeyEncryptionKey, KeyStore
+from kolm_audit.receipts.privacy import MODES, KeyEncryptionKey, KeyStore
 
 _STORE = click.option("--keystore", required=True, type=click.Path(dir_okay=False, path_type=Path),
                       help="Tenant key store (kolm.tenant-keys/1 JSON).")

@@ -15,7 +15,7 @@ Example::
 
     >>> import numpy as np
     >>> from kolm_audit.runtime.llama_ops import swiglu
-    >>> from kolm_audit.runtime.models.llama_build import sigmoid_table
+    >>> from kolm_audit.compile.tables import sigmoid_table
     >>> rng = np.random.default_rng(0)
     >>> gate, up = rng.integers(-(1 << 20), 1 << 20, (2, 3, 8))
     >>> ops, table = FusedCpuOps(), sigmoid_table()

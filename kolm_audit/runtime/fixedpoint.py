@@ -232,3 +232,8 @@ def rsqrt_table() -> IntArray:
         # rnd(sqrt(N/D)) = (isqrt(floor(4N/D)) + 1) // 2 with N/D = 2^60 · 1024 / (1024 + i)
         out[i] = (isqrt((4 * (1 << 60) * 1024) // (1024 + i)) + 1) // 2
     return out
+
+
+def eps_q32(eps: float | int | str) -> int:
+    """rnd(eps · 2^32) from the decimal text of ``eps`` (exact, build time)."""
+    return rnd_fraction(Fraction(str(eps)) * (1 << 32))

@@ -7,7 +7,7 @@ integer softmax weights used by sampling. Every rounding goes through :mod:`kolm
 Example::
 
     >>> import numpy as np
-    >>> from kolm_audit.runtime.models.llama_build import sigmoid_table
+    >>> from kolm_audit.compile.tables import sigmoid_table
     >>> silu(np.array([0, 1 << 16, -(1 << 16)]), sigmoid_table()).tolist()   # silu(0, 1, -1) in Q.16
     [0, 47911, -17625]
 """
@@ -17,10 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from kolm_audit.runtime import fixedpoint as fp
-
-SIGMOID_X0, SIGMOID_STEP_SHIFT = -16 << 16, 9   # tables.sigmoid: x = -16 + i/128, Q.30 values
-EXP_STEP_SHIFT = 9                             # tables.exp: t = i/128, Q.30 exp(-t)
-TABLE_FRAC_BITS = 30
+from kolm_audit.runtime.tables import EXP_STEP_SHIFT, SIGMOID_STEP_SHIFT, SIGMOID_X0, TABLE_FRAC_BITS
 
 
 def rope(x: np.ndarray, positions: np.ndarray, cos_table: np.ndarray, sin_table: np.ndarray) -> np.ndarray:

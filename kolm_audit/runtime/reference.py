@@ -8,7 +8,7 @@ Formats: activations Q.16 (integer ``a`` stands for ``a/2^16``), tables Q.30, no
 Example::
 
     >>> import numpy as np
-    >>> from kolm_audit.runtime.tables import exp_table
+    >>> from kolm_audit.compile.tables import exp_table
     >>> s = np.array([[0, 0, 1 << 20]])                             # scores Q.16; 3rd key is padding
     >>> softmax(s, np.array([[True, True, False]]), exp_table()).tolist()
     [[32768, 32768, 0]]
@@ -21,11 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from kolm_audit.runtime import fixedpoint as fp
+from kolm_audit.runtime.tables import EXP_STEP_SHIFT, SIG_STEP_SHIFT, SIG_X0
 
 GAMMA_FRAC_BITS = 24            # LayerNorm/RMSNorm weights and biases of norms: gamma Q.24, beta Q.16
 PROB_FRAC_BITS = 16             # softmax probabilities Q.16 (sum ≈ 2^16)
-EXP_STEP_SHIFT = 9              # tables.exp: step 2^-7 in Q.16 units
-SIG_X0, SIG_STEP_SHIFT = -8 << 16, 9   # tables.gelu_cdf / tables.tanh: x0 = -8, step 2^-7
 MAX_NORM_DIM, MAX_HEAD_DIM, MAX_TOKENS = 1 << 14, 256, 1 << 16
 _NEG_SENTINEL = -(1 << 62)
 _I32_ACC_LIMIT = 1 << 31

@@ -8,7 +8,7 @@ batch, and a replay years later draws them again from the receipt alone.
 Example::
 
     >>> import numpy as np
-    >>> from kolm_audit.runtime.tables import exp_table
+    >>> from kolm_audit.compile.tables import exp_table
     >>> logits = np.array([5 << 16, 7 << 16, 7 << 16, -3 << 16], dtype=np.int64)   # Q.16
     >>> key = request_key([1, 2])
     >>> select_token(logits, params=DecodingParams(), key=key, step=0, exp_table=exp_table())
@@ -26,13 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kolm_audit.canonical import jcs
+from kolm_audit.canonical import MAX_SAFE_INT, jcs
 from kolm_audit.errors import RuntimeInputError
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime.llama_ops import exp_weights
 
 U64 = 1 << 64
-MAX_SEED = (1 << 53) - 1                 # seeds are recorded in JCS documents: I-JSON safe integers only
+MAX_SEED = MAX_SAFE_INT                   # seeds are recorded in JCS documents: I-JSON safe integers only
 RNG_DOMAIN = b"kolm-int/1/sample\x00"   # domain-separation prefix of every random draw
 MAX_TEMPERATURE = 100_000                # per-mille, i.e. T <= 100.0
 

@@ -1,10 +1,8 @@
-"""Build-time construction of the ``tables.*`` tensors of ``kolm-int/1`` (spec: docs/runtime-spec.md §5).
+"""Layouts of the ``tables.*`` tensors of ``kolm-int/1`` and their loader (spec: docs/runtime-spec.md §5).
 
-The forward pass never evaluates a transcendental function: it reads these integer tables from the
-artifact. They are computed here once, at quantization time, from exact or correctly rounded arithmetic
-(``decimal`` at 60 digits, ``math.isqrt``) so that every build on every machine writes identical bytes.
-
-Layouts (fixed by the spec; the runtime checks the lengths):
+The forward pass never evaluates a transcendental function: it reads integer tables from the artifact. They are
+built once, at compile time, by :mod:`kolm_audit.compile.tables`; here are their fixed layouts, which the runtime
+checks before it reads a single entry.
 
 =================  ======  ==============================  ======================  =========
 tensor             length  entry i is the value at          of                      format
@@ -12,116 +10,37 @@ tensor             length  entry i is the value at          of                  
 tables.exp         4097    t = i / 128 (t in [0, 32])       exp(-t)                 Q.30
 tables.gelu_cdf    2049    x = -8 + i / 128                 Φ(x) (normal CDF)       Q.30
 tables.tanh        2049    x = -8 + i / 128                 tanh(x)                 Q.30
+tables.sigmoid     4097    x = -16 + i / 128                σ(x)                    Q.30
 tables.rsqrt       3073    t = 1 + i / 1024 (t in [1, 4])   1/sqrt(t)               Q.30
 =================  ======  ==============================  ======================  =========
 
 Example::
 
-    >>> t = exp_table()
-    >>> int(t[0]) == 1 << 30, int(t[-1])
-    (True, 0)
+    >>> import numpy as np
+    >>> load_table({"tables.attn_scale": np.array([1 << 30, 32])}, "tables.attn_scale", (2,)).tolist()
+    [1073741824, 32]
 """
 
 from __future__ import annotations
 
-from decimal import Decimal, localcontext
-from functools import lru_cache
+from collections.abc import Mapping
 
 import numpy as np
 
-from kolm_audit.runtime.fixedpoint import rsqrt_table
+from kolm_audit.errors import ArtifactError
 
-TABLE_FRAC_BITS = 30                 # every table value is Q.30
-EXP_LEN, EXP_STEP_SHIFT = 4097, 9    # step 2^-7 in Q.16 units = 2^9
-SIG_LEN, SIG_STEP_SHIFT = 2049, 9    # Φ and tanh on [-8, 8], step 2^-7
-SIG_X0 = -8 << 16                    # Q.16 x of entry 0
-_PI = Decimal("3.14159265358979323846264338327950288419716939937510582097494459230781640628620899")
-_PREC = 60
-
-
-def _q30(value: Decimal) -> int:
-    """rnd(value · 2^30) with round half up."""
-    scaled = value * (1 << TABLE_FRAC_BITS)
-    return int((scaled + Decimal("0.5")).to_integral_value(rounding="ROUND_FLOOR"))
+TABLE_FRAC_BITS = 30                          # every table value is Q.30
+EXP_LEN, EXP_STEP_SHIFT = 4097, 9             # step 2^-7 in Q.16 units = 2^9
+SIG_LEN, SIG_STEP_SHIFT = 2049, 9             # Φ and tanh on [-8, 8], step 2^-7
+SIG_X0 = -8 << 16                             # Q.16 x of entry 0
+SIGMOID_LEN, SIGMOID_STEP_SHIFT = 4097, 9     # sigmoid on [-16, 16], step 2^-7 (2^9 in Q.16 units)
+SIGMOID_X0 = -16 << 16                        # Q.16 x of entry 0
 
 
-def _erf(z: Decimal) -> Decimal:
-    """erf(z) = 2/√π · e^{-z²} · Σ_n 2^n z^{2n+1} / (1·3·…·(2n+1)) (all terms positive for z >= 0)."""
-    sign = -1 if z < 0 else 1
-    z = abs(z)
-    term = z
-    total = term
-    n = 0
-    eps = Decimal(10) ** -(_PREC - 5)
-    while term > eps * total or n < 3:
-        n += 1
-        term = term * 2 * z * z / (2 * n + 1)
-        total += term
-    return sign * 2 / _PI.sqrt() * (-(z * z)).exp() * total
-
-
-@lru_cache(maxsize=1)
-def _exp() -> tuple[int, ...]:
-    with localcontext() as ctx:
-        ctx.prec = _PREC
-        return tuple(_q30((-Decimal(i) / 128).exp()) for i in range(EXP_LEN))
-
-
-@lru_cache(maxsize=1)
-def _gelu_cdf() -> tuple[int, ...]:
-    with localcontext() as ctx:
-        ctx.prec = _PREC
-        root2 = Decimal(2).sqrt()
-        return tuple(_q30((1 + _erf((Decimal(i - 1024) / 128) / root2)) / 2) for i in range(SIG_LEN))
-
-
-@lru_cache(maxsize=1)
-def _tanh() -> tuple[int, ...]:
-    with localcontext() as ctx:
-        ctx.prec = _PREC
-        out = []
-        for i in range(SIG_LEN):
-            e2x = (Decimal(i - 1024) / 64).exp()          # e^{2x}, x = (i - 1024) / 128
-            out.append(_q30((e2x - 1) / (e2x + 1)))
-        return tuple(out)
-
-
-def exp_table() -> np.ndarray:
-    """``tables.exp``: rnd(2^30 · exp(-i/128)), i = 0..4096 (int32)."""
-    return np.asarray(_exp(), dtype=np.int32)
-
-
-def gelu_cdf_table() -> np.ndarray:
-    """``tables.gelu_cdf``: rnd(2^30 · Φ(-8 + i/128)), i = 0..2048 (int32)."""
-    return np.asarray(_gelu_cdf(), dtype=np.int32)
-
-
-def tanh_table() -> np.ndarray:
-    """``tables.tanh``: rnd(2^30 · tanh(-8 + i/128)), i = 0..2048 (int32)."""
-    return np.asarray(_tanh(), dtype=np.int32)
-
-
-def common_tables() -> dict[str, np.ndarray]:
-    """The tables every ``kolm-int/1`` artifact carries (exp for softmax, rsqrt for the norms)."""
-    return {"tables.exp": exp_table(), "tables.rsqrt": rsqrt_table().astype(np.int32)}
-
-
-def bert_tables() -> dict[str, np.ndarray]:
-    """Tables of the BERT family: common + GELU's Φ + tanh (pooler)."""
-    return {**common_tables(), "tables.gelu_cdf": gelu_cdf_table(), "tables.tanh": tanh_table()}
-
-
-def attn_scale(head_dim: int) -> np.ndarray:
-    """``tables.attn_scale``: int64 [2] = (M, S) with M / 2^S = rnd-nearest 1/sqrt(head_dim), 2^30 <= M < 2^31."""
-    from math import isqrt
-
-    s = 30
-    while True:
-        # M = rnd(2^s / sqrt(D)) = (isqrt(floor(4 · 2^(2s) / D)) + 1) // 2
-        m = (isqrt((4 << (2 * s)) // head_dim) + 1) // 2
-        if m >= 1 << 31:
-            s -= 1
-        elif m < 1 << 30:
-            s += 1
-        else:
-            return np.array([m, s], dtype=np.int64)
+def load_table(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The integer table ``name`` of exactly ``shape`` as int64, else :class:`ArtifactError` naming the tensor."""
+    arr = tensors.get(name)
+    if arr is None or arr.dtype.kind != "i" or tuple(arr.shape) != shape:
+        raise ArtifactError("runtime table missing or malformed", field=f"tensors.{name}",
+                            expected=f"int {list(shape)}", actual=None if arr is None else f"{arr.dtype} {arr.shape}")
+    return arr.astype(np.int64)

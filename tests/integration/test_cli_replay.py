@@ -14,6 +14,7 @@ from kolm_audit.canonical import jcs
 from kolm_audit.cli import main
 from kolm_audit.keys import load_private_key
 from kolm_audit.log import ReceiptLog
+from kolm_audit.log.source import export_bundle
 from kolm_audit.schemas import validate
 from kolm_audit.trust import write_trust_file
 
@@ -66,7 +67,7 @@ def test_replay_matches_and_writes_a_schema_valid_report(capsys, world, tmp_path
 
 def test_replay_select_and_bundle(capsys, world, tmp_path):
     with ReceiptLog.open(world / "r.db") as log:
-        log.export(tmp_path / "bundle")
+        export_bundle(log.path, tmp_path / "bundle")
     code, out, _ = _cli(capsys, "replay", tmp_path / "bundle", "--artifact", world / "model.kolm", "--key",
                         world / "k" / "vendor.pub", "--key", world / "k" / "ops.pub", "--select", "index=3..5",
                         "--select", "tenant=acme", "--json")

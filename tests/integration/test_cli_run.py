@@ -14,8 +14,8 @@ from _cli_fixtures import cli as _cli
 
 from kolm_audit.cli import main
 from kolm_audit.log import ReceiptLog
-from kolm_audit.privacy import KeyEncryptionKey, KeyStore
-from kolm_audit.receipts import parse_leaf
+from kolm_audit.receipts.document import parse_leaf
+from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore
 from kolm_audit.schemas import validate
 from kolm_audit.trust import write_trust_file
 

@@ -9,7 +9,7 @@ import pytest
 from _cli_fixtures import cli as _run
 
 from kolm_audit.errors import KeyFileError
-from kolm_audit.privacy import KeyEncryptionKey, KeyStore
+from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore
 from kolm_audit.schemas import validate
 
 

@@ -14,8 +14,8 @@ from _cli_fixtures import cli as run
 from kolm_audit.canonical import digest_of
 from kolm_audit.keys import generate_key, write_keypair
 from kolm_audit.log import ReceiptLog
-from kolm_audit.merkle import leaf_hash
-from kolm_audit.receipts import Decision, ReceiptContext, receipt_builder
+from kolm_audit.log.merkle import leaf_hash
+from kolm_audit.receipts.document import Decision, ReceiptContext, receipt_builder
 from kolm_audit.schemas import validate
 from kolm_audit.trust import write_trust_file
 

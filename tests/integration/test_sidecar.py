@@ -12,10 +12,10 @@ import pytest
 from _cli_fixtures import tiny_kolm
 
 from kolm_audit.artifact import sign_artifact
+from kolm_audit.artifact.sidecar import write_sidecar
 from kolm_audit.cli import main
 from kolm_audit.errors import InputError
 from kolm_audit.keys import generate_key, write_keypair
-from kolm_audit.sidecar import write_sidecar
 
 MODEL_SIGNING = shutil.which("model_signing", path=str(Path(sys.executable).parent)) or shutil.which(
     "model_signing")

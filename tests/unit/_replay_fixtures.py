@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from kolm_audit.artifact import build_manifest, read_artifact, sign_artifact, write_artifact
-from kolm_audit.hf import import_checkpoint
+from kolm_audit.compile.hf import import_checkpoint
 from kolm_audit.keys import PrivateKey, generate_key, write_keypair
 from kolm_audit.log import ReceiptLog
 from kolm_audit.model import Model
-from kolm_audit.recorder import Recorder
+from kolm_audit.receipts.recorder import Recorder
 from kolm_audit.trust import TrustPolicy, write_trust_file
 
 _RUNTIME_TESTS = str(Path(__file__).resolve().parent / "runtime")

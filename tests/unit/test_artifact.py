@@ -13,10 +13,8 @@ from _artifact_fixtures import CREATED, key_and_policy, make_artifact, tiny_mani
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from kolm_audit import _safetensors as st
+from kolm_audit.artifact import _safetensors as st
 from kolm_audit.artifact import (
-    PREDICATE_TYPE,
-    artifact_statement,
     build_manifest,
     empty_provenance,
     failed_report,
@@ -25,6 +23,7 @@ from kolm_audit.artifact import (
     verify_artifact,
     write_artifact,
 )
+from kolm_audit.artifact.manifest import PREDICATE_TYPE, artifact_statement
 from kolm_audit.canonical import digest_of, jcs, loads_canonical
 from kolm_audit.errors import ArtifactError, InputError, SchemaError, SignatureError, TrustError
 from kolm_audit.schemas import validate

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from _artifact_fixtures import key_and_policy, make_artifact, tiny_tensors
 
-from kolm_audit import _safetensors as st
+from kolm_audit.artifact import _safetensors as st
 from kolm_audit.artifact import read_artifact, verify_artifact
 from kolm_audit.canonical import jcs
 from kolm_audit.errors import ArtifactError, SignatureError

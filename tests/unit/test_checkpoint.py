@@ -7,7 +7,9 @@ import hashlib
 
 import pytest
 
-from kolm_audit.checkpoint import (
+from kolm_audit.errors import InputError, LogError, SignatureError, TrustError
+from kolm_audit.keys import generate_key
+from kolm_audit.log.checkpoint import (
     Checkpoint,
     key_hash,
     parse_checkpoint,
@@ -15,8 +17,6 @@ from kolm_audit.checkpoint import (
     verify_checkpoint,
     vkey,
 )
-from kolm_audit.errors import InputError, LogError, SignatureError, TrustError
-from kolm_audit.keys import generate_key
 from kolm_audit.schemas import validate
 from kolm_audit.trust import TrustedKey, TrustPolicy
 

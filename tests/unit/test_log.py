@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kolm_audit.canonical import jcs, loads_canonical
-from kolm_audit.checkpoint import parse_checkpoint
 from kolm_audit.errors import InputError, LogError, SchemaError, TrustError
 from kolm_audit.keys import generate_key
 from kolm_audit.log import ReceiptLog, check_leaf_canonical, open_log_source, verify_log
-from kolm_audit.merkle import MemoryTree, leaf_hash, verify_consistency, verify_inclusion
+from kolm_audit.log.checkpoint import parse_checkpoint
+from kolm_audit.log.merkle import MemoryTree, leaf_hash, verify_consistency, verify_inclusion
+from kolm_audit.log.source import export_bundle
 from kolm_audit.schemas import validate
 from kolm_audit.trust import TrustPolicy
 
@@ -269,7 +270,7 @@ def test_supplied_checkpoint_from_a_fork_is_detected(tmp_path: Path, key, policy
 
 def test_bundle_roundtrip_and_source_api(tmp_path: Path, key, policy) -> None:  # type: ignore[no-untyped-def]
     with make_log(tmp_path / "r.db", key, 11, checkpoints=(5, 9)) as log:
-        out = log.export(tmp_path / "bundle")
+        out = export_bundle(log.path, tmp_path / "bundle")
     manifest = json.loads((out / "manifest.json").read_text())
     validate(manifest, "log-bundle")
     assert manifest["size"] == 11 and len(manifest["checkpoints"]) == 2
@@ -287,7 +288,7 @@ def test_bundle_roundtrip_and_source_api(tmp_path: Path, key, policy) -> None:  
     with pytest.raises(InputError):
         verify_log(tmp_path / "nothing-here", policy=policy)
     with pytest.raises(InputError):
-        ReceiptLog.open(tmp_path / "r.db").export(out)  # refuses a non-empty directory
+        export_bundle(tmp_path / "r.db", out)  # refuses a non-empty directory
 
 
 def _tamper_bundle(out: Path, action: str, i: int) -> None:
@@ -311,7 +312,7 @@ def _tamper_bundle(out: Path, action: str, i: int) -> None:
 def test_any_bundle_tamper_is_detected_naming_the_index(tmp_path: Path, key, policy, action: str,
                                                         i: int) -> None:  # type: ignore[no-untyped-def]
     with make_log(tmp_path / "r.db", key, 13, checkpoints=(13,)) as log:
-        out = log.export(tmp_path / "bundle")
+        out = export_bundle(log.path, tmp_path / "bundle")
     _tamper_bundle(out, action, i)
     with pytest.raises(LogError) as exc:
         verify_log(out, policy=policy)
@@ -320,7 +321,7 @@ def test_any_bundle_tamper_is_detected_naming_the_index(tmp_path: Path, key, pol
 
 def test_bundle_last_leaf_deleted_and_proof_edited(tmp_path: Path, key, policy) -> None:  # type: ignore[no-untyped-def]
     with make_log(tmp_path / "r.db", key, 6, checkpoints=(6,)) as log:
-        out = log.export(tmp_path / "bundle")
+        out = export_bundle(log.path, tmp_path / "bundle")
     proofs_text = (out / "proofs.json").read_text()
     doc = json.loads(proofs_text)
     doc["proofs"][3]["path"][0] = "00" * 32

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kolm_audit.errors import LogError
-from kolm_audit.merkle import (
+from kolm_audit.log.merkle import (
     EMPTY_ROOT,
     Frontier,
     MemoryTree,

@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from kolm_audit.errors import InputError, KeyFileError, SchemaError, SignatureError
-from kolm_audit.privacy import KeyEncryptionKey, KeyStore, TenantCrypto, is_sealed
+from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore, TenantCrypto, is_sealed
 
 
 @pytest.fixture

@@ -15,13 +15,12 @@ from hypothesis import strategies as st
 from kolm_audit.canonical import digest, digest_of, jcs
 from kolm_audit.errors import InputError, KeyFileError, KolmError, LogError, SchemaError, SignatureError, TrustError
 from kolm_audit.keys import PrivateKey, generate_key
-from kolm_audit.privacy import KeyEncryptionKey, KeyStore, TenantCrypto
-from kolm_audit.receipts import (
+from kolm_audit.receipts.document import (
     RECEIPT_PAYLOAD_TYPE,
     Decision,
     Decoding,
     ReceiptContext,
-    ids_digest,
+    input_digest,
     input_ids_of,
     make_leaf_verifier,
     parse_leaf,
@@ -30,6 +29,7 @@ from kolm_audit.receipts import (
     sign_receipt,
     verify_receipt,
 )
+from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore, TenantCrypto
 from kolm_audit.schemas import validate
 from kolm_audit.signing import sign_envelope
 from kolm_audit.trust import TrustedKey, TrustPolicy
@@ -91,7 +91,7 @@ def test_round_trip(task, key):
     assert leaf == signed.envelope.canonical_bytes() and jcs(receipt) == signed.envelope.payload
     assert receipt["log_index"] == 5 and receipt["tenant"] == "acme" and receipt["task"] == task
     assert receipt["period"] == {"start": "2026-03-01T12:00:00Z", "end": "2026-03-01T12:00:00.250000Z"}
-    assert receipt["request"]["input_digest"] == ids_digest(receipt["request"]["input_ids"])
+    assert receipt["request"]["input_digest"] == input_digest(receipt["request"]["input_ids"])
     assert receipt["runtime"]["spec"] == "kolm-int/1"
     assert receipt["artifact"]["kscore"]["gate"]["passed"] is True
     signer = verify_receipt(leaf, _policy(key, tenants=frozenset({"acme"})), expected_index=5)
@@ -188,7 +188,7 @@ def test_decision_and_decoding_validation():
         Decision(task="classify", input_ids=(1,), output_digest=OUT, label="a", scores=(1, 2))
     with pytest.raises(InputError, match="input digest"):
         Decision(task="embed", input_ids=(1,), output_digest=OUT, embedding_digest=OUT, dim=2,
-                 input_digest=ids_digest((2,)))
+                 input_digest=input_digest((2,)))
     with pytest.raises(InputError, match="need a seed"):
         Decoding(top_k=5)
     with pytest.raises(InputError, match="need a seed"):
@@ -253,7 +253,7 @@ def test_encrypt_all_mode_and_shredding(keystore):
         reveal(gen, shredded)
     with pytest.raises(KeyFileError, match="shredded"):
         input_ids_of(gen, shredded)
-    assert gen["request"]["input_digest"] == ids_digest((1, 15043, 29892))
+    assert gen["request"]["input_digest"] == input_digest((1, 15043, 29892))
     with pytest.raises(KeyFileError, match="no active data key"):
         _ctx(tenant="globex", crypto=shredded)
 
@@ -355,7 +355,7 @@ _LEAF = _leaf("classify")
 @settings(max_examples=200, deadline=None)
 @given(pos=st.integers(0, len(_LEAF) - 1), bit=st.integers(0, 7))
 def test_any_flipped_bit_detected(pos, bit):
-    """DESIGN §4.2: any changed byte of a leaf is a finding."""
+    """Strict readers (docs/architecture.md, invariant 2): any changed byte of a leaf is a finding."""
     data = bytearray(_LEAF)
     data[pos] ^= 1 << bit
     with pytest.raises(KolmError) as info:
@@ -420,9 +420,9 @@ def test_bad_element_in_integer_arrays_refused(part, name, task, bad):
 @given(values=st.lists(st.integers(-(2**53 - 1), 2**53 - 1), max_size=40), label=st.text(max_size=10),
        reason=st.text(max_size=10))
 def test_fast_digests_equal_jcs_digests(values, label, reason):
-    from kolm_audit.receipt_rules import recorded_output_digest
+    from kolm_audit.receipts.rules import recorded_output_digest
 
-    assert ids_digest(values) == digest_of(values)
+    assert input_digest(values) == digest_of(values)
     assert recorded_output_digest("classify", {"label": label, "scores": values}) == \
         digest_of({"label": label, "scores": values})
     assert recorded_output_digest("generate", {"finish_reason": reason, "output_ids": values}) == \

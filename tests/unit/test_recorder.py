@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from kolm_audit.artifact.manifest import gate_failed
 from kolm_audit.errors import GateFailed, InputError, KeyFileError, RuntimeInputError
 from kolm_audit.keys import PrivateKey, generate_key
 from kolm_audit.log import ReceiptLog, verify_log
-from kolm_audit.privacy import KeyEncryptionKey, KeyStore
-from kolm_audit.receipts import Decoding, ids_digest, input_ids_of, make_leaf_verifier, parse_leaf, reveal
-from kolm_audit.recorder import Recorder, Request, gate_failed
+from kolm_audit.receipts.document import Decoding, input_ids_of, make_leaf_verifier, parse_leaf, reveal
+from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore
+from kolm_audit.receipts.recorder import Recorder, Request
+from kolm_audit.runtime.digests import input_digest
 from kolm_audit.trust import TrustPolicy
 
 pytest.importorskip("transformers")
@@ -54,7 +56,7 @@ def _tiny_llama(out: Path) -> Path:
 
 def _artifact(tmp: Path, key: PrivateKey, *, classify: bool, kscore: dict | None = None) -> Path:
     from kolm_audit.artifact import sign_artifact, write_artifact
-    from kolm_audit.hf import import_checkpoint
+    from kolm_audit.compile.hf import import_checkpoint
 
     hf = _tiny_bert(tmp / ("hf-cls" if classify else "hf-emb"), classify=classify)
     manifest, tensors = import_checkpoint(hf, scheme="int8", name="tiny", version="1",
@@ -78,7 +80,7 @@ def setup(tmp_path_factory):
                                 require_signature=False)
               for name in ("classify", "embed")}
     from kolm_audit.artifact import write_artifact
-    from kolm_audit.hf import import_checkpoint
+    from kolm_audit.compile.hf import import_checkpoint
 
     manifest, tensors = import_checkpoint(_tiny_llama(tmp / "hf-llama"), scheme="int8", name="llm", version="1",
                                           created="2026-01-01T00:00:00Z")
@@ -109,7 +111,7 @@ def test_record_classify_one_transaction_per_batch(tmp_path, setup):
     assert first["request"]["id"] == "a" and first["operator"] == {"name": "svc", "caller": "alice"}
     assert first["request"]["text"] == "hello world"
     assert first["request"]["input_ids"] == list(done[0].result.input_ids)
-    assert first["request"]["input_digest"] == ids_digest(done[0].result.input_ids) == done[0].result.input_digest
+    assert first["request"]["input_digest"] == input_digest(done[0].result.input_ids) == done[0].result.input_digest
     assert first["response"] == {"label": done[0].result.label, "scores": list(done[0].result.scores),
                                  "output_digest": done[0].result.output_digest}
     assert receipts[2]["request"]["text"] is None and receipts[2]["request"]["text_digest"] is None

@@ -14,10 +14,10 @@ from kolm_audit.artifact import read_artifact
 from kolm_audit.canonical import jcs
 from kolm_audit.log import ReceiptLog, open_log_source
 from kolm_audit.model import Model, generation_digest
-from kolm_audit.privacy import KeyEncryptionKey, KeyStore
-from kolm_audit.receipts import Decision, Decoding, ReceiptContext, parse_leaf, receipt_builder, sign_receipt
-from kolm_audit.recorder import Recorder
-from kolm_audit.replay import ReplayOptions, replay
+from kolm_audit.receipts.document import Decision, Decoding, ReceiptContext, parse_leaf, receipt_builder, sign_receipt
+from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore
+from kolm_audit.receipts.recorder import Recorder
+from kolm_audit.replay.engine import ReplayOptions, replay
 from kolm_audit.timefmt import now
 
 ORIGIN = "example.org/replay-test"

@@ -23,7 +23,7 @@ from _replay_fixtures import bert_checkpoint, changed_weight, make_keys, quantiz
 from kolm_audit.canonical import jcs
 from kolm_audit.cli import main
 from kolm_audit.errors import InputError
-from kolm_audit.replay import ReplayOptions, replay
+from kolm_audit.replay.engine import ReplayOptions, replay
 from kolm_audit.schemas import validate
 
 ray = pytest.importorskip("ray", reason="ray is not installed (optional extra: pip install 'kolm-audit[ray]')")

@@ -22,7 +22,7 @@ pytest.importorskip("jsonschema_rs")
 
 from kolm_audit.canonical import digest, digest_of
 from kolm_audit.keys import generate_key
-from kolm_audit.receipts import Decision, Decoding, ReceiptContext, parse_leaf, receipt_builder
+from kolm_audit.receipts.document import Decision, Decoding, ReceiptContext, parse_leaf, receipt_builder
 from kolm_audit.schemas import _fast_accepts, _fast_validator, _validator, validate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

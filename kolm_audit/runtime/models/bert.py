@@ -1,243 +1,199 @@
-"""BERT family for ``kolm-int/1``: import + quantization, and the integer-only forward (spec §6).
+"""BERT family for ``kolm-int/1``: the integer-only forward (spec §6).
 
 Post-LN encoder: absolute position embeddings, LayerNorm, erf-GELU, bidirectional attention with padding
 masks; tasks ``embed`` (mean pooling over the request's own tokens) and ``classify`` (pooler tanh on
 ``[CLS]`` + linear head, argmax with lowest-index tie-break). Every tensor line below says its shape, dtype
-and fixed-point format; nothing in :class:`BertRuntime` touches a float.
+and fixed-point format; nothing here touches a float. Building an artifact is
+:mod:`kolm_audit.compile.bert`.
 
 Example::
 
-    >>> from kolm_audit.runtime.models.bert import bert_architecture
-    >>> bert_architecture({"model_type": "bert", "vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2,
-    ...     "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64,
-    ...     "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12})["layer_norm_eps"]
-    '1e-12'
+    >>> cfg = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    ...     intermediate_size=64, max_position_embeddings=64, type_vocab_size=2, layer_norm_eps="1e-12",
+    ...     layer_norm_eps_q32=0, pad_token_id=0)
+    >>> cfg.head_dim, cfg.to_manifest()["family"]
+    (8, 'bert')
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
 
-from kolm_audit.errors import ArtifactError, RuntimeInputError, UnsupportedModel
+from kolm_audit.errors import ArtifactError, RuntimeInputError, UnsupportedModel, naming_file
 from kolm_audit.runtime import fixedpoint as fp
-from kolm_audit.runtime import tables as tb
-from kolm_audit.runtime.ops import NumpyOps, fuse_linears
-from kolm_audit.runtime.quantize import (
-    QuantizedModel,
-    check_embedding,
-    eps_q32,
-    load_linear,
-    need_tensor,
-    nvfp4_tables,
-    quantization_params,
-    quantize_embedding,
-    quantize_linear,
-    quantize_norm,
-)
-from kolm_audit.runtime.tokenize import tokenizer_tensor
+from kolm_audit.runtime.models import Generation
+from kolm_audit.runtime.ops import NumpyOps, Ops, fuse_linears
+from kolm_audit.runtime.tables import EXP_LEN, SIG_LEN, load_table
+from kolm_audit.runtime.weights import check_embedding, load_linear, need_tensor, quantization_params
 
-_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-         "max_position_embeddings", "type_vocab_size")
 MAX_DIM = 1 << 16          # spec §4.3: K <= 2^16 and T <= 2^16 keep every accumulation inside its bound
 MAX_HIDDEN = 1 << 14       # spec §5.3: norms over H <= 2^14
 MAX_HEAD_DIM = 256         # spec §5.2
+MAX_FIELD = 1 << 20        # any size field
 BATCH_CHUNK = 32           # requests per padded forward (results never depend on it)
+_FIXED = {"family": "bert", "model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute"}
 
 
-def bert_architecture(config: Mapping[str, Any], *, file: str | None = None) -> dict[str, Any]:
-    """HF BERT ``config.json`` → the manifest ``architecture`` object (integers and strings only)."""
-    if config.get("model_type") != "bert":
-        raise UnsupportedModel("not a BERT config", file=file, field="model_type", expected="bert",
-                               actual=repr(config.get("model_type")))
-    arch: dict[str, Any] = {"family": "bert", "model_type": "bert"}
-    for name in _INTS:
-        value = config.get(name, 2 if name == "type_vocab_size" else None)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= (1 << 20):
-            raise UnsupportedModel("expected a positive integer", file=file, field=name, actual=repr(value))
-        arch[name] = value
-    checks = {"hidden_act": ("gelu",), "position_embedding_type": ("absolute",), "is_decoder": (False,),
-              "add_cross_attention": (False,)}
-    defaults = {"hidden_act": "gelu", "position_embedding_type": "absolute", "is_decoder": False,
-                "add_cross_attention": False}
-    for name, allowed in checks.items():
-        value = config.get(name, defaults[name])
-        if value not in allowed:
-            raise UnsupportedModel("unsupported value", file=file, field=name, expected=" | ".join(map(str, allowed)),
-                                   actual=repr(value))
-    if arch["hidden_size"] % arch["num_attention_heads"]:
-        raise UnsupportedModel("hidden_size must be a multiple of num_attention_heads", file=file,
-                               field="num_attention_heads", actual=str(arch["num_attention_heads"]))
-    for name, limit in (("hidden_size", MAX_HIDDEN), ("intermediate_size", MAX_DIM),
-                        ("max_position_embeddings", MAX_DIM)):
-        if arch[name] > limit:
-            raise UnsupportedModel(f"above the kolm-int/1 limit {limit}", file=file, field=name,
-                                   actual=str(arch[name]))
-    if arch["hidden_size"] // arch["num_attention_heads"] > MAX_HEAD_DIM:
-        raise UnsupportedModel(f"head dimension above {MAX_HEAD_DIM}", file=file, field="num_attention_heads")
-    eps = config.get("layer_norm_eps", 1e-12)
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 <= eps < 1:
-        raise UnsupportedModel("expected a small non-negative number", file=file, field="layer_norm_eps",
-                               actual=repr(eps))
-    arch["hidden_act"] = "gelu"
-    arch["position_embedding_type"] = "absolute"
-    arch["layer_norm_eps"] = repr(float(eps))
-    arch["layer_norm_eps_q32"] = eps_q32(repr(float(eps)))
-    pad = config.get("pad_token_id", 0)
-    arch["pad_token_id"] = pad if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 0
-    return arch
+@dataclass(frozen=True, kw_only=True)
+class BertConfig:
+    """The manifest ``architecture`` of a BERT artifact, validated against the spec's bounds.
+
+    Raises :class:`UnsupportedModel` naming the field (:meth:`from_manifest` names the file ``architecture``).
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: str               # decimal text of the HF value
+    layer_norm_eps_q32: int           # rnd(eps · 2^32)
+    pad_token_id: int
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_FIELD:
+                raise UnsupportedModel("expected a positive integer", field=name, actual=repr(value))
+        if self.hidden_size % self.num_attention_heads:
+            raise UnsupportedModel("hidden_size must be a multiple of num_attention_heads", field="num_attention_heads",
+                                   actual=str(self.num_attention_heads))
+        for name, limit in (("hidden_size", MAX_HIDDEN), ("intermediate_size", MAX_DIM),
+                            ("max_position_embeddings", MAX_DIM)):
+            if getattr(self, name) > limit:
+                raise UnsupportedModel(f"above the kolm-int/1 limit {limit}", field=name,
+                                       actual=str(getattr(self, name)))
+        if self.head_dim > MAX_HEAD_DIM:
+            raise UnsupportedModel(f"head dimension above {MAX_HEAD_DIM}", field="num_attention_heads")
+        try:
+            eps = Decimal(self.layer_norm_eps)
+        except (InvalidOperation, TypeError):
+            raise UnsupportedModel("expected a decimal string", field="layer_norm_eps",
+                                   actual=repr(self.layer_norm_eps)[:40]) from None
+        if not 0 <= eps < 1:
+            raise UnsupportedModel("expected a small non-negative number", field="layer_norm_eps",
+                                   actual=repr(self.layer_norm_eps))
+        if self.layer_norm_eps_q32 != fp.eps_q32(self.layer_norm_eps):
+            raise UnsupportedModel("layer_norm_eps_q32 does not match layer_norm_eps", field="layer_norm_eps_q32",
+                                   expected=str(fp.eps_q32(self.layer_norm_eps)))
+        if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int) or self.pad_token_id < 0:
+            raise UnsupportedModel("expected a non-negative integer", field="pad_token_id",
+                                   actual=repr(self.pad_token_id))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_manifest(cls, arch: Mapping[str, Any]) -> BertConfig:
+        """Validate a stored ``architecture`` object (errors name the file ``architecture`` and the field)."""
+        with naming_file("architecture"):
+            for name, value in _FIXED.items():
+                if arch.get(name) != value:
+                    raise UnsupportedModel("unsupported value", field=name, expected=value, actual=repr(arch.get(name)))
+            eps = arch.get("layer_norm_eps")
+            return cls(**{name: arch.get(name) for name in cls.__annotations__ if name != "layer_norm_eps"},
+                       layer_norm_eps=eps if isinstance(eps, str) else repr(eps))
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest ``architecture`` object (integers and strings only)."""
+        return {**_FIXED, **asdict(self)}
 
 
-def _bert_task(config: Mapping[str, Any], has_head: bool, *, file: str | None) -> dict[str, Any]:
-    if not has_head:
-        return {"kind": "embed", "pooling": "mean", "labels": []}
-    problem = config.get("problem_type")
-    if problem not in (None, "single_label_classification"):
-        raise UnsupportedModel("only single-label classification is supported", file=file, field="problem_type",
-                               actual=repr(problem))
-    id2label = config.get("id2label") or {}
-    n = int(config.get("num_labels", len(id2label) or 2))
-    labels = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]  # type: ignore[call-overload]
-    if n < 2:
-        raise UnsupportedModel("a classifier needs at least 2 labels", file=file, field="num_labels", actual=str(n))
-    return {"kind": "classify", "pooling": "cls-pooler", "labels": labels}
+@dataclass(frozen=True, kw_only=True)
+class _Tables:
+    """The integer tables a BERT forward reads."""
 
+    exp: np.ndarray            # [4097] Q.30 exp(-i/128)
+    rsqrt: np.ndarray          # [3073] Q.30
+    cdf: np.ndarray            # [2049] Q.30 Φ(x)
+    tanh: np.ndarray           # [2049] Q.30
+    scale: tuple[int, int]     # attention scale (M, S): M / 2^S ≈ 1/sqrt(D)
 
-def quantize_bert(ckpt: Any, *, scheme: str) -> QuantizedModel:
-    """Quantize an HF BERT checkpoint (``BertModel`` or ``BertForSequenceClassification``) with ``scheme``."""
-    cfg_file = str(ckpt.path / "config.json")
-    arch = bert_architecture(ckpt.config, file=cfg_file)
-    src = ckpt.tensors
-    p = "bert." if "bert.embeddings.word_embeddings.weight" in src else ""
-
-    def get(name: str) -> np.ndarray:
-        if name not in src:
-            raise UnsupportedModel("tensor missing from the checkpoint", file=str(ckpt.path), field=name)
-        return np.asarray(src[name], dtype=np.float64)
-
-    has_head = "classifier.weight" in src
-    task = _bert_task(ckpt.config, has_head, file=cfg_file)
-    out: dict[str, np.ndarray] = {}
-    out.update(quantize_embedding(get(f"{p}embeddings.word_embeddings.weight"), "embeddings.word"))
-    out["embeddings.position"] = _q16(get(f"{p}embeddings.position_embeddings.weight"), "embeddings.position")
-    out["embeddings.token_type"] = _q16(get(f"{p}embeddings.token_type_embeddings.weight"), "embeddings.token_type")
-    out.update(quantize_norm(get(f"{p}embeddings.LayerNorm.weight"), get(f"{p}embeddings.LayerNorm.bias"),
-                             "embeddings.ln"))
-    for i in range(arch["num_hidden_layers"]):
-        h, o = f"{p}encoder.layer.{i}.", f"layers.{i}."
-        for src_name, dst in (("attention.self.query", "attn.q"), ("attention.self.key", "attn.k"),
-                              ("attention.self.value", "attn.v"), ("attention.output.dense", "attn.o"),
-                              ("intermediate.dense", "ffn.up"), ("output.dense", "ffn.down")):
-            out.update(quantize_linear(get(f"{h}{src_name}.weight"), get(f"{h}{src_name}.bias"), o + dst,
-                                       scheme=scheme))
-        out.update(quantize_norm(get(f"{h}attention.output.LayerNorm.weight"),
-                                 get(f"{h}attention.output.LayerNorm.bias"), o + "attn_ln"))
-        out.update(quantize_norm(get(f"{h}output.LayerNorm.weight"), get(f"{h}output.LayerNorm.bias"), o + "ffn_ln"))
-    if has_head:
-        out.update(quantize_linear(get(f"{p}pooler.dense.weight"), get(f"{p}pooler.dense.bias"), "pooler",
-                                   scheme=scheme))
-        out.update(quantize_linear(get("classifier.weight"), get("classifier.bias"), "classifier", scheme=scheme))
-    out.update(tb.bert_tables())
-    out["tables.attn_scale"] = tb.attn_scale(arch["hidden_size"] // arch["num_attention_heads"])
-    if scheme == "nvfp4":
-        out.update(nvfp4_tables())
-    out["tokenizer.json"] = tokenizer_tensor(ckpt.tokenizer_json)
-    return QuantizedModel(architecture=arch, task=task, quantization=quantization_params(scheme),
-                          tensors=dict(sorted(out.items())))
-
-
-def _q16(values: np.ndarray, name: str) -> np.ndarray:
-    q = fp.to_fixed(values, fp.ACT_FRAC_BITS)
-    if np.any(np.abs(q) > fp.INT32_MAX):
-        raise UnsupportedModel("value outside the Q.16 int32 range", field=name)
-    return q.astype(np.int32)
-
-
-def _table(tensors: Mapping[str, np.ndarray], name: str, length: int) -> np.ndarray:
-    arr = tensors.get(name)
-    if arr is None or arr.dtype.kind != "i" or arr.shape != (length,):
-        raise ArtifactError("runtime table missing or malformed", field=f"tensors.{name}",
-                            expected=f"int [{length}]", actual=None if arr is None else f"{arr.dtype} {arr.shape}")
-    return arr.astype(np.int64)
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, np.ndarray]) -> _Tables:
+        m, s = (int(v) for v in load_table(tensors, "tables.attn_scale", (2,)))
+        if not ((1 << 30) <= m < (1 << 31) and 30 <= s <= 40):
+            raise ArtifactError("attention scale out of range", field="tensors.tables.attn_scale",
+                                expected="[M, S] with 2^30 <= M < 2^31, 30 <= S <= 40")
+        return cls(exp=load_table(tensors, "tables.exp", (EXP_LEN,)),
+                   rsqrt=load_table(tensors, "tables.rsqrt", (fp.RSQRT_TABLE_LEN,)),
+                   cdf=load_table(tensors, "tables.gelu_cdf", (SIG_LEN,)),
+                   tanh=load_table(tensors, "tables.tanh", (SIG_LEN,)), scale=(m, s))
 
 
 class BertRuntime:
-    """The integer BERT forward over an artifact's tensors.
+    """The integer BERT forward over an artifact's tensors (build one with :meth:`from_tensors`).
 
-    ``ops`` is the backend (:class:`kolm_audit.runtime.ops.NumpyOps`, the reference, by default; or
-    :class:`kolm_audit.runtime.torch_backend.TorchOps`): every backend yields the same integers.
+    ``ops`` is the backend (:class:`kolm_audit.runtime.ops.NumpyOps`, the reference, by default; or a torch
+    backend): every backend yields the same integers.
     """
 
-    def __init__(self, *, architecture: Mapping[str, Any], quantization: Mapping[str, Any], task: Mapping[str, Any],
-                 tensors: Mapping[str, np.ndarray], ops: Any | None = None) -> None:
-        self.ops = ops = ops or NumpyOps()
-        arch = dict(architecture)
-        try:
-            eps = float(str(arch.get("layer_norm_eps")))
-        except ValueError:
-            raise UnsupportedModel("expected a decimal string", field="architecture.layer_norm_eps",
-                                   actual=repr(arch.get("layer_norm_eps"))[:40]) from None
-        checked = bert_architecture({**arch, "layer_norm_eps": eps}, file="architecture")
-        if checked["layer_norm_eps_q32"] != arch.get("layer_norm_eps_q32"):
-            raise UnsupportedModel("layer_norm_eps_q32 does not match layer_norm_eps",
-                                   field="architecture.layer_norm_eps_q32", expected=str(checked["layer_norm_eps_q32"]))
-        self.arch, self.task, self.t = checked, dict(task), tensors
-        if self.task.get("kind") not in ("embed", "classify"):
+    def __init__(self, *, config: BertConfig, task: Mapping[str, Any], tables: _Tables, layers: list[dict[str, Any]],
+                 head: tuple[Any, Any] | None, word_emb: Any, position: Any, token_type: Any,
+                 norms: Mapping[str, tuple[Any, Any]], ops: Ops) -> None:
+        self.cfg, self.task, self.ops, self.layers, self.head = config, dict(task), ops, layers, head
+        self.word_emb, self.k_pos, self.k_type, self.norms = word_emb, position, token_type, norms
+        self.heads, self.head_dim, self.eps = config.num_attention_heads, config.head_dim, config.layer_norm_eps_q32
+        self.scale_m, self.scale_s = tables.scale
+        self.k_exp, self.k_rsqrt, self.k_cdf, self.k_tanh = (ops.const(a) for a in (tables.exp, tables.rsqrt,
+                                                                                   tables.cdf, tables.tanh))
+
+    @classmethod
+    def from_tensors(cls, *, architecture: Mapping[str, Any], quantization: Mapping[str, Any],
+                     task: Mapping[str, Any], tensors: Mapping[str, np.ndarray], ops: Ops | None = None) -> BertRuntime:
+        """Check an artifact's manifest parts and tensors against the spec and load them onto ``ops``."""
+        ops = ops or NumpyOps()
+        cfg = BertConfig.from_manifest(architecture)
+        if task.get("kind") not in ("embed", "classify"):
             raise UnsupportedModel("a BERT artifact embeds or classifies", field="task.kind",
-                                   expected="embed | classify", actual=repr(self.task.get("kind")))
-        scheme = quantization.get("scheme")
-        quantization_params(str(scheme))
-        self.heads = checked["num_attention_heads"]
-        self.head_dim = checked["hidden_size"] // self.heads
-        self.eps = checked["layer_norm_eps_q32"]
-        self.exp = _table(tensors, "tables.exp", tb.EXP_LEN)
-        self.rsqrt = _table(tensors, "tables.rsqrt", fp.RSQRT_TABLE_LEN)
-        self.cdf = _table(tensors, "tables.gelu_cdf", tb.SIG_LEN)
-        self.tanh = _table(tensors, "tables.tanh", tb.SIG_LEN)
-        self.scale_m, self.scale_s = (int(v) for v in _table(tensors, "tables.attn_scale", 2))
-        if not ((1 << 30) <= self.scale_m < (1 << 31) and 30 <= self.scale_s <= 40):
-            raise ArtifactError("attention scale out of range", field="tensors.tables.attn_scale",
-                                expected="[M, S] with 2^30 <= M < 2^31, 30 <= S <= 40")
-        hid = checked["hidden_size"]
-        check_embedding(tensors, "embeddings.word", rows=checked["vocab_size"], dim=hid)
-        need_tensor(tensors, "embeddings.position", "int32", (checked["max_position_embeddings"], hid))
-        need_tensor(tensors, "embeddings.token_type", "int32", (checked["type_vocab_size"], hid))
-        for i in range(-1, checked["num_hidden_layers"]):
-            for ln in (("embeddings.ln",) if i < 0 else (f"layers.{i}.attn_ln", f"layers.{i}.ffn_ln")):
-                need_tensor(tensors, f"{ln}.gamma", "int32", (hid,))
-                need_tensor(tensors, f"{ln}.beta", "int32", (hid,))
-        names = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.down")
-        self.layers = [{name: load_linear(tensors, f"layers.{i}.{name}", scheme=str(scheme)) for name in names}
-                       for i in range(checked["num_hidden_layers"])]
+                                   expected="embed | classify", actual=repr(task.get("kind")))
+        scheme = str(quantization.get("scheme"))
+        quantization_params(scheme)
+        tables = _Tables.from_tensors(tensors)
+        hid, inter = cfg.hidden_size, cfg.intermediate_size
+        check_embedding(tensors, "embeddings.word", rows=cfg.vocab_size, dim=hid)
+        need_tensor(tensors, "embeddings.position", "int32", (cfg.max_position_embeddings, hid))
+        need_tensor(tensors, "embeddings.token_type", "int32", (cfg.type_vocab_size, hid))
+        norm_names = ["embeddings.ln"] + [f"layers.{i}.{ln}" for i in range(cfg.num_hidden_layers)
+                                          for ln in ("attn_ln", "ffn_ln")]
+        for ln in norm_names:
+            need_tensor(tensors, f"{ln}.gamma", "int32", (hid,))
+            need_tensor(tensors, f"{ln}.beta", "int32", (hid,))
         shapes = {"attn.q": (hid, hid), "attn.k": (hid, hid), "attn.v": (hid, hid), "attn.o": (hid, hid),
-                  "ffn.up": (checked["intermediate_size"], hid), "ffn.down": (hid, checked["intermediate_size"])}
-        for i, lay in enumerate(self.layers):
+                  "ffn.up": (inter, hid), "ffn.down": (hid, inter)}
+        loaded = [{name: load_linear(tensors, f"layers.{i}.{name}", scheme=scheme) for name in shapes}
+                  for i in range(cfg.num_hidden_layers)]
+        for i, lay in enumerate(loaded):
             for name, lin in lay.items():
                 if lin.weight.shape != shapes[name]:
                     raise ArtifactError("linear weight has the wrong shape", field=f"tensors.layers.{i}.{name}.weight",
                                         expected=str(list(shapes[name])), actual=str(list(lin.weight.shape)))
-        self.head = None
-        if self.task.get("kind") == "classify":
-            self.head = (load_linear(tensors, "pooler", scheme=str(scheme)),
-                         load_linear(tensors, "classifier", scheme=str(scheme)))
-            if self.head[0].weight.shape != (hid, hid) or self.head[1].weight.shape != (
-                    len(self.task.get("labels", ())), hid):
+        head = None
+        if task.get("kind") == "classify":
+            pooler, classifier = (load_linear(tensors, "pooler", scheme=scheme),
+                                  load_linear(tensors, "classifier", scheme=scheme))
+            if pooler.weight.shape != (hid, hid) or classifier.weight.shape != (len(task.get("labels", ())), hid):
                 raise ArtifactError("pooler/classifier shape differs from hidden size and label count",
                                     field="tensors.classifier.weight")
-            self.head = (ops.prepare_linear(self.head[0]), ops.prepare_linear(self.head[1]))
-        # backend copies of everything the forward reads
-        self.layers = [{"qkv": ops.prepare_linear(fuse_linears([lay["attn.q"], lay["attn.k"], lay["attn.v"]])),
-                        **{name: ops.prepare_linear(lay[name]) for name in ("attn.o", "ffn.up", "ffn.down")}}
-                       for lay in self.layers]      # q|k|v share their input: fused, same integers
-        self.word_emb = ops.prepare_embedding(tensors, "embeddings.word")
-        self.k_pos, self.k_type = ops.const(tensors["embeddings.position"]), ops.const(tensors["embeddings.token_type"])
-        self.k_exp, self.k_rsqrt, self.k_cdf, self.k_tanh = (ops.const(a) for a in (self.exp, self.rsqrt, self.cdf,
-                                                                                   self.tanh))
-        self.norms = {n: (ops.const(tensors[f"{n}.gamma"]), ops.const(tensors[f"{n}.beta"]))
-                      for n in ["embeddings.ln"] + [f"layers.{i}.{ln}" for i in range(checked["num_hidden_layers"])
-                                                    for ln in ("attn_ln", "ffn_ln")]}
+            head = (ops.prepare_linear(pooler), ops.prepare_linear(classifier))
+        layers = [{"qkv": ops.prepare_linear(fuse_linears([lay["attn.q"], lay["attn.k"], lay["attn.v"]])),
+                   **{name: ops.prepare_linear(lay[name]) for name in ("attn.o", "ffn.up", "ffn.down")}}
+                  for lay in loaded]      # q|k|v share their input: fused, same integers
+        return cls(config=cfg, task=task, tables=tables, layers=layers, head=head,
+                   word_emb=ops.prepare_embedding(tensors, "embeddings.word"),
+                   position=ops.const(tensors["embeddings.position"]),
+                   token_type=ops.const(tensors["embeddings.token_type"]),
+                   norms={n: (ops.const(tensors[f"{n}.gamma"]), ops.const(tensors[f"{n}.beta"])) for n in norm_names},
+                   ops=ops)
 
     def _ln(self, x: Any, name: str) -> Any:
         gamma, beta = self.norms[name]                                          # [H] Q.24, [H] Q.16
@@ -245,7 +201,7 @@ class BertRuntime:
 
     def check_ids(self, batch: Sequence[Sequence[int]]) -> None:
         """Refuse empty, over-long or out-of-vocabulary requests (RuntimeInputError naming the field)."""
-        limit, vocab = self.arch["max_position_embeddings"], self.arch["vocab_size"]
+        limit, vocab = self.cfg.max_position_embeddings, self.cfg.vocab_size
         for i, ids in enumerate(batch):
             if len(ids) == 0:
                 raise RuntimeInputError("empty input", field=f"inputs[{i}]", expected="at least one token")
@@ -267,7 +223,7 @@ class BertRuntime:
         """:meth:`encode` with h in the backend's arrays."""
         ops = self.ops
         b, t = len(batch), max(len(ids) for ids in batch)
-        ids = np.full((b, t), self.arch["pad_token_id"], dtype=np.int64)        # [B,T] token ids
+        ids = np.full((b, t), self.cfg.pad_token_id, dtype=np.int64)        # [B,T] token ids
         valid = np.zeros((b, t), dtype=bool)                                    # [B,T] real token?
         for i, seq in enumerate(batch):
             ids[i, :len(seq)] = np.asarray(seq, dtype=np.int64)
@@ -325,3 +281,9 @@ class BertRuntime:
             for row, i in enumerate(idx):
                 out[i] = (int(np.argmax(logits[row])), logits[row])
         return out
+
+    def generate(self, batch: Sequence[Sequence[int]], *, max_new_tokens: int, seed: int | None = None,
+                 temperature: int | None = None, top_k: int | None = None,
+                 top_p: int | None = None) -> list[Generation]:
+        raise RuntimeInputError("this artifact does not generate", field="task.kind", expected="generate",
+                                actual=str(self.task.get("kind")))

@@ -3,16 +3,18 @@
 Pre-norm decoder: RMSNorm, RoPE (tables), grouped-query causal attention, SwiGLU MLP (SiLU table), final
 RMSNorm and the LM head; prefill + KV-cached decoding, greedy or seeded sampling (spec:
 ``docs/runtime-spec-llama.md``). Every tensor line says its shape, dtype and fixed-point format. Nothing in
-:class:`LlamaRuntime` touches a float; building an artifact (:func:`quantize_llama`) is the only float step.
+:class:`LlamaRuntime` touches a float; building an artifact (:func:`kolm_audit.compile.llama.quantize_llama`) is
+the only float step.
 
 Batches are left-padded; every operation works per token or per request, so a request's tokens are the
 same alone, in any batch and with any padding, and decoding with the cache equals recomputing everything.
 
-Example (random weights; real checkpoints come from ``kolm_audit.hf.read_hf_checkpoint``)::
+Example (random weights; real checkpoints come from ``kolm_audit.compile.hf.read_hf_checkpoint``)::
 
     >>> import numpy as np
     >>> from pathlib import Path
-    >>> from kolm_audit.hf import HFCheckpoint
+    >>> from kolm_audit.compile.hf import HFCheckpoint
+    >>> from kolm_audit.compile.llama import quantize_llama
     >>> cfg = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
     ...        "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
     ...        "max_position_embeddings": 16, "eos_token_id": 2}
@@ -26,7 +28,8 @@ Example (random weights; real checkpoints come from ``kolm_audit.hf.read_hf_chec
     >>> ckpt = HFCheckpoint(path=Path("tiny"), config=cfg, tokenizer_json=b"{}", file_digests={},
     ...     tensors={n: rng.normal(0, 0.2, s).astype(np.float32) for n, s in shapes.items()})
     >>> qm = quantize_llama(ckpt, scheme="int8")
-    >>> rt = LlamaRuntime(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors)
+    >>> rt = LlamaRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization,
+    ...                               tensors=qm.tensors)
     >>> out = rt.generate([[1, 5, 9]], max_new_tokens=4, eos_ids=[])
     >>> len(out[0].output_ids), out[0].finish_reason
     (4, 'length')
@@ -37,36 +40,125 @@ Example (random weights; real checkpoints come from ``kolm_audit.hf.read_hf_chec
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import numpy as np
 
-from kolm_audit.errors import ArtifactError, RuntimeInputError
+from kolm_audit.errors import ArtifactError, RuntimeInputError, UnsupportedModel
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import reference as ref
-from kolm_audit.runtime import tables as tb
-from kolm_audit.runtime.models.llama_build import (
-    SIGMOID_LEN,
-    check_architecture,
-    llama_architecture,
-    quantize_llama,
-)
-from kolm_audit.runtime.ops import NumpyOps, fuse_linears
-from kolm_audit.runtime.quantize import load_linear, quantization_params
+from kolm_audit.runtime.models import Generation
+from kolm_audit.runtime.ops import NumpyOps, Ops, fuse_linears
 from kolm_audit.runtime.sampling import DecodingParams, request_key, select_token
+from kolm_audit.runtime.tables import EXP_LEN, SIGMOID_LEN, load_table
+from kolm_audit.runtime.weights import load_linear, need_tensor, quantization_params
 
-__all__ = ["Generation", "LlamaRuntime", "generate", "llama_architecture", "quantize_llama"]
+__all__ = ["LLAMA_MODEL_TYPES", "Generation", "LlamaConfig", "LlamaRuntime", "generate"]
 
+LLAMA_MODEL_TYPES = ("llama", "qwen2", "mistral")
 FINISH_EOS, FINISH_LENGTH, FINISH_CONTEXT = "eos", "length", "context"
 MAX_NEW_TOKENS = 1 << 16
+MAX_DIM = 1 << 16          # core spec §4.3: K <= 2^16 keeps every linear accumulation inside its bound
+MAX_HIDDEN = 1 << 14       # core spec §5.3: RMSNorm over H <= 2^14
+MAX_HEAD_DIM = 256         # core spec §5.2: attention with D <= 256
+MAX_POSITIONS = 1 << 16    # core spec §5.2: attention over T <= 2^16 keys (longer contexts are capped)
+MAX_VOCAB = 1 << 22        # spec §10: sampling sums 1000 · V · 2^30 stay below 2^63
+_POSITIVE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "max_position_embeddings")
 
 
-class Generation(NamedTuple):
-    """One request's result: the generated ids (an EOS that stopped it included) and why it stopped."""
+def _decimal(text: str, name: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise UnsupportedModel("expected a decimal string", field=name, actual=repr(text)[:40]) from None
 
-    output_ids: tuple[int, ...]
-    finish_reason: str            # "eos" | "length" (max_new_tokens) | "context" (max_position_embeddings)
+
+@dataclass(frozen=True, kw_only=True)
+class LlamaConfig:
+    """The manifest ``architecture`` of a Llama-family artifact, validated against the spec's bounds.
+
+    Raises :class:`UnsupportedModel` naming the field; :meth:`from_manifest` turns that into an
+    :class:`ArtifactError` (a stored artifact that breaks a bound is a finding, not a request we cannot serve).
+    """
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: str                 # decimal text of the HF value
+    rms_norm_eps_q32: int             # rnd(eps · 2^32)
+    rope_theta: str                   # decimal text
+    qkv_bias: bool
+    o_bias: bool
+    tie_word_embeddings: bool
+    eos_token_ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.model_type not in LLAMA_MODEL_TYPES:
+            raise UnsupportedModel("not a Llama-family model", field="model_type",
+                                   expected=" | ".join(LLAMA_MODEL_TYPES), actual=repr(self.model_type))
+        for name in _POSITIVE:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UnsupportedModel("expected a positive integer", field=name, actual=repr(value))
+        heads, kv_heads = self.num_attention_heads, self.num_key_value_heads
+        if kv_heads > heads or heads % kv_heads:
+            raise UnsupportedModel("attention heads must be a multiple of KV heads", field="num_key_value_heads",
+                                   actual=str(kv_heads))
+        if self.head_dim % 2:
+            raise UnsupportedModel("head_dim must be a positive even integer", field="head_dim",
+                                   actual=repr(self.head_dim))
+        limits = (("hidden_size", self.hidden_size, MAX_HIDDEN), ("intermediate_size", self.intermediate_size, MAX_DIM),
+                  ("head_dim", self.head_dim, MAX_HEAD_DIM), ("num_attention_heads", heads * self.head_dim, MAX_DIM),
+                  ("vocab_size", self.vocab_size, MAX_VOCAB),
+                  ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS))
+        for name, value, limit in limits:
+            if value > limit:
+                raise UnsupportedModel("dimension too large for kolm-int/1", field=name, expected=f"at most {limit}",
+                                       actual=str(value))
+        if not 0 < _decimal(self.rms_norm_eps, "rms_norm_eps") < 1:
+            raise UnsupportedModel("bad rms_norm_eps", field="rms_norm_eps", actual=repr(self.rms_norm_eps))
+        if self.rms_norm_eps_q32 != fp.eps_q32(self.rms_norm_eps):
+            raise UnsupportedModel("architecture fields disagree", field="rms_norm_eps_q32",
+                                   expected=str(fp.eps_q32(self.rms_norm_eps)), actual=str(self.rms_norm_eps_q32))
+        if not _decimal(self.rope_theta, "rope_theta") > 1:
+            raise UnsupportedModel("bad rope_theta", field="rope_theta", actual=repr(self.rope_theta))
+        eos = self.eos_token_ids
+        if list(eos) != sorted(set(eos)) or any(
+                isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size for t in eos):
+            raise UnsupportedModel("bad eos_token_id", field="eos_token_id", actual=repr(list(eos)))
+
+    @classmethod
+    def from_manifest(cls, arch: Mapping[str, Any]) -> LlamaConfig:
+        """Validate a stored ``architecture`` object (raises :class:`ArtifactError` naming ``architecture.<field>``)."""
+        fields: dict[str, Any] = {}
+        for name, typ in cls.__annotations__.items():
+            want = {"int": int, "str": str, "bool": bool, "tuple[int, ...]": list}[typ]
+            value = arch.get(name)
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                raise ArtifactError("bad Llama architecture field", field=f"architecture.{name}",
+                                    expected=want.__name__, actual=repr(value))
+            fields[name] = tuple(value) if want is list else value
+        if arch.get("family") != "llama":
+            raise ArtifactError("bad Llama architecture field", field="architecture.family", expected="llama",
+                                actual=repr(arch.get("family")))
+        try:
+            return cls(**fields)
+        except UnsupportedModel as exc:
+            raise ArtifactError(exc.message, field=f"architecture.{exc.field}", expected=exc.expected,
+                                actual=exc.actual) from None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest ``architecture`` object (integers, strings, booleans: no floats)."""
+        return {"family": "llama", **asdict(self), "eos_token_ids": list(self.eos_token_ids)}
 
 
 @dataclass
@@ -82,28 +174,11 @@ class KVCache:
     key_ok: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))   # [B, T] real token?
     pos: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))        # [B] next position
 
-    def select(self, rows: np.ndarray, ops: Any | None = None) -> KVCache:
+    def select(self, rows: np.ndarray, ops: Ops | None = None) -> KVCache:
         """The cache of a subset of the requests (dropping finished ones never changes the others)."""
         take = (ops or NumpyOps()).take
         return KVCache([take(k, rows) for k in self.keys], [take(v, rows) for v in self.values],
                        self.key_ok[rows], self.pos[rows])
-
-
-def _table(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
-    arr = tensors.get(name)
-    if arr is None or arr.dtype.kind != "i" or tuple(arr.shape) != shape:
-        raise ArtifactError("runtime table missing or malformed", field=f"tensors.{name}",
-                            expected=f"int {list(shape)}", actual=None if arr is None else f"{arr.dtype} {arr.shape}")
-    return arr.astype(np.int64)
-
-
-def _check(tensors: Mapping[str, np.ndarray], want: Mapping[str, tuple[str, tuple[int, ...]]]) -> None:
-    for name, (dtype, shape) in want.items():
-        arr = tensors.get(name)
-        if arr is None or arr.dtype != np.dtype(dtype) or tuple(arr.shape) != shape:
-            raise ArtifactError("tensor missing or malformed", field=f"tensors.{name}",
-                                expected=f"{dtype} {list(shape)}",
-                                actual=None if arr is None else f"{arr.dtype} {list(arr.shape)}")
 
 
 def _linear(tensors: Mapping[str, np.ndarray], prefix: str, scheme: str, shape: tuple[int, int]) -> ref.IntLinear:
@@ -114,59 +189,87 @@ def _linear(tensors: Mapping[str, np.ndarray], prefix: str, scheme: str, shape: 
     return lin
 
 
-class LlamaRuntime:
-    """The integer Llama-family forward over an artifact's tensors.
+@dataclass(frozen=True, kw_only=True)
+class _Tables:
+    """The integer tables a Llama forward reads (host copies; sampling reads ``exp`` on the host)."""
 
-    ``ops`` is the backend (:class:`kolm_audit.runtime.ops.NumpyOps`, the reference, by default; or
-    :class:`kolm_audit.runtime.torch_backend.TorchOps`): every backend yields the same integers.
+    exp: np.ndarray            # [4097] Q.30 exp(-i/128)
+    rsqrt: np.ndarray          # [3073] Q.30
+    sigmoid: np.ndarray        # [4097] Q.30
+    cos: np.ndarray            # [P, D/2] Q.30
+    sin: np.ndarray            # [P, D/2] Q.30
+    scale: tuple[int, int]     # attention scale (M, S): M / 2^S ≈ 1/sqrt(D)
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, np.ndarray], cfg: LlamaConfig) -> _Tables:
+        half = (cfg.max_position_embeddings, cfg.head_dim // 2)
+        m, s = (int(v) for v in load_table(tensors, "tables.attn_scale", (2,)))
+        return cls(exp=load_table(tensors, "tables.exp", (EXP_LEN,)),
+                   rsqrt=load_table(tensors, "tables.rsqrt", (fp.RSQRT_TABLE_LEN,)),
+                   sigmoid=load_table(tensors, "tables.sigmoid", (SIGMOID_LEN,)),
+                   cos=load_table(tensors, "tables.rope_cos", half), sin=load_table(tensors, "tables.rope_sin", half),
+                   scale=(m, s))
+
+
+class LlamaRuntime:
+    """The integer Llama-family forward over an artifact's tensors (build one with :meth:`from_tensors`).
+
+    ``ops`` is the backend (:class:`kolm_audit.runtime.ops.NumpyOps`, the reference, by default; or a torch
+    backend): every backend yields the same integers.
     """
 
-    def __init__(self, *, architecture: Mapping[str, Any], quantization: Mapping[str, Any],
-                 tensors: Mapping[str, np.ndarray], task: Mapping[str, Any] | None = None,
-                 ops: Any | None = None) -> None:
-        self.ops = ops = ops or NumpyOps()
-        a = check_architecture(architecture)
+    def __init__(self, *, config: LlamaConfig, tables: _Tables, layers: list[dict[str, Any]], lm_head: Any,
+                 tok_emb: Any, gammas: Mapping[str, Any], ops: Ops) -> None:
+        self.cfg, self.ops, self.layers, self.lm_head, self.tok_emb, self.gammas = (
+            config, ops, layers, lm_head, tok_emb, gammas)
+        self.vocab, self.limit, self.inter = config.vocab_size, config.max_position_embeddings, config.intermediate_size
+        self.nh, self.nkv, self.d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.eps = config.rms_norm_eps_q32
+        self.exp = tables.exp                                                     # host copy for sampling
+        self.scale_m, self.scale_s = tables.scale
+        # backend copies of what the forward reads
+        self.k_rsqrt, self.k_sigmoid = ops.const(tables.rsqrt), ops.const(tables.sigmoid)
+        self.k_cos, self.k_sin, self.k_exp = ops.const(tables.cos), ops.const(tables.sin), ops.const(tables.exp)
+
+    @classmethod
+    def from_tensors(cls, *, architecture: Mapping[str, Any], quantization: Mapping[str, Any],
+                     tensors: Mapping[str, np.ndarray], task: Mapping[str, Any] | None = None,
+                     ops: Ops | None = None) -> LlamaRuntime:
+        """Check an artifact's manifest parts and tensors against the spec and load them onto ``ops``."""
+        ops = ops or NumpyOps()
+        cfg = LlamaConfig.from_manifest(architecture)
         scheme = str(quantization.get("scheme"))
         quantization_params(scheme)
         if task is not None and task.get("kind") != "generate":
             raise ArtifactError("a Llama artifact generates", field="task.kind", expected="generate",
                                 actual=repr(task.get("kind")))
-        self.arch, self.t = a, tensors
-        self.vocab, self.limit = a["vocab_size"], a["max_position_embeddings"]
-        self.nh, self.nkv, self.d = a["num_attention_heads"], a["num_key_value_heads"], a["head_dim"]
-        self.eps = a["rms_norm_eps_q32"]
-        self.exp = _table(tensors, "tables.exp", (tb.EXP_LEN,))                       # [4097] Q.30 exp(-i/128)
-        self.rsqrt = _table(tensors, "tables.rsqrt", (fp.RSQRT_TABLE_LEN,))           # [3073] Q.30
-        self.sigmoid = _table(tensors, "tables.sigmoid", (SIGMOID_LEN,))              # [4097] Q.30
-        self.cos = _table(tensors, "tables.rope_cos", (self.limit, self.d // 2))      # [P, D/2] Q.30
-        self.sin = _table(tensors, "tables.rope_sin", (self.limit, self.d // 2))      # [P, D/2] Q.30
-        self.scale_m, self.scale_s = (int(v) for v in _table(tensors, "tables.attn_scale", (2,)))
-        h, inter = a["hidden_size"], a["intermediate_size"]
-        v = self.vocab
-        _check(tensors, {"model.embed_tokens.weight": ("int8", (v, h)), "model.embed_tokens.mult": ("int32", (v,)),
-                         "model.embed_tokens.shift": ("int32", (v,)), "model.norm.gamma": ("int32", (h,))})
-        shapes = {"self_attn.q_proj": (self.nh * self.d, h), "self_attn.k_proj": (self.nkv * self.d, h),
-                  "self_attn.v_proj": (self.nkv * self.d, h), "self_attn.o_proj": (h, self.nh * self.d),
-                  "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h), "mlp.down_proj": (h, inter)}
-        self.layers = []
-        for i in range(a["num_hidden_layers"]):
+        tables = _Tables.from_tensors(tensors, cfg)
+        h, inter, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+        nq, nk = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+        need_tensor(tensors, "model.embed_tokens.weight", "int8", (v, h))
+        need_tensor(tensors, "model.embed_tokens.mult", "int32", (v,))
+        need_tensor(tensors, "model.embed_tokens.shift", "int32", (v,))
+        need_tensor(tensors, "model.norm.gamma", "int32", (h,))
+        shapes = {"self_attn.q_proj": (nq, h), "self_attn.k_proj": (nk, h), "self_attn.v_proj": (nk, h),
+                  "self_attn.o_proj": (h, nq), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
+                  "mlp.down_proj": (h, inter)}
+        layers = []
+        for i in range(cfg.num_hidden_layers):
             p = f"model.layers.{i}."
-            _check(tensors, {p + "input_layernorm.gamma": ("int32", (h,)),
-                             p + "post_attention_layernorm.gamma": ("int32", (h,))})
+            need_tensor(tensors, p + "input_layernorm.gamma", "int32", (h,))
+            need_tensor(tensors, p + "post_attention_layernorm.gamma", "int32", (h,))
             lay = {n: _linear(tensors, p + n, scheme, shape) for n, shape in shapes.items()}
-            self.layers.append({   # q|k|v and gate|up share their input: fused (per-column results unchanged)
+            layers.append({   # q|k|v and gate|up share their input: fused (per-column results unchanged)
                 "qkv": ops.prepare_linear(fuse_linears([lay["self_attn.q_proj"], lay["self_attn.k_proj"],
                                                         lay["self_attn.v_proj"]])),
                 "o_proj": ops.prepare_linear(lay["self_attn.o_proj"]),
                 "gate_up": ops.prepare_linear(fuse_linears([lay["mlp.gate_proj"], lay["mlp.up_proj"]])),
                 "down_proj": ops.prepare_linear(lay["mlp.down_proj"])})
-        self.inter = inter
-        self.lm_head = ops.prepare_linear(_linear(tensors, "lm_head", scheme, (v, h)))
-        # backend copies of what the forward reads (numpy tables above stay for sampling)
-        self.tok_emb = ops.prepare_embedding(tensors, "model.embed_tokens")
-        self.k_rsqrt, self.k_sigmoid = ops.const(self.rsqrt), ops.const(self.sigmoid)
-        self.k_cos, self.k_sin, self.k_exp = ops.const(self.cos), ops.const(self.sin), ops.const(self.exp)
-        self.gammas = {n[:-len(".gamma")]: ops.const(arr) for n, arr in tensors.items() if n.endswith(".gamma")}
+        return cls(config=cfg, tables=tables, layers=layers,
+                   lm_head=ops.prepare_linear(_linear(tensors, "lm_head", scheme, (v, h))),
+                   tok_emb=ops.prepare_embedding(tensors, "model.embed_tokens"),
+                   gammas={n[:-len(".gamma")]: ops.const(arr) for n, arr in tensors.items() if n.endswith(".gamma")},
+                   ops=ops)
 
     # ---- the forward --------------------------------------------------------------------------------------
 
@@ -226,6 +329,13 @@ class LlamaRuntime:
         return logits if all_logits else logits[:, 0, :]
 
     # ---- requests -----------------------------------------------------------------------------------------
+
+    def embed(self, batch: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        raise RuntimeInputError("this artifact cannot embed", field="task.kind", actual="generate")
+
+    def classify(self, batch: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray]]:
+        raise RuntimeInputError("this artifact is not a classifier", field="task.kind", expected="classify",
+                                actual="generate")
 
     def check_ids(self, batch: Sequence[Sequence[int]], *, field_name: str = "inputs") -> None:
         """Refuse empty, over-long or out-of-vocabulary requests (RuntimeInputError naming the field)."""
@@ -288,7 +398,7 @@ class LlamaRuntime:
                 1 <= max_new_tokens <= MAX_NEW_TOKENS):
             raise RuntimeInputError("bad max_new_tokens", field="max_new_tokens",
                                     expected=f"integer in [1, {MAX_NEW_TOKENS}]", actual=repr(max_new_tokens))
-        eos = self.arch["eos_token_ids"] if eos_ids is None else list(eos_ids)
+        eos = list(self.cfg.eos_token_ids) if eos_ids is None else list(eos_ids)
         for tok in eos:
             if isinstance(tok, bool) or not isinstance(tok, int | np.integer) or not 0 <= tok < self.vocab:
                 raise RuntimeInputError("bad EOS id", field="eos_ids", expected=f"ids in [0, {self.vocab})",
@@ -326,8 +436,8 @@ class LlamaRuntime:
 def generate(tensors: Mapping[str, np.ndarray], architecture: Mapping[str, Any],
              input_ids_batch: Sequence[Sequence[int]], *, quantization: Mapping[str, Any], max_new_tokens: int,
              eos_ids: Sequence[int] | None = None, seed: int | None = None, temperature: int | None = None,
-             top_k: int | None = None, top_p: int | None = None, ops: Any | None = None) -> list[Generation]:
+             top_k: int | None = None, top_p: int | None = None, ops: Ops | None = None) -> list[Generation]:
     """One-shot generation over an artifact's tensors (builds a :class:`LlamaRuntime`; reuse one for speed)."""
-    rt = LlamaRuntime(architecture=architecture, quantization=quantization, tensors=tensors, ops=ops)
+    rt = LlamaRuntime.from_tensors(architecture=architecture, quantization=quantization, tensors=tensors, ops=ops)
     return rt.generate(input_ids_batch, max_new_tokens=max_new_tokens, seed=seed, temperature=temperature,
                        top_k=top_k, top_p=top_p, eos_ids=eos_ids)

@@ -1,7 +1,7 @@
 """Tiny BERT checkpoints built with ``transformers`` from a config (random weights, fixed seed).
 
 Shared by the ``test_bert*.py`` tests and ``golden/conformance/generate_bert.py``. Each call writes a real
-HF-format directory (config.json, model.safetensors, tokenizer.json) that ``kolm_audit.hf`` reads.
+HF-format directory (config.json, model.safetensors, tokenizer.json) that ``kolm_audit.compile.hf`` reads.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 pytest.importorskip("numba")
 
+from kolm_audit.compile import tables as tb
+from kolm_audit.compile.tables import sigmoid_table
 from kolm_audit.runtime import cpu_fused as cf
 from kolm_audit.runtime import fixedpoint as fp
-from kolm_audit.runtime import tables as tb
-from kolm_audit.runtime.models.llama_build import sigmoid_table
 from kolm_audit.runtime.ops import NumpyOps
 from kolm_audit.runtime.torch_backend import TorchOps
 

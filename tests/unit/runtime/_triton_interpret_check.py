@@ -16,10 +16,10 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from kolm_audit.canonical import digest_of, loads_strict
+from kolm_audit.compile import tables as tb
+from kolm_audit.compile.tables import sigmoid_table
 from kolm_audit.model import Model
 from kolm_audit.runtime import fixedpoint as fp
-from kolm_audit.runtime import tables as tb
-from kolm_audit.runtime.models.llama_build import sigmoid_table
 from kolm_audit.runtime.ops import NumpyOps
 from kolm_audit.runtime.reference import IntLinear
 from kolm_audit.runtime.triton_fused import FusedTritonOps

@@ -18,12 +18,12 @@ from threadpoolctl import threadpool_limits
 
 import kolm_audit
 from kolm_audit.artifact import build_manifest, empty_provenance, sign_artifact, write_artifact
+from kolm_audit.compile import QuantizedModel, quantize_checkpoint
+from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.errors import ArtifactError, InputError, RuntimeInputError, SignatureError, UnsupportedModel
-from kolm_audit.hf import read_hf_checkpoint
 from kolm_audit.keys import generate_key, write_keypair
 from kolm_audit.model import Model, embedding_digest, input_digest
 from kolm_audit.runtime.models import bert
-from kolm_audit.runtime.quantize import QuantizedModel, quantize_checkpoint
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "hello", "a signed receipt for every decision",
          "The bank will approve the loan, not deny it!", "red car", "every year later the same bytes"]

@@ -36,11 +36,11 @@ from _fused_fixtures import (
     seeds,
 )
 
+from kolm_audit.compile import tables as tb
 from kolm_audit.runtime import cpu_fused as cf
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import llama_ops as lo
 from kolm_audit.runtime import reference as ref
-from kolm_audit.runtime import tables as tb
 from kolm_audit.runtime.ops import get_ops
 from kolm_audit.runtime.torch_backend import TorchOps
 

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kolm_audit.compile import tables as tb
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import reference as ref
-from kolm_audit.runtime import tables as tb
+from kolm_audit.runtime.tables import SIG_STEP_SHIFT, SIG_X0
 
 I62 = st.integers(min_value=-(1 << 62) + 1, max_value=(1 << 62) - 1)
 CDF = tb.gelu_cdf_table().astype(np.int64)          # built once (decimal arithmetic), outside any deadline
@@ -86,8 +87,8 @@ def test_quantize_rows_uses_only_its_own_row() -> None:
 @given(x=st.integers(min_value=-(1 << 31), max_value=(1 << 31) - 1))
 def test_lut_interp_matches_definition(x: int) -> None:
     table = CDF
-    got = int(fp.lut_interp(np.int64(x), table, x0=tb.SIG_X0, step_shift=tb.SIG_STEP_SHIFT))
-    pos = x - tb.SIG_X0
+    got = int(fp.lut_interp(np.int64(x), table, x0=SIG_X0, step_shift=SIG_STEP_SHIFT))
+    pos = x - SIG_X0
     i = min(max(pos >> 9, 0), len(table) - 2)
     f = min(max(pos - (i << 9), 0), 1 << 9)
     assert got == int(table[i]) + rnd(Fraction((int(table[i + 1]) - int(table[i])) * f, 1 << 9))

@@ -12,16 +12,17 @@ import pytest
 import torch
 from _llama_fixtures import float_logits, tiny_config, tiny_model, write_checkpoint
 
+from kolm_audit.compile import quantize_checkpoint
+from kolm_audit.compile.hf import read_hf_checkpoint
+from kolm_audit.compile.llama import llama_architecture, quantize_llama
 from kolm_audit.errors import ArtifactError, RuntimeInputError, UnsupportedModel
-from kolm_audit.hf import read_hf_checkpoint
-from kolm_audit.runtime.models.llama import LlamaRuntime, quantize_llama
-from kolm_audit.runtime.models.llama_build import llama_architecture
-from kolm_audit.runtime.quantize import load_linear, quantize_checkpoint
+from kolm_audit.runtime.models.llama import LlamaRuntime
+from kolm_audit.runtime.weights import load_linear
 
 
 def _runtime(ckpt_dir: Path, scheme: str) -> LlamaRuntime:
     qm = quantize_llama(read_hf_checkpoint(ckpt_dir), scheme=scheme)
-    return LlamaRuntime(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors,
+    return LlamaRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors,
                         task=qm.task)
 
 
@@ -156,7 +157,7 @@ def test_accuracy_against_transformers(tmp_path: Path, capsys: pytest.CaptureFix
     lines = []
     for scheme in ("int8", "int4", "nvfp4"):
         qm = quantize_llama(ckpt, scheme=scheme)
-        rt = LlamaRuntime(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors)
+        rt = LlamaRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors)
         start = time.perf_counter()
         ours = rt.logits(ids)
         secs = time.perf_counter() - start
@@ -176,7 +177,7 @@ def test_artifact_round_trip_through_the_python_api(tmp_path: Path) -> None:
     """quantize → .kolm → kolm_audit.load → generate equals the runtime on the in-memory tensors."""
     import kolm_audit
     from kolm_audit.artifact import write_artifact
-    from kolm_audit.hf import import_checkpoint
+    from kolm_audit.compile.hf import import_checkpoint
 
     write_checkpoint(tiny_model(tiny_config(family="qwen2", tie_word_embeddings=True), seed=8), tmp_path / "hf")
     manifest, tensors = import_checkpoint(tmp_path / "hf", scheme="nvfp4")
@@ -184,7 +185,7 @@ def test_artifact_round_trip_through_the_python_api(tmp_path: Path) -> None:
     model = kolm_audit.load(tmp_path / "m.kolm", require_signature=False)
     got = model.generate(["w5 w9 w17"], max_new_tokens=5, seed=3, temperature=900)
     got += model.generate([[1, 2, 3]], max_new_tokens=5, seed=3, temperature=900)
-    rt = LlamaRuntime(architecture=manifest["architecture"], quantization=manifest["quantization"], tensors=tensors)
+    rt = LlamaRuntime.from_tensors(architecture=manifest["architecture"], quantization=manifest["quantization"], tensors=tensors)
     want = rt.generate([[5, 9, 17], [1, 2, 3]], max_new_tokens=5, seed=3, temperature=900)
     assert [(g.output_ids, g.finish_reason) for g in got] == [tuple(w) for w in want]
     assert got[0].input_ids == (5, 9, 17)
@@ -204,9 +205,9 @@ def test_malformed_artifact_tensors_are_named(tmp_path: Path) -> None:
         if arr is not None:
             tensors[name] = arr
         with pytest.raises(ArtifactError) as err:
-            LlamaRuntime(architecture=qm.architecture, quantization=qm.quantization, tensors=tensors)
+            LlamaRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization, tensors=tensors)
         assert err.value.field == f"tensors.{name}"
     with pytest.raises(ArtifactError) as err:
-        LlamaRuntime(architecture={**qm.architecture, "rms_norm_eps_q32": 7}, quantization=qm.quantization,
+        LlamaRuntime.from_tensors(architecture={**qm.architecture, "rms_norm_eps_q32": 7}, quantization=qm.quantization,
                      tensors=qm.tensors)
     assert err.value.field == "architecture.rms_norm_eps_q32"

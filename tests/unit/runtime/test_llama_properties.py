@@ -9,8 +9,9 @@ from _llama_fixtures import generations_alone_and_batched, tiny_config, tiny_mod
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kolm_audit.hf import read_hf_checkpoint
-from kolm_audit.runtime.models.llama import LlamaRuntime, quantize_llama
+from kolm_audit.compile.hf import read_hf_checkpoint
+from kolm_audit.compile.llama import quantize_llama
+from kolm_audit.runtime.models.llama import LlamaRuntime
 
 VOCAB, LIMIT = 384, 48
 prompts = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=12)
@@ -21,7 +22,7 @@ def rt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
     model = tiny_model(tiny_config(family="qwen2", max_pos=LIMIT), seed=7)
     qm = quantize_llama(read_hf_checkpoint(write_checkpoint(model, tmp_path_factory.mktemp("hf"))),
                         scheme=request.param)
-    return LlamaRuntime(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors)
+    return LlamaRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors)
 
 
 @settings(max_examples=12, deadline=None)

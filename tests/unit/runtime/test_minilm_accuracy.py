@@ -17,9 +17,9 @@ import pytest
 import torch
 from transformers import BertModel
 
-from kolm_audit.hf import read_hf_checkpoint
+from kolm_audit.compile import quantize_checkpoint
+from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.model import Model
-from kolm_audit.runtime.quantize import quantize_checkpoint
 
 SUBJECTS = ["The auditor", "A small bank", "My neighbour", "The regulator", "Our model", "The old river",
             "A tired student", "The new phone", "Every customer", "The city council", "A red fox", "The vendor"]

@@ -11,10 +11,12 @@ from _bert_fixtures import tiny_config, tiny_model, write_checkpoint
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kolm_audit.compile import hf
+from kolm_audit.compile import quantize as qz
+from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.errors import UnsupportedModel
-from kolm_audit.hf import read_hf_checkpoint
 from kolm_audit.runtime import fixedpoint as fp
-from kolm_audit.runtime import quantize as qz
+from kolm_audit.runtime import weights as wt
 
 
 def _real_weights(lin: object) -> np.ndarray:
@@ -29,7 +31,7 @@ def test_roundtrip_error_within_scheme_step(scheme: str, tol: float) -> None:
     w = rng.normal(0, 0.05, size=(24, 64)).astype(np.float32)
     w[3] = 0.0                                     # an all-zero channel stays exactly zero
     b = rng.normal(0, 0.1, size=24)
-    lin = qz.load_linear({**qz.quantize_linear(w, b, "p", scheme=scheme), **qz.nvfp4_tables()}, "p", scheme=scheme)
+    lin = wt.load_linear({**qz.quantize_linear(w, b, "p", scheme=scheme), **qz.nvfp4_tables()}, "p", scheme=scheme)
     back = _real_weights(lin)
     assert not back[3].any()
     rel = np.abs(back - w).max(axis=1) / np.maximum(np.abs(w).max(axis=1), 1e-30)
@@ -43,7 +45,7 @@ def test_nibble_packing_roundtrip(codes: list[int]) -> None:
     packed = qz.pack_nibbles(arr)
     assert packed.dtype == np.uint8 and packed.shape == (1, len(codes) // 2)
     assert packed[0, 0] == codes[0] | (codes[1] << 4)
-    assert np.array_equal(qz.unpack_nibbles(packed), arr)
+    assert np.array_equal(wt.unpack_nibbles(packed), arr)
 
 
 def test_fp_tables_are_the_ocp_formats() -> None:
@@ -64,9 +66,9 @@ def test_nvfp4_uses_e2m1_values_and_e4m3_block_scales() -> None:
 
 def test_quantization_is_deterministic(tmp_path: Path) -> None:
     ckpt = read_hf_checkpoint(write_checkpoint(tiny_model(tiny_config(), seed=3), tmp_path / "hf"))
-    for scheme in qz.SCHEMES:
-        a = qz.quantize_checkpoint(ckpt, scheme=scheme)
-        b = qz.quantize_checkpoint(ckpt, scheme=scheme)
+    for scheme in wt.SCHEMES:
+        a = hf.quantize_checkpoint(ckpt, scheme=scheme)
+        b = hf.quantize_checkpoint(ckpt, scheme=scheme)
         assert a.architecture == b.architecture and list(a.tensors) == list(b.tensors)
         assert all(np.array_equal(a.tensors[n], b.tensors[n]) and a.tensors[n].dtype == b.tensors[n].dtype
                    for n in a.tensors)
@@ -78,12 +80,12 @@ def test_unknown_scheme_and_architecture_are_refused(tmp_path: Path) -> None:
     d = write_checkpoint(tiny_model(tiny_config(), seed=3), tmp_path / "hf")
     ckpt = read_hf_checkpoint(d)
     with pytest.raises(UnsupportedModel) as err:
-        qz.quantize_checkpoint(ckpt, scheme="int2")
+        hf.quantize_checkpoint(ckpt, scheme="int2")
     assert err.value.field == "quantization.scheme" and err.value.exit_code == 2
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, "model_type": "t5"}))
     with pytest.raises(UnsupportedModel) as err:
-        qz.quantize_checkpoint(read_hf_checkpoint(d), scheme="int8")
+        hf.quantize_checkpoint(read_hf_checkpoint(d), scheme="int8")
     assert err.value.field == "model_type"
 
 

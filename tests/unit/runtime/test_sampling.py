@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kolm_audit.canonical import jcs
+from kolm_audit.compile.tables import exp_table
 from kolm_audit.errors import RuntimeInputError
 from kolm_audit.runtime.sampling import (
     RNG_DOMAIN,
@@ -21,7 +22,6 @@ from kolm_audit.runtime.sampling import (
     sampling_weights,
     select_token,
 )
-from kolm_audit.runtime.tables import exp_table
 
 FRAC = 16
 EXP = exp_table()

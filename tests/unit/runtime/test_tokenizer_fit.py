@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from _bert_fixtures import tiny_config, tiny_model, tiny_vocab, write_checkpoint
 
+from kolm_audit.compile import quantize_checkpoint
+from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.errors import UnsupportedModel
-from kolm_audit.hf import read_hf_checkpoint
 from kolm_audit.model import Model
-from kolm_audit.runtime.quantize import quantize_checkpoint
 from kolm_audit.runtime.tokenize import Tokenizer, check_tokenizer_fits, tokenizer_tensor
 
 

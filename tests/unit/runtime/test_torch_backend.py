@@ -8,13 +8,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kolm_audit.compile import tables as tb
+from kolm_audit.compile.tables import sigmoid_table
 from kolm_audit.errors import InputError
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import llama_ops as lo
 from kolm_audit.runtime import reference as ref
-from kolm_audit.runtime import tables as tb
 from kolm_audit.runtime import torch_fixedpoint as tfp
-from kolm_audit.runtime.models.llama_build import sigmoid_table
 from kolm_audit.runtime.ops import NumpyOps, get_ops, resolve_backend
 from kolm_audit.runtime.torch_backend import TorchOps, weight_digits
 

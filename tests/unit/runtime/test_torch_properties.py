@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
-from kolm_audit.hf import read_hf_checkpoint
+from kolm_audit.compile.hf import read_hf_checkpoint
+from kolm_audit.compile.llama import QuantizedModel, quantize_llama
 from kolm_audit.runtime.models.bert import BertRuntime
-from kolm_audit.runtime.models.llama import LlamaRuntime, quantize_llama
-from kolm_audit.runtime.models.llama_build import QuantizedModel
+from kolm_audit.runtime.models.llama import LlamaRuntime
 from kolm_audit.runtime.torch_backend import TorchOps
 
 VOCAB, LIMIT = 384, 48
@@ -53,7 +53,7 @@ def pair(request: pytest.FixtureRequest, quantized: QuantizedModel) -> tuple[Lla
     kw = {"architecture": quantized.architecture, "quantization": quantized.quantization, "tensors": quantized.tensors}
     ops = OPS[request.param]()
     assert type(ops).__name__ == {"unfused": "TorchOps", "fused": "FusedCpuOps"}[request.param]
-    return LlamaRuntime(**kw, ops=ops), LlamaRuntime(**kw)
+    return LlamaRuntime.from_tensors(**kw, ops=ops), LlamaRuntime.from_tensors(**kw)
 
 
 @settings(max_examples=10, deadline=None)
@@ -82,7 +82,7 @@ def test_each_request_is_the_same_alone_or_in_any_batch(pair: tuple[LlamaRuntime
 def _bert(scheme: str, variant: str) -> BertRuntime:
     doc = json.loads((BERT_ROOT / f"tiny-bert-{scheme}.json").read_text())
     tensors = load_file(str(BERT_ROOT / f"tiny-bert-{scheme}.safetensors"))
-    return BertRuntime(architecture=doc["architecture"], quantization=doc["quantization"], task=doc["task"],
+    return BertRuntime.from_tensors(architecture=doc["architecture"], quantization=doc["quantization"], task=doc["task"],
                        tensors=tensors, ops=OPS[variant]())
 
 

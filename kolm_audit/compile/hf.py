@@ -26,8 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from kolm_audit.canonical import no_duplicate_keys
+from kolm_audit.canonical import DIGEST_PREFIX, no_duplicate_keys
+from kolm_audit.compile.quantize import QuantizedModel
 from kolm_audit.errors import InputError, UnsupportedModel
+from kolm_audit.runtime.models import MODEL_TYPES
+from kolm_audit.runtime.tokenize import Tokenizer, check_tokenizer_fits
+from kolm_audit.runtime.weights import quantization_params
 
 _HEADER_CAP = 100_000_000   # the safetensors library's own limit
 _INTS = {"I8": "<i1", "U8": "<u1", "I16": "<i2", "I32": "<i4", "I64": "<i8"}
@@ -57,7 +61,7 @@ def _load_json(path: Path, *, what: str) -> tuple[Any, bytes]:
 
 
 def _sha256(data: bytes | mmap.mmap) -> str:
-    return "sha256:" + hashlib.sha256(memoryview(data)).hexdigest()
+    return DIGEST_PREFIX + hashlib.sha256(memoryview(data)).hexdigest()
 
 
 def _bad(msg: str, path: Path, field: str, **kw: str) -> InputError:
@@ -180,7 +184,6 @@ def read_hf_checkpoint(path: str | Path) -> HFCheckpoint:
 #: ``created`` of an imported artifact when neither ``--created`` nor ``SOURCE_DATE_EPOCH`` is given: a fixed
 #: value, never the clock, so two imports of the same checkpoint give the same bytes.
 DEFAULT_CREATED = "1970-01-01T00:00:00Z"
-_FAMILIES = {"bert": "bert", "llama": "llama", "qwen2": "llama", "mistral": "llama"}
 
 
 def _no_floats(value: Any) -> Any:
@@ -197,10 +200,10 @@ def _no_floats(value: Any) -> Any:
 def architecture_of(ckpt: HFCheckpoint) -> dict[str, Any]:
     """``{"family": "bert"|"llama", ...config.json fields, floats as decimal strings}``."""
     model_type = ckpt.config["model_type"]
-    family = _FAMILIES.get(model_type)
+    family = MODEL_TYPES.get(model_type)
     if family is None:
         raise UnsupportedModel("model_type not supported", file=str(ckpt.path / "config.json"), field="model_type",
-                               expected=", ".join(sorted(_FAMILIES)), actual=str(model_type))
+                               expected=", ".join(sorted(MODEL_TYPES)), actual=str(model_type))
     return {**_no_floats(ckpt.config), "family": family}
 
 
@@ -215,9 +218,34 @@ def task_of(ckpt: HFCheckpoint) -> dict[str, Any]:
             raise InputError("id2label keys must be integers", file=str(ckpt.path / "config.json"),
                              field="id2label") from None
         return {"kind": "classify", "labels": labels}
-    if _FAMILIES.get(ckpt.config["model_type"]) == "bert":
+    if MODEL_TYPES.get(ckpt.config["model_type"]) == "bert":
         return {"kind": "embed", "labels": []}
     return {"kind": "generate", "labels": []}
+
+
+def quantize_checkpoint(ckpt: HFCheckpoint, *, scheme: str) -> QuantizedModel:
+    """Quantize an :class:`kolm_audit.compile.hf.HFCheckpoint` with ``scheme`` (int8 | int4 | nvfp4).
+
+    Dispatches on the family of the HF ``model_type`` (:data:`kolm_audit.runtime.models.MODEL_TYPES`): BERT →
+    :func:`kolm_audit.compile.bert.quantize_bert`, Llama family → :func:`kolm_audit.compile.llama.quantize_llama`.
+    """
+    quantization_params(scheme)
+    model_type = ckpt.config.get("model_type")
+    family = MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
+    if family == "bert":
+        from kolm_audit.compile.bert import quantize_bert
+
+        qm = quantize_bert(ckpt, scheme=scheme)
+    elif family == "llama":
+        from kolm_audit.compile.llama import quantize_llama
+
+        qm = quantize_llama(ckpt, scheme=scheme)
+    else:
+        raise UnsupportedModel("unsupported architecture", file=str(ckpt.path / "config.json"),
+                               field="model_type", expected=" | ".join(MODEL_TYPES), actual=repr(model_type))
+    check_tokenizer_fits(Tokenizer(ckpt.tokenizer_json), vocab_size=qm.architecture["vocab_size"],
+                         file=str(ckpt.path / "tokenizer.json"))
+    return qm
 
 
 def created_time(created: str | None = None) -> str:
@@ -235,7 +263,7 @@ def import_checkpoint(path: str | Path, *, scheme: str, name: str | None = None,
     """Manifest and tensors of an artifact made from an HF checkpoint (``scheme`` none/int8/int4/nvfp4).
 
     ``none`` stores the checkpoint's tensors as read (BF16/F16 upcast to F32) plus ``tokenizer.json``
-    as a uint8 tensor; the integer schemes call ``kolm_audit.runtime.quantize.quantize_checkpoint``.
+    as a uint8 tensor; the integer schemes call :func:`kolm_audit.compile.quantize.quantize_checkpoint`.
     """
     import platform
 
@@ -248,15 +276,7 @@ def import_checkpoint(path: str | Path, *, scheme: str, name: str | None = None,
         tensors = dict(ckpt.tensors)
         tensors["tokenizer.json"] = np.frombuffer(ckpt.tokenizer_json, dtype=np.uint8)
     elif scheme in ("int8", "int4", "nvfp4"):
-        try:
-            from kolm_audit.runtime.quantize import quantize_checkpoint
-
-            quantized = quantize_checkpoint(ckpt, scheme=scheme)
-        except ModuleNotFoundError as exc:
-            if not (exc.name or "").startswith("kolm_audit."):
-                raise
-            raise UnsupportedModel(f"quantization is not available in this build (missing {exc.name})",
-                                   field="--scheme", expected="kolm_audit.runtime.quantize", actual=scheme) from None
+        quantized = quantize_checkpoint(ckpt, scheme=scheme)
         architecture, task, quantization = quantized.architecture, quantized.task, quantized.quantization
         tensors = dict(quantized.tensors)
     else:

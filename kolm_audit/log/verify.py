@@ -16,7 +16,7 @@ checkpoint or node; exit code 1 on the command line):
 
     >>> import tempfile, pathlib
     >>> from kolm_audit.keys import generate_key
-    >>> from kolm_audit.logdb import ReceiptLog
+    >>> from kolm_audit.log.db import ReceiptLog
     >>> from kolm_audit.trust import TrustPolicy
     >>> key = generate_key(key_type="ed25519")
     >>> with ReceiptLog.open(pathlib.Path(tempfile.mkdtemp()) / "r.db", create=True, origin="ex.org/l") as log:
@@ -42,16 +42,17 @@ from typing import Any
 import rfc8785
 from tqdm import tqdm
 
-from kolm_audit.canonical import loads_canonical
-from kolm_audit.checkpoint import Checkpoint, SignedCheckpoint, verify_checkpoint
+from kolm_audit.canonical import MAX_SAFE_INT, loads_canonical
 from kolm_audit.errors import KolmError, LogError
-from kolm_audit.logsource import BundleSource, DatabaseSource, open_log_source
-from kolm_audit.merkle import MemoryTree, leaf_hash, verify_consistency, verify_inclusion
+from kolm_audit.log.bundle import BundleSource
+from kolm_audit.log.checkpoint import Checkpoint, SignedCheckpoint, verify_checkpoint
+from kolm_audit.log.db import DatabaseSource
+from kolm_audit.log.merkle import MemoryTree, leaf_hash, verify_consistency, verify_inclusion
+from kolm_audit.log.source import open_log_source
 from kolm_audit.trust import TrustPolicy
 
 REPORT_SCHEMA = "kolm.log-verify-report/1"
 PARALLEL_MIN_LEAVES = 2048
-_MAX_SAFE_INT = 2**53 - 1
 _CHUNK = 1024
 LeafCheck = Callable[[int, bytes], None]
 
@@ -62,7 +63,7 @@ def _reject_literal(text: str) -> None:
 
 def _safe_int(text: str) -> int:
     value = int(text)
-    if abs(value) > _MAX_SAFE_INT:
+    if abs(value) > MAX_SAFE_INT:
         raise LogError("integer outside the I-JSON safe range (RFC 8785 §3.2.2.3)", field=text[:40])
     return value
 

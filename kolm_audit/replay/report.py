@@ -1,6 +1,6 @@
 """Replay findings and the replay report (``kolm.replay-report/1``, schema ``schemas/replay-report.schema.json``).
 
-:mod:`kolm_audit.replay` re-runs receipts; this module says what a re-run *means*: it compares a receipt's
+:mod:`kolm_audit.replay.engine` re-runs receipts; this module says what a re-run *means*: it compares a receipt's
 recorded response with the replayed one (first divergent token/position, digests, a short excerpt), and
 assembles the report. The report has one deterministic part, ``results`` — identical (RFC 8785 bytes) on
 every backend, batch size and worker count — and one informational part, ``environment``.
@@ -20,7 +20,7 @@ from typing import Any
 
 from kolm_audit.canonical import digest_of
 from kolm_audit.errors import KolmError, LogError, SignatureError, TrustError
-from kolm_audit.model import classification_digest, generation_digest
+from kolm_audit.runtime.digests import classification_digest, generation_digest
 
 REPORT_SCHEMA = "kolm.replay-report/1"
 SCOPES = ("artifact", "log", "receipt")

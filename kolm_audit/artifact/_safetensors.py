@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kolm_audit.canonical import jcs, loads_strict
+from kolm_audit.canonical import DIGEST_PREFIX, jcs, loads_strict
 from kolm_audit.errors import ArtifactError, InputError
 
 #: safetensors dtype code -> little-endian numpy dtype. BF16 is not offered: numpy has no bfloat16.
@@ -59,7 +59,7 @@ def as_le_contiguous(array: np.ndarray, *, name: str) -> np.ndarray:
 
 def tensor_digest(array: np.ndarray, *, name: str) -> str:
     data = as_le_contiguous(array, name=name)
-    return "sha256:" + hashlib.sha256(data.reshape(-1).view(np.uint8)).hexdigest()
+    return DIGEST_PREFIX + hashlib.sha256(data.reshape(-1).view(np.uint8)).hexdigest()
 
 
 def data_order(entries: Iterable[tuple[str, str]]) -> list[str]:
@@ -212,7 +212,7 @@ def hash_ranges(fd: int, entries: Iterable[TensorEntry], *, workers: int | None 
             pos += got
             if progress is not None:
                 progress(got)
-        return entry.name, "sha256:" + hasher.hexdigest()
+        return entry.name, DIGEST_PREFIX + hasher.hexdigest()
 
     if workers == 1:
         return dict(one(e) for e in items)

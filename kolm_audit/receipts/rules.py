@@ -6,39 +6,27 @@
 * long integer arrays (token ids, scores) are checked here in one pass and emptied before the JSON Schema
   validator sees the document (it would otherwise spend milliseconds per receipt on every token id).
 
-    >>> ids_digest([101, 7592, 102])
+    >>> input_digest([101, 7592, 102])
     'sha256:a3961465edbfcdd87077bdebaa55b46471ad735fca0316837d3b53096f602a46'
+    >>> from kolm_audit.canonical import digest
     >>> recorded_output_digest("classify", {"label": "a", "scores": [1, 2]}) == digest(b'{"label":"a","scores":[1,2]}')
     True
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from kolm_audit.canonical import digest, jcs
+from kolm_audit.canonical import MAX_SAFE_INT
 from kolm_audit.errors import InputError, SchemaError
-from kolm_audit.privacy import is_sealed
+from kolm_audit.receipts.privacy import is_sealed
+from kolm_audit.runtime.digests import classification_digest, generation_digest, input_digest
 from kolm_audit.schemas import validate
 from kolm_audit.timefmt import parse_time
 
 _MAX_ID = 2**31 - 1
-_MAX_JSON_INT = 2**53 - 1
-
-
-def int_array_jcs(values: Sequence[int]) -> bytes:
-    """JCS bytes of an integer array, fast: for JSON-safe integers RFC 8785 writes plain decimal numbers."""
-    ints = [int(v) for v in values]
-    if any(abs(v) > 2**53 - 1 for v in ints):
-        return jcs(ints)  # raises the canonical error
-    return ("[" + ",".join(map(str, ints)) + "]").encode("ascii")
-
-
-def ids_digest(ids: Sequence[int]) -> str:
-    """Digest of a token id sequence: ``sha256`` of the JCS bytes of the integer array (runtime spec §8)."""
-    return digest(int_array_jcs(ids))
 
 
 def receipt_time(value: str, *, source: str | None, field: str) -> datetime:
@@ -57,15 +45,14 @@ def recorded_output_digest(task: str, resp: Mapping[str, Any]) -> str | None:
     if task == "classify":
         if is_sealed(resp["label"]) or is_sealed(resp["scores"]):
             return None
-        return digest(b'{"label":' + jcs(resp["label"]) + b',"scores":' + int_array_jcs(resp["scores"]) + b"}")
+        return classification_digest(resp["label"], resp["scores"])
     if is_sealed(resp["output_ids"]):
         return None
-    return digest(b'{"finish_reason":' + jcs(resp["finish_reason"]) + b',"output_ids":'
-                  + int_array_jcs(resp["output_ids"]) + b"}")  # = digest_of({...}): JCS key order, fast
+    return generation_digest(resp["output_ids"], resp["finish_reason"])
 
 
 _INT_ARRAYS = (("request", "input_ids", 0, _MAX_ID, 10_000_000), ("response", "output_ids", 0, _MAX_ID, 10_000_000),
-               ("response", "scores", -_MAX_JSON_INT, _MAX_JSON_INT, 100_000))  # as schemas/receipt.schema.json
+               ("response", "scores", -MAX_SAFE_INT, MAX_SAFE_INT, 100_000))  # as schemas/receipt.schema.json
 
 
 def _skeleton(doc: Any, *, source: str | None, field: str) -> Any:
@@ -94,9 +81,9 @@ def check_receipt(doc: Any, *, source: str | None, field: str) -> None:
     if end < start:
         raise SchemaError("period ends before it starts", file=source, field=f"{where}period")
     req = doc["request"]
-    if not is_sealed(req["input_ids"]) and ids_digest(req["input_ids"]) != req["input_digest"]:
+    if not is_sealed(req["input_ids"]) and input_digest(req["input_ids"]) != req["input_digest"]:
         raise SchemaError("input_digest does not match input_ids", file=source, field=f"{where}request.input_digest",
-                          expected=ids_digest(req["input_ids"]), actual=req["input_digest"])
+                          expected=input_digest(req["input_ids"]), actual=req["input_digest"])
     resp = doc["response"]
     recorded = recorded_output_digest(doc["task"], resp)
     if recorded is not None and recorded != resp["output_digest"]:

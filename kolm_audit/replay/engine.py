@@ -4,7 +4,7 @@
 
 1. the artifact — strict read, every tensor digest, a signature by a key trusted for role ``artifact``;
 2. the log — leaves rehashed, tree rebuilt, every checkpoint (and one the auditor kept) checked
-   (:func:`kolm_audit.logverify.verify_log`);
+   (:func:`kolm_audit.log.verify.verify_log`);
 3. each selected receipt — strict parse, its position in the log, its signature by a key trusted for role
    ``receipt`` and its tenant, that it names this artifact, that its recorded output hashes to its own digest;
 4. re-runs each receipt from its recorded token ids and decoding parameters (seeded sampling included), in
@@ -13,7 +13,7 @@
    divergent token, excerpt); re-tokenizes readable recorded text and warns when today's tokenizer disagrees
    with the recorded ids.
 
-The result is a ``kolm.replay-report/1`` document (:mod:`kolm_audit.replay_report`) whose ``results``
+The result is a ``kolm.replay-report/1`` document (:mod:`kolm_audit.replay.report`) whose ``results``
 section is byte-identical on every backend, batch size, worker count and executor (local or Ray).
 
     >>> from kolm_audit.trust import TrustPolicy
@@ -25,7 +25,6 @@ section is byte-identical on every backend, batch size, worker count and executo
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import time
@@ -37,15 +36,15 @@ from typing import Any
 
 from kolm_audit import __version__
 from kolm_audit.artifact import Artifact, read_artifact, verify_artifact
+from kolm_audit.artifact.manifest import gate_failed
 from kolm_audit.canonical import digest_of, jcs
 from kolm_audit.errors import Finding, InputError, KolmError, RuntimeInputError
-from kolm_audit.logsource import open_log_source
-from kolm_audit.logverify import verify_log
+from kolm_audit.log.source import open_log_source
+from kolm_audit.log.verify import verify_log
 from kolm_audit.model import Model
-from kolm_audit.privacy import KeyEncryptionKey, KeyStore, TenantCrypto, is_sealed
-from kolm_audit.receipts import Decoding, ids_digest, parse_leaf
-from kolm_audit.recorder import gate_failed
-from kolm_audit.replay_report import (
+from kolm_audit.receipts.document import Decoding, parse_leaf
+from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore, TenantCrypto, is_sealed
+from kolm_audit.replay.report import (
     REPORT_SCHEMA,
     ReceiptOutcome,
     ReplayFinding,
@@ -56,16 +55,15 @@ from kolm_audit.replay_report import (
     recorded_consistency,
     tokenizer_drift,
 )
-from kolm_audit.replay_run import Batch, Progress, ray_cluster, run_batches
-from kolm_audit.replay_select import Selection
+from kolm_audit.replay.selection import Selection
+from kolm_audit.replay.workers import Batch, Progress, ray_cluster, run_batches
+from kolm_audit.runtime.digests import input_digest
+from kolm_audit.runtime.ops import BACKENDS, resolve_backend
 from kolm_audit.schemas import validate
 from kolm_audit.timefmt import format_time, now
 from kolm_audit.trust import TrustPolicy, verify_envelope
 
-BACKENDS = ("auto", "numpy", "cpu", "cuda")
-TORCH_BACKEND_MODULE = "kolm_audit.runtime.torch_backend"
-
-__all__ = ["BACKENDS", "ReplayOptions", "replay", "resolve_backend"]
+__all__ = ["ReplayOptions", "replay"]
 
 
 @dataclass(frozen=True)
@@ -95,23 +93,6 @@ class ReplayOptions:
                              actual=repr(self.ray))
         if self.keystore is not None and self.kek is None:
             raise InputError("a key store needs its key-encryption key", field="--kek-file/--kek-env")
-
-
-def resolve_backend(requested: str) -> str:
-    """The backend to ask the runtime for: ``auto`` is ``numpy`` while no torch backend module exists; ``cpu`` and
-    ``cuda`` need that module (and ``cuda`` a CUDA device). The runtime resolves the rest (see ``environment``)."""
-    has_torch = importlib.util.find_spec(TORCH_BACKEND_MODULE) is not None
-    if requested == "numpy" or (requested == "auto" and not has_torch):
-        return "numpy"
-    if not has_torch:
-        raise InputError("backend not available in this build (only the numpy reference exists)",
-                         field="--backend", expected="auto | numpy", actual=requested)
-    if requested == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError("no CUDA device here", field="--backend", expected="auto | numpy | cpu", actual="cuda")
-    return requested
 
 
 def _used(model: Model | None, backend: str) -> tuple[str, str]:
@@ -264,9 +245,9 @@ def _examine(index: int, leaf: bytes, *, model: Model | None, art: Artifact | No
         st.add(index, "input-unavailable", f"input ids cannot be read: {why}", receipt_id=rid)
         return
     ids = tuple(int(i) for i in ids)
-    if ids_digest(ids) != rec["request"]["input_digest"]:
+    if input_digest(ids) != rec["request"]["input_digest"]:
         st.add(index, "receipt-inconsistent", "opened input ids do not match input_digest", receipt_id=rid,
-               expected=rec["request"]["input_digest"], actual=ids_digest(ids))
+               expected=rec["request"]["input_digest"], actual=input_digest(ids))
         return
     text, _ = _open(rec["request"]["text"], crypto, receipt_id=rid, name="request.text")
     if isinstance(text, str):

@@ -78,11 +78,11 @@ def json_paths(a: Any, b: Any, path: str = "$", out: list[dict[str, Any]] | None
 def load_side(spec: str) -> tuple[str, Any]:
     """``(kind, value)`` of one side: ``receipt`` (dict with ``receipt`` and ``signers``), ``artifact``
     (:class:`~kolm_audit.artifact.Artifact`) or ``report`` (dict)."""
-    from kolm_audit.receipts import parse_leaf
+    from kolm_audit.receipts.document import parse_leaf
 
     base, sep, index = spec.rpartition("#")
     if sep and index.isdigit() and Path(base).exists():
-        from kolm_audit.logsource import open_log_source
+        from kolm_audit.log.source import open_log_source
 
         with open_log_source(base) as src:
             if int(index) >= src.size():  # asking for a receipt the log does not have: bad input, not a finding
@@ -134,7 +134,7 @@ def _excerpt(text: Any, pos: int) -> str | None:
 
 
 def _first(a: Sequence[Any], b: Sequence[Any]) -> int | None:
-    from kolm_audit.replay_report import first_divergence
+    from kolm_audit.replay.report import first_divergence
 
     return first_divergence(list(a), list(b))
 

@@ -1,8 +1,8 @@
 """RS-1 receipts (``kolm.receipt/1``): one signed model decision, one log leaf.
 
 A receipt (schema ``schemas/receipt.schema.json``) records who asked what of which artifact, when, with which
-decoding parameters, and what came back — as token ids and digests that :mod:`kolm_audit.replay` can recompute —
-with texts in clear or sealed per tenant (:mod:`kolm_audit.privacy`). It is signed as a DSSE envelope
+decoding parameters, and what came back — as token ids and digests that :mod:`kolm_audit.replay.engine` can recompute —
+with texts in clear or sealed per tenant (:mod:`kolm_audit.receipts.privacy`). It is signed as a DSSE envelope
 (``payloadType = application/vnd.kolm.receipt+json``, payload = JCS(receipt)) by a key with the ``receipt``
 role for the tenant; the log leaf is the JCS bytes of that envelope's JSON.
 
@@ -29,22 +29,23 @@ from datetime import datetime
 from typing import Any
 
 from kolm_audit import __version__
-from kolm_audit.canonical import jcs, loads_canonical
+from kolm_audit.canonical import MAX_SAFE_INT, jcs, loads_canonical
 from kolm_audit.errors import InputError, KeyFileError, LogError, SchemaError, SignatureError
 from kolm_audit.keys import PrivateKey, PublicKey
-from kolm_audit.privacy import TenantCrypto, is_sealed
-from kolm_audit.receipt_rules import check_receipt, ids_digest, receipt_time, recorded_output_digest
+from kolm_audit.receipts.privacy import TenantCrypto, is_sealed
+from kolm_audit.receipts.rules import check_receipt, receipt_time, recorded_output_digest
+from kolm_audit.runtime import SPEC
+from kolm_audit.runtime.digests import input_digest
 from kolm_audit.signing import Envelope, sign_envelope
 from kolm_audit.timefmt import format_time, parse_time
 from kolm_audit.trust import Signer, TrustedKey, TrustPolicy, verify_envelope
 
 RECEIPT_SCHEMA = "kolm.receipt/1"
 RECEIPT_PAYLOAD_TYPE = "application/vnd.kolm.receipt+json"
-RUNTIME_SPEC = "kolm-int/1"
 TASKS = ("embed", "classify", "generate")
 
 __all__ = ["RECEIPT_PAYLOAD_TYPE", "RECEIPT_SCHEMA", "Decision", "Decoding", "LeafVerifier", "ReceiptContext",
-           "SignedReceipt", "build_receipt", "ids_digest", "input_ids_of", "make_leaf_verifier", "parse_leaf",
+           "SignedReceipt", "build_receipt", "input_digest", "input_ids_of", "make_leaf_verifier", "parse_leaf",
            "receipt_builder", "reveal", "sign_receipt", "verify_receipt"]
 
 
@@ -70,7 +71,7 @@ class Decoding:
         _check_int(self.temperature, "temperature", 1, 100_000)
         _check_int(self.top_k, "top_k", 1, 10_000_000)
         _check_int(self.top_p, "top_p", 1, 1000)
-        _check_int(self.seed, "seed", 0, 2**53 - 1)  # JCS integers
+        _check_int(self.seed, "seed", 0, MAX_SAFE_INT)  # JCS integers
         if self.seed is None and (self.temperature, self.top_k, self.top_p) != (None, None, None):
             raise InputError("sampling parameters need a seed (no seed means greedy), so the decision can be "
                              "replayed", field="seed", expected="an integer seed")
@@ -113,7 +114,7 @@ class Decision:
         if self.task not in TASKS:
             raise InputError("unknown task", field="task", expected=" | ".join(TASKS), actual=str(self.task))
         object.__setattr__(self, "input_ids", tuple(int(i) for i in self.input_ids))
-        expected = ids_digest(self.input_ids)
+        expected = input_digest(self.input_ids)
         if self.input_digest and self.input_digest != expected:
             raise InputError("input digest does not match the input ids", field="input_digest",
                              expected=expected, actual=self.input_digest)
@@ -209,7 +210,7 @@ def build_receipt(ctx: ReceiptContext, decision: Decision, *, log_index: int, st
         "period": {"start": format_time(start), "end": format_time(end)},
         "artifact": {"digest": ctx.artifact_digest, "name": ctx.artifact_name, "version": ctx.artifact_version,
                      "kscore": None if ctx.kscore is None else dict(ctx.kscore)},
-        "runtime": {"spec": RUNTIME_SPEC, "backend": ctx.backend, "software": f"kolm-audit {__version__}"},
+        "runtime": {"spec": SPEC, "backend": ctx.backend, "software": f"kolm-audit {__version__}"},
         "task": decision.task,
         "operator": {"name": ctx.operator, "caller": decision.caller},
         "request": {"id": decision.request_id,
@@ -333,6 +334,6 @@ def input_ids_of(receipt: Mapping[str, Any], crypto: TenantCrypto | None = None)
                              expected="--keystore with --kek-file/--kek-env")
         value = crypto.open(value, receipt_id=receipt["receipt_id"], field="request.input_ids")
     ids = tuple(int(i) for i in value)
-    if ids_digest(ids) != receipt["request"]["input_digest"]:
+    if input_digest(ids) != receipt["request"]["input_digest"]:
         raise SignatureError("opened input ids do not match input_digest", field="request.input_ids")
     return ids

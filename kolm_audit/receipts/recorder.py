@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from kolm_audit.artifact.manifest import gate_failed
 from kolm_audit.errors import GateFailed, InputError, RuntimeInputError
 from kolm_audit.keys import PrivateKey
-from kolm_audit.privacy import TenantCrypto
-from kolm_audit.receipts import Decision, Decoding, ReceiptContext, receipt_builder
+from kolm_audit.model import Model
+from kolm_audit.receipts.document import Decision, Decoding, ReceiptContext, receipt_builder
+from kolm_audit.receipts.privacy import TenantCrypto
 from kolm_audit.timefmt import now
 
 
@@ -67,23 +69,10 @@ class Recorded:
     end: datetime
 
 
-def gate_failed(kscore: object) -> bool:
-    """True when a manifest's K-score object says its gate failed (``passed: false`` / ``status: failed``)."""
-    if not isinstance(kscore, dict):
-        return False
-    gate = kscore.get("gate")
-    for doc in (kscore, gate if isinstance(gate, dict) else {}):
-        if doc.get("passed") is False or doc.get("pass") is False:
-            return True
-        if str(doc.get("status", doc.get("result", ""))).lower() in ("failed", "fail"):
-            return True
-    return isinstance(gate, str) and gate.lower() in ("failed", "fail")
-
-
 class Recorder:
     """Run ``model`` and record every decision in ``log`` as a receipt signed by ``key``."""
 
-    def __init__(self, model: Any, log: _Log, key: PrivateKey, *, tenant: str, operator: str,
+    def __init__(self, model: Model, log: _Log, key: PrivateKey, *, tenant: str, operator: str,
                  privacy: TenantCrypto | None = None, checkpoint_key: PrivateKey | None = None,
                  checkpoint_every: int | None = None) -> None:
         if checkpoint_every is not None and checkpoint_every < 1:

@@ -1,10 +1,10 @@
-"""The worker side of :mod:`kolm_audit.replay`: re-run batches of recorded inputs, in-process, in local worker
+"""The worker side of :mod:`kolm_audit.replay.engine`: re-run batches of recorded inputs, in-process, in local worker
 processes (each loads the artifact once; with the numpy backend a forked worker inherits the auditor's already verified
 model, torch backends use spawned workers), or on Ray actors (:func:`ray_cluster`, optional extra ``kolm-audit[ray]``:
 the artifact travels once as bytes through Ray's object store, each actor checks its digest and loads it once; the log
 never leaves the auditor, only batches of token ids do).
 
-Batches are formed by :func:`kolm_audit.replay.replay` (grouped by task and decoding parameters, similar lengths
+Batches are formed by :func:`kolm_audit.replay.engine.replay` (grouped by task and decoding parameters, similar lengths
 together); the runtime is batch-invariant, so how receipts are batched or spread over workers never changes a
 result. A request the runtime refuses is isolated and reported, the rest of its batch still runs.
 
@@ -29,7 +29,7 @@ from typing import Any
 from kolm_audit.artifact import read_artifact
 from kolm_audit.errors import InputError, RuntimeInputError
 from kolm_audit.model import Model
-from kolm_audit.replay_report import error_text
+from kolm_audit.replay.report import error_text
 
 Progress = Callable[[int, int], None]   # (receipts just replayed, receipts to replay)
 Batch = tuple[str, tuple[tuple[str, Any], ...], list[tuple[int, tuple[int, ...]]]]   # (task, kwargs, [(index, ids)])

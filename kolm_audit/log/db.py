@@ -23,16 +23,17 @@ from __future__ import annotations
 import re
 import secrets
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import rfc8785
 
 from kolm_audit.canonical import loads_canonical
-from kolm_audit.checkpoint import Checkpoint, parse_checkpoint, sign_checkpoint
 from kolm_audit.errors import InputError, LogError
 from kolm_audit.keys import PrivateKey
-from kolm_audit.merkle import (
+from kolm_audit.log.checkpoint import Checkpoint, parse_checkpoint, sign_checkpoint
+from kolm_audit.log.merkle import (
     Frontier,
     consistency_proof,
     fold_root,
@@ -46,6 +47,7 @@ from kolm_audit.merkle import (
 LOG_SCHEMA = "kolm.log/1"
 ORIGIN_RE = re.compile(r"^[!-*,-~]{1,200}$")  # printable ASCII, no space, no '+': also a signed-note key name
 BUSY_TIMEOUT_S = 120.0
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _DDL: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
@@ -237,13 +239,6 @@ class ReceiptLog:
             return []
         return self._write(builders)
 
-    def export(self, out_dir: str | Path, *, proofs: bool = True) -> Path:
-        """Write a portable bundle (receipts.jsonl, checkpoints/, proofs.json, manifest.json)."""
-        from kolm_audit.logsource import DatabaseSource, export_bundle  # logsource imports this module
-
-        with DatabaseSource(self.path) as src:
-            return export_bundle(src, out_dir, proofs=proofs)
-
     # --- checkpoints ------------------------------------------------------------------------------
 
     def checkpoint(self, key: PrivateKey) -> str:
@@ -296,3 +291,73 @@ class ReceiptLog:
         if frontier.size != size or frontier.root() != root:
             raise LogError("stored tree nodes do not match the leaves", file=str(self.path),
                            field=f"leaves [{old_size}, {size})", expected=frontier.root().hex(), actual=root.hex())
+
+
+class DatabaseSource:
+    """A read-only snapshot of a receipt log database (one read transaction for the source's lifetime)."""
+
+    kind: Literal["database"] = "database"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            with self.path.open("rb") as fh:
+                magic = fh.read(16)
+        except OSError as exc:
+            raise InputError(f"cannot read receipt log ({exc.strerror})", file=str(self.path)) from None
+        if magic != _SQLITE_MAGIC:
+            raise InputError("not an SQLite receipt log", file=str(self.path), expected="SQLite database")
+        try:
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute("BEGIN")
+            meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"not a receipt log ({exc})", file=str(self.path)) from None
+        if meta.get("schema") != LOG_SCHEMA or "origin" not in meta:
+            raise InputError("unknown receipt log schema", file=str(self.path), field="meta.schema",
+                             expected=LOG_SCHEMA, actual=meta.get("schema"))
+        self.origin: str = meta["origin"]
+
+    def size(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM leaves").fetchone()[0])
+
+    def iter_leaves(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        query = "SELECT idx, CAST(data AS BLOB) FROM leaves WHERE idx >= ? ORDER BY idx"
+        for index, data in self._conn.execute(query, (start,)):
+            yield int(index), bytes(data)
+
+    def iter_rows(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """``(index, stored leaf hash, data)`` in index order."""
+        query = "SELECT idx, CAST(hash AS BLOB), CAST(data AS BLOB) FROM leaves ORDER BY idx"
+        for index, h, data in self._conn.execute(query):
+            yield int(index), bytes(h), bytes(data)
+
+    def node_levels(self) -> dict[int, tuple[int, int, int]]:
+        """``level -> (count, min index, max index)`` of the stored perfect-subtree nodes."""
+        query = "SELECT level, COUNT(*), MIN(idx), MAX(idx) FROM nodes GROUP BY level"
+        return {int(level): (int(n), int(lo), int(hi)) for level, n, lo, hi in self._conn.execute(query)}
+
+    def node_rows(self, level: int) -> list[tuple[int, bytes]]:
+        """``(index, hash)`` of the stored nodes of one level, in index order."""
+        query = "SELECT idx, CAST(hash AS BLOB) FROM nodes WHERE level = ? ORDER BY idx"
+        return self._conn.execute(query, (level,)).fetchall()
+
+    def leaf(self, index: int) -> bytes:
+        row = self._conn.execute("SELECT data FROM leaves WHERE idx = ?", (index,)).fetchone()
+        if row is None:
+            raise LogError("no such leaf", file=str(self.path), field=f"leaf {index}")
+        return bytes(row[0])
+
+    def checkpoints(self) -> list[tuple[str, str]]:
+        rows = self._conn.execute("SELECT seq, note FROM checkpoints ORDER BY seq")
+        return [(f"{self.path}: checkpoint #{seq}", note) for seq, note in rows]
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> DatabaseSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
