@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 import click
@@ -66,10 +68,17 @@ def emit(doc: Any, *, as_json: bool, text: str | None = None) -> None:
         click.echo(text)
 
 
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM is an interruption like Ctrl-C: unwind, so every ``finally`` (a run's closing checkpoint) runs."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and turn errors into exit codes, never tracebacks."""
     args = sys.argv[1:] if argv is None else argv
     as_json = "--json" in args
+    if argv is None:   # a real process (not an in-process call): SIGTERM unwinds like SIGINT
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         rv = cli.main(args=args, prog_name="kolm-audit", standalone_mode=False)
     except KolmError as exc:

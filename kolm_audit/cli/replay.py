@@ -109,63 +109,106 @@ def replay(log: Path, artifact: Path, trust: Path | None, keys: tuple[Path, ...]
     return 0 if report["results"]["verdict"] == "matched" else 1
 
 
+def _shown(value: Any) -> str:
+    """A JSON-text value of a diff for people: ``(absent)`` instead of ``None``."""
+    return "(absent)" if value is None else str(value)
+
+
+def _paths(title: str, diffs: list[dict[str, Any]], limit: int) -> list[str]:
+    if not diffs:
+        return []
+    lines = [f"  {title}:"]
+    lines.extend(f"    {f['path']}: {_shown(f['a'])} -> {_shown(f['b'])}" for f in diffs[:limit])
+    if len(diffs) > limit:
+        lines.append(f"    ... {len(diffs) - limit} more (see --json)")
+    return lines
+
+
+def _receipt_text(d: dict[str, Any], identical: bool) -> list[str]:
+    lines = [f"  output digest a {_shown(d['output_digest']['a'])}",
+             f"                b {_shown(d['output_digest']['b'])}"]
+    if identical:
+        return lines
+    fd = d["first_divergence"]
+    if fd is not None:
+        lines.append(f"  first divergent output token at position {fd['position']}: "
+                     f"a {_shown(fd['a_token'])} b {_shown(fd['b_token'])}")
+        lines.append(f"    a tokens @{fd['window_start']}: {fd['a_tokens']}")
+        lines.append(f"    b tokens @{fd['window_start']}: {fd['b_tokens']}")
+        if fd["a_text"] is not None:
+            lines.append(f"    a text: {fd['a_text']!r}")
+            lines.append(f"    b text: {fd['b_text']!r}")
+    if d["label"] is not None:
+        lines.append(f"  label: a {_shown(d['label']['a'])}  b {_shown(d['label']['b'])}")
+    if d["scores"] is not None:
+        s = d["scores"]
+        lines.append(f"  scores: {s['differing']} differ, first at index {s['first_index']}, "
+                     f"max |a-b| {s['max_abs_difference']}")
+    title = (f"{d['decision_fields']} decision field(s) and {d['bookkeeping_fields']} bookkeeping field(s) "
+             "differ")
+    return lines + _paths(title, d["fields"], 40)
+
+
+def _integrity_line(side: str, info: dict[str, Any]) -> str:
+    if info["tensors_verified"]:
+        return f"  {side}: every tensor matches its manifest digest (file {info['file_digest']})"
+    return (f"  {side}: TAMPERED: {len(info['tampered_tensors'])} tensor(s) do not match its own manifest: "
+            + ", ".join(info["tampered_tensors"][:10]))
+
+
+def _artifact_text(d: dict[str, Any]) -> list[str]:
+    lines = [f"  digest a {d['a_digest']}", f"         b {d['b_digest']}",
+             _integrity_line("a", d["integrity"]["a"]), _integrity_line("b", d["integrity"]["b"])]
+    lines += _paths(f"manifest: {len(d['manifest'])} difference(s)", d["manifest"], 40)
+    t = d["tensors"]
+    if t["changed"] or t["only_in_a"] or t["only_in_b"]:
+        lines.append(f"  tensors: {len(t['changed'])} changed, {t['unchanged']} unchanged, "
+                     f"{len(t['only_in_a'])} only in a, {len(t['only_in_b'])} only in b")
+    lines.extend(f"    - {n} (only in a)" for n in t["only_in_a"])
+    lines.extend(f"    + {n} (only in b)" for n in t["only_in_b"])
+    for c in t["changed"]:
+        if c["differing"] is None:
+            lines.append(f"    ~ {c['name']}: {c['a']['dtype']}{c['a']['shape']} -> {c['b']['dtype']}{c['b']['shape']}")
+        else:
+            lines.append(f"    ~ {c['name']}: {c['differing']}/{c['elements']} elements differ, max |a-b| "
+                         f"{c['max_abs_difference']}, first at {c['first_index']} ({c['a_value']} -> {c['b_value']})")
+    if d["signers"]["a"] != d["signers"]["b"]:
+        lines.append(f"  signed by a {d['signers']['a'] or 'nobody'}  b {d['signers']['b'] or 'nobody'}")
+    return lines
+
+
+def _row_change(row: dict[str, Any]) -> str:
+    a, b = row["a"], row["b"]
+    if a is None or b is None:
+        return f"    #{row['index']}: only in {'b' if a is None else 'a'}"
+    keys = [k for k in ("status", "reasons", "expected_digest", "actual_digest", "replayed", "receipt_id", "tenant",
+                        "task") if a.get(k) != b.get(k)]
+    return f"    #{row['index']}: " + "; ".join(f"{k} {_shown(a.get(k))} -> {_shown(b.get(k))}" for k in keys)
+
+
+def _report_text(d: dict[str, Any]) -> list[str]:
+    lines = [f"  verdict a {d['verdict']['a']}  b {d['verdict']['b']}",
+             f"  results digest a {d['a_results_digest']}", f"                 b {d['b_results_digest']}"]
+    if d["receipts_changed"]:
+        lines.append(f"  {d['receipts_changed']} receipt line(s) differ:")
+        lines.extend(_row_change(r) for r in d["receipts"][:20])
+    only_a, only_b = d["findings"]["only_in_a"], d["findings"]["only_in_b"]
+    if only_a or only_b:
+        lines.append(f"  findings only in a: {len(only_a)}, only in b: {len(only_b)}")
+    lines += _paths("other results fields that differ", d["results"], 20)
+    lines += _paths(f"environment (informational): {len(d['environment'])} difference(s)", d["environment"], 20)
+    return lines
+
+
 def _diff_text(doc: dict[str, Any]) -> str:
     d, kind = doc["details"], doc["kind"]
     lines = [f"{kind}s {'IDENTICAL' if doc['identical'] else 'DIFFERENT'}: {doc['a']}  vs  {doc['b']}"]
     if kind == "receipt":
-        lines.append(f"  output digest a {d['output_digest']['a']}")
-        lines.append(f"                b {d['output_digest']['b']}")
-        fd = d["first_divergence"]
-        if fd is not None:
-            lines.append(f"  first divergent output token at position {fd['position']}: "
-                         f"a {fd['a_token']} b {fd['b_token']}")
-            lines.append(f"    a tokens @{fd['window_start']}: {fd['a_tokens']}")
-            lines.append(f"    b tokens @{fd['window_start']}: {fd['b_tokens']}")
-            if fd["a_text"] is not None:
-                lines.append(f"    a text: {fd['a_text']!r}")
-                lines.append(f"    b text: {fd['b_text']!r}")
-        if d["label"] is not None:
-            lines.append(f"  label: a {d['label']['a']}  b {d['label']['b']}")
-        if d["scores"] is not None:
-            s = d["scores"]
-            lines.append(f"  scores: {s['differing']} differ, first at index {s['first_index']}, "
-                         f"max |a-b| {s['max_abs_difference']}")
-        lines.append(f"  {d['decision_fields']} decision field(s), {d['bookkeeping_fields']} bookkeeping "
-                     "field(s) differ:")
-        lines.extend(f"    {f['path']}: {f['a']} -> {f['b']}" for f in d["fields"][:40])
+        lines += _receipt_text(d, doc["identical"])
     elif kind == "artifact":
-        lines.append(f"  digest a {d['a_digest']}\n         b {d['b_digest']}")
-        lines.append(f"  manifest: {len(d['manifest'])} difference(s)")
-        lines.extend(f"    {f['path']}: {f['a']} -> {f['b']}" for f in d["manifest"][:40])
-        t = d["tensors"]
-        lines.append(f"  tensors: {len(t['changed'])} changed, {t['unchanged']} unchanged, "
-                     f"{len(t['only_in_a'])} only in a, {len(t['only_in_b'])} only in b")
-        lines.extend(f"    - {n} (only in a)" for n in t["only_in_a"])
-        lines.extend(f"    + {n} (only in b)" for n in t["only_in_b"])
-        for c in t["changed"]:
-            if c["differing"] is None:
-                lines.append(f"    ~ {c['name']}: {c['a']['dtype']}{c['a']['shape']} -> "
-                             f"{c['b']['dtype']}{c['b']['shape']}")
-            else:
-                lines.append(f"    ~ {c['name']}: {c['differing']}/{c['elements']} elements differ, max |a-b| "
-                             f"{c['max_abs_difference']}, first at {c['first_index']} "
-                             f"({c['a_value']} -> {c['b_value']})")
-        if d["signers"]["a"] != d["signers"]["b"]:
-            lines.append(f"  signed by a {d['signers']['a']}  b {d['signers']['b']}")
+        lines += _artifact_text(d)
     else:
-        lines.append(f"  verdict a {d['verdict']['a']}  b {d['verdict']['b']}; results digest a {d['a_results_digest']}"
-                     f" b {d['b_results_digest']}")
-        lines.append(f"  {d['receipts_changed']} receipt(s) changed status or digest")
-        for r in d["receipts"][:20]:
-            a, b = r["a"] or {}, r["b"] or {}
-            lines.append(f"    #{r['index']}: {a.get('status')} {a.get('reasons')} -> "
-                         f"{b.get('status')} {b.get('reasons')}")
-        lines.append(f"  findings only in a: {len(d['findings']['only_in_a'])}, only in b: "
-                     f"{len(d['findings']['only_in_b'])}")
-        lines.extend(f"    {f['path']}: {f['a']} -> {f['b']}" for f in d["results"][:20])
-        if d["environment"]:
-            lines.append(f"  environment (informational): {len(d['environment'])} difference(s)")
-            lines.extend(f"    {f['path']}: {f['a']} -> {f['b']}" for f in d["environment"][:20])
+        lines += _report_text(d)
     return "\n".join(lines)
 
 

@@ -5,9 +5,11 @@ The kind of each side is detected from its content:
 * a **receipt** — a signed log leaf (DSSE envelope JSON), a bare ``kolm.receipt/1`` document, or ``LOG#INDEX``
   (leaf INDEX of a receipt log database or bundle): first divergent output token, the tokens and text around
   it, label and score differences, and every differing field (JSON paths, sorted);
-* an **artifact** (``.kolm``) — manifest differences (JSON paths, sorted), then tensor by tensor: missing or
-  extra tensors, dtype/shape changes, how many elements differ, the largest absolute difference and the first
-  differing index — like diffoscope for models;
+* an **artifact** (``.kolm``) — manifest differences (JSON paths, sorted), then tensor by tensor (every tensor
+  digest recomputed from the file, never trusted from the manifest): missing or extra tensors, dtype/shape
+  changes, how many elements differ, the largest absolute difference and the first differing index — like
+  diffoscope for models; two artifacts are identical only when their files are the same bytes, and a side whose
+  tensors do not match its own manifest is named (``integrity``);
 * a **replay report** — verdict, receipts whose status changed, findings that appeared or went away, and the
   environment (informational: it never makes two reports "different").
 
@@ -20,15 +22,18 @@ exactly when the command exits 1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kolm_audit.canonical import jcs, loads_strict
+from kolm_audit.artifact.file import Artifact
+from kolm_audit.canonical import DIGEST_PREFIX, jcs, loads_strict
 from kolm_audit.errors import InputError
 from kolm_audit.schemas import validate
 
@@ -101,9 +106,7 @@ def load_side(spec: str) -> tuple[str, Any]:
             head = fh.read(9)
             # safetensors: u64 little-endian header length, then the JSON header itself
             if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
-                from kolm_audit.artifact import read_artifact
-
-                return "artifact", read_artifact(path, check_tensors=False)
+                return "artifact", _read_artifact_side(path)
             data = head + fh.read()
     except OSError as exc:
         raise InputError(f"cannot read ({exc.strerror})", file=spec) from None
@@ -121,6 +124,41 @@ def load_side(spec: str) -> tuple[str, Any]:
     raise InputError("not a receipt, artifact or replay report", file=spec, field="schema",
                      expected="kolm.receipt/1, a signed receipt envelope, kolm.replay-report/1 or a .kolm file",
                      actual=repr(schema)[:60])
+
+
+@dataclass(frozen=True)
+class ArtifactSide:
+    """One artifact of a diff: the file as read, the sha256 of its bytes and of each tensor's stored data.
+
+    The tensor digests are recomputed from the file, never taken from the manifest, so a changed weight byte
+    shows as a changed tensor even when the manifest still names the old digest (and as a failed integrity check).
+    """
+
+    artifact: Artifact
+    file_digest: str
+    tensor_digests: Mapping[str, str]
+
+    @property
+    def tampered(self) -> list[str]:
+        """Tensors whose data do not hash to the manifest's digest, sorted."""
+        table = self.artifact.manifest["tensors"]
+        return sorted(n for n, d in self.tensor_digests.items() if table[n]["sha256"] != d)
+
+
+def _read_artifact_side(path: Path) -> ArtifactSide:
+    from kolm_audit.artifact import read_artifact
+    from kolm_audit.artifact.manifest import tensor_digests
+
+    art = read_artifact(path, check_tensors=False)   # the strict header/manifest/signature-structure checks
+    hasher = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                hasher.update(block)
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror})", file=str(path)) from None
+    return ArtifactSide(artifact=art, file_digest=DIGEST_PREFIX + hasher.hexdigest(),
+                        tensor_digests=tensor_digests(dict(art.tensors)))
 
 
 # --- receipts ---------------------------------------------------------------------------------------------
@@ -205,7 +243,18 @@ def _tensor_stats(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
             "a_value": str(x.reshape(-1)[first].item()), "b_value": str(y.reshape(-1)[first].item())}
 
 
-def diff_artifacts(a: Any, b: Any) -> dict[str, Any]:
+def _integrity(side: ArtifactSide) -> dict[str, Any]:
+    bad = side.tampered
+    return {"file_digest": side.file_digest, "tensors_verified": not bad, "tampered_tensors": bad[:MAX_PATHS]}
+
+
+def diff_artifacts(sa: ArtifactSide, sb: ArtifactSide) -> dict[str, Any]:
+    """Compare two artifacts by what their files hold: manifests, recomputed tensor digests, signers.
+
+    ``identical`` only when the two files are the same bytes; a side whose tensors do not hash to its own
+    manifest is named in ``integrity`` (it fails ``kolm-audit verify``).
+    """
+    a, b = sa.artifact, sb.artifact
     ma = {k: v for k, v in a.manifest.items() if k != "tensors"}
     mb = {k: v for k, v in b.manifest.items() if k != "tensors"}
     ta, tb = a.manifest["tensors"], b.manifest["tensors"]
@@ -213,12 +262,12 @@ def diff_artifacts(a: Any, b: Any) -> dict[str, Any]:
     same = 0
     for name in sorted(set(ta) & set(tb)):
         ea, eb = ta[name], tb[name]
-        if ea == eb:
+        if ea == eb and sa.tensor_digests[name] == sb.tensor_digests[name]:
             same += 1
             continue
         entry: dict[str, Any] = {"name": name,
-                                 "a": {"dtype": ea["dtype"], "shape": ea["shape"], "sha256": ea["sha256"]},
-                                 "b": {"dtype": eb["dtype"], "shape": eb["shape"], "sha256": eb["sha256"]},
+                                 "a": {"dtype": ea["dtype"], "shape": ea["shape"], "sha256": sa.tensor_digests[name]},
+                                 "b": {"dtype": eb["dtype"], "shape": eb["shape"], "sha256": sb.tensor_digests[name]},
                                  "elements": int(np.prod(ea["shape"], dtype=np.int64))}
         if (ea["dtype"], ea["shape"]) == (eb["dtype"], eb["shape"]):
             entry.update(_tensor_stats(np.asarray(a.tensors[name]), np.asarray(b.tensors[name])))
@@ -228,7 +277,8 @@ def diff_artifacts(a: Any, b: Any) -> dict[str, Any]:
         changed.append(entry)
     sig = {"a": sorted(s["keyid"] for e in a.signatures for s in e["signatures"]),
            "b": sorted(s["keyid"] for e in b.signatures for s in e["signatures"])}
-    return {"a_digest": a.digest, "b_digest": b.digest, "identical": a.digest == b.digest,
+    return {"a_digest": a.digest, "b_digest": b.digest, "identical": sa.file_digest == sb.file_digest,
+            "integrity": {"a": _integrity(sa), "b": _integrity(sb)},
             "manifest": json_paths(ma, mb)[:MAX_PATHS], "signers": sig,
             "tensors": {"only_in_a": sorted(set(ta) - set(tb)), "only_in_b": sorted(set(tb) - set(ta)),
                         "changed": changed, "unchanged": same}}

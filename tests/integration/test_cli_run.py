@@ -7,6 +7,10 @@ import base64
 import importlib.util
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -251,3 +255,29 @@ def test_stop_on_a_request_the_runtime_refuses_inside_a_batch(capsys, world, tmp
     docs = _outputs(tmp_path / "out.jsonl")
     assert [d["line"] for d in docs] == [1, 2] and docs[0]["log_index"] == 0 and "error" in docs[1]
     assert _verify_log(capsys, world, tmp_path)["size"] == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_run_leaves_every_receipt_checkpointed(capsys, world, tmp_path, sig):
+    """SIGTERM (a service manager stopping the job) unwinds like Ctrl-C: the closing checkpoint covers every
+    receipt appended so far, so `log verify` passes without a manual `log checkpoint`."""
+    inputs = tmp_path / "many.jsonl"
+    inputs.write_text("".join(json.dumps({"text": f"message number {i}"}) + "\n" for i in range(5000)),
+                      encoding="utf-8")
+    argv = [sys.executable, "-m", "kolm_audit", "run", world / "model.kolm", "--input", inputs, "--log",
+            tmp_path / "r.db", "--key", world / "k-rcpt" / "key.pem", "--trust", world / "trust.toml", "--tenant",
+            "acme", "--operator", "ops", "--batch-size", 4, "--backend", "numpy", "--out", tmp_path / "out.jsonl"]
+    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:     # wait until some receipts are durable
+        out = tmp_path / "out.jsonl"
+        if out.exists() and out.read_text(encoding="utf-8").count("\n") >= 8:
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "aborted" in err
+    report = _verify_log(capsys, world, tmp_path)
+    assert 8 <= report["size"] < 5000
+    assert report["latest_checkpoint_size"] == report["size"]

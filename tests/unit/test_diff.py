@@ -82,6 +82,33 @@ def test_one_changed_weight_is_located_exactly(files: dict[str, Any]) -> None:
     assert (change["a_value"], change["b_value"]) == (str(a.reshape(-1)[pos]), str(b.reshape(-1)[pos]))
 
 
+def _flip_weight_byte(src: Path, out: Path) -> str:
+    """Copy ``src`` with one byte of an int8 weight's stored data changed, manifest untouched (a tampered file)."""
+    art = read_artifact(src)
+    name = sorted(n for n, a in art.tensors.items() if a.dtype == np.int8 and n.startswith("layers.0."))[0]
+    data = bytearray(src.read_bytes())
+    at = data.find(art.tensors[name].tobytes())      # the tensor's stored bytes (unique in a random-weight model)
+    assert at > 0
+    data[at + 3] ^= 0x01
+    out.write_bytes(bytes(data))
+    return name
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_a_tampered_weight_byte_is_never_identical(files: dict[str, Any], tmp_path: Path, side: str) -> None:
+    tampered = tmp_path / "tampered.kolm"
+    name = _flip_weight_byte(files["art"], tampered)
+    a, b = (str(tampered), str(files["art"])) if side == "a" else (str(files["art"]), str(tampered))
+    doc = diff(a, b)
+    assert not doc["identical"]
+    assert doc["details"]["a_digest"] == doc["details"]["b_digest"]       # same manifest: only the data changed
+    assert doc["details"]["integrity"][side]["tampered_tensors"] == [name]
+    other = "b" if side == "a" else "a"
+    assert doc["details"]["integrity"][other]["tensors_verified"]
+    [change] = doc["details"]["tensors"]["changed"]
+    assert change["name"] == name and change["differing"] == 1
+
+
 def test_another_model_differs_in_manifest_and_tensors(files: dict[str, Any]) -> None:
     doc = diff(str(files["art"]), str(files["other"]))
     paths = [d["path"] for d in doc["details"]["manifest"]]
