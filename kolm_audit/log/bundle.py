@@ -19,18 +19,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kolm_audit.canonical import loads_strict
-from kolm_audit.errors import InputError, LogError
+from kolm_audit.errors import InputError, KolmError, LogError
 from kolm_audit.schemas import validate
 
 BUNDLE_SCHEMA = "kolm.log-bundle/1"
 PROOFS_SCHEMA = "kolm.log-proofs/1"
 
 
+def _missing(path: Path, exc: OSError) -> KolmError:
+    """A file the bundle's manifest lists but that cannot be read: missing evidence is a finding."""
+    if isinstance(exc, FileNotFoundError):
+        return LogError("a file the bundle's manifest lists is missing", file=str(path))
+    return InputError(f"cannot read bundle file ({exc.strerror})", file=str(path))
+
+
 def _read_json(path: Path, name: str) -> Any:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"cannot read bundle file ({exc.strerror})", file=str(path)) from None
+        raise _missing(path, exc) from None
     doc = loads_strict(data, file=str(path), error=LogError)
     validate(doc, name, source=str(path))
     return doc
@@ -60,7 +67,7 @@ class BundleSource:
                                        field=f"leaf {index}")
                     yield line[:-1]
         except OSError as exc:
-            raise InputError(f"cannot read bundle receipts ({exc.strerror})", file=str(self._receipts)) from None
+            raise _missing(self._receipts, exc) from None
 
     def _index(self) -> array:
         if self._offsets is None:
@@ -94,7 +101,7 @@ class BundleSource:
             try:
                 out.append((str(file), file.read_bytes().decode("utf-8")))
             except OSError as exc:
-                raise InputError(f"cannot read checkpoint ({exc.strerror})", file=str(file)) from None
+                raise _missing(file, exc) from None
             except UnicodeDecodeError:
                 raise LogError("checkpoint is not UTF-8", file=str(file)) from None
         return out

@@ -206,11 +206,13 @@ def verify_checkpoint(note: str | bytes | SignedCheckpoint, *, policy: TrustPoli
     """Check every signature by a key the policy trusts for role ``checkpoint``; return the signers.
 
     Signatures by unknown keys (witnesses, other logs) are ignored, as the signed-note spec says; a
-    known key whose signature fails → :class:`SignatureError`; no trusted signature → :class:`TrustError`.
+    known key whose signature fails → :class:`SignatureError`; no trusted signature, or none under the checkpoint's
+    origin as key name (the log's own; trusted keys under other names only cosign) → :class:`TrustError`.
     """
     parsed = note if isinstance(note, SignedCheckpoint) else parse_checkpoint(note, source=source)
     body = parsed.checkpoint.body()
     signers: list[Signer] = []
+    by_log = False
     for sig in parsed.signatures:
         for trusted in policy.keys:
             if trusted.public_key.key_type != "ed25519" or key_hash(sig.name, trusted.public_key) != sig.key_hash:
@@ -222,6 +224,11 @@ def verify_checkpoint(note: str | bytes | SignedCheckpoint, *, policy: TrustPoli
                                      field=f"signature by {sig.name}", expected=trusted.key_id) from None
             trusted.authorize(role="checkpoint", tenant=None, at=None)
             signers.append(Signer(key_id=trusted.key_id, name=trusted.name, role="checkpoint", tenant=None))
+            by_log = by_log or sig.name == parsed.checkpoint.origin
+    if signers and not by_log:   # the log signs under its origin (docs/formats.md); others can only cosign
+        raise TrustError("no trusted signature under the log's origin as key name", file=source,
+                         field="signatures", expected=parsed.checkpoint.origin,
+                         actual=", ".join(sorted(s.name for s in parsed.signatures)))
     if not signers:
         raise TrustError("checkpoint carries no signature by a key trusted for role 'checkpoint'", file=source,
                          expected="an Ed25519 signature by a trusted checkpoint key",

@@ -267,9 +267,15 @@ def _bundle_proofs(src: BundleSource) -> tuple[dict[str, Any] | None, list[bytes
 
 def _verify_bundle_proofs(src: BundleSource, doc: dict[str, Any], latest: Checkpoint | None) -> int:
     where = str(src.path / "proofs.json")
-    if latest is None or doc["tree_size"] != latest.size or bytes.fromhex(doc["root_hash"]) != latest.root:
+    if latest is None:
+        raise LogError("the bundle carries inclusion proofs but no checkpoint they could be checked against",
+                       file=where, field="tree_size", expected="a signed checkpoint in the bundle")
+    if doc["tree_size"] != latest.size:
         raise LogError("proofs are not for the latest checkpoint", file=where, field="tree_size",
-                       expected=str(None if latest is None else latest.size), actual=str(doc["tree_size"]))
+                       expected=str(latest.size), actual=str(doc["tree_size"]))
+    if bytes.fromhex(doc["root_hash"]) != latest.root:
+        raise LogError("proofs name another root hash than the latest checkpoint", file=where, field="root_hash",
+                       expected=latest.root.hex(), actual=doc["root_hash"])
     if len(doc["proofs"]) != latest.size:
         raise LogError("a proof is missing", file=where, field=f"proofs[{len(doc['proofs'])}]",
                        expected=f"{latest.size} proofs", actual=str(len(doc["proofs"])))
@@ -303,6 +309,9 @@ def verify_log(source: str | Path | DatabaseSource | BundleSource, *, policy: Tr
     good_sizes: list[int] = []
     for cp_where, note in src.checkpoints():
         sc = verify_checkpoint(note, policy=policy, source=cp_where)
+        if parsed and sc.checkpoint.size < parsed[-1].checkpoint.size:
+            raise LogError("checkpoints are not listed oldest first", file=cp_where, field="checkpoints",
+                           expected=f"size >= {parsed[-1].checkpoint.size}", actual=str(sc.checkpoint.size))
         # the tree up to `below` matched a signed root already
         below = max([s for s in good_sizes if s < sc.checkpoint.size], default=0)
         _check_checkpoint(sc, tree=tree, origin=src.origin, where=cp_where, prev_ok=below)
@@ -337,6 +346,10 @@ def verify_log(source: str | Path | DatabaseSource | BundleSource, *, policy: Tr
     proofs = _verify_bundle_proofs(src, proofs_doc, latest) if proofs_doc is not None else 0
     if isinstance(src, BundleSource) and proof_hashes is not None and len(proof_hashes) > tree.size:
         raise LogError("leaf missing (deleted from the bundle)", file=where, field=f"leaf {tree.size}")
+    if isinstance(src, BundleSource) and src.manifest["size"] != tree.size:
+        raise LogError("the bundle's manifest names another number of receipts than receipts.jsonl holds",
+                       file=str(src.path / "manifest.json"), field="size", expected=str(tree.size),
+                       actual=str(src.manifest["size"]))
     checked = 0
     if verify_leaf is not None:
         checked = _check_leaves(src, verify_leaf, size=tree.size, workers=workers or os.cpu_count() or 1)

@@ -379,3 +379,60 @@ def test_fast_canonical_check_agrees_with_the_reference(doc: object, spacing: bo
     except LogError:
         fast_ok = False
     assert fast_ok == reference_ok, data
+
+
+@pytest.mark.parametrize("size", [0, 12, 14, 99999])
+def test_bundle_manifest_size_must_equal_the_leaves(tmp_path: Path, key, policy, size: int) -> None:  # type: ignore[no-untyped-def]
+    with make_log(tmp_path / "r.db", key, 13, checkpoints=(13,)) as log:
+        out = export_bundle(log.path, tmp_path / "bundle")
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["size"] = size
+    (out / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(LogError, match="number of receipts") as exc:
+        verify_log(out, policy=policy)
+    assert (exc.value.field, exc.value.expected, exc.value.actual) == ("size", "13", str(size))
+
+
+def test_bundle_checkpoints_must_be_oldest_first(tmp_path: Path, key, policy) -> None:  # type: ignore[no-untyped-def]
+    with make_log(tmp_path / "r.db", key, 9, checkpoints=(4, 9)) as log:
+        out = export_bundle(log.path, tmp_path / "bundle")
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["checkpoints"].reverse()
+    (out / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(LogError, match="oldest first"):
+        verify_log(out, policy=policy)
+
+
+def test_a_checkpoint_signed_under_another_key_name_is_refused(tmp_path: Path, key, policy) -> None:  # type: ignore[no-untyped-def]
+    from kolm_audit.errors import TrustError
+    from kolm_audit.log.checkpoint import Checkpoint, sign_checkpoint
+
+    with make_log(tmp_path / "r.db", key, 3, checkpoints=(3,)) as log:
+        cp = Checkpoint(origin=ORIGIN, size=3, root=log.root(3))
+    note = sign_checkpoint(cp, key, name="someone.else/log")
+    with pytest.raises(TrustError, match="key name") as exc:
+        verify_log(tmp_path / "r.db", policy=policy, supplied_checkpoint=note)
+    assert exc.value.expected == ORIGIN and exc.value.actual == "someone.else/log"
+    cosigned = note + sign_checkpoint(cp, key).split("\n\n")[1]
+    assert verify_log(tmp_path / "r.db", policy=policy, supplied_checkpoint=cosigned).supplied_checkpoint
+
+
+def test_proofs_with_another_root_say_so(tmp_path: Path, key, policy) -> None:  # type: ignore[no-untyped-def]
+    with make_log(tmp_path / "r.db", key, 6, checkpoints=(6,)) as log:
+        out = export_bundle(log.path, tmp_path / "bundle")
+    doc = json.loads((out / "proofs.json").read_text())
+    doc["root_hash"] = "ab" * 32
+    (out / "proofs.json").write_text(json.dumps(doc))
+    with pytest.raises(LogError, match="another root hash") as exc:
+        verify_log(out, policy=policy)
+    assert exc.value.field == "root_hash" and exc.value.actual == "ab" * 32
+
+
+@pytest.mark.parametrize("victim", ["receipts.jsonl", "proofs.json", "checkpoints/000001.note"])
+def test_a_missing_listed_bundle_file_is_a_finding(tmp_path: Path, key, policy, victim: str) -> None:  # type: ignore[no-untyped-def]
+    with make_log(tmp_path / "r.db", key, 6, checkpoints=(6,)) as log:
+        out = export_bundle(log.path, tmp_path / "bundle")
+    (out / victim).unlink()
+    with pytest.raises(LogError, match="missing") as exc:
+        verify_log(out, policy=policy)
+    assert exc.value.exit_code == 1 and exc.value.file == str(out / victim)
