@@ -107,6 +107,10 @@ class SignatureError(Finding):
     """A signature is missing, malformed, or does not verify."""
 
 
+class Unsigned(SignatureError):
+    """A document that must be signed carries no signature at all (nothing was forged: nobody vouched for it)."""
+
+
 class TrustError(SignatureError):
     """A signature verifies but the key is not trusted for this role, tenant or time."""
 

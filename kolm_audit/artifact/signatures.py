@@ -32,7 +32,7 @@ from typing import Any
 
 from kolm_audit.artifact.file import Artifact, Progress, read_artifact, write_artifact
 from kolm_audit.artifact.manifest import artifact_statement
-from kolm_audit.errors import InputError, KolmError, SignatureError, TrustError, naming_file
+from kolm_audit.errors import InputError, KolmError, TrustError, Unsigned, naming_file
 from kolm_audit.keys import PrivateKey
 from kolm_audit.signing import IN_TOTO_PAYLOAD_TYPE, Envelope
 from kolm_audit.timefmt import parse_time
@@ -141,8 +141,8 @@ def _verify(path: Path, *, policy: TrustPolicy, require_signature: bool, tenant:
             signers.extend(verify_envelope(env, policy, role="artifact", tenant=tenant, at=at))
     if require_signature and not signers:
         if not art.signatures:
-            raise SignatureError("artifact is not signed", file=name, field="signatures",
-                                 expected="a DSSE signature by a trusted artifact key")
+            raise Unsigned("artifact is not signed", file=name, field="signatures",
+                           expected="a DSSE signature by a trusted artifact key")
         raise TrustError("no signature by a key trusted for role 'artifact'", file=name, field="signatures",
                          expected="a signature by a key in the trust policy",
                          actual="signed by " + ", ".join(sorted(untrusted)))

@@ -21,6 +21,7 @@ from kolm_audit.keys import load_private_key
 from kolm_audit.log import ReceiptLog, export_bundle, open_log_source, verify_log
 from kolm_audit.log.checkpoint import parse_checkpoint, read_note_file
 from kolm_audit.log.merkle import leaf_hash, verify_inclusion
+from kolm_audit.log.verify import unanchored_text
 from kolm_audit.schemas import validate
 from kolm_audit.trust import TrustPolicy, load_policy
 
@@ -44,9 +45,11 @@ def log() -> None:
 @click.option("--key", "keys", type=_PATH, multiple=True, help="A trusted public key (all roles); repeatable.")
 @click.option("--checkpoint-only", is_flag=True, help="Tree and checkpoints only; skip receipt signatures.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes for receipt checks.")
+@click.option("--require-checkpointed", is_flag=True,
+              help="Receipts after the latest signed checkpoint are a finding (exit 1), not a warning.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(path: Path, checkpoint_file: Path | None, trust: Path | None, keys: tuple[Path, ...],
-           checkpoint_only: bool, workers: int | None, as_json: bool) -> int:
+           checkpoint_only: bool, workers: int | None, require_checkpointed: bool, as_json: bool) -> int:
     """Verify LOG (database) or BUNDLE (exported directory): every leaf, the tree, every checkpoint."""
     policy = _policy(trust, keys)
     supplied = None if checkpoint_file is None else read_note_file(checkpoint_file)
@@ -68,6 +71,11 @@ def verify(path: Path, checkpoint_file: Path | None, trust: Path | None, keys: t
              f"{report.leaves_checked} receipts verified, {report.proofs_checked} bundle proofs"]
     if report.supplied_checkpoint is not None:
         lines.append(f"  the log extends your checkpoint at size {report.supplied_checkpoint['size']}")
+    if require_checkpointed and report.unanchored is not None:
+        raise LogError(unanchored_text(*report.unanchored), file=str(path), field="checkpoints",
+                       expected=f"a signed checkpoint of size {report.size}",
+                       actual=f"latest at size {report.latest_checkpoint_size}")
+    lines.extend(f"  warning: {w}" for w in report.warnings)
     emit(doc, as_json=as_json, text="\n".join(lines))
     return 0
 

@@ -69,11 +69,13 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 @click.option("--kek-env", help="Env var holding the base64 key-encryption key for --keystore.")
 @click.option("--replay-mismatched", is_flag=True,
               help="Also re-run receipts that name another artifact (shows which outputs the change affects).")
+@click.option("--require-checkpointed", is_flag=True,
+              help="Receipts after the latest signed checkpoint are a finding (exit 1), not a warning.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def replay(log: Path, artifact: Path, trust: Path | None, keys: tuple[Path, ...], backend: str, batch_size: int,
            workers: int, ray_address: str | None, selects: tuple[str, ...], checkpoint_file: Path | None,
            report_path: Path | None, keystore: Path | None, kek_file: Path | None, kek_env: str | None,
-           replay_mismatched: bool, as_json: bool) -> int:
+           replay_mismatched: bool, require_checkpointed: bool, as_json: bool) -> int:
     """Re-run every recorded decision of LOG (database or bundle) on ARTIFACT and prove it matches."""
     from tqdm import tqdm
 
@@ -86,7 +88,8 @@ def replay(log: Path, artifact: Path, trust: Path | None, keys: tuple[Path, ...]
     store, kek = _keystore(keystore, kek_file, kek_env)
     options = ReplayOptions(backend=backend, batch_size=batch_size, workers=workers, selection=Selection.parse(selects),
                             supplied_checkpoint=None if checkpoint_file is None else read_note_file(checkpoint_file),
-                            keystore=store, kek=kek, replay_mismatched=replay_mismatched, ray=ray_address)
+                            keystore=store, kek=kek, replay_mismatched=replay_mismatched, ray=ray_address,
+                            require_checkpointed=require_checkpointed)
     bar = tqdm(total=0, unit="receipt", desc="replay", disable=not sys.stderr.isatty() or as_json, file=sys.stderr)
 
     def progress(done: int, total: int) -> None:

@@ -91,6 +91,14 @@ def check_leaf_canonical(index: int, data: bytes) -> None:
         raise LogError("integer outside the I-JSON safe range (RFC 8785 §3.2.2.3)", field=f"leaf {index}") from None
 
 
+def unanchored_text(first: int, last: int) -> str:
+    """What an unanchored tail of the log means, with its count and index range."""
+    n = last - first + 1
+    where = f"log index {first}" if n == 1 else f"log indices {first}..{last}"
+    return (f"{n} receipt(s) at {where} are not covered by any signed checkpoint: they are not tamper-evident until "
+            "one is signed (kolm-audit log checkpoint)")
+
+
 @dataclass(frozen=True)
 class LogVerifyReport:
     source: str
@@ -112,6 +120,16 @@ class LogVerifyReport:
     def unsigned_leaves(self) -> int:
         return self.size - self.latest_checkpoint_size
 
+    @property
+    def unanchored(self) -> tuple[int, int] | None:
+        """(first, last) log index of the leaves no signed checkpoint covers yet, or None when all are covered."""
+        return None if self.unsigned_leaves == 0 else (self.latest_checkpoint_size, self.size - 1)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What verified but is not yet evidence: leaves after the latest checkpoint."""
+        return () if self.unanchored is None else (unanchored_text(*self.unanchored),)
+
     def to_json(self) -> dict[str, Any]:
         return {"schema": REPORT_SCHEMA, "verified": True, "source": self.source, "kind": self.kind,
                 "origin": self.origin, "mode": self.mode, "size": self.size, "root_hex": self.root_hex,
@@ -119,7 +137,7 @@ class LogVerifyReport:
                 "leaves_checked": self.leaves_checked, "proofs_checked": self.proofs_checked,
                 "checkpoints": list(self.checkpoints), "latest_checkpoint_size": self.latest_checkpoint_size,
                 "unsigned_leaves": self.unsigned_leaves, "supplied_checkpoint": self.supplied_checkpoint,
-                "notes": list(self.notes)}
+                "notes": list(self.notes) + list(self.warnings)}
 
 
 def _rehash(src: DatabaseSource | BundleSource, leaf_hashes_expected: list[bytes] | None, *,

@@ -39,10 +39,10 @@ from kolm_audit.artifact import Artifact, read_artifact, verify_artifact
 from kolm_audit.artifact.manifest import gate_failed
 from kolm_audit.canonical import digest_of, jcs
 from kolm_audit.errors import Finding, InputError, KolmError, RuntimeInputError
-from kolm_audit.log.source import open_log_source
-from kolm_audit.log.verify import verify_log
+from kolm_audit.log.source import LogSource, open_log_source
+from kolm_audit.log.verify import unanchored_text, verify_log
 from kolm_audit.model import Model
-from kolm_audit.receipts.document import Decoding, parse_leaf
+from kolm_audit.receipts.document import Decoding, SignedReceipt, parse_leaf
 from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore, TenantCrypto, is_sealed
 from kolm_audit.replay.report import (
     REPORT_SCHEMA,
@@ -79,6 +79,7 @@ class ReplayOptions:
     kek: KeyEncryptionKey | None = None
     replay_mismatched: bool = False            # also re-run receipts that name another artifact
     ray: str | None = None                     # run the workers as Ray actors: local | auto | a cluster address
+    require_checkpointed: bool = False         # receipts no signed checkpoint covers are an error, not a warning
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -97,16 +98,18 @@ class ReplayOptions:
 
 def _used(model: Model | None, backend: str) -> tuple[str, str]:
     """(backend, device) the model actually runs on (informational)."""
-    name = str(getattr(model, "backend", backend))
-    device = getattr(model, "device", None)
-    return name, str(device) if device is not None else ("cuda" if "cuda" in name else "cpu")
+    if model is None:
+        return backend, "cuda" if backend == "cuda" else "cpu"
+    return model.backend, model.device
 
 
 # --- the auditor side ---------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Job:
+    """One decision to re-run: its log index, task, recorded input ids and decoding keyword arguments."""
+
     index: int
     task: str
     ids: tuple[int, ...]
@@ -114,20 +117,57 @@ class _Job:
 
 
 @dataclass
+class _Examined:
+    """What the examination of one selected log leaf established (becomes a :class:`ReceiptOutcome`)."""
+
+    index: int
+    receipt_id: str | None = None
+    tenant: str | None = None
+    task: str | None = None
+    expected: str | None = None                                  # the recorded output digest
+    view: dict[str, Any] = field(default_factory=dict)           # the response, sealed fields opened where possible
+    reasons: list[str] = field(default_factory=list)
+    erased: bool = False
+    job: _Job | None = None
+    actual: str | None = None                                    # the replayed output digest
+
+    def outcome(self) -> ReceiptOutcome:
+        return ReceiptOutcome(index=self.index, receipt_id=self.receipt_id, tenant=self.tenant, task=self.task,
+                              replayed=self.actual is not None, erased=self.erased, expected_digest=self.expected,
+                              actual_digest=self.actual, reasons=tuple(self.reasons))
+
+
+class _Stop(Exception):
+    """A step found why this receipt goes no further (its finding is already recorded)."""
+
+
+@dataclass
 class _State:
     findings: list[ReplayFinding] = field(default_factory=list)
-    outcomes: dict[int, dict[str, Any]] = field(default_factory=dict)
-    jobs: list[_Job] = field(default_factory=list)
-    views: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)   # index -> (receipt id, response)
+    examined: dict[int, _Examined] = field(default_factory=dict)
     signatures: int = 0
     crypto: dict[str, TenantCrypto | None] = field(default_factory=dict)
 
     def add(self, index: int | None, reason: str, message: str, *, scope: str = "receipt",
             receipt_id: str | None = None, **kw: Any) -> None:
-        self.findings.append(ReplayFinding(scope=scope, reason=reason, message=message, index=index,
-                                           receipt_id=receipt_id, **kw))
-        if index is not None and index in self.outcomes:
-            self.outcomes[index]["reasons"].append(reason)
+        found = ReplayFinding(scope=scope, reason=reason, message=message, index=index, receipt_id=receipt_id, **kw)
+        self.findings.append(found)
+        if index is not None and index in self.examined:
+            self.examined[index].reasons.append(reason)
+
+    def flag(self, ex: _Examined, reason: str, message: str, **kw: Any) -> None:
+        """A finding about the receipt under examination."""
+        self.add(ex.index, reason, message, receipt_id=ex.receipt_id, **kw)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every examination step may read."""
+
+    model: Model | None
+    art: Artifact | None
+    policy: TrustPolicy
+    options: ReplayOptions
 
 
 def _check_artifact(path: Path, policy: TrustPolicy, st: _State) -> tuple[Artifact | None, dict[str, Any]]:
@@ -154,11 +194,12 @@ def _check_artifact(path: Path, policy: TrustPolicy, st: _State) -> tuple[Artifa
     return art, info
 
 
-def _check_log(src: Any, policy: TrustPolicy, supplied: str | None, st: _State) -> dict[str, Any]:
+def _check_log(src: LogSource, policy: TrustPolicy, options: ReplayOptions, st: _State) -> dict[str, Any]:
     info: dict[str, Any] = {"origin": src.origin, "size": src.size(), "root_hash": None, "checkpoints": 0,
-                            "latest_checkpoint_size": 0, "supplied_checkpoint_size": None, "verified": False}
+                            "latest_checkpoint_size": 0, "supplied_checkpoint_size": None, "verified": False,
+                            "unanchored": None}
     try:
-        rep = verify_log(src, policy=policy, supplied_checkpoint=supplied, verify_leaf=None)
+        rep = verify_log(src, policy=policy, supplied_checkpoint=options.supplied_checkpoint, verify_leaf=None)
     except Finding as exc:
         st.add(None, reason_of(exc, default="log-inconsistent"), error_text(exc), scope="log",
                expected=exc.expected, actual=exc.actual)
@@ -166,6 +207,13 @@ def _check_log(src: Any, policy: TrustPolicy, supplied: str | None, st: _State) 
     info.update(size=rep.size, root_hash=rep.root_hex, checkpoints=len(rep.checkpoints),
                 latest_checkpoint_size=rep.latest_checkpoint_size, verified=True,
                 supplied_checkpoint_size=None if rep.supplied_checkpoint is None else rep.supplied_checkpoint["size"])
+    if rep.unanchored is not None:
+        first, last = rep.unanchored
+        info["unanchored"] = {"count": last - first + 1, "first_index": first, "last_index": last}
+        st.add(None, "unanchored", unanchored_text(first, last), scope="log",
+               severity="error" if options.require_checkpointed else "warning",
+               expected=f"a signed checkpoint of size {rep.size}",
+               actual=f"latest at size {rep.latest_checkpoint_size}")
     return info
 
 
@@ -178,98 +226,164 @@ def _crypto(st: _State, options: ReplayOptions, tenant: str) -> TenantCrypto | N
     return st.crypto[tenant]
 
 
-def _open(value: Any, crypto: TenantCrypto | None, *, receipt_id: str, name: str) -> tuple[Any, str | None]:
-    """(clear value or None, why not) of a possibly sealed receipt field."""
+@dataclass(frozen=True)
+class _Opened:
+    """A possibly sealed receipt field: its clear value, or why it cannot be read (``erased``: key shredded)."""
+
+    value: Any
+    why: str | None = None
+    erased: bool = False
+
+
+def _open(value: Any, crypto: TenantCrypto | None, *, receipt_id: str, name: str) -> _Opened:
     if not is_sealed(value):
-        return value, None
+        return _Opened(value)
     if crypto is None:
-        return None, "sealed, and no key store entry for this tenant was supplied"
+        return _Opened(None, "sealed, and no key store entry for this tenant was supplied")
+    if value["key_id"] in crypto.shredded:
+        return _Opened(None, f"erased: the tenant's data key {value['key_id']} was shredded", erased=True)
     try:
-        return crypto.open(value, receipt_id=receipt_id, field=name), None
+        return _Opened(crypto.open(value, receipt_id=receipt_id, field=name))
     except KolmError as exc:
-        return None, error_text(exc)
+        return _Opened(None, error_text(exc))
 
 
-def _examine(index: int, leaf: bytes, *, model: Model | None, art: Artifact | None, policy: TrustPolicy,
-             options: ReplayOptions, st: _State) -> None:
+# --- examining one receipt: numbered steps, each records its findings or stops the examination ---------------
+
+def _step1_parse(index: int, leaf: bytes, st: _State) -> SignedReceipt:
+    """1. The leaf is a canonical, schema-valid, signed receipt envelope."""
     try:
-        signed = parse_leaf(leaf, field=f"leaf[{index}]")
+        return parse_leaf(leaf, field=f"leaf[{index}]")
     except Finding as exc:
-        st.outcomes[index] = {"receipt_id": None, "tenant": None, "task": None, "reasons": [], "expected": None}
+        st.examined[index] = _Examined(index=index)
         digests = (exc.field or "").endswith(("output_digest", "input_digest"))   # edited, digest not fixed
         st.add(index, "receipt-inconsistent" if digests else "receipt-malformed", error_text(exc))
-        return
-    rec = signed.receipt
-    if options.selection.needs_receipt and not options.selection.receipt_ok(rec):
-        return
-    rid, task, response = rec["receipt_id"], rec["task"], rec["response"]
-    st.outcomes[index] = {"receipt_id": rid, "tenant": rec["tenant"], "task": task, "reasons": [],
-                          "expected": response["output_digest"]}
-    if rec["log_index"] != index:
-        st.add(index, "log-inconsistent", "receipt names another log position than the one it sits at",
-               receipt_id=rid, expected=str(index), actual=str(rec["log_index"]))
+        raise _Stop from None
+
+
+def _step2_position(ex: _Examined, rec: Mapping[str, Any], st: _State) -> None:
+    """2. The receipt names the log position it sits at."""
+    if rec["log_index"] != ex.index:
+        st.flag(ex, "log-inconsistent", "receipt names another log position than the one it sits at",
+                expected=str(ex.index), actual=str(rec["log_index"]))
+
+
+def _step3_signature(ex: _Examined, signed: SignedReceipt, ctx: _Context, st: _State) -> None:
+    """3. A key trusted for role ``receipt`` and the receipt's tenant signed it, valid at the decision's time."""
     try:
-        verify_envelope(signed.envelope, policy, role="receipt", tenant=rec["tenant"], at=signed.end)
+        verify_envelope(signed.envelope, ctx.policy, role="receipt", tenant=ex.tenant, at=signed.end)
         st.signatures += 1
     except Finding as exc:
-        st.add(index, reason_of(exc, default="signature-invalid"), error_text(exc), receipt_id=rid,
-               expected=exc.expected, actual=exc.actual)
-    crypto = _crypto(st, options, rec["tenant"])
-    view = dict(response)
+        st.flag(ex, reason_of(exc, default="signature-invalid"), error_text(exc), expected=exc.expected,
+                actual=exc.actual)
+
+
+def _step4_recorded_output(ex: _Examined, rec: Mapping[str, Any], crypto: TenantCrypto | None, st: _State) -> None:
+    """4. The recorded output (opened where sealed and a key is at hand) hashes to its own output digest."""
+    ex.view = dict(rec["response"])
     for name in ("label", "scores", "output_ids"):
-        if name in view:
-            view[name], _ = _open(view[name], crypto, receipt_id=rid, name=f"response.{name}")
-    problem = recorded_consistency(task, view)
+        if name in ex.view:
+            ex.view[name] = _open(ex.view[name], crypto, receipt_id=rec["receipt_id"], name=f"response.{name}").value
+    problem = recorded_consistency(rec["task"], ex.view)
     if problem is not None:
-        st.add(index, "receipt-inconsistent", problem, receipt_id=rid, expected=response["output_digest"])
-    st.views[index] = (rid, view)
-    if art is None or model is None:
-        return
+        st.flag(ex, "receipt-inconsistent", problem, expected=ex.expected)
+
+
+def _step5_names_this_artifact(ex: _Examined, rec: Mapping[str, Any], art: Artifact, ctx: _Context,
+                               st: _State) -> None:
+    """5. The receipt names the replayed artifact: its digest, and then its name, version and K-score."""
     if rec["artifact"]["digest"] != art.digest:
-        st.add(index, "artifact-mismatch", "receipt was made by another artifact", receipt_id=rid,
-               expected=rec["artifact"]["digest"], actual=art.digest)
-        if not options.replay_mismatched:
-            return
-    else:
-        named = {k: rec["artifact"][k] for k in ("name", "version", "kscore")}
-        own = {"name": art.manifest["name"], "version": art.manifest["version"], "kscore": art.manifest.get("kscore")}
-        if named != own:
-            st.add(index, "receipt-inconsistent", "receipt names this artifact's digest but another name, version "
-                   "or K-score", receipt_id=rid, expected=str(own)[:200], actual=str(named)[:200])
-    if task != model.task:
-        st.add(index, "task-mismatch", f"receipt task {task} cannot run on a {model.task} artifact", receipt_id=rid,
-               expected=model.task, actual=task)
+        st.flag(ex, "artifact-mismatch", "receipt was made by another artifact", expected=rec["artifact"]["digest"],
+                actual=art.digest)
+        if not ctx.options.replay_mismatched:
+            raise _Stop
         return
-    ids, why = _open(rec["request"]["input_ids"], crypto, receipt_id=rid, name="request.input_ids")
-    if ids is None:
-        st.add(index, "input-unavailable", f"input ids cannot be read: {why}", receipt_id=rid)
-        return
-    ids = tuple(int(i) for i in ids)
+    named = {k: rec["artifact"][k] for k in ("name", "version", "kscore")}
+    own = {"name": art.manifest["name"], "version": art.manifest["version"], "kscore": art.manifest.get("kscore")}
+    if named != own:
+        st.flag(ex, "receipt-inconsistent", "receipt names this artifact's digest but another name, version or "
+                "K-score", expected=str(own)[:200], actual=str(named)[:200])
+
+
+def _step6_task(ex: _Examined, model: Model, st: _State) -> None:
+    """6. The artifact performs the receipt's task."""
+    if ex.task != model.task:
+        st.flag(ex, "task-mismatch", f"receipt task {ex.task} cannot run on a {model.task} artifact",
+                expected=model.task, actual=ex.task)
+        raise _Stop
+
+
+def _step7_input(ex: _Examined, rec: Mapping[str, Any], crypto: TenantCrypto | None, st: _State) -> tuple[int, ...]:
+    """7. The recorded input ids can be read and hash to the recorded input digest (lawfully erased: stop)."""
+    opened = _open(rec["request"]["input_ids"], crypto, receipt_id=rec["receipt_id"], name="request.input_ids")
+    if opened.erased:
+        ex.erased = True
+        st.flag(ex, "erased", f"not replayable: {opened.why}")
+        raise _Stop
+    if opened.value is None:
+        st.flag(ex, "input-unavailable", f"input ids cannot be read: {opened.why}")
+        raise _Stop
+    ids = tuple(int(i) for i in opened.value)
     if input_digest(ids) != rec["request"]["input_digest"]:
-        st.add(index, "receipt-inconsistent", "opened input ids do not match input_digest", receipt_id=rid,
-               expected=rec["request"]["input_digest"], actual=input_digest(ids))
+        st.flag(ex, "receipt-inconsistent", "opened input ids do not match input_digest",
+                expected=rec["request"]["input_digest"], actual=input_digest(ids))
+        raise _Stop
+    return ids
+
+
+def _step8_tokenizer(ex: _Examined, rec: Mapping[str, Any], ids: tuple[int, ...], model: Model,
+                     crypto: TenantCrypto | None, st: _State) -> None:
+    """8. Today's tokenizer turns readable recorded text into the recorded ids (a warning when not)."""
+    text = _open(rec["request"]["text"], crypto, receipt_id=rec["receipt_id"], name="request.text").value
+    if not isinstance(text, str):
         return
-    text, _ = _open(rec["request"]["text"], crypto, receipt_id=rid, name="request.text")
-    if isinstance(text, str):
-        try:
-            today = model.tokenize([text])[0]
-        except RuntimeInputError:
-            today = None
-        drift = None if today is None else tokenizer_drift(index=index, receipt_id=rid, text=text, recorded=ids,
-                                                           today=today, decode=model.tokenizer.decode)
-        if drift is not None:
-            st.findings.append(drift)
-            st.outcomes[index]["reasons"].append(drift.reason)
+    try:
+        today = model.tokenize([text])[0]
+    except RuntimeInputError:
+        return
+    drift = tokenizer_drift(index=ex.index, receipt_id=ex.receipt_id, text=text, recorded=ids, today=today,
+                            decode=model.tokenizer.decode)
+    if drift is not None:
+        st.findings.append(drift)
+        ex.reasons.append(drift.reason)
+
+
+def _step9_job(ex: _Examined, rec: Mapping[str, Any], ids: tuple[int, ...], st: _State) -> None:
+    """9. The recorded decoding parameters make a valid request: queue the re-run."""
     kwargs: tuple[tuple[str, Any], ...] = ()
-    if task == "generate":
+    if ex.task == "generate":
         dec = dict(rec["decoding"] or {})
         dec.pop("strategy", None)
         try:
             kwargs = tuple(sorted(Decoding(**dec).kwargs().items()))
         except InputError as exc:
-            st.add(index, "runtime-refused", error_text(exc), receipt_id=rid)
+            st.flag(ex, "runtime-refused", error_text(exc))
+            raise _Stop from None
+    ex.job = _Job(index=ex.index, task=str(ex.task), ids=ids, kwargs=kwargs)
+
+
+def _examine(index: int, leaf: bytes, ctx: _Context, st: _State) -> None:
+    """Run the examination steps on one log leaf; every finding lands in ``st``, never stops the replay."""
+    try:
+        signed = _step1_parse(index, leaf, st)
+        rec = signed.receipt
+        if ctx.options.selection.needs_receipt and not ctx.options.selection.receipt_ok(rec):
             return
-    st.jobs.append(_Job(index=index, task=task, ids=ids, kwargs=kwargs))
+        ex = st.examined[index] = _Examined(index=index, receipt_id=rec["receipt_id"], tenant=rec["tenant"],
+                                            task=rec["task"], expected=rec["response"]["output_digest"])
+        crypto = _crypto(st, ctx.options, rec["tenant"])
+        _step2_position(ex, rec, st)
+        _step3_signature(ex, signed, ctx, st)
+        _step4_recorded_output(ex, rec, crypto, st)
+        if ctx.art is None or ctx.model is None:
+            return
+        _step5_names_this_artifact(ex, rec, ctx.art, ctx, st)
+        _step6_task(ex, ctx.model, st)
+        ids = _step7_input(ex, rec, crypto, st)
+        _step8_tokenizer(ex, rec, ids, ctx.model, crypto, st)
+        _step9_job(ex, rec, ids, st)
+    except _Stop:
+        return
 
 
 def _batches(jobs: Sequence[_Job], size: int) -> list[Batch]:
@@ -320,22 +434,24 @@ def replay(log: str | Path, *, artifact: str | Path, policy: TrustPolicy, option
             model = Model.from_artifact(art, backend=backend)
         except Finding as exc:
             st.add(None, "artifact-invalid", error_text(exc), scope="artifact")
+    ctx = _Context(model=model, art=art, policy=policy, options=options)
     with open_log_source(log) as src:
-        log_info = _check_log(src, policy, options.supplied_checkpoint, st)
+        log_info = _check_log(src, policy, options, st)
         last = options.selection.max_index()
         for index, leaf in src.iter_leaves():
             if last is not None and index > last:
                 break
             if options.selection.index_ok(index):
-                _examine(index, leaf, model=model, art=art, policy=policy, options=options, st=st)
-    if options.selection.filters and not st.outcomes and not any(f.index is not None for f in st.findings):
+                _examine(index, leaf, ctx, st)
+    if options.selection.filters and not st.examined and not any(f.index is not None for f in st.findings):
         # "replay receipt X" when X is not in this log must not read as "MATCHED 0/0"
         raise InputError("no receipt in this log matches the selection; nothing was replayed", file=str(log),
                          field="--select", actual=" ".join(options.selection.describe()))
+    jobs = [ex.job for ex in st.examined.values() if ex.job is not None]
     results: dict[int, dict[str, Any]] = {}
     ray_info = None
-    if st.jobs and model is not None and art is not None:
-        batches = _batches(st.jobs, options.batch_size)
+    if jobs and model is not None and art is not None:
+        batches = _batches(jobs, options.batch_size)
         joined = nullcontext(None) if options.ray is None else ray_cluster(options.ray, workers=options.workers)
         with joined as cluster:
             results = run_batches(batches, model=model, artifact_path=str(art.path), digest=art.digest,
@@ -344,23 +460,20 @@ def replay(log: str | Path, *, artifact: str | Path, policy: TrustPolicy, option
                 ray_info = cluster.describe(actors=min(options.workers, len(batches)))
     used, device = _used(model, backend)
     tokens = 0
-    for job in st.jobs:
+    for job in jobs:
         actual = results[job.index]
-        outcome = st.outcomes[job.index]
-        rid, view = st.views[job.index]
+        ex = st.examined[job.index]
         if "error" in actual:
-            st.add(job.index, "runtime-refused", actual["error"], receipt_id=rid)
+            st.flag(ex, "runtime-refused", actual["error"])
             continue
-        outcome["actual"] = actual["output_digest"]
+        ex.actual = actual["output_digest"]
         tokens += len(job.ids) + len(actual.get("output_ids", ()))
-        mismatch = compare_output(index=job.index, receipt_id=rid, task=job.task, response=view, actual=actual,
-                                  decode=None if model is None else model.tokenizer.decode)
+        mismatch = compare_output(index=job.index, receipt_id=ex.receipt_id, task=job.task, response=ex.view,
+                                  actual=actual, decode=None if model is None else model.tokenizer.decode)
         if mismatch is not None:
             st.findings.append(mismatch)
-            outcome["reasons"].append(mismatch.reason)
-    outcomes = [ReceiptOutcome(index=i, receipt_id=o["receipt_id"], tenant=o["tenant"], task=o["task"],
-                               replayed="actual" in o, expected_digest=o["expected"], actual_digest=o.get("actual"),
-                               reasons=tuple(o["reasons"])) for i, o in st.outcomes.items()]
+            ex.reasons.append(mismatch.reason)
+    outcomes = [ex.outcome() for ex in st.examined.values()]
     selection = {"filters": options.selection.describe(), "replay_mismatched_artifact": options.replay_mismatched}
     res = build_results(artifact=art_info, log=log_info, selection=selection, outcomes=outcomes,
                         findings=st.findings, signatures_verified=st.signatures)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kolm_audit.canonical import digest_of
-from kolm_audit.errors import KolmError, LogError, SignatureError, TrustError
+from kolm_audit.errors import KolmError, LogError, SignatureError, TrustError, Unsigned
 from kolm_audit.runtime.digests import classification_digest, generation_digest
 
 REPORT_SCHEMA = "kolm.replay-report/1"
@@ -30,7 +30,9 @@ REASONS: dict[str, str] = {
     "artifact-mismatch": "the receipt names another artifact digest than the one replayed",
     "artifact-invalid": "the artifact file is malformed or tampered with (digests, header, manifest)",
     "gate-failed": "the artifact's K-score gate failed: it should never have served decisions",
-    "signature-invalid": "a signature does not verify (receipt, artifact or checkpoint)",
+    "signature-invalid": "a signature does not verify, or the signed bytes were changed (receipt, artifact or "
+                         "checkpoint)",
+    "unsigned": "the artifact carries no signature at all: nobody vouched for it",
     "untrusted-signer": "signed, but not by a key the trust policy allows for this role, tenant and time",
     "log-inconsistent": "the log's tree, checkpoints or a receipt's position do not add up",
     "receipt-malformed": "the log leaf is not a well-formed signed receipt",
@@ -39,15 +41,23 @@ REASONS: dict[str, str] = {
     "input-unavailable": "the recorded input ids are sealed and no usable tenant key was supplied",
     "runtime-refused": "the runtime refused the recorded input (e.g. a token id outside the vocabulary)",
     "tokenizer-drift": "today's tokenizer turns the recorded text into other ids than the recorded ones",
+    "unanchored": "receipts at the end of the log that no signed checkpoint covers yet (not tamper-evident yet)",
+    "erased": "the receipt's input was lawfully erased (its tenant's data key was shredded): not replayable",
 }
-WARNINGS = frozenset({"tokenizer-drift"})
+SEVERITIES = ("error", "warning", "info")
+# the severity of a reason unless the finding says otherwise (``unanchored`` is an error with --require-checkpointed)
+DEFAULT_SEVERITY: dict[str, str] = {"tokenizer-drift": "warning", "unanchored": "warning", "erased": "info"}
 EXCERPT_CHARS = 120
 EXCERPT_TOKENS = 8
 
 
 @dataclass(frozen=True)
 class ReplayFinding:
-    """One thing that did not check out. ``severity`` is ``warning`` for tokenizer drift, else ``error``."""
+    """One thing that did not check out (or, severity ``info``, a lawful reason a receipt was not replayed).
+
+    ``severity`` defaults to the reason's (:data:`DEFAULT_SEVERITY`, else ``error``); only ``error`` findings
+    make the verdict ``mismatch``.
+    """
 
     scope: str
     reason: str
@@ -58,14 +68,15 @@ class ReplayFinding:
     actual: str | None = None
     position: int | None = None
     excerpt: tuple[str, str] | None = None   # (expected, actual)
+    severity: str = ""
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES or self.reason not in REASONS:
             raise ValueError(f"unknown finding {self.scope}/{self.reason}")
-
-    @property
-    def severity(self) -> str:
-        return "warning" if self.reason in WARNINGS else "error"
+        if not self.severity:
+            object.__setattr__(self, "severity", DEFAULT_SEVERITY.get(self.reason, "error"))
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r}")
 
     def sort_key(self) -> tuple[int, int, str, str]:
         return (SCOPES.index(self.scope), -1 if self.index is None else self.index, self.reason, self.message)
@@ -78,7 +89,9 @@ class ReplayFinding:
 
 
 def reason_of(exc: KolmError, *, default: str) -> str:
-    """The finding reason of a verification error (trust before signature: TrustError is a SignatureError)."""
+    """The finding reason of a verification error (the most specific first: both are SignatureErrors)."""
+    if isinstance(exc, Unsigned):
+        return "unsigned"
     if isinstance(exc, TrustError):
         return "untrusted-signer"
     if isinstance(exc, SignatureError):
@@ -197,7 +210,7 @@ def tokenizer_drift(*, index: int, receipt_id: str, text: str, recorded: Sequenc
 
 @dataclass(frozen=True)
 class ReceiptOutcome:
-    """The per-receipt line of the report."""
+    """The per-receipt line of the report: ``matched``, ``mismatch``, or ``erased`` (lawfully not replayable)."""
 
     index: int
     receipt_id: str | None
@@ -207,10 +220,15 @@ class ReceiptOutcome:
     expected_digest: str | None
     actual_digest: str | None
     reasons: tuple[str, ...]
+    erased: bool = False
 
     @property
     def status(self) -> str:
-        return "mismatch" if any(r not in WARNINGS for r in self.reasons) or not self.replayed else "matched"
+        if any(DEFAULT_SEVERITY.get(r, "error") == "error" for r in self.reasons):
+            return "mismatch"
+        if self.erased:
+            return "erased"
+        return "matched" if self.replayed else "mismatch"
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "receipt_id": self.receipt_id, "tenant": self.tenant, "task": self.task,
@@ -221,34 +239,49 @@ class ReceiptOutcome:
 def build_results(*, artifact: Mapping[str, Any], log: Mapping[str, Any], selection: Mapping[str, Any],
                   outcomes: Sequence[ReceiptOutcome], findings: Sequence[ReplayFinding],
                   signatures_verified: int) -> dict[str, Any]:
-    """The deterministic ``results`` section (nothing here may depend on backend, batch size or workers)."""
+    """The deterministic ``results`` section (nothing here may depend on backend, batch size or workers).
+
+    The verdict is ``mismatch`` exactly when there is an error-level finding; erased receipts (severity
+    ``info``) and warnings leave it ``matched``.
+    """
     ordered = sorted(findings, key=ReplayFinding.sort_key)
     errors = [f for f in ordered if f.severity == "error"]
     rows = sorted(outcomes, key=lambda o: o.index)
     by_reason: dict[str, int] = {}
     for f in ordered:
         by_reason[f.reason] = by_reason.get(f.reason, 0) + 1
+    status = [o.status for o in rows]
     counts = {"receipts": len(rows), "signatures_verified": signatures_verified,
-              "replayed": sum(o.replayed for o in rows), "matched": sum(o.status == "matched" for o in rows),
-              "mismatched": sum(o.status == "mismatch" for o in rows),
-              "errors": len(errors), "warnings": len(ordered) - len(errors),
+              "replayed": sum(o.replayed for o in rows), "matched": status.count("matched"),
+              "mismatched": status.count("mismatch"), "erased": status.count("erased"),
+              "errors": len(errors), "warnings": sum(f.severity == "warning" for f in ordered),
               "by_reason": dict(sorted(by_reason.items()))}
     return {"verdict": "mismatch" if errors else "matched", "artifact": dict(artifact), "log": dict(log),
             "selection": dict(selection), "counts": counts, "findings": [f.to_json() for f in ordered],
             "receipts": [o.to_json() for o in rows]}
 
 
+def _shown(value: Any, absent: str = "(none)") -> str:
+    return absent if value is None else str(value)
+
+
 def summary_text(report: Mapping[str, Any], *, limit: int = 20) -> str:
-    """A human summary: verdict, counts, then the first ``limit`` findings."""
+    """A human summary: verdict and why, counts, then the first ``limit`` findings."""
     res = report["results"]
-    c, env = res["counts"], report["environment"]
-    head = "MATCHED" if res["verdict"] == "matched" else "MISMATCH"
-    lines = [f"replay {head}: {c['matched']}/{c['receipts']} receipts reproduced byte for byte "
-             f"({c['replayed']} replayed, {c['mismatched']} not matching, {c['warnings']} warning(s))",
-             f"  artifact {res['artifact']['digest']} "
-             f"({'verified' if res['artifact']['verified'] else 'NOT verified'})",
-             f"  log {res['log']['origin']}: {res['log']['size']} leaves, "
-             f"{'verified' if res['log']['verified'] else 'NOT verified'}",
+    c, env, art, log = res["counts"], report["environment"], res["artifact"], res["log"]
+    errors = sorted({f["reason"] for f in res["findings"] if f["severity"] == "error"})
+    head = "MATCHED" if res["verdict"] == "matched" else f"MISMATCH ({', '.join(errors)})"
+    counted = [f"{c['replayed']} replayed", f"{c['mismatched']} not matching"]
+    if c.get("erased"):
+        counted.append(f"{c['erased']} erased: tenant key shredded, not replayable")
+    counted.append(f"{c['warnings']} warning(s)")
+    art_state = "verified" if art["verified"] else "NOT verified"
+    lines = [f"replay {head}: {c['matched']}/{c['receipts']} receipts reproduced byte for byte ("
+             + ", ".join(counted) + ")",
+             f"  artifact {_shown(art['digest'], '(unreadable)')} ({art_state})",
+             f"  log {log['origin']}: {log['size']} leaves, {'verified' if log['verified'] else 'NOT verified'}"
+             + (f"; {log['unanchored']['count']} not covered by a signed checkpoint"
+                if log.get("unanchored") else ""),
              f"  backend {env['backend']} on {env['device']}, batch size {env['batch_size']}, "
              f"{env['workers']} worker(s), {env['elapsed_ms']} ms",
              f"  results digest {report['results_digest']}"]
@@ -257,7 +290,7 @@ def summary_text(report: Mapping[str, Any], *, limit: int = 20) -> str:
         pos = f" at position {f['position']}" if f["position"] is not None else ""
         lines.append(f"  {f['severity']}: {where} {f['reason']}{pos}: {f['message']}")
         if f["expected"] is not None or f["actual"] is not None:
-            lines.append(f"      expected {f['expected']}  actual {f['actual']}")
+            lines.append(f"      expected {_shown(f['expected'])}  actual {_shown(f['actual'])}")
         if f["excerpt"] is not None:
             lines.append(f"      recorded: {f['excerpt']['expected']}")
             lines.append(f"      replayed: {f['excerpt']['actual']}")

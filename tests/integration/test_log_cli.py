@@ -12,7 +12,7 @@ import pytest
 from _cli_fixtures import cli as run
 
 from kolm_audit.canonical import digest_of
-from kolm_audit.keys import generate_key, write_keypair
+from kolm_audit.keys import generate_key, load_private_key, write_keypair
 from kolm_audit.log import ReceiptLog
 from kolm_audit.log.merkle import leaf_hash
 from kolm_audit.receipts.document import Decision, ReceiptContext, receipt_builder
@@ -169,3 +169,22 @@ def test_checkpoint_and_prove(world: Path, capsys: pytest.CaptureFixture[str]) -
     assert code == 0 and "tree of size 8" in out and "signed checkpoint" in out
     assert run(capsys, "log", "prove", world / "r.db", "--index", "12")[0] == 2  # no such leaf: bad usage
     assert run(capsys, "log", "prove", world / "r.db", "--index", "3", "--size", "40")[0] == 2  # size > log
+
+
+def test_receipts_after_the_latest_checkpoint_are_a_warning_or_a_finding(world: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    ctx = ReceiptContext(tenant="acme", operator="svc", artifact_digest="sha256:" + "ab" * 32, artifact_name="demo",
+                         artifact_version="1.0.0", kscore=None, backend="numpy",
+                         key=load_private_key(world / "keys" / "receipt.pem"))
+    decision = Decision(task="classify", input_ids=(101, 7, 102), input_text="late", label="positive",
+                        scores=(1, 2), output_digest=digest_of({"label": "positive", "scores": [1, 2]}))
+    with ReceiptLog.open(world / "r.db") as log:
+        log.append(receipt_builder(ctx, decision, start=T0, end=T0))
+    code, out, err = run(capsys, "log", "verify", world / "r.db", "--trust", world / "trust.toml")
+    assert code == 0, err
+    assert "warning: 1 receipt(s) at log index 12 are not covered by any signed checkpoint" in out
+    code, out, _ = run(capsys, "log", "verify", world / "r.db", "--trust", world / "trust.toml", "--json")
+    assert any("log index 12" in n for n in json.loads(out)["notes"])
+    code, _, err = run(capsys, "log", "verify", world / "r.db", "--trust", world / "trust.toml",
+                       "--require-checkpointed")
+    assert code == 1 and "not covered by any signed checkpoint" in err

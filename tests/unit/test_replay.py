@@ -4,6 +4,8 @@ recorded by the Recorder, forged and tampered variants — every planted problem
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +21,11 @@ from kolm_audit.errors import InputError
 from kolm_audit.keys import PrivateKey
 from kolm_audit.log import ReceiptLog, open_log_source
 from kolm_audit.log.source import export_bundle
+from kolm_audit.model import Model
 from kolm_audit.receipts.document import parse_leaf, sign_receipt
+from kolm_audit.receipts.recorder import Recorder
 from kolm_audit.replay.engine import ReplayOptions, replay
+from kolm_audit.replay.report import summary_text
 from kolm_audit.replay.selection import Selection
 from kolm_audit.runtime.digests import classification_digest
 from kolm_audit.schemas import validate
@@ -260,3 +265,36 @@ def test_results_identical_across_available_backends(world: dict[str, Any]) -> N
     assert len(runs) >= 2 and len({jcs(r["results"]) for r in runs}) == 1
     assert "numpy" in {r["environment"]["backend"] for r in runs}
     assert all(r["results"]["verdict"] == "matched" for r in runs)
+
+
+def test_receipts_after_the_latest_checkpoint_are_reported(world: dict[str, Any], tmp_path: Path) -> None:
+    keys: Keys = world["keys"]
+    log = tmp_path / "tail.db"
+    shutil.copy(world["log"], log)
+    art = read_artifact(world["art"])
+    with ReceiptLog.open(log) as db, Recorder(Model.from_artifact(art), db, keys.receipt, tenant="acme",
+                                              operator="svc") as rec:
+        rec.record_classify(["one more decision", "and another"])     # no checkpoint key: nothing signs them
+    report = replay(log, artifact=world["art"], policy=keys.policy)
+    res = report["results"]
+    assert res["verdict"] == "matched" and res["counts"]["warnings"] == 1
+    assert res["log"]["unanchored"] == {"count": 2, "first_index": 10, "last_index": 11}
+    [f] = res["findings"]
+    assert (f["scope"], f["reason"], f["severity"]) == ("log", "unanchored", "warning")
+    assert "2 receipt(s) at log indices 10..11" in f["message"]
+    strict = replay(log, artifact=world["art"], policy=keys.policy, options=ReplayOptions(require_checkpointed=True))
+    assert strict["results"]["verdict"] == "mismatch"
+    assert strict["results"]["findings"][0]["severity"] == "error"
+    assert "not covered by a signed checkpoint" in summary_text(report)
+
+
+def test_an_unsigned_artifact_is_unsigned_not_signature_invalid(world: dict[str, Any], tmp_path: Path) -> None:
+    art = read_artifact(world["art"])
+    unsigned = tmp_path / "unsigned.kolm"
+    write_artifact(unsigned, manifest=art.manifest, tensors={n: np.asarray(a) for n, a in art.tensors.items()})
+    report = replay(world["log"], artifact=unsigned, policy=world["keys"].policy)
+    res = report["results"]
+    assert _reasons(report, None, scope="artifact") == {"unsigned"}
+    text = summary_text(report)
+    assert text.startswith("replay MISMATCH (unsigned): 10/10 receipts") and "None" not in text
+    assert "signature-invalid" not in json.dumps(res)

@@ -18,6 +18,8 @@ from kolm_audit.receipts.document import Decision, Decoding, ReceiptContext, par
 from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore
 from kolm_audit.receipts.recorder import Recorder
 from kolm_audit.replay.engine import ReplayOptions, replay
+from kolm_audit.replay.report import summary_text
+from kolm_audit.schemas import validate
 from kolm_audit.timefmt import now
 
 ORIGIN = "example.org/replay-test"
@@ -97,3 +99,28 @@ def test_sealed_inputs_need_the_tenant_key_store(gen: dict[str, Any], tmp_path: 
     opened = replay(tmp_path / "sealed.db", artifact=gen["art"], policy=keys.policy,
                     options=ReplayOptions(keystore=store, kek=kek))["results"]
     assert opened["verdict"] == "matched" and opened["counts"]["matched"] == 3
+
+
+def test_shredded_receipts_are_erased_not_mismatched(gen: dict[str, Any], tmp_path: Path) -> None:
+    """A lawful crypto-shred: erased receipts get their own status and count; the rest still match; verdict matched."""
+    keys: Keys = gen["keys"]
+    kek = KeyEncryptionKey.generate()
+    store = (KeyStore.empty().with_tenant("acme", mode="encrypt-all", kek=kek)
+             .with_tenant("globex", mode="encrypt-all", kek=kek))
+    model = Model.from_artifact(read_artifact(gen["art"]))
+    with ReceiptLog.open(tmp_path / "sealed.db", create=True, origin=ORIGIN) as log:
+        for tenant, prompts in (("acme", PROMPTS[:2]), ("globex", PROMPTS[2:5])):
+            with Recorder(model, log, keys.receipt, tenant=tenant, operator="svc", checkpoint_key=keys.log,
+                          privacy=store.tenant(tenant, kek=kek)) as rec:
+                rec.record_generate(prompts, **SAMPLING)
+    shredded = store.shred("acme")
+    report = replay(tmp_path / "sealed.db", artifact=gen["art"], policy=keys.policy,
+                    options=ReplayOptions(keystore=shredded, kek=kek))
+    validate(report, "replay-report")
+    res = report["results"]
+    assert res["verdict"] == "matched"
+    assert (res["counts"]["erased"], res["counts"]["matched"], res["counts"]["mismatched"]) == (2, 3, 0)
+    assert [r["status"] for r in res["receipts"]] == ["erased"] * 2 + ["matched"] * 3
+    assert {(f["reason"], f["severity"]) for f in res["findings"]} == {("erased", "info")}
+    text = summary_text(report)
+    assert text.startswith("replay MATCHED: 3/5 receipts") and "2 erased" in text and "None" not in text
