@@ -33,7 +33,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from kolm_audit.errors import ConfigError, TrustError
+from kolm_audit.errors import ConfigError, KolmError, TrustError, naming_file
 from kolm_audit.keys import PublicKey, load_public_key
 from kolm_audit.schemas import validate
 from kolm_audit.signing import Envelope, verify_signature
@@ -60,7 +60,9 @@ class TrustedKey:
                               expected=", ".join(ROLES), actual=", ".join(unknown))
         if self.not_before and self.not_after and self.not_before >= self.not_after:
             raise ConfigError("validity window is empty", field=f"keys[{self.name}]",
-                              expected="not_before < not_after")
+                              expected="not_before < not_after",
+                              actual=f"not_before {format_time(self.not_before)}, "
+                                     f"not_after {format_time(self.not_after)}")
 
     @property
     def key_id(self) -> str:
@@ -133,15 +135,29 @@ class TrustPolicy:
         doc = _stringify_dates(raw)
         validate(doc, "trust", source=str(path), error=ConfigError)
         keys = []
+        names: dict[str, int] = {}
         for i, entry in enumerate(doc["keys"]):
-            pub = load_public_key(path.parent / entry["public_key"])
+            where = f"keys[{i}] ({entry['name']})"
+            if entry["name"] in names:
+                raise ConfigError("two trust entries have the same name", file=str(path), field=f"{where}.name",
+                                  expected="a name not used by another entry",
+                                  actual=f"also keys[{names[entry['name']]}]")
+            names[entry["name"]] = i
+            try:
+                pub = load_public_key(path.parent / entry["public_key"])
+            except KolmError as exc:   # name the trust file and its entry, then the key file and what is wrong
+                raise type(exc)(f"{exc.message}: {exc.file or entry['public_key']}", file=str(path),
+                                field=f"{where}.public_key", expected=exc.expected or "an SPKI PEM public key file",
+                                actual=exc.actual) from None
             if "key_id" in entry and entry["key_id"] != pub.key_id:
                 raise ConfigError("key_id does not match the public key file", file=str(path),
-                                  field=f"keys[{i}].key_id", expected=pub.key_id, actual=entry["key_id"])
-            keys.append(TrustedKey(
-                name=entry["name"], public_key=pub, roles=frozenset(entry["roles"]),
-                tenants=frozenset(entry.get("tenants", [ANY_TENANT])),
-                not_before=_opt_time(entry, "not_before", path, i), not_after=_opt_time(entry, "not_after", path, i)))
+                                  field=f"{where}.key_id", expected=pub.key_id, actual=entry["key_id"])
+            with naming_file(str(path)):
+                keys.append(TrustedKey(
+                    name=entry["name"], public_key=pub, roles=frozenset(entry["roles"]),
+                    tenants=frozenset(entry.get("tenants", [ANY_TENANT])),
+                    not_before=_opt_time(entry, "not_before", path, i),
+                    not_after=_opt_time(entry, "not_after", path, i)))
         return cls(keys=tuple(keys), source=str(path))
 
 

@@ -7,7 +7,8 @@
 
 The artifact is verified first (signature by a trusted ``artifact`` key; a failed K-score gate is refused).
 Each input line (schema ``run-input``) is ``{"text": ...}`` or ``{"ids": [...]}`` with an optional ``id``,
-``caller`` and, for generators, decoding parameters. Each batch's receipts are appended in one durable
+``caller`` and, for generators, decoding parameters; a blank line or an empty (whitespace-only) text is a bad
+line, and a repeated ``id`` is recorded again with a warning. Each batch's receipts are appended in one durable
 transaction; outputs (schema ``run-output``) are written in input order; a checkpoint is signed every N
 receipts and at the end. A malformed line is reported with its line number and skipped (exit 2 at the end), or
 stops the run (``--on-error stop``, exit 2) — in both cases every receipt appended so far stays in the log and is
@@ -68,6 +69,9 @@ def _parse_line(raw: bytes, number: int, *, source: str, task: str, max_new_toke
     where = f"line {number}"
     doc: Any = None
     try:
+        if not raw.strip():
+            raise InputError("blank line: every input line is one request", file=source, field=where,
+                             expected='a JSON object such as {"text": "..."}')
         doc = loads_strict(raw, file=source, field=where, error=InputError)
         validate(doc, "run-input", source=source, error=InputError)
         decoding = None
@@ -93,9 +97,7 @@ def _parse_line(raw: bytes, number: int, *, source: str, task: str, max_new_toke
 def _read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     try:
         with path.open("rb") as fh:
-            for number, raw in enumerate(fh, start=1):
-                if raw.strip():
-                    yield number, raw
+            yield from enumerate(fh, start=1)
     except OSError as exc:
         raise InputError(f"cannot read input ({exc.strerror})", file=str(path)) from None
 
@@ -125,6 +127,18 @@ class _Runner:
         self.bad: list[_Bad] = []
         self.indices: list[int] = []
         self.stopped: _Bad | None = None
+        self.seen_ids: dict[str, int] = {}      # request id -> first line that used it
+
+    def note_id(self, line: _Line) -> None:
+        """Warn when a request id repeats: both are recorded, as separate decisions (docs/run.md)."""
+        rid = line.request.id
+        if rid is None:
+            return
+        if rid in self.seen_ids:
+            click.echo(f"kolm-audit: warning: {self.source}: line {line.number}: request id {rid!r} was already used "
+                       f"at line {self.seen_ids[rid]}; both are recorded as separate decisions", err=True)
+        else:
+            self.seen_ids[rid] = line.number
 
     def _write(self, doc: dict[str, Any]) -> None:
         self.out.write(json.dumps(doc, ensure_ascii=False, sort_keys=True) + "\n")
@@ -274,6 +288,7 @@ def run(artifact: Path, input_path: Path, log_path: Path, key_path: Path, passph
                     if runner.stopped:
                         break
                     continue
+                runner.note_id(parsed)
                 batch.append(parsed)
                 if len(batch) >= batch_size:
                     runner.run(batch)

@@ -49,6 +49,9 @@ class Request:
     def __post_init__(self) -> None:
         if (self.text is None) == (self.ids is None):
             raise InputError("a request has either text or ids", field="text|ids", expected="exactly one of them")
+        if self.text is not None and not self.text.strip():
+            raise InputError("empty text: there is nothing to decide on", field="text",
+                             expected="a text with at least one non-space character", actual=repr(self.text)[:40])
         if self.ids is not None:
             object.__setattr__(self, "ids", tuple(self.ids))
             bad = [i for i in self.ids if isinstance(i, bool) or not isinstance(i, int) or i < 0]

@@ -281,3 +281,17 @@ def test_an_interrupted_run_leaves_every_receipt_checkpointed(capsys, world, tmp
     report = _verify_log(capsys, world, tmp_path)
     assert 8 <= report["size"] < 5000
     assert report["latest_checkpoint_size"] == report["size"]
+
+
+def test_blank_lines_empty_texts_and_repeated_ids_are_decided(capsys, world, tmp_path):
+    lines = ['{"text": "hello", "id": "q1"}', "", '{"text": "   "}', '{"text": ""}', '{"text": "again", "id": "q1"}']
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, _, err = _run(capsys, world, tmp_path, "--out", tmp_path / "out.jsonl", inputs=inputs)
+    assert code == 2, err
+    docs = _outputs(tmp_path / "out.jsonl")
+    assert [d["line"] for d in docs] == [1, 2, 3, 4, 5]                       # one output per input line
+    assert [("error" in d) for d in docs] == [False, True, True, True, False]
+    assert "blank line" in docs[1]["error"]["message"] and "empty text" in docs[2]["error"]["message"]
+    assert "request id 'q1' was already used at line 1" in err
+    assert [d["log_index"] for d in docs if "error" not in d] == [0, 1]

@@ -115,3 +115,35 @@ def test_load_policy_takes_exactly_one_source(tmp_path: Path) -> None:
         load_policy(trust=tmp_path / "trust.toml", keys=(pub,))
     with pytest.raises(ConfigError, match="trust policy is needed"):
         load_policy(trust=None, keys=())
+
+
+def _write(tmp_path: Path, entries: list[str], keys: tuple[str, ...] = ("a", "b", "v")) -> Path:
+    for name in keys:
+        write_keypair(generate_key(key_type="ed25519"), tmp_path, name=name)
+    path = tmp_path / "trust.toml"
+    path.write_text('schema = "kolm.trust/1"\n' + "".join(f"[[keys]]\n{e}\n" for e in entries), encoding="utf-8")
+    return path
+
+
+def test_two_entries_with_one_name_are_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, ['name = "ops"\npublic_key = "a.pub"\nroles = ["receipt"]',
+                             'name = "ops"\npublic_key = "b.pub"\nroles = ["checkpoint"]'])
+    with pytest.raises(ConfigError, match="same name") as exc:
+        TrustPolicy.load(path)
+    assert exc.value.file == str(path) and exc.value.field == "keys[1] (ops).name"
+
+
+def test_a_missing_key_file_names_the_trust_file_and_the_entry(tmp_path: Path) -> None:
+    path = _write(tmp_path, ['name = "vendor"\npublic_key = "gone.pub"\nroles = ["artifact"]'])
+    with pytest.raises(KeyFileError) as exc:
+        TrustPolicy.load(path)
+    assert exc.value.file == str(path) and exc.value.field == "keys[0] (vendor).public_key"
+    assert "gone.pub" in str(exc.value)
+
+
+def test_an_inverted_validity_window_names_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, ['name = "vendor"\npublic_key = "v.pub"\nroles = ["artifact"]\n'
+                             'not_before = "2027-01-01T00:00:00Z"\nnot_after = "2026-01-01T00:00:00Z"'])
+    with pytest.raises(ConfigError, match="validity window") as exc:
+        TrustPolicy.load(path)
+    assert exc.value.file == str(path) and "2027-01-01" in str(exc.value)
