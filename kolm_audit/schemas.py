@@ -117,6 +117,39 @@ def _path(error: jsonschema.ValidationError) -> str:
     return out
 
 
+def _alternatives(schemas: Any) -> list[str] | None:
+    """The field names of ``oneOf``/``anyOf`` alternatives that each only require fields, else None."""
+    names = []
+    for sub in schemas if isinstance(schemas, list) else []:
+        if not isinstance(sub, dict) or set(sub) - {"required", "not"} or not sub.get("required"):
+            return None
+        names.append(" + ".join(sub["required"]))
+    return names or None
+
+
+def explain(error: jsonschema.ValidationError) -> str:
+    """A validation error as a person would say it: what is wrong and what was expected, not the schema's
+    internals (``is valid under each of {...}``, ``was unexpected``)."""
+    kind, schema_value = error.validator, error.validator_value
+    if kind == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        return f"unknown field(s) {', '.join(map(repr, extra))}; allowed: {', '.join(sorted(allowed)) or 'none'}"
+    if kind in ("oneOf", "anyOf"):
+        names = _alternatives(schema_value)
+        if names is not None:
+            how = "exactly one" if kind == "oneOf" else "at least one"
+            return f"give {how} of: {' | '.join(names)}"
+        best = jsonschema.exceptions.best_match(error.context) if error.context else None
+        if best is not None:
+            return explain(best)
+        return "does not match any allowed form of this field"
+    if kind == "required" and isinstance(schema_value, list):
+        missing = [f for f in schema_value if isinstance(error.instance, dict) and f not in error.instance]
+        return f"missing required field(s) {', '.join(map(repr, missing))}"
+    return error.message
+
+
 def validate(doc: Any, name: str, *, source: str | None = None,
              error: type[KolmError] = SchemaError) -> None:
     """Validate ``doc`` against ``schemas/<name>.schema.json``.
@@ -133,4 +166,4 @@ def validate(doc: Any, name: str, *, source: str | None = None,
     if errors:
         first = errors[0]
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise error(f"does not match schema {name}: {first.message[:300]}{more}", file=source, field=_path(first))
+        raise error(f"does not match schema {name}: {explain(first)[:300]}{more}", file=source, field=_path(first))

@@ -86,15 +86,18 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class Signer:
-    """Who signed: the trusted key, the role it signed in, and the tenant it was checked for."""
+    """Who signed: the trusted key, the role it signed in, the tenant it was checked for (if any) and the tenants
+    the trust policy lets that key sign for (``*``: any)."""
 
     key_id: str
     name: str
     role: str
     tenant: str | None
+    tenants: tuple[str, ...] = (ANY_TENANT,)
 
     def to_json(self) -> dict[str, Any]:
-        doc = {"key_id": self.key_id, "name": self.name, "role": self.role}
+        doc: dict[str, Any] = {"key_id": self.key_id, "name": self.name, "role": self.role,
+                               "tenants": list(self.tenants)}
         if self.tenant is not None:
             doc["tenant"] = self.tenant
         return doc
@@ -231,7 +234,8 @@ def verify_envelope(envelope: Envelope, policy: TrustPolicy, *, role: str, tenan
             continue
         verify_signature(envelope, signature, trusted.public_key)
         trusted.authorize(role=role, tenant=tenant, at=at)
-        signers.append(Signer(key_id=trusted.key_id, name=trusted.name, role=role, tenant=tenant))
+        signers.append(Signer(key_id=trusted.key_id, name=trusted.name, role=role, tenant=tenant,
+                              tenants=tuple(sorted(trusted.tenants))))
     if not signers:
         known = ", ".join(s.keyid for s in envelope.signatures)
         raise TrustError(f"no signature by a key trusted for role '{role}'", file=policy.source,

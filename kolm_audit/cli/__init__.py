@@ -57,7 +57,16 @@ class _LazyGroup(click.Group):
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kolm-audit")
 def cli() -> None:
-    """kolm-audit: signed open-weight models, exact integer replay, signed receipts in a tamper-evident log."""
+    """kolm-audit: signed open-weight models, exact integer replay, signed receipts in a tamper-evident log.
+
+    \b
+    Exit codes (every command):
+      0  verified / matched / done
+      1  a finding: tampered file, bad or untrusted signature, mismatch, failed gate
+      2  bad usage or unreadable input (the message names the file, the field and what was expected)
+    With --json a command prints its report as JSON on stdout; a failed command prints
+    {"schema": "kolm.error/1", "error": {...}} (schemas/error.schema.json).
+    """
 
 
 def emit(doc: Any, *, as_json: bool, text: str | None = None) -> None:
@@ -66,6 +75,15 @@ def emit(doc: Any, *, as_json: bool, text: str | None = None) -> None:
         click.echo(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False))
     elif text is not None:
         click.echo(text)
+
+
+ERROR_SCHEMA = "kolm.error/1"
+
+
+def error_document(error: dict[str, Any]) -> dict[str, Any]:
+    """The one ``--json`` shape of a failed command (``schemas/error.schema.json``): the error object under
+    ``error`` — the same object a verify report or a run's error line carries."""
+    return {"schema": ERROR_SCHEMA, "error": error}
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -83,13 +101,16 @@ def main(argv: list[str] | None = None) -> None:
         rv = cli.main(args=args, prog_name="kolm-audit", standalone_mode=False)
     except KolmError as exc:
         if as_json:
-            click.echo(json.dumps(exc.to_json(), indent=2, sort_keys=True))
+            click.echo(json.dumps(error_document(exc.to_json()), indent=2, sort_keys=True))
         click.echo(f"kolm-audit: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("kolm-audit: aborted", err=True)
         sys.exit(2)
-    except click.ClickException as exc:
+    except click.ClickException as exc:   # bad usage: unknown option, missing argument, bad value
+        if as_json:
+            doc = {"error": "UsageError", "message": exc.format_message(), "exit_code": 2}
+            click.echo(json.dumps(error_document(doc), indent=2, sort_keys=True))
         exc.show()
         sys.exit(2)
     except click.exceptions.Exit as exc:

@@ -38,7 +38,7 @@ def log() -> None:
 
 
 @log.command("verify")
-@click.argument("path", type=_PATH)
+@click.argument("path", type=_PATH, metavar="LOG|BUNDLE")
 @click.option("--checkpoint", "checkpoint_file", type=_PATH,
               help="A checkpoint you kept earlier; the log must extend it.")
 @click.option("--trust", type=_PATH, help="Trust policy (role 'checkpoint' for checkpoints, 'receipt' for receipts).")
@@ -81,10 +81,10 @@ def verify(path: Path, checkpoint_file: Path | None, trust: Path | None, keys: t
 
 
 @log.command("checkpoint")
-@click.argument("path", type=_PATH)
+@click.argument("path", type=_PATH, metavar="LOG")
 @click.option("--key", "key_path", type=_PATH, required=True, help="Ed25519 private key of the log.")
 @click.option("--passphrase-env", default=None, help="Env var holding the key's passphrase.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the checkpoint as a kolm.checkpoint/1 document.")
 def checkpoint(path: Path, key_path: Path, passphrase_env: str | None, as_json: bool) -> int:
     """Sign and store a checkpoint of LOG's current tree (refused if inconsistent with the last one)."""
     key = load_private_key(key_path, passphrase_env=passphrase_env)
@@ -100,13 +100,13 @@ def checkpoint(path: Path, key_path: Path, passphrase_env: str | None, as_json: 
 
 
 @log.command("prove")
-@click.argument("path", type=_PATH)
+@click.argument("path", type=_PATH, metavar="LOG")
 @click.option("--index", type=click.IntRange(min=0), required=True)
 @click.option("--size", type=click.IntRange(min=1), default=None,
               help="Tree size (default: the latest checkpoint's size if it covers INDEX, else the current size).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a kolm.inclusion-proof/1 document.")
 def prove(path: Path, index: int, size: int | None, as_json: bool) -> int:
-    """Print and verify the RFC 6962 inclusion proof of leaf INDEX in LOG."""
+    """Print and verify the RFC 6962 inclusion proof of leaf --index in LOG (a receipt log database)."""
     if not path.is_file():
         raise InputError("no such receipt log", file=str(path))
     with ReceiptLog.open(path) as receipt_log:
@@ -143,10 +143,10 @@ def prove(path: Path, index: int, size: int | None, as_json: bool) -> int:
 
 
 @log.command("export")
-@click.argument("path", type=_PATH)
+@click.argument("path", type=_PATH, metavar="LOG")
 @click.option("--out", "out_dir", type=_PATH, required=True, help="Bundle directory (must not exist or be empty).")
 @click.option("--no-proofs", is_flag=True, help="Leave out proofs.json (inclusion proofs of every leaf).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help='Print {"bundle": DIR, "size": N} as JSON.')
 def export(path: Path, out_dir: Path, no_proofs: bool, as_json: bool) -> int:
     """Write a portable bundle of LOG: receipts.jsonl, checkpoints/, proofs.json, manifest.json."""
     with open_log_source(path) as src:

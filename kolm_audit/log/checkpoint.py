@@ -223,7 +223,8 @@ def verify_checkpoint(note: str | bytes | SignedCheckpoint, *, policy: TrustPoli
                 raise SignatureError("checkpoint signature does not verify", file=source,
                                      field=f"signature by {sig.name}", expected=trusted.key_id) from None
             trusted.authorize(role="checkpoint", tenant=None, at=None)
-            signers.append(Signer(key_id=trusted.key_id, name=trusted.name, role="checkpoint", tenant=None))
+            signers.append(Signer(key_id=trusted.key_id, name=trusted.name, role="checkpoint", tenant=None,
+                                  tenants=tuple(sorted(trusted.tenants))))
             by_log = by_log or sig.name == parsed.checkpoint.origin
     if signers and not by_log:   # the log signs under its origin (docs/formats.md); others can only cosign
         raise TrustError("no trusted signature under the log's origin as key name", file=source,

@@ -39,3 +39,31 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc.value.code == 0
     assert "kolm-audit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [
+    ["verify", "/nonexistent/model.kolm", "--key", "/nonexistent/k.pub", "--json"],     # an input error
+    ["log", "verify", "/nonexistent.db", "--checkpoint-only", "--key", "/nonexistent/k.pub", "--json"],
+    ["replay", "--json"],                                                               # usage: missing argument
+    ["inspect", "--no-such-option", "x", "--json"],                                     # usage: unknown option
+])
+def test_every_failure_has_one_json_shape(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    import json
+
+    from kolm_audit.schemas import validate
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr().out
+    doc = json.loads(out)
+    if doc.get("schema") == "kolm.verify-report/1":      # verify's report carries the same error object
+        doc = {"schema": "kolm.error/1", "error": doc["error"]}
+    validate(doc, "error")
+    assert doc["error"]["exit_code"] == exc.value.code == 2
+
+
+def test_group_help_explains_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "1  a finding" in out and "2  bad usage" in out and "kolm.error/1" in out

@@ -24,7 +24,8 @@ def test_signer_identity() -> None:
     priv, tk = _key("vendor", roles=frozenset({"artifact", "binder"}), tenants=frozenset({"acme"}))
     env = sign_envelope(b"x", payload_type="t", key=priv)
     [signer] = verify_envelope(env, TrustPolicy(keys=(tk,)), role="binder", tenant="acme")
-    assert signer.to_json() == {"key_id": priv.key_id, "name": "vendor", "role": "binder", "tenant": "acme"}
+    assert signer.to_json() == {"key_id": priv.key_id, "name": "vendor", "role": "binder", "tenant": "acme",
+                                "tenants": ["acme"]}
 
 
 def test_role_tenant_and_window() -> None:
