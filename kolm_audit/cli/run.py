@@ -35,7 +35,7 @@ from kolm_audit.cli._options import open_keystore
 from kolm_audit.errors import GateFailed, InputError, KolmError, RuntimeInputError, TrustError
 from kolm_audit.keys import PrivateKey, load_private_key
 from kolm_audit.receipts.document import Decoding
-from kolm_audit.receipts.privacy import TenantCrypto
+from kolm_audit.receipts.privacy import KeyStore, TenantCrypto
 from kolm_audit.receipts.recorder import Recorded, Recorder, Request
 from kolm_audit.runtime.ops import BACKENDS
 from kolm_audit.schemas import validate
@@ -184,9 +184,32 @@ def _open_out(path: Path) -> IO[str]:
         raise InputError(f"cannot write outputs ({exc.strerror})", file=str(path), field="--out") from None
 
 
-def _privacy(tenant: str, keystore: Path | None, kek_file: Path | None, kek_env: str | None) -> TenantCrypto | None:
+DEFAULT_KEYSTORE = "tenant-keys.json"     # the name docs/privacy.md and the README use
+
+
+def _unused_keystore(tenant: str, log_path: Path) -> None:
+    """Warn when no --keystore is given but a key store beside the log (or here) would seal this tenant's texts."""
+    for candidate in dict.fromkeys((log_path.parent / DEFAULT_KEYSTORE, Path(DEFAULT_KEYSTORE))):
+        if not candidate.is_file():
+            continue
+        try:
+            store = KeyStore.load(candidate)
+        except KolmError:
+            continue
+        mode = store.mode(tenant) if tenant in store.tenants else None
+        if mode is not None and mode != "clear":
+            click.echo(f"kolm-audit: warning: tenant {tenant!r} has a key store entry in {candidate} (mode {mode}) "
+                       "but no --keystore was given: its texts are recorded in clear", err=True)
+            return
+
+
+def _privacy(tenant: str, keystore: Path | None, kek_file: Path | None, kek_env: str | None,
+             log_path: Path) -> TenantCrypto | None:
     store, kek = open_keystore(keystore, kek_file=kek_file, kek_env=kek_env)
-    return None if store is None else store.tenant(tenant, kek=kek)
+    if store is None:
+        _unused_keystore(tenant, log_path)
+        return None
+    return store.tenant(tenant, kek=kek)
 
 
 def _checkpoint_key(key: PrivateKey, path: Path | None, passphrase_env: str | None) -> PrivateKey:
@@ -251,7 +274,7 @@ def run(artifact: Path, input_path: Path, log_path: Path, key_path: Path, passph
                          expected="exactly one of --trust trust.toml or --artifact-key PUB")
     key = load_private_key(key_path, passphrase_env=passphrase_env)
     ckey = _checkpoint_key(key, checkpoint_key, passphrase_env)
-    crypto = _privacy(tenant, keystore, kek_file, kek_env)
+    crypto = _privacy(tenant, keystore, kek_file, kek_env, log_path)
     if trust is not None:
         _warn_untrusted(trust, key, ckey, tenant)
 
