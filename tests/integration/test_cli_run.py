@@ -295,3 +295,13 @@ def test_blank_lines_empty_texts_and_repeated_ids_are_decided(capsys, world, tmp
     assert "blank line" in docs[1]["error"]["message"] and "empty text" in docs[2]["error"]["message"]
     assert "request id 'q1' was already used at line 1" in err
     assert [d["log_index"] for d in docs if "error" not in d] == [0, 1]
+
+
+def test_a_key_store_beside_the_log_that_is_not_given_is_warned_about(capsys, world, tmp_path):
+    kek = KeyEncryptionKey.generate()
+    KeyStore.empty().with_tenant("acme", mode="encrypt-text", kek=kek).write(tmp_path / "tenant-keys.json")
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"text": "hello"}\n', encoding="utf-8")
+    code, _, err = _run(capsys, world, tmp_path, "--out", tmp_path / "out.jsonl", inputs=inputs)
+    assert code == 0, err
+    assert "tenant 'acme' has a key store entry in" in err and "recorded in clear" in err
