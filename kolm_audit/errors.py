@@ -119,9 +119,6 @@ class LogError(Finding):
     """The receipt log is inconsistent, tampered with, or a proof fails."""
 
 
-class ReplayMismatch(Finding):
-    """A replayed decision did not reproduce the recorded bytes."""
-
 
 class GateFailed(Finding):
     """A K-score gate (or other release gate) was not met."""

@@ -76,11 +76,6 @@ def fold_root(perfect: Sequence[bytes]) -> bytes:
     return acc
 
 
-def root_of(leaf_hashes: Sequence[bytes]) -> bytes:
-    """MTH of a list of leaf hashes, computed level by level (O(n) hashes, no recursion)."""
-    return MemoryTree(leaf_hashes).root()
-
-
 # --- proof generation (RFC 6962 §2.1.1 PATH and §2.1.2 PROOF/SUBPROOF) -----------------------------
 
 

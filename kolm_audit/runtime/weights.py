@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from kolm_audit.errors import ArtifactError, UnsupportedModel
-from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime.reference import IntLinear
 
 SCHEMES = ("int8", "int4", "nvfp4")
@@ -42,7 +41,6 @@ INT4_QMAX = 7
 INT4_SCALE_MAX = 32767              # int16 group scales, relative to the channel scale
 NVFP4_BLOCK = 16
 E2M1_HALVES = (0, 1, 2, 3, 4, 6, 8, 12)     # 2 × E2M1 magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6
-E4M3_MAX_UNITS = 448 << 9                   # largest E4M3 value (448) in units of 2^-9
 MIN_SHIFT, MAX_SHIFT = 10, 80               # linear-layer shifts (spec §4.2: shift - e >= 0, e <= 10)
 MAX_REAL_WEIGHT_LOG2 = 14                   # every effective real weight |W·M/2^S| < 2^14 (spec §4.3)
 
@@ -137,11 +135,3 @@ def check_embedding(tensors: Mapping[str, np.ndarray], prefix: str, *, rows: int
     if np.any((mult != 0) & ((shift < 0) | (shift > MAX_SHIFT))):
         raise ArtifactError("embedding shift out of range", field=f"tensors.{prefix}.shift",
                             expected=f"0..{MAX_SHIFT}")
-
-
-def embedding_lookup(tensors: Mapping[str, np.ndarray], prefix: str, ids: np.ndarray) -> np.ndarray:
-    """Rows ``ids`` of an int8 embedding table as Q.16: ``requantize(q, mult[id], shift[id])``."""
-    w = tensors[f"{prefix}.weight"]
-    mult = tensors[f"{prefix}.mult"].astype(np.int64)
-    shift = tensors[f"{prefix}.shift"].astype(np.int64)
-    return fp.requantize(w[ids].astype(np.int64), mult[ids][..., None], shift[ids][..., None])

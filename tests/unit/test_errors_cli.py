@@ -18,7 +18,7 @@ def test_message_names_file_field_and_expectation() -> None:
 
 @pytest.mark.parametrize(("cls", "code"), [
     (errors.ArtifactError, 1), (errors.SchemaError, 1), (errors.SignatureError, 1), (errors.TrustError, 1),
-    (errors.LogError, 1), (errors.ReplayMismatch, 1), (errors.GateFailed, 1),
+    (errors.LogError, 1), (errors.GateFailed, 1), (errors.Unsigned, 1),
     (errors.InputError, 2), (errors.KeyFileError, 2), (errors.ConfigError, 2), (errors.UnsupportedModel, 2),
     (errors.RuntimeInputError, 2),
 ])
