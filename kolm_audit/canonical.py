@@ -101,7 +101,7 @@ def loads_strict(data: bytes | str, *, file: str | None = None, field: str | Non
         if _SURROGATE_ESCAPE.search(text):
             _reject_lone_surrogates(obj)
         return obj
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:   # UnicodeDecodeError is a ValueError
         raise error(f"not strict JSON: {exc}", file=file, field=field) from None  # type: ignore[call-arg]
 
 

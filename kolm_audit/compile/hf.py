@@ -56,7 +56,7 @@ def _load_json(path: Path, *, what: str) -> tuple[Any, bytes]:
         raise InputError(f"cannot read {what} ({exc.strerror})", file=str(path)) from None
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys), raw
-    except (UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:   # bad UTF-8 (UnicodeDecodeError) or bad JSON
         raise InputError(f"{what} is not valid JSON ({exc})", file=str(path)) from None
 
 
@@ -84,7 +84,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], str]:
                    expected=f"at most {min(_HEADER_CAP, size - 8)}", actual=str(n))
     try:
         header = json.loads(bytes(mm[8:8 + n]).decode("utf-8"), object_pairs_hook=no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:   # bad UTF-8 (UnicodeDecodeError) or bad JSON
         raise _bad(f"header is not valid JSON ({exc})", path, "header") from None
     if not isinstance(header, dict):
         raise _bad("header is not a JSON object", path, "header")
