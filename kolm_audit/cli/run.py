@@ -34,6 +34,7 @@ from kolm_audit.cli import emit
 from kolm_audit.cli._options import open_keystore
 from kolm_audit.errors import GateFailed, InputError, KolmError, RuntimeInputError, TrustError
 from kolm_audit.keys import PrivateKey, load_private_key
+from kolm_audit.log.checkpoint import require_note_key
 from kolm_audit.receipts.document import Decoding
 from kolm_audit.receipts.privacy import KeyStore, TenantCrypto
 from kolm_audit.receipts.recorder import Recorded, Recorder, Request
@@ -214,10 +215,7 @@ def _privacy(tenant: str, keystore: Path | None, kek_file: Path | None, kek_env:
 
 def _checkpoint_key(key: PrivateKey, path: Path | None, passphrase_env: str | None) -> PrivateKey:
     ckey = key if path is None else load_private_key(path, passphrase_env=passphrase_env)
-    if ckey.key_type != "ed25519":
-        raise InputError("log checkpoints are C2SP signed notes and need an Ed25519 key", field="--checkpoint-key",
-                         expected="an Ed25519 key (--checkpoint-key, or an Ed25519 --key)", actual=ckey.key_type)
-    return ckey
+    return require_note_key(ckey, field="--checkpoint-key (default: --key)")
 
 
 def _warn_untrusted(trust: Path, key: PrivateKey, ckey: PrivateKey, tenant: str) -> None:

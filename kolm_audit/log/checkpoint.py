@@ -135,11 +135,17 @@ class SignedCheckpoint:
         return doc
 
 
+def require_note_key(key: PrivateKey, *, field: str = "--key") -> PrivateKey:
+    """``key`` if it can sign checkpoints: C2SP signed notes (type 0x01) are Ed25519; else :class:`InputError`."""
+    if key.key_type != "ed25519":
+        raise InputError("log checkpoints are C2SP signed notes and need an Ed25519 key", field=field,
+                         expected="ed25519", actual=key.key_type)
+    return key
+
+
 def sign_checkpoint(checkpoint: Checkpoint, key: PrivateKey, *, name: str | None = None) -> str:
     """Sign ``checkpoint`` with an Ed25519 key; the key name defaults to the origin (C2SP convention)."""
-    if key.key_type != "ed25519":
-        raise InputError("checkpoints are signed with Ed25519 keys (C2SP signed note type 0x01)",
-                         field="--key", expected="ed25519", actual=key.key_type)
+    require_note_key(key)
     name = _check_name(checkpoint.origin if name is None else name)
     sig = NoteSignature(name=name, key_hash=key_hash(name, key.public_key()), signature=key.sign(checkpoint.body()))
     return SignedCheckpoint(checkpoint=checkpoint, signatures=(sig,)).text

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from kolm_audit.artifact.manifest import gate_failed
 from kolm_audit.errors import GateFailed, InputError, RuntimeInputError
 from kolm_audit.keys import PrivateKey
+from kolm_audit.log.checkpoint import require_note_key
 from kolm_audit.model import Model
 from kolm_audit.receipts.document import Decision, Decoding, ReceiptContext, receipt_builder
 from kolm_audit.receipts.privacy import TenantCrypto
@@ -81,9 +82,8 @@ class Recorder:
         if checkpoint_every is not None and checkpoint_every < 1:
             raise InputError("checkpoint interval must be positive", field="checkpoint_every",
                              actual=str(checkpoint_every))
-        if checkpoint_key is not None and checkpoint_key.key_type != "ed25519":
-            raise InputError("log checkpoints are C2SP signed notes: they need an Ed25519 key",
-                             field="checkpoint_key", expected="ed25519", actual=checkpoint_key.key_type)
+        if checkpoint_key is not None:
+            require_note_key(checkpoint_key, field="checkpoint_key")
         manifest = model.manifest
         if gate_failed(manifest.get("kscore")):
             raise GateFailed("the artifact's K-score gate failed; refusing to record decisions with it",
