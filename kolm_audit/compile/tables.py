@@ -1,21 +1,9 @@
 """Build-time construction of the ``tables.*`` tensors of ``kolm-int/1`` (spec: docs/runtime-spec.md §5).
 
-The layouts (lengths, steps, formats) are the runtime's: :mod:`kolm_audit.runtime.tables`.
-
-The forward pass never evaluates a transcendental function: it reads these integer tables from the
-artifact. They are computed here once, at quantization time, from exact or correctly rounded arithmetic
-(``decimal`` at 60 digits, ``math.isqrt``) so that every build on every machine writes identical bytes.
-
-Layouts (fixed by the spec; the runtime checks the lengths):
-
-=================  ======  ==============================  ======================  =========
-tensor             length  entry i is the value at          of                      format
-=================  ======  ==============================  ======================  =========
-tables.exp         4097    t = i / 128 (t in [0, 32])       exp(-t)                 Q.30
-tables.gelu_cdf    2049    x = -8 + i / 128                 Φ(x) (normal CDF)       Q.30
-tables.tanh        2049    x = -8 + i / 128                 tanh(x)                 Q.30
-tables.rsqrt       3073    t = 1 + i / 1024 (t in [1, 4])   1/sqrt(t)               Q.30
-=================  ======  ==============================  ======================  =========
+The forward pass never evaluates a transcendental function: it reads integer tables from the artifact. They are
+computed here once, at build time, from exact or correctly rounded arithmetic (``decimal`` at 60 digits,
+``math.isqrt``, Python integers) so that every build on every machine writes identical bytes. Their layouts
+(lengths, steps, formats), which the runtime checks, are tabled in :mod:`kolm_audit.runtime.tables`.
 
 Example::
 
