@@ -131,7 +131,8 @@ def bench_llama(args: argparse.Namespace) -> None:
     peer = model.to(dev, dtype=torch.bfloat16 if dev == "cuda" else torch.float32)
     qm = quantize_llama(ckpt, scheme=args.scheme)
     ops = get_ops(dev, threads=args.threads, fused=not args.unfused)
-    rt = LlamaRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors, ops=ops)
+    rt = LlamaRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors,
+                                   ops=ops)
     rng = np.random.default_rng(1)
     prompts = [rng.integers(3, args.vocab, int(n)).tolist() for n in rng.integers(args.prompt // 2, args.prompt + 1,
                                                                                   args.batch)]
@@ -156,8 +157,8 @@ def bench_llama(args: argparse.Namespace) -> None:
           f"{peer_name} {_changed(alone_peer, batch_peer)}/{args.batch}, ours {_changed(alone_ours, batch_ours)}/"
           f"{args.batch}")
     if not args.skip_numpy:
-        np_rt = LlamaRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization, tensors=qm.tensors,
-                             ops=NumpyOps())
+        np_rt = LlamaRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization,
+                                          tensors=qm.tensors, ops=NumpyOps())
         new = max(1, args.new // 4)
         _, npf, npd = _time_pair(lambda: _our_run(np_rt, prompts[:1], new, "cpu"), 1)
         same = np.array_equal(np_rt._prefill(prompts[:4], all_logits=False)[0], batch_ours[:4])
@@ -187,8 +188,8 @@ def bench_minilm(args: argparse.Namespace) -> None:
     ckpt = read_hf_checkpoint(path)
     qm = quantize_checkpoint(ckpt, scheme="int8")
     ops = get_ops(dev, threads=args.threads, fused=not args.unfused)
-    rt = BertRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization, task=qm.task, tensors=qm.tensors,
-                     ops=ops)
+    rt = BertRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization, task=qm.task,
+                                  tensors=qm.tensors, ops=ops)
     peer = BertModel.from_pretrained(str(path), attn_implementation="eager").eval()
     peer = peer.to(dev, dtype=torch.bfloat16 if dev == "cuda" else torch.float32)
     tok = Tokenizer(ckpt.tokenizer_json)

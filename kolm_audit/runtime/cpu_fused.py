@@ -33,12 +33,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from kolm_audit.runtime import cpu_blocks as kb
 from kolm_audit.runtime import cpu_kernels as kn
 from kolm_audit.runtime.fused_ops import FusedOps
 from kolm_audit.runtime.torch_matmul import TorchLinear
 
 Tensor = torch.Tensor
 _PAR_MIN = 1 << 16              # elements below which one thread does the whole operation
+_Q8 = "_kolm_q8"                # memo on an output: its §3.3 rows (q int8 [R, K], m [R], e [R]) for the next linear
+_MERGED = "_kolm_merged"        # memo on an attention output [B,H,T,D]: the same values as [B,T,H·D] (with _Q8)
+_BLOCK_TQ = 8                   # attention with at most this many query rows per request runs as one kernel
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
@@ -73,6 +77,104 @@ class FusedCpuOps(FusedOps):
         fn(0, step)
         for f in futures:
             f.result()
+
+    # ---- composite operations (cpu_blocks): fewer passes, the same integers ------------------------------------
+    def _q8_out(self, rows: int, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """An int32 output [rows, n] and the buffers of its §3.3 rows (q int8, m, e)."""
+        return (torch.empty((rows, n), dtype=torch.int32), torch.empty((rows, n), dtype=torch.int8),
+                torch.empty(rows, dtype=torch.int64), torch.empty(rows, dtype=torch.int64))
+
+    def linear(self, x: Tensor, lin: TorchLinear, *, residual: Tensor | None = None) -> Tensor:
+        """Spec §4.2 (+ the saturated residual add): the input's §3.3 rows come from its memo when the kernel that
+        made ``x`` computed them (norms, GELU, SwiGLU, attention), else from one quantize pass."""
+        k, n = x.shape[-1], lin.out_features
+        memo = getattr(x, _Q8, None)
+        q, m, e = memo if memo is not None else self._quantize(x.reshape(-1, k), torch.int8)
+        acc = self.accumulate(q, lin)                                   # [R,N] int32 | int64, exact
+        out = torch.empty((q.shape[0], n), dtype=torch.int32)           # [R,N] int32 Q.16
+        an, mn, en, on = acc.numpy(), m.numpy(), e.numpy(), out.numpy()
+        mult, shift, bias = _host(lin.mult), _host(lin.shift), _host(lin.bias)
+        if residual is None:
+            self._par(an.shape[0], an.size, lambda lo, hi: kn.linear_epilogue(
+                an[lo:hi], mn[lo:hi], en[lo:hi], mult, shift, bias, on[lo:hi]))
+        else:
+            rn = residual.reshape(-1, n).numpy()
+            self._par(an.shape[0], an.size, lambda lo, hi: kb.linear_epilogue_res(
+                an[lo:hi], mn[lo:hi], en[lo:hi], mult, shift, bias, rn[lo:hi], on[lo:hi]))
+        return out.reshape(*x.shape[:-1], n)
+
+    def _norm_fused(self, x: Tensor, gamma: Tensor, beta: Tensor | None, eps_q32: int, table: Tensor) -> Tensor:
+        h = x.shape[-1]
+        xn = x.reshape(-1, h).numpy()
+        out, q, m, e = self._q8_out(xn.shape[0], h)
+        on, qn, mn, en, gn, tn = out.numpy(), q.numpy(), m.numpy(), e.numpy(), _host(gamma), _host(table)
+        bn = _EMPTY if beta is None else _host(beta)
+        self._par(xn.shape[0], xn.size, lambda lo, hi: kb.norm_quant(
+            xn[lo:hi], gn, bn, beta is not None, eps_q32, tn, on[lo:hi], qn[lo:hi], mn[lo:hi], en[lo:hi]))
+        out = out.reshape(x.shape)                                      # [...,H] int32 Q.16
+        setattr(out, _Q8, (q, m, e))
+        return out
+
+    def gelu(self, x: Tensor, cdf_table: Tensor) -> Tensor:
+        n = x.shape[-1]
+        xn = x.reshape(-1, n).numpy()
+        out, q, m, e = self._q8_out(xn.shape[0], n)
+        on, qn, mn, en, tn = out.numpy(), q.numpy(), m.numpy(), e.numpy(), _host(cdf_table)
+        self._par(xn.shape[0], xn.size, lambda lo, hi: kb.gelu_quant(xn[lo:hi], tn, on[lo:hi], qn[lo:hi], mn[lo:hi],
+                                                                     en[lo:hi]))
+        out = out.reshape(x.shape)                                      # [...,N] int32 Q.16
+        setattr(out, _Q8, (q, m, e))
+        return out
+
+    def swiglu(self, gate: Tensor, up: Tensor, sigmoid_table: Tensor) -> Tensor:
+        n = gate.shape[-1]
+        gn, un = gate.reshape(-1, n).numpy(), up.reshape(-1, n).numpy()
+        out, q, m, e = self._q8_out(gn.shape[0], n)
+        on, qn, mn, en, tn = out.numpy(), q.numpy(), m.numpy(), e.numpy(), _host(sigmoid_table)
+        self._par(gn.shape[0], gn.size, lambda lo, hi: kb.swiglu_quant(gn[lo:hi], un[lo:hi], tn, on[lo:hi], qn[lo:hi],
+                                                                       mn[lo:hi], en[lo:hi]))
+        out = out.reshape(gate.shape)                                   # [...,I] int32 Q.16
+        setattr(out, _Q8, (q, m, e))
+        return out
+
+    def segment_attention(self, qkv: Tensor, bounds: np.ndarray, *, heads: int, head_dim: int, scale_mult: int,
+                          scale_shift: int, exp_table: Tensor) -> Tensor:
+        """The whole §5.2 block of packed requests in one kernel
+        (:func:`~kolm_audit.runtime.cpu_blocks.packed_attention`); requests are split between threads."""
+        hid = heads * head_dim
+        qn, bn, tn = qkv.numpy(), np.ascontiguousarray(bounds, dtype=np.int64), _host(exp_table)
+        out, q, m, e = self._q8_out(qn.shape[0], hid)
+        on, q8, mn, en = out.numpy(), q.numpy(), m.numpy(), e.numpy()
+        self._par(bn.size - 1, qn.shape[0] * hid * 4, lambda lo, hi: kb.packed_attention(
+            qn, bn[lo:hi + 1], heads, head_dim, scale_mult, scale_shift, tn, on, q8, mn, en))
+        setattr(out, _Q8, (q, m, e))
+        return out                                                      # [N,H] int32 Q.16
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, *, scale_mult: int, scale_shift: int,
+                  exp_table: Tensor) -> Tensor:
+        """Few query rows (decoding): the whole §5.2 block in one kernel
+        (:func:`~kolm_audit.runtime.cpu_blocks.attention_block`, keys from the cache's quantization memo); more
+        rows: the torch matrix products of :class:`FusedOps`."""
+        b, hq, tq, d = q.shape
+        if tq > _BLOCK_TQ:
+            return super().attention(q, k, v, key_valid, scale_mult=scale_mult, scale_shift=scale_shift,
+                                     exp_table=exp_table)
+        kf, mk, ek = self._memo(k, "_kolm_k32")                         # [B,Hk,Tk,D] f32 in [-127,127]; [B,Hk,Tk]
+        out, q8, m, e = self._q8_out(b * tq, hq * d)
+        qn, kn_, mkn, ekn, vn, valid = (t.numpy() for t in (q, kf, mk, ek, v, key_valid))
+        on, q8n, mn, en, tn = out.numpy().reshape(b, tq, hq * d), q8.numpy(), m.numpy(), e.numpy(), _host(exp_table)
+        self._par(b, b * hq * tq * k.shape[2] * d, lambda lo, hi: kb.attention_block(
+            qn[lo:hi], kn_[lo:hi], mkn[lo:hi], ekn[lo:hi], vn[lo:hi], valid[lo:hi], hq // k.shape[1], scale_mult,
+            scale_shift, tn, on[lo:hi], q8n[lo * tq:hi * tq], mn[lo * tq:hi * tq], en[lo * tq:hi * tq]))
+        merged = out.reshape(b, tq, hq * d)                             # [B,Tq,Hq·D] int32 Q.16
+        setattr(merged, _Q8, (q8, m, e))
+        ctx = merged.reshape(b, tq, hq, d).permute(0, 2, 1, 3)          # [B,Hq,Tq,D] view
+        setattr(ctx, _MERGED, merged)
+        return ctx
+
+    def merge_heads(self, x: Tensor) -> Tensor:
+        merged = getattr(x, _MERGED, None)
+        return merged if merged is not None else super().merge_heads(x)
 
     # ---- kernel hooks -------------------------------------------------------------------------------------
     def _k_quantize(self, x: Tensor, q: Tensor, m: Tensor, e: Tensor) -> None:
