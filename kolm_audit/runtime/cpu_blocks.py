@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kolm_audit.runtime.cpu_kernels import _kernel, _lut, _norm_row, _quantize_row, _requantize, _sat
+from kolm_audit.runtime.cpu_kernels import _kernel, _lut, _lut_row, _norm_row, _quantize_row, _requantize, _sat
 
 _NEG = -(1 << 62)
 
@@ -81,19 +81,17 @@ def norm_quant(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, center: bool,
 @_kernel
 def gelu_quant(x: np.ndarray, table: np.ndarray, out: np.ndarray, q: np.ndarray, qm: np.ndarray,
                qe: np.ndarray) -> None:
-    """§5.4 ``sat(rnd(x·Φ(x) / 2^30))`` of ``x`` [R, N], then §3.3 of each output row."""
+    """§5.4 ``sat(rnd(x·Φ(x) / 2^30))`` of ``x`` [R, N], then §3.3 of each output row (table reads by row, as in
+    :func:`kolm_audit.runtime.cpu_kernels.gelu`)."""
     rows, n = x.shape
-    nt = table.shape[0]
+    idx, fr = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    lo, df = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     for r in range(rows):
         xr, orow = x[r], out[r]
+        _lut_row(xr, table, -(8 << 16), 9, idx, fr, lo, df)
         for j in range(n):
-            v = np.int64(xr[j])
-            pos = v + (8 << 16)
-            i = min(max(pos >> 9, 0), nt - 2)
-            f = min(max(pos - (i << 9), 0), 1 << 9)
-            lo = np.int64(table[i])
-            phi = lo + (((np.int64(table[i + 1]) - lo) * f + (1 << 8)) >> 9)              # Φ(x) Q.30
-            orow[j] = _sat((v * phi + (1 << 29)) >> 30)
+            phi = lo[j] + ((df[j] * fr[j] + (1 << 8)) >> 9)                       # Φ(x) Q.30
+            orow[j] = _sat((np.int64(xr[j]) * phi + (1 << 29)) >> 30)
         qm[r], qe[r] = _quantize_row(orow, q[r])
 
 
@@ -102,18 +100,19 @@ def swiglu_quant(gate: np.ndarray, up: np.ndarray, table: np.ndarray, out: np.nd
                  qm: np.ndarray, qe: np.ndarray) -> None:
     """Llama §4 ``sat(rnd(silu(g)·u / 2^16))`` of [R, I] rows, then §3.3 of each output row."""
     rows, n = gate.shape
-    nt = table.shape[0]
+    idx, fr = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    lo, df = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    gr, ur = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     for r in range(rows):
+        for j in range(n):                  # gate/up are column slices of one [R, 2I] tensor: contiguous copies
+            gr[j] = gate[r, j]
+            ur[j] = up[r, j]
+        _lut_row(gr, table, -(16 << 16), 9, idx, fr, lo, df)
         orow = out[r]
         for j in range(n):
-            g = np.int64(gate[r, j])
-            pos = g + (16 << 16)
-            i = min(max(pos >> 9, 0), nt - 2)
-            f = min(max(pos - (i << 9), 0), 1 << 9)
-            lo = np.int64(table[i])
-            sig = lo + (((np.int64(table[i + 1]) - lo) * f + (1 << 8)) >> 9)              # σ(g) Q.30
-            sv = _sat((g * sig + (1 << 29)) >> 30)                                         # silu(g) Q.16
-            orow[j] = _sat((sv * np.int64(up[r, j]) + (1 << 15)) >> 16)
+            sig = lo[j] + ((df[j] * fr[j] + (1 << 8)) >> 9)                       # σ(g) Q.30
+            sv = _sat((gr[j] * sig + (1 << 29)) >> 30)                            # silu(g) Q.16
+            orow[j] = _sat((sv * ur[j] + (1 << 15)) >> 16)
         qm[r], qe[r] = _quantize_row(orow, q[r])
 
 
@@ -139,17 +138,21 @@ def packed_attention(qkv: np.ndarray, bounds: np.ndarray, nh: int, d: int, scale
                      table: np.ndarray, out: np.ndarray, q8: np.ndarray, qm: np.ndarray, qe: np.ndarray) -> None:
     """§5.2 for packed requests: ``qkv`` [N, 3·nh·d] holds q|k|v of every token, request ``s`` owns rows
     ``bounds[s]:bounds[s+1]`` (``bounds`` [S+1], absolute row numbers) and attends to all of its own keys.
-    Writes the context [N, nh·d] into ``out`` and its §3.3 rows into ``q8``, ``qm``, ``qe``."""
+    Writes the context [N, nh·d] into ``out`` and its §3.3 rows into ``q8``, ``qm``, ``qe``.
+
+    Exact float carriers (spec "Fast backends"): the scores ``Σ_d qq·kq`` accumulate in float32 over keys (every
+    partial sum an integer below 2^22), ``Σ_j P·V`` in float64 over the head dimension (below 2^48)."""
     hid = nh * d
     tmax = 0
     for s in range(bounds.shape[0] - 1):
         tmax = max(tmax, bounds[s + 1] - bounds[s])
-    qq, kq = np.empty((tmax, d), np.int32), np.empty((tmax, d), np.int32)
+    qf, kt = np.empty((tmax, d), np.float32), np.empty((d, tmax), np.float32)
+    vf = np.empty((tmax, d), np.float64)
     mq, eq = np.empty(tmax, np.int64), np.empty(tmax, np.int64)
     mk, ek = np.empty(tmax, np.int64), np.empty(tmax, np.int64)
-    sc, p = np.empty(tmax, np.int64), np.empty(tmax, np.int64)
+    dots, sc, p = np.empty(tmax, np.float32), np.empty(tmax, np.int64), np.empty(tmax, np.int64)
     ok = np.ones(tmax, np.bool_)
-    acc = np.empty(d, np.int64)
+    acc = np.empty(d, np.float64)
     q8row = np.empty(d, np.int8)
     for s in range(bounds.shape[0] - 1):
         a, t = bounds[s], bounds[s + 1] - bounds[s]
@@ -158,28 +161,33 @@ def packed_attention(qkv: np.ndarray, bounds: np.ndarray, nh: int, d: int, scale
             for i in range(t):
                 mq[i], eq[i] = _quantize_row(qkv[a + i, c0:c0 + d], q8row)
                 for c in range(d):
-                    qq[i, c] = q8row[c]
+                    qf[i, c] = q8row[c]
                 mk[i], ek[i] = _quantize_row(qkv[a + i, hid + c0:hid + c0 + d], q8row)
                 for c in range(d):
-                    kq[i, c] = q8row[c]
+                    kt[c, i] = q8row[c]
+                    vf[i, c] = qkv[a + i, 2 * hid + c0 + c]
             for i in range(t):
+                for j in range(t):
+                    dots[j] = 0
+                for c in range(d):
+                    qc = qf[i, c]
+                    for j in range(t):
+                        dots[j] += qc * kt[c, j]                       # |Σ| <= d·127² < 2^22: exact
                 mx = np.int64(_NEG)
                 for j in range(t):
-                    dot = 0
-                    for c in range(d):
-                        dot += qq[i, c] * kq[j, c]                     # |dot| <= d·127² < 2^22
-                    sv = _requantize(np.int64(dot) * (mq[i] * mk[j]), scale_mult, scale_shift + 16 - (eq[i] + ek[j]))
+                    sv = _requantize(np.int64(dots[j]) * (mq[i] * mk[j]), scale_mult,
+                                     scale_shift + 16 - (eq[i] + ek[j]))
                     sc[j] = sv
                     mx = max(mx, sv)
                 _softmax_row(sc, ok, t, mx, table, p)
                 for c in range(d):
                     acc[c] = 0
                 for j in range(t):
-                    pj = p[j]
+                    pj = np.float64(p[j])
                     for c in range(d):
-                        acc[c] += pj * np.int64(qkv[a + j, 2 * hid + c0 + c])   # |Σ P·V| < 2^48
+                        acc[c] += pj * vf[j, c]                        # |Σ P·V| < 2^48: exact in float64
                 for c in range(d):
-                    out[a + i, c0 + c] = _sat((acc[c] + (1 << 15)) >> 16)
+                    out[a + i, c0 + c] = _sat((np.int64(acc[c]) + (1 << 15)) >> 16)
         for i in range(a, a + t):
             qm[i], qe[i] = _quantize_row(out[i], q8[i])
 

@@ -79,20 +79,33 @@ class FusedCpuOps(FusedOps):
             f.result()
 
     # ---- composite operations (cpu_blocks): fewer passes, the same integers ------------------------------------
-    def _q8_out(self, rows: int, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """An int32 output [rows, n] and the buffers of its §3.3 rows (q int8, m, e)."""
-        return (torch.empty((rows, n), dtype=torch.int32), torch.empty((rows, n), dtype=torch.int8),
-                torch.empty(rows, dtype=torch.int64), torch.empty(rows, dtype=torch.int64))
+    def _q8_out(self, rows: int, n: int) -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """An int32 output [rows, n] (tensor and its numpy view) and the numpy buffers of its §3.3 rows (q int8,
+        m, e); numpy allocations cost a fraction of torch's at decoding sizes."""
+        on = np.empty((rows, n), dtype=np.int32)
+        return (torch.from_numpy(on), on, np.empty((rows, n), dtype=np.int8), np.empty(rows, dtype=np.int64),
+                np.empty(rows, dtype=np.int64))
+
+    @staticmethod
+    def _keep_q8(out: Tensor, q: np.ndarray, m: np.ndarray, e: np.ndarray) -> Tensor:
+        setattr(out, _Q8, (torch.from_numpy(q), m, e))
+        return out
 
     def linear(self, x: Tensor, lin: TorchLinear, *, residual: Tensor | None = None) -> Tensor:
         """Spec §4.2 (+ the saturated residual add): the input's §3.3 rows come from its memo when the kernel that
         made ``x`` computed them (norms, GELU, SwiGLU, attention), else from one quantize pass."""
         k, n = x.shape[-1], lin.out_features
         memo = getattr(x, _Q8, None)
-        q, m, e = memo if memo is not None else self._quantize(x.reshape(-1, k), torch.int8)
-        acc = self.accumulate(q, lin)                                   # [R,N] int32 | int64, exact
-        out = torch.empty((q.shape[0], n), dtype=torch.int32)           # [R,N] int32 Q.16
-        an, mn, en, on = acc.numpy(), m.numpy(), e.numpy(), out.numpy()
+        if memo is not None:
+            q, mn, en = memo                                            # [R,K] int8 tensor; [R] m, e (numpy)
+        else:
+            xn = x.reshape(-1, k).numpy()
+            qn, mn, en = np.empty(xn.shape, np.int8), np.empty(xn.shape[0], np.int64), np.empty(xn.shape[0], np.int64)
+            self._par(xn.shape[0], xn.size, lambda lo, hi: kn.quantize_rows(xn[lo:hi], qn[lo:hi], mn[lo:hi],
+                                                                            en[lo:hi]))
+            q = torch.from_numpy(qn)
+        an = self.accumulate(q, lin).numpy()                            # [R,N] int32 | int64, exact
+        on = np.empty(an.shape, dtype=np.int32)                         # [R,N] int32 Q.16
         mult, shift, bias = _host(lin.mult), _host(lin.shift), _host(lin.bias)
         if residual is None:
             self._par(an.shape[0], an.size, lambda lo, hi: kn.linear_epilogue(
@@ -101,41 +114,34 @@ class FusedCpuOps(FusedOps):
             rn = residual.reshape(-1, n).numpy()
             self._par(an.shape[0], an.size, lambda lo, hi: kb.linear_epilogue_res(
                 an[lo:hi], mn[lo:hi], en[lo:hi], mult, shift, bias, rn[lo:hi], on[lo:hi]))
-        return out.reshape(*x.shape[:-1], n)
+        return torch.from_numpy(on).reshape(*x.shape[:-1], n)
 
     def _norm_fused(self, x: Tensor, gamma: Tensor, beta: Tensor | None, eps_q32: int, table: Tensor) -> Tensor:
         h = x.shape[-1]
         xn = x.reshape(-1, h).numpy()
-        out, q, m, e = self._q8_out(xn.shape[0], h)
-        on, qn, mn, en, gn, tn = out.numpy(), q.numpy(), m.numpy(), e.numpy(), _host(gamma), _host(table)
-        bn = _EMPTY if beta is None else _host(beta)
+        out, on, qn, mn, en = self._q8_out(xn.shape[0], h)
+        gn, tn, bn = _host(gamma), _host(table), _EMPTY if beta is None else _host(beta)
         self._par(xn.shape[0], xn.size, lambda lo, hi: kb.norm_quant(
             xn[lo:hi], gn, bn, beta is not None, eps_q32, tn, on[lo:hi], qn[lo:hi], mn[lo:hi], en[lo:hi]))
-        out = out.reshape(x.shape)                                      # [...,H] int32 Q.16
-        setattr(out, _Q8, (q, m, e))
-        return out
+        return self._keep_q8(out.reshape(x.shape), qn, mn, en)         # [...,H] int32 Q.16
 
     def gelu(self, x: Tensor, cdf_table: Tensor) -> Tensor:
         n = x.shape[-1]
         xn = x.reshape(-1, n).numpy()
-        out, q, m, e = self._q8_out(xn.shape[0], n)
-        on, qn, mn, en, tn = out.numpy(), q.numpy(), m.numpy(), e.numpy(), _host(cdf_table)
+        out, on, qn, mn, en = self._q8_out(xn.shape[0], n)
+        tn = _host(cdf_table)
         self._par(xn.shape[0], xn.size, lambda lo, hi: kb.gelu_quant(xn[lo:hi], tn, on[lo:hi], qn[lo:hi], mn[lo:hi],
                                                                      en[lo:hi]))
-        out = out.reshape(x.shape)                                      # [...,N] int32 Q.16
-        setattr(out, _Q8, (q, m, e))
-        return out
+        return self._keep_q8(out.reshape(x.shape), qn, mn, en)         # [...,N] int32 Q.16
 
     def swiglu(self, gate: Tensor, up: Tensor, sigmoid_table: Tensor) -> Tensor:
         n = gate.shape[-1]
         gn, un = gate.reshape(-1, n).numpy(), up.reshape(-1, n).numpy()
-        out, q, m, e = self._q8_out(gn.shape[0], n)
-        on, qn, mn, en, tn = out.numpy(), q.numpy(), m.numpy(), e.numpy(), _host(sigmoid_table)
+        out, on, qn, mn, en = self._q8_out(gn.shape[0], n)
+        tn = _host(sigmoid_table)
         self._par(gn.shape[0], gn.size, lambda lo, hi: kb.swiglu_quant(gn[lo:hi], un[lo:hi], tn, on[lo:hi], qn[lo:hi],
                                                                        mn[lo:hi], en[lo:hi]))
-        out = out.reshape(gate.shape)                                   # [...,I] int32 Q.16
-        setattr(out, _Q8, (q, m, e))
-        return out
+        return self._keep_q8(out.reshape(gate.shape), qn, mn, en)      # [...,I] int32 Q.16
 
     def segment_attention(self, qkv: Tensor, bounds: np.ndarray, *, heads: int, head_dim: int, scale_mult: int,
                           scale_shift: int, exp_table: Tensor) -> Tensor:
@@ -143,12 +149,10 @@ class FusedCpuOps(FusedOps):
         (:func:`~kolm_audit.runtime.cpu_blocks.packed_attention`); requests are split between threads."""
         hid = heads * head_dim
         qn, bn, tn = qkv.numpy(), np.ascontiguousarray(bounds, dtype=np.int64), _host(exp_table)
-        out, q, m, e = self._q8_out(qn.shape[0], hid)
-        on, q8, mn, en = out.numpy(), q.numpy(), m.numpy(), e.numpy()
+        out, on, q8, mn, en = self._q8_out(qn.shape[0], hid)
         self._par(bn.size - 1, qn.shape[0] * hid * 4, lambda lo, hi: kb.packed_attention(
             qn, bn[lo:hi + 1], heads, head_dim, scale_mult, scale_shift, tn, on, q8, mn, en))
-        setattr(out, _Q8, (q, m, e))
-        return out                                                      # [N,H] int32 Q.16
+        return self._keep_q8(out, q8, mn, en)                           # [N,H] int32 Q.16
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, *, scale_mult: int, scale_shift: int,
                   exp_table: Tensor) -> Tensor:
@@ -160,14 +164,13 @@ class FusedCpuOps(FusedOps):
             return super().attention(q, k, v, key_valid, scale_mult=scale_mult, scale_shift=scale_shift,
                                      exp_table=exp_table)
         kf, mk, ek = self._memo(k, "_kolm_k32")                         # [B,Hk,Tk,D] f32 in [-127,127]; [B,Hk,Tk]
-        out, q8, m, e = self._q8_out(b * tq, hq * d)
-        qn, kn_, mkn, ekn, vn, valid = (t.numpy() for t in (q, kf, mk, ek, v, key_valid))
-        on, q8n, mn, en, tn = out.numpy().reshape(b, tq, hq * d), q8.numpy(), m.numpy(), e.numpy(), _host(exp_table)
+        out, on, q8, mn, en = self._q8_out(b * tq, hq * d)
+        qn, kfn, mkn, ekn, vn, valid = (t.numpy() for t in (q, kf, mk, ek, v, key_valid))
+        o3, tn = on.reshape(b, tq, hq * d), _host(exp_table)
         self._par(b, b * hq * tq * k.shape[2] * d, lambda lo, hi: kb.attention_block(
-            qn[lo:hi], kn_[lo:hi], mkn[lo:hi], ekn[lo:hi], vn[lo:hi], valid[lo:hi], hq // k.shape[1], scale_mult,
-            scale_shift, tn, on[lo:hi], q8n[lo * tq:hi * tq], mn[lo * tq:hi * tq], en[lo * tq:hi * tq]))
-        merged = out.reshape(b, tq, hq * d)                             # [B,Tq,Hq·D] int32 Q.16
-        setattr(merged, _Q8, (q8, m, e))
+            qn[lo:hi], kfn[lo:hi], mkn[lo:hi], ekn[lo:hi], vn[lo:hi], valid[lo:hi], hq // k.shape[1], scale_mult,
+            scale_shift, tn, o3[lo:hi], q8[lo * tq:hi * tq], mn[lo * tq:hi * tq], en[lo * tq:hi * tq]))
+        merged = self._keep_q8(out.reshape(b, tq, hq * d), q8, mn, en)  # [B,Tq,Hq·D] int32 Q.16
         ctx = merged.reshape(b, tq, hq, d).permute(0, 2, 1, 3)          # [B,Hq,Tq,D] view
         setattr(ctx, _MERGED, merged)
         return ctx

@@ -428,7 +428,8 @@ class LlamaRuntime:
                     keep[row] = True
             if not keep.any():
                 break
-            cache, active, nxt = cache.select(np.flatnonzero(keep), self.ops), active[keep], nxt[keep]
+            if not keep.all():                                                    # drop finished requests
+                cache, active, nxt = cache.select(np.flatnonzero(keep), self.ops), active[keep], nxt[keep]
             logits = self._step(nxt[:, None], np.ones((active.size, 1), dtype=bool), cache, all_logits=False)
         return [Generation(tuple(o), reason) for o, reason in zip(outs, reasons, strict=True)]
 
