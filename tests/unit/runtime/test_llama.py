@@ -185,7 +185,8 @@ def test_artifact_round_trip_through_the_python_api(tmp_path: Path) -> None:
     model = kolm_audit.load(tmp_path / "m.kolm", require_signature=False)
     got = model.generate(["w5 w9 w17"], max_new_tokens=5, seed=3, temperature=900)
     got += model.generate([[1, 2, 3]], max_new_tokens=5, seed=3, temperature=900)
-    rt = LlamaRuntime.from_tensors(architecture=manifest["architecture"], quantization=manifest["quantization"], tensors=tensors)
+    rt = LlamaRuntime.from_tensors(architecture=manifest["architecture"], quantization=manifest["quantization"],
+                                   tensors=tensors)
     want = rt.generate([[5, 9, 17], [1, 2, 3]], max_new_tokens=5, seed=3, temperature=900)
     assert [(g.output_ids, g.finish_reason) for g in got] == [tuple(w) for w in want]
     assert got[0].input_ids == (5, 9, 17)

@@ -82,7 +82,8 @@ def test_each_request_is_the_same_alone_or_in_any_batch(pair: tuple[LlamaRuntime
 def _bert(scheme: str, variant: str) -> BertRuntime:
     doc = json.loads((BERT_ROOT / f"tiny-bert-{scheme}.json").read_text())
     tensors = load_file(str(BERT_ROOT / f"tiny-bert-{scheme}.safetensors"))
-    return BertRuntime.from_tensors(architecture=doc["architecture"], quantization=doc["quantization"], task=doc["task"],
+    return BertRuntime.from_tensors(architecture=doc["architecture"], quantization=doc["quantization"],
+                                    task=doc["task"],
                        tensors=tensors, ops=OPS[variant]())
 
 
