@@ -14,7 +14,8 @@ from kolm_audit.runtime.digests import embedding_digest, int_array_jcs
 
 
 @settings(max_examples=200, deadline=None)
-@given(arr=st.one_of(hnp.arrays(st.sampled_from([np.int8, np.int16, np.int32, np.uint8, np.uint32]), st.integers(0, 40)),
+@given(arr=st.one_of(hnp.arrays(st.sampled_from([np.int8, np.int16, np.int32, np.uint8, np.uint32]),
+                                st.integers(0, 40)),
                      hnp.arrays(np.int64, st.integers(0, 40), elements=st.integers(-MAX_SAFE_INT, MAX_SAFE_INT))))
 def test_numpy_arrays_give_the_canonical_bytes_of_their_list(arr: np.ndarray) -> None:
     assert int_array_jcs(arr) == jcs([int(v) for v in arr.tolist()]) == int_array_jcs(arr.tolist())

@@ -83,8 +83,7 @@ def _bert(scheme: str, variant: str) -> BertRuntime:
     doc = json.loads((BERT_ROOT / f"tiny-bert-{scheme}.json").read_text())
     tensors = load_file(str(BERT_ROOT / f"tiny-bert-{scheme}.safetensors"))
     return BertRuntime.from_tensors(architecture=doc["architecture"], quantization=doc["quantization"],
-                                    task=doc["task"],
-                       tensors=tensors, ops=OPS[variant]())
+                                    task=doc["task"], tensors=tensors, ops=OPS[variant]())
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
