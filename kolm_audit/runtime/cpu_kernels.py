@@ -103,31 +103,36 @@ def _round_shift(x: int, s: int) -> int:
 
 # ---- kernels ------------------------------------------------------------------------------------------------
 
+@njit(inline="always")
+def _quantize_row(x: np.ndarray, q: np.ndarray) -> tuple[int, int]:
+    """Spec §3.3 of one row ``x`` [K] (|x| <= 2^31) into ``q`` [K] (int8 or an exact float type); returns (m, e)."""
+    k = x.shape[0]
+    amax = np.int64(0)
+    for j in range(k):
+        v = np.int64(x[j])
+        if v < 0:
+            v = -v
+        if v > amax:
+            amax = v
+    d0 = (amax + 126) // 127                                      # ceil(amax / 127)
+    if d0 < 1:
+        d0 = 1
+    ee = _bitlen(d0) - 15
+    if ee < 0:
+        ee = 0
+    mm = (d0 + (np.int64(1) << ee) - 1) >> ee                     # ceil(d0 / 2^e)
+    d = mm << ee
+    half, df = d >> 1, np.float64(d)
+    for j in range(k):                                            # rdiv(x, d): |x| + d < 2^53, exact in f64
+        q[j] = np.int64(np.floor(np.float64(np.int64(x[j]) + half) / df))
+    return mm, ee
+
+
 @_kernel
 def quantize_rows(x: np.ndarray, q: np.ndarray, m: np.ndarray, e: np.ndarray) -> None:
     """Spec §3.3 per-row int8 quantization of ``x`` [R, K] (|x| <= 2^31) into ``q`` int8 [R, K], ``m``, ``e`` [R]."""
-    rows, k = x.shape
-    for r in range(rows):
-        amax = np.int64(0)
-        for j in range(k):
-            v = np.int64(x[r, j])
-            if v < 0:
-                v = -v
-            if v > amax:
-                amax = v
-        d0 = (amax + 126) // 127                                  # ceil(amax / 127)
-        if d0 < 1:
-            d0 = 1
-        ee = _bitlen(d0) - 15
-        if ee < 0:
-            ee = 0
-        mm = (d0 + (np.int64(1) << ee) - 1) >> ee                 # ceil(d0 / 2^e)
-        d = mm << ee
-        half, df = d >> 1, np.float64(d)
-        for j in range(k):                                        # rdiv(x, d): |x| + d < 2^53, exact in f64
-            q[r, j] = np.int8(np.int64(np.floor(np.float64(np.int64(x[r, j]) + half) / df)))
-        m[r] = mm
-        e[r] = ee
+    for r in range(x.shape[0]):
+        m[r], e[r] = _quantize_row(x[r], q[r])
 
 
 @_kernel
@@ -153,45 +158,53 @@ def linear_epilogue(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.ndar
                 out[r, j] = _sat(_requantize(np.int64(acc[r, j]) * mr, mult[j], shift[j] - er) + bias[j])
 
 
+@njit(inline="always")
+def _norm_row(xr: np.ndarray, gamma: np.ndarray, beta: np.ndarray, center: bool, eps_q32: int, table: np.ndarray,
+              orow: np.ndarray) -> None:
+    """Spec §5.3 of one row ``xr`` [H] into ``orow``: LayerNorm (``center``: subtract the mean, add ``beta``) or
+    RMSNorm."""
+    h = xr.shape[0]
+    mu = np.int64(0)
+    if center:
+        s = np.int64(0)
+        for j in range(h):
+            s += xr[j]
+        mu = (s + (h >> 1)) // h                                   # rdiv(Σx, H)
+    cmax = np.int64(0)
+    for j in range(h):
+        c = xr[j] - mu
+        if c < 0:
+            c = -c
+        if c > cmax:
+            cmax = c
+    k = _bitlen(cmax) - 24
+    if k < 0:
+        k = 0
+    ss = np.int64(0)
+    for j in range(h):
+        c2 = _round_shift(xr[j] - mu, k)
+        ss += c2 * c2
+    var = (ss + (h >> 1)) // h
+    v = var + _round_shift(np.int64(eps_q32), 2 * k)
+    if v < 1:
+        v = 1
+    jj = (_bitlen(v) - 29) >> 1                                    # floor((bits - 29) / 2)
+    mant = (v << (-2 * jj)) if jj <= 0 else _round_shift(v, 2 * jj)
+    rr = _lut(mant, table, np.int64(1) << 28, 18)                  # 1/sqrt ≈ rr / 2^(44 + jj)
+    sh = 44 + jj - (16 - k) + 24
+    for j in range(h):
+        y = _requantize((xr[j] - mu) * rr, gamma[j], sh)
+        if center:
+            y += beta[j]
+        orow[j] = _sat(y)
+
+
 @_kernel
 def norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, center: bool, eps_q32: int, table: np.ndarray,
          out: np.ndarray) -> None:
     """Spec §5.3 LayerNorm (``center``: subtract the mean, add ``beta``) or RMSNorm of ``x`` [R, H] → ``out``."""
-    rows, h = x.shape
-    for r in range(rows):
-        mu = np.int64(0)
-        if center:
-            s = np.int64(0)
-            for j in range(h):
-                s += x[r, j]
-            mu = (s + (h >> 1)) // h                               # rdiv(Σx, H)
-        cmax = np.int64(0)
-        for j in range(h):
-            c = x[r, j] - mu
-            if c < 0:
-                c = -c
-            if c > cmax:
-                cmax = c
-        k = _bitlen(cmax) - 24
-        if k < 0:
-            k = 0
-        ss = np.int64(0)
-        for j in range(h):
-            c2 = _round_shift(x[r, j] - mu, k)
-            ss += c2 * c2
-        var = (ss + (h >> 1)) // h
-        v = var + _round_shift(np.int64(eps_q32), 2 * k)
-        if v < 1:
-            v = 1
-        jj = (_bitlen(v) - 29) >> 1                                # floor((bits - 29) / 2)
-        mant = (v << (-2 * jj)) if jj <= 0 else _round_shift(v, 2 * jj)
-        rr = _lut(mant, table, np.int64(1) << 28, 18)              # 1/sqrt ≈ rr / 2^(44 + jj)
-        sh = 44 + jj - (16 - k) + 24
-        for j in range(h):
-            y = _requantize((x[r, j] - mu) * rr, gamma[j], sh)
-            if center:
-                y += beta[j]
-            out[r, j] = _sat(y)
+    for r in range(x.shape[0]):
+        _norm_row(x[r], gamma, beta, center, eps_q32, table, out[r])
 
 
 @_kernel

@@ -30,7 +30,16 @@ from kolm_audit.canonical import MAX_SAFE_INT, digest, jcs
 
 
 def int_array_jcs(values: Sequence[int] | np.ndarray) -> bytes:
-    """JCS bytes of an integer array, fast: for I-JSON safe integers RFC 8785 writes plain decimal numbers."""
+    """JCS bytes of an integer array, fast: for I-JSON safe integers RFC 8785 writes plain decimal numbers.
+
+    An integer numpy array is range-checked and formatted without a Python loop over its elements (``tolist``
+    and ``map(str)`` run in C); anything else goes element by element, and a value beyond ``±(2^53 - 1)`` reaches
+    :func:`kolm_audit.canonical.jcs`, which raises the canonical error."""
+    arr = values if isinstance(values, np.ndarray) else None
+    if arr is not None and arr.ndim == 1 and arr.dtype.kind in "iu":
+        if arr.size and (int(arr.max()) > MAX_SAFE_INT or int(arr.min()) < -MAX_SAFE_INT):
+            return jcs(arr.tolist())  # raises the canonical error
+        return ("[" + ",".join(map(str, arr.tolist())) + "]").encode("ascii")
     ints = [int(v) for v in values]
     if any(abs(v) > MAX_SAFE_INT for v in ints):
         return jcs(ints)  # raises the canonical error

@@ -114,13 +114,16 @@ class FusedOps(TorchOps, metaclass=ABCMeta):
         return found
 
     # ---- primitives ---------------------------------------------------------------------------------------
-    def linear(self, x: Tensor, lin: TorchLinear) -> Tensor:
+    def linear(self, x: Tensor, lin: TorchLinear, *, residual: Tensor | None = None) -> Tensor:
         k, n = x.shape[-1], lin.out_features
         q, m, e = self._quantize(x.reshape(-1, k), self._operand)      # [R,K] in [-127,127]; [R] m, e
         acc = self.accumulate(q, lin)                                   # [R,N] exact (int32 | int64 | fp32)
         out = self._empty((q.shape[0], n), torch.int32)                 # saturated: int32 holds it exactly
         self._k_epilogue(acc, m, e, lin, out)
-        return out.reshape(*x.shape[:-1], n)                            # [...,N] int32 Q.16
+        out = out.reshape(*x.shape[:-1], n)                             # [...,N] int32 Q.16
+        if residual is None:
+            return out
+        return torch.clamp(residual + out, -(1 << 31), (1 << 31) - 1).to(torch.int32)   # saturate(x + y)
 
     def _norm_fused(self, x: Tensor, gamma: Tensor, beta: Tensor | None, eps_q32: int, table: Tensor) -> Tensor:
         h = x.shape[-1]

@@ -60,7 +60,7 @@ class Ops(Protocol):
     def cat(self, xs: Sequence[Array], axis: int) -> Array: ...
     def take(self, x: Array, rows: np.ndarray) -> Array: ...
     def prepare_linear(self, lin: ref.IntLinear) -> Any: ...
-    def linear(self, x: Array, lin: Any) -> Array: ...
+    def linear(self, x: Array, lin: Any, *, residual: Array | None = None) -> Array: ...
     def prepare_embedding(self, tensors: Mapping[str, np.ndarray], prefix: str) -> Any: ...
     def embedding(self, emb: Any, ids: np.ndarray) -> Array: ...
     def saturate(self, x: Array) -> Array: ...
@@ -68,6 +68,8 @@ class Ops(Protocol):
     def rms_norm(self, x: Array, gamma: Array, *, eps_q32: int, rsqrt_table: Array) -> Array: ...
     def attention(self, q: Array, k: Array, v: Array, key_valid: Array, *, scale_mult: int, scale_shift: int,
                   exp_table: Array) -> Array: ...
+    def segment_attention(self, qkv: Array, bounds: np.ndarray, *, heads: int, head_dim: int, scale_mult: int,
+                          scale_shift: int, exp_table: Array) -> Array: ...
     def gelu(self, x: Array, cdf_table: Array) -> Array: ...
     def tanh(self, x: Array, tanh_table: Array) -> Array: ...
     def rope(self, x: Array, positions: Array, cos_table: Array, sin_table: Array) -> Array: ...
@@ -115,8 +117,10 @@ class NumpyOps:
     def prepare_linear(self, lin: ref.IntLinear) -> ref.IntLinear:
         return lin
 
-    def linear(self, x: np.ndarray, lin: ref.IntLinear) -> np.ndarray:
-        return ref.linear(x, lin)
+    def linear(self, x: np.ndarray, lin: ref.IntLinear, *, residual: np.ndarray | None = None) -> np.ndarray:
+        """Spec §4.2; with ``residual``: ``saturate(residual + linear(x))`` (the residual add of §6.1 / Llama §3)."""
+        y = ref.linear(x, lin)
+        return y if residual is None else fp.saturate_int32(residual + y)
 
     def prepare_embedding(self, tensors: Mapping[str, np.ndarray], prefix: str) -> tuple[np.ndarray, ...]:
         return (np.asarray(tensors[f"{prefix}.weight"]), tensors[f"{prefix}.mult"].astype(np.int64),
@@ -151,6 +155,21 @@ class NumpyOps:
             k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
         return ref.attention(q, k, v, key_valid, scale_mult=scale_mult, scale_shift=scale_shift,
                              exp_table=exp_table)
+
+    def segment_attention(self, qkv: np.ndarray, bounds: np.ndarray, *, heads: int, head_dim: int, scale_mult: int,
+                          scale_shift: int, exp_table: np.ndarray) -> np.ndarray:
+        """Spec §5.2 for requests packed without padding: ``qkv`` [N, 3·heads·head_dim] holds q|k|v of every token,
+        request ``i`` owns rows ``bounds[i]:bounds[i+1]`` and attends to all of its own keys (none of another's).
+        Returns the context [N, heads·head_dim] Q.16."""
+        hid = heads * head_dim
+        out = []
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            part = qkv[a:b][None]                                               # [1,T,3H] one request
+            q, k, v = (self.heads(part[..., j * hid:(j + 1) * hid], heads, head_dim) for j in range(3))
+            valid = np.ones((1, 1, 1, b - a), dtype=bool)                       # every key is its own
+            ctx = self.attention(q, k, v, valid, scale_mult=scale_mult, scale_shift=scale_shift, exp_table=exp_table)
+            out.append(self.merge_heads(ctx)[0])                                # [T,H]
+        return np.concatenate(out) if out else np.zeros((0, hid), dtype=np.int64)
 
     def gelu(self, x: np.ndarray, cdf_table: np.ndarray) -> np.ndarray:
         return ref.gelu(x, cdf_table)

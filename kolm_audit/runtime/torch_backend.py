@@ -154,7 +154,11 @@ class TorchOps(ExactMatmul):
     # ---- exact matrix products ----------------------------------------------------------------------------
 
     # ---- primitives ---------------------------------------------------------------------------------------
-    def linear(self, x: Tensor, lin: TorchLinear) -> Tensor:
+    def linear(self, x: Tensor, lin: TorchLinear, *, residual: Tensor | None = None) -> Tensor:
+        y = self._linear(x, lin)
+        return y if residual is None else y.add_(residual).clamp_(-(1 << 31), (1 << 31) - 1)
+
+    def _linear(self, x: Tensor, lin: TorchLinear) -> Tensor:
         q, m, e, e0 = tfp.quantize_rows_flag(x, reuse=True)             # [...,K] int8 values (f64); [...,1]
         acc = self.int_matmul(q, lin, m)                                # [...,N] int64 acc·m, < 2^60
         if lin.split16 and e0:                                          # |acc·m| < 2^46, 16 <= shift <= 61
@@ -298,6 +302,23 @@ class TorchOps(ExactMatmul):
         ctx = torch.matmul(probs.reshape(b, hk, g * tq, tk).double(), self._memo(v, "_kolm_f64")[0])   # < 2^48
         ctx = ctx.to(torch.int64).reshape(b, hq, tq, d)
         return ctx.add_(1 << 15).bitwise_right_shift_(16).clamp_(-(1 << 31), (1 << 31) - 1)
+
+    def segment_attention(self, qkv: Tensor, bounds: np.ndarray, *, heads: int, head_dim: int, scale_mult: int,
+                          scale_shift: int, exp_table: Tensor) -> Tensor:
+        """:meth:`kolm_audit.runtime.ops.NumpyOps.segment_attention` through :meth:`attention` on a padded batch: the
+        packed rows are gathered into [B, T] (padding repeats a request's first row; it is an invalid key and its
+        output is dropped, spec §5.2), and the real positions are gathered back."""
+        lens = np.diff(bounds)
+        b, t, hid = lens.size, int(lens.max(initial=0)), heads * head_dim
+        steps = np.arange(t)[None, :]
+        valid = steps < lens[:, None]                                           # [B,T] real token?
+        rows = np.where(valid, bounds[:-1, None] + steps, bounds[:-1, None])    # [B,T] packed row of each slot
+        padded = qkv.index_select(0, self.const(rows.reshape(-1))).reshape(b, t, 3 * hid)
+        q, k, v = (self.heads(padded[..., j * hid:(j + 1) * hid], heads, head_dim) for j in range(3))
+        ctx = self.attention(q, k, v, self.mask(valid[:, None, None, :]), scale_mult=scale_mult,
+                             scale_shift=scale_shift, exp_table=exp_table)      # [B,nh,T,D]
+        flat = self.merge_heads(ctx).reshape(b * t, hid)
+        return flat.index_select(0, self.const(np.flatnonzero(valid.reshape(-1))))   # [N,H]
 
     def gelu(self, x: Tensor, cdf_table: Tensor) -> Tensor:
         phi = tfp.lut_(x, cdf_table, x0=-8 << 16, step_shift=9)

@@ -35,7 +35,7 @@ MAX_DIM = 1 << 16          # spec §4.3: K <= 2^16 and T <= 2^16 keep every accu
 MAX_HIDDEN = 1 << 14       # spec §5.3: norms over H <= 2^14
 MAX_HEAD_DIM = 256         # spec §5.2
 MAX_FIELD = 1 << 20        # any size field
-BATCH_CHUNK = 32           # requests per padded forward (results never depend on it)
+BATCH_CHUNK = 32           # requests per packed forward (results never depend on it)
 _FIXED = {"family": "bert", "model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute"}
 
 
@@ -215,39 +215,43 @@ class BertRuntime:
                                             expected=f"integer in [0, {vocab})", actual=repr(tok))
 
     def encode(self, batch: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Final hidden states of a padded batch: (h int64 [B, T, H] Q.16, valid bool [B, T])."""
+        """Final hidden states of a padded batch: (h int64 [B, T, H] Q.16, valid bool [B, T]); a padding position
+        repeats its request's first row (padding is never read, spec §6.1)."""
         x, valid = self._encode(batch)
         return self.ops.numpy(x), valid
 
     def _encode(self, batch: Sequence[Sequence[int]]) -> tuple[Any, np.ndarray]:
-        """:meth:`encode` with h in the backend's arrays."""
+        """:meth:`encode` with h in the backend's arrays (the packed forward, then gathered into [B, T])."""
+        x, bounds = self._forward(batch)                                        # [N,H] Q.16, [B+1]
+        lens = np.diff(bounds)                                                  # [B] tokens per request
+        steps = np.arange(int(lens.max()))[None, :]                             # [1,T]
+        valid = steps < lens[:, None]                                           # [B,T] real token?
+        rows = np.where(valid, bounds[:-1, None] + steps, bounds[:-1, None])    # [B,T] packed row of each position
+        h = self.ops.take(x, rows.reshape(-1))                                  # [B·T,H] Q.16
+        return h.reshape(len(batch), steps.shape[1], -1), valid
+
+    def _forward(self, batch: Sequence[Sequence[int]]) -> tuple[Any, np.ndarray]:
+        """The forward of every request packed without padding (each one's result is the same alone or in any
+        batch: attention only combines a request's own rows). Returns (h [N, H] Q.16 in the backend's arrays,
+        bounds int64 [B+1]: request ``i`` owns rows ``bounds[i]:bounds[i+1]``)."""
         ops = self.ops
-        b, t = len(batch), max(len(ids) for ids in batch)
-        ids = np.full((b, t), self.cfg.pad_token_id, dtype=np.int64)        # [B,T] token ids
-        valid = np.zeros((b, t), dtype=bool)                                    # [B,T] real token?
-        for i, seq in enumerate(batch):
-            ids[i, :len(seq)] = np.asarray(seq, dtype=np.int64)
-            valid[i, :len(seq)] = True
-        x = ops.embedding(self.word_emb, ids)                                      # [B,T,H] Q.16
-        x = x + self.k_pos[:t]                                                  # [B,T,H] Q.16 (+ positions 0..T-1)
-        x = x + self.k_type[0]                                                  # [B,T,H] Q.16 (segment 0)
-        x = self._ln(ops.saturate(x), "embeddings.ln")                          # [B,T,H] Q.16
-        key_valid = ops.mask(valid[:, None, None, :])                           # [B,1,1,T] bool
+        lens = np.array([len(ids) for ids in batch], dtype=np.int64)            # [B] tokens per request
+        bounds = np.concatenate([[0], np.cumsum(lens)])                         # [B+1] row ranges
+        ids = np.concatenate([np.asarray(seq, dtype=np.int64) for seq in batch])   # [N] token ids
+        pos = np.arange(bounds[-1]) - np.repeat(bounds[:-1], lens)              # [N] position in own request
+        x = ops.embedding(self.word_emb, ids)                                   # [N,H] Q.16
+        x = x + ops.take(self.k_pos, pos)                                       # [N,H] Q.16 (+ positions)
+        x = x + self.k_type[0]                                                  # [N,H] Q.16 (segment 0)
+        x = self._ln(ops.saturate(x), "embeddings.ln")                          # [N,H] Q.16
         nh, d = self.heads, self.head_dim
         for i, lay in enumerate(self.layers):
-            qkv = ops.linear(x, lay["qkv"])                                     # [B,T,3H] q|k|v Q.16
-            hid = nh * d
-            q = ops.heads(qkv[..., :hid], nh, d)                                # [B,nh,T,D] Q.16
-            k = ops.heads(qkv[..., hid:2 * hid], nh, d)                         # [B,nh,T,D] Q.16
-            v = ops.heads(qkv[..., 2 * hid:], nh, d)                            # [B,nh,T,D] Q.16
-            ctx = ops.attention(q, k, v, key_valid, scale_mult=self.scale_m, scale_shift=self.scale_s,
-                                exp_table=self.k_exp)                           # [B,nh,T,D] Q.16
-            a = ops.linear(ops.merge_heads(ctx), lay["attn.o"])                 # [B,T,H] Q.16
-            x = self._ln(ops.saturate(x + a), f"layers.{i}.attn_ln")           # [B,T,H] Q.16
-            f = ops.gelu(ops.linear(x, lay["ffn.up"]), self.k_cdf)              # [B,T,I] Q.16
-            f = ops.linear(f, lay["ffn.down"])                                  # [B,T,H] Q.16
-            x = self._ln(ops.saturate(x + f), f"layers.{i}.ffn_ln")            # [B,T,H] Q.16
-        return x, valid
+            qkv = ops.linear(x, lay["qkv"])                                     # [N,3H] q|k|v Q.16
+            ctx = ops.segment_attention(qkv, bounds, heads=nh, head_dim=d, scale_mult=self.scale_m,
+                                        scale_shift=self.scale_s, exp_table=self.k_exp)   # [N,H] Q.16 per request
+            x = self._ln(ops.linear(ctx, lay["attn.o"], residual=x), f"layers.{i}.attn_ln")   # [N,H] Q.16
+            f = ops.gelu(ops.linear(x, lay["ffn.up"]), self.k_cdf)              # [N,I] Q.16
+            x = self._ln(ops.linear(f, lay["ffn.down"], residual=x), f"layers.{i}.ffn_ln")    # [N,H] Q.16
+        return x, bounds
 
     def _chunks(self, batch: Sequence[Sequence[int]]) -> list[list[int]]:
         order = sorted(range(len(batch)), key=lambda i: (len(batch[i]), i))
@@ -258,10 +262,10 @@ class BertRuntime:
         self.check_ids(batch)
         out: list[np.ndarray] = [np.empty(0)] * len(batch)
         for idx in self._chunks(batch):
-            h, valid = self.encode([batch[i] for i in idx])                     # [b,T,H] Q.16, [b,T]
-            total = np.sum(np.where(valid[..., None], h, 0), axis=1)            # [b,H] Q.16 sum over own tokens
-            n = np.sum(valid, axis=1, keepdims=True).astype(np.int64)           # [b,1] token counts
-            pooled = fp.rdiv(total, n).astype(np.int32)                         # [b,H] Q.16 mean
+            x, bounds = self._forward([batch[i] for i in idx])                  # [N,H] Q.16, [b+1]
+            h = self.ops.numpy(x).astype(np.int64, copy=False)                  # [N,H] Q.16 (host)
+            total = np.add.reduceat(h, bounds[:-1], axis=0)                     # [b,H] Q.16 sum over own tokens
+            pooled = fp.rdiv(total, np.diff(bounds)[:, None]).astype(np.int32)  # [b,H] Q.16 mean
             for row, i in enumerate(idx):
                 out[i] = pooled[row]
         return out

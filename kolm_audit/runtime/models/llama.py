@@ -298,11 +298,11 @@ class LlamaRuntime:
         ctx = ops.attention(q, cache.keys[i], cache.values[i], mask, scale_mult=self.scale_m,
                             scale_shift=self.scale_s, exp_table=self.k_exp)       # [B,nh,T,D] Q.16
         ctx = ops.merge_heads(ctx)                                                # [B,T,nh·D] Q.16
-        x = ops.saturate(x + ops.linear(ctx, lay["o_proj"]))                      # [B,T,H] Q.16 residual
+        x = ops.linear(ctx, lay["o_proj"], residual=x)                            # [B,T,H] Q.16 sat(x + o_proj)
         h = self._norm(x, p + "post_attention_layernorm")                         # [B,T,H] Q.16
         gu = ops.linear(h, lay["gate_up"])                                        # [B,T,2I] gate|up_proj
         m = ops.swiglu(gu[..., :self.inter], gu[..., self.inter:], self.k_sigmoid)   # [B,T,I] silu(g)·u
-        return ops.saturate(x + ops.linear(m, lay["down_proj"]))                  # [B,T,H] Q.16 residual
+        return ops.linear(m, lay["down_proj"], residual=x)                        # [B,T,H] Q.16 sat(x + down)
 
     def _step(self, ids: np.ndarray, new_ok: np.ndarray, cache: KVCache, *, all_logits: bool) -> np.ndarray:
         """Run new tokens ids int64 [B, T] (new_ok [B, T]: real, else left padding) through the model.
@@ -428,7 +428,8 @@ class LlamaRuntime:
                     keep[row] = True
             if not keep.any():
                 break
-            cache, active, nxt = cache.select(np.flatnonzero(keep), self.ops), active[keep], nxt[keep]
+            if not keep.all():                                                    # drop finished requests
+                cache, active, nxt = cache.select(np.flatnonzero(keep), self.ops), active[keep], nxt[keep]
             logits = self._step(nxt[:, None], np.ones((active.size, 1), dtype=bool), cache, all_logits=False)
         return [Generation(tuple(o), reason) for o, reason in zip(outs, reasons, strict=True)]
 
