@@ -38,7 +38,8 @@ def _artifact_options(f: Any) -> Any:
                          help="Where to run (outputs are the same bytes on every backend)."),
             click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
                          help="Cases per forward pass (a speed choice only: results are batch-invariant)."),
-            click.option("--trust", type=_FILE, help="Also verify the artifact's signature against this trust file."),
+            click.option("--trust", type=_FILE, help="Also verify the artifact's signature against this trust file "
+                         "(golden new --from-log: the log's checkpoints and receipt signatures too)."),
             click.option("--artifact-key", type=_FILE,
                          help="Also verify the artifact's signature against this public key."),
             click.option("--json", "as_json", is_flag=True, help="Machine-readable report."))):

@@ -93,6 +93,7 @@ class _State:
     update: bool
     suites: dict[Path, Suite] = field(default_factory=dict)
     results: dict[tuple[Path, str], CaseResult] = field(default_factory=dict)
+    order: dict[Path, list[str]] = field(default_factory=dict)
     seen: dict[Path, set[str]] = field(default_factory=dict)
     recorded: dict[Path, dict[str, Case]] = field(default_factory=dict)    # update mode: written at the end
     unused: dict[Path, list[str]] = field(default_factory=dict)
@@ -163,6 +164,9 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     if not config.option.kolm_artifact:
         raise pytest.UsageError("--kolm-golden needs --kolm-artifact model.kolm (the artifact to run the cases on)")
+    missing = [str(p) for p in (*suites, _resolved(config.option.kolm_artifact)) if not p.is_file()]
+    if missing:
+        raise pytest.UsageError(f"--kolm-golden / --kolm-artifact: no such file: {', '.join(missing)}")
     if config.option.kolm_batch_size < 1:
         raise pytest.UsageError("--kolm-batch-size must be positive")
     if update and _under_xdist(config):
@@ -260,9 +264,12 @@ class GoldenCaseItem(_GoldenItem):
 
     def runtest(self) -> None:
         self._properties()
+        state = self._state()
         path = self.path.resolve()
-        upcoming = [i.name for i in self.session.items if isinstance(i, GoldenCaseItem) and i.path == self.path]
-        result = self._state().result(path, self.name, upcoming)
+        if path not in state.order:   # this run's cases of the suite, in run order (after -k / -m selection)
+            state.order[path] = [i.name for i in self.session.items
+                                 if isinstance(i, GoldenCaseItem) and i.path.resolve() == path]
+        result = state.result(path, self.name, state.order[path])
         if not result.ok:
             raise GoldenFailure(result.explain())
 

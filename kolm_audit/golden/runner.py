@@ -13,7 +13,7 @@ The result is a :class:`RunResult`; :meth:`RunResult.to_json` is the ``kolm.gold
 
     >>> from kolm_audit.model import load
     >>> from kolm_audit.golden.suite import read_suite
-    >>> result = run_suite(read_suite("golden/suites/demo.golden.json"),
+    >>> result = run_suite(read_suite("golden/suites/demo-minilm.golden.json"),
     ...                    load("model.kolm", require_signature=False))       # doctest: +SKIP
     >>> result.passed                                                       # doctest: +SKIP
     True
@@ -137,7 +137,6 @@ def run_cases(model: Any, cases: Sequence[Case], *, task: str, batch_size: int =
             out[case.id] = exc
             continue
         jobs.setdefault(case.params, []).append((case, ids))
-    decode = model.tokenizer.decode
     for params, members in jobs.items():
         members.sort(key=lambda m: len(m[1]))            # similar lengths together: less padding, same results
         for start in range(0, len(members), batch_size):
@@ -155,7 +154,7 @@ def run_cases(model: Any, cases: Sequence[Case], *, task: str, batch_size: int =
                         continue
                 else:
                     result = results[i]
-                out[case.id] = Expected.from_result(task, result, decode=decode)
+                out[case.id] = Expected.from_result(task, result)
             if progress is not None:
                 progress(len(chunk))
     return out

@@ -21,13 +21,14 @@ that an ids input matches its input digest, and that case ids are unique.
     >>> path = suite.write(pathlib.Path(tempfile.mkdtemp()) / "demo.golden.json")
     >>> read_suite(path).cases[0].id
     'hello'
-    >>> path.read_bytes()[:46]
-    b'{"artifact":{"digest":"sha256:abababababababa'
+    >>> path.read_bytes()[:30]
+    b'{"artifact":{"digest":"sha256:'
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import tempfile
@@ -96,7 +97,7 @@ class Expected:
         return generation_digest(self.output_ids or (), str(self.finish_reason))
 
     @classmethod
-    def from_result(cls, task: str, result: Any, *, decode: Any = None) -> Expected:
+    def from_result(cls, task: str, result: Any) -> Expected:
         """From a runtime result (``EmbedResult`` / ``ClassifyResult`` / ``GenerateResult``)."""
         common = {"task": task, "input_digest": result.input_digest, "output_digest": result.output_digest}
         if task == "embed":
@@ -233,7 +234,11 @@ class Suite:
         return self.artifact_digest is not None
 
     def case(self, case_id: str) -> Case | None:
-        return next((c for c in self.cases if c.id == case_id), None)
+        return self._by_id.get(case_id)
+
+    @functools.cached_property
+    def _by_id(self) -> dict[str, Case]:
+        return {c.id: c for c in self.cases}
 
     def expectation(self, case: Case, artifact_digest: str) -> Expected | None:
         """What ``case`` must return on the artifact with ``artifact_digest`` (None: not blessed for it).
@@ -265,6 +270,10 @@ class Suite:
 
     def canonical_bytes(self) -> bytes:
         """The file's bytes: RFC 8785 (JCS) and one newline."""
+        return self._bytes
+
+    @functools.cached_property
+    def _bytes(self) -> bytes:        # computed once: large suites take seconds to canonicalize
         return jcs(self.to_json()) + b"\n"
 
     @property
