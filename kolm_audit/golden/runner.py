@@ -44,7 +44,7 @@ RUN_SCHEMA = "kolm.golden-run/1"
 STATUSES = ("passed", "failed", "unblessed", "error")
 Progress = Callable[[int], None]
 Outcome = Expected | KolmError
-_LABELS = {"passed": "PASS", "failed": "FAIL", "unblessed": "NEW?", "error": "ERROR"}
+_LABELS = {"passed": "PASS", "failed": "FAIL", "unblessed": "UNBLESSED", "error": "ERROR"}
 
 __all__ = ["RUN_SCHEMA", "STATUSES", "CaseResult", "RunResult", "compare", "run_cases", "run_suite"]
 
