@@ -68,6 +68,7 @@ def verify(path: Path, checkpoint_file: Path | None, trust: Path | None, keys: t
              f"{report.leaves_checked} receipts verified, {report.proofs_checked} bundle proofs"]
     if report.supplied_checkpoint is not None:
         lines.append(f"  the log extends your checkpoint at size {report.supplied_checkpoint['size']}")
+    lines.extend(f"  {note}" for note in report.notes)
     emit(doc, as_json=as_json, text="\n".join(lines))
     return 0
 
