@@ -40,14 +40,27 @@ def _fonts(resources: Any, seen: set[tuple[int, int]]) -> Iterator[tuple[str, An
     """(name, font dictionary) of every font in ``resources``, through form XObjects (each visited once)."""
     if resources is None:
         return
-    for name, font in (resources.get("/Font") or {}).items():
-        yield name, font
+    yield from (resources.get("/Font") or {}).items()
     for xobj in (resources.get("/XObject") or {}).values():
         key = xobj.objgen
         if key in seen or xobj.get("/Subtype") != "/Form":
             continue
         seen.add(key)
         yield from _fonts(xobj.get("/Resources"), seen)
+
+
+def _has_script(obj: Any, pikepdf: Any, *, top: bool = False) -> bool:
+    """Whether ``obj`` or a direct object inside it has /JS, /JavaScript, /AA or a JavaScript action (indirect
+    children are objects of their own and are visited by the caller)."""
+    if not top and getattr(obj, "is_indirect", False):
+        return False
+    if isinstance(obj, pikepdf.Dictionary | pikepdf.Stream):
+        if any(k in obj for k in ("/JS", "/JavaScript", "/AA")) or obj.get("/S") == "/JavaScript":
+            return True
+        return any(_has_script(obj.get(k), pikepdf) for k in obj.keys())  # noqa: SIM118 (pikepdf objects)
+    if isinstance(obj, pikepdf.Array):
+        return any(_has_script(v, pikepdf) for v in obj)
+    return False
 
 
 def _embedded(font: Any) -> bool:
@@ -75,29 +88,33 @@ def check_pdfa(path: str | Path) -> tuple[str, ...]:
     except pikepdf.PdfError as exc:
         raise BinderError(f"not a readable PDF ({exc})", file=where) from None
     with pdf:
-        if "/ID" not in pdf.trailer:
-            raise _fail("file-id", "the trailer has no /ID", where)
-        if pdf.is_encrypted:
-            raise _fail("no-encryption", "the file is encrypted", where)
-        for obj in pdf.objects:
-            if isinstance(obj, pikepdf.Dictionary | pikepdf.Stream) and any(k in obj for k in ("/JS", "/JavaScript",
-                                                                                            "/AA")):
-                raise _fail("no-javascript", f"object {obj.objgen} carries JavaScript or an additional action", where)
-        root = pdf.Root
-        if "/Names" in root and "/JavaScript" in root.Names:
-            raise _fail("no-javascript", "the catalog names JavaScript", where)
-        _check_xmp(pdf, where)
-        _check_output_intent(root, where)
-        seen: set[tuple[int, int]] = set()
-        for number, page in enumerate(pdf.pages, start=1):
-            for name, font in _fonts(page.obj.get("/Resources"), seen):
-                if not _embedded(font):
-                    raise _fail("fonts-embedded", f"font {name} ({font.get('/BaseFont')}) on page {number} is not "
-                                "embedded", where)
-        mark = root.get("/MarkInfo")
-        if mark is None or not bool(mark.get("/Marked", False)) or "/StructTreeRoot" not in root:
-            raise _fail("tagged", "not a tagged PDF (/MarkInfo /Marked, /StructTreeRoot)", where)
-        _check_associated_files(pdf, where)
+        try:
+            return _checks(pdf, pikepdf, where)
+        except pikepdf.PdfError as exc:   # a damaged stream or object
+            raise BinderError(f"not a readable PDF ({exc})", file=where) from None
+
+
+def _checks(pdf: Any, pikepdf: Any, where: str) -> tuple[str, ...]:
+    if "/ID" not in pdf.trailer:
+        raise _fail("file-id", "the trailer has no /ID", where)
+    if pdf.is_encrypted:
+        raise _fail("no-encryption", "the file is encrypted", where)
+    for obj in pdf.objects:
+        if _has_script(obj, pikepdf, top=True):
+            raise _fail("no-javascript", f"object {obj.objgen} carries JavaScript or an additional action", where)
+    root = pdf.Root
+    _check_xmp(pdf, where)
+    _check_output_intent(root, where)
+    seen: set[tuple[int, int]] = set()
+    for number, page in enumerate(pdf.pages, start=1):
+        for name, font in _fonts(page.obj.get("/Resources"), seen):
+            if not _embedded(font):
+                raise _fail("fonts-embedded", f"font {name} ({font.get('/BaseFont')}) on page {number} is not "
+                            "embedded", where)
+    mark = root.get("/MarkInfo")
+    if mark is None or not bool(mark.get("/Marked", False)) or "/StructTreeRoot" not in root:
+        raise _fail("tagged", "not a tagged PDF (/MarkInfo /Marked, /StructTreeRoot)", where)
+    _check_associated_files(pdf, where)
     return CHECKS
 
 

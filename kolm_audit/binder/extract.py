@@ -71,25 +71,32 @@ def read_embedded(pdf_path: str | Path) -> list[Embedded]:
         raise InputError("no such binder", file=where) from None
     except pikepdf.PdfError as exc:
         raise BinderError(f"not a readable PDF ({exc})", file=where) from None
-    out = []
     with pdf:
-        for name, spec in sorted(pdf.attachments.items()):
-            safe_name(name, file=where)
-            stream = spec.obj.get("/EF", {}).get("/F")
-            if stream is None:
-                raise BinderError("embedded file without data", file=where, field=name)
-            data = stream.read_bytes()
-            params = stream.get("/Params", {})
-            size, checksum = params.get("/Size"), params.get("/CheckSum")
-            if size is not None and int(size) != len(data):
-                raise BinderError("embedded file size differs from its stored /Size", file=where, field=name,
-                                  expected=str(int(size)), actual=str(len(data)))
-            if checksum is not None and bytes(checksum) != hashlib.md5(data, usedforsecurity=False).digest():
-                raise BinderError("embedded file differs from its stored /CheckSum", file=where, field=name)
-            rel = _text(spec.obj.get("/AFRelationship")).lstrip("/")
-            media = _text(stream.get("/Subtype")).lstrip("/").replace("#2f", "/").replace("#2F", "/")
-            out.append(Embedded(name=name, data=data, relationship=rel, media_type=media,
-                                description=_text(spec.obj.get("/Desc"))))
+        try:
+            return _embedded_files(pdf, where)
+        except pikepdf.PdfError as exc:   # a damaged stream or object
+            raise BinderError(f"embedded files cannot be read ({exc})", file=where) from None
+
+
+def _embedded_files(pdf: Any, where: str) -> list[Embedded]:
+    out = []
+    for name, spec in sorted(pdf.attachments.items()):
+        safe_name(name, file=where)
+        stream = spec.obj.get("/EF", {}).get("/F")
+        if stream is None:
+            raise BinderError("embedded file without data", file=where, field=name)
+        data = stream.read_bytes()
+        params = stream.get("/Params", {})
+        size, checksum = params.get("/Size"), params.get("/CheckSum")
+        if size is not None and int(size) != len(data):
+            raise BinderError("embedded file size differs from its stored /Size", file=where, field=name,
+                              expected=str(int(size)), actual=str(len(data)))
+        if checksum is not None and bytes(checksum) != hashlib.md5(data, usedforsecurity=False).digest():
+            raise BinderError("embedded file differs from its stored /CheckSum", file=where, field=name)
+        rel = _text(spec.obj.get("/AFRelationship")).lstrip("/")
+        media = _text(stream.get("/Subtype")).lstrip("/").replace("#2f", "/").replace("#2F", "/")
+        out.append(Embedded(name=name, data=data, relationship=rel, media_type=media,
+                            description=_text(spec.obj.get("/Desc"))))
     return out
 
 
@@ -97,7 +104,8 @@ def extract_binder(pdf_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Write every embedded document under ``out_dir`` (absent or empty) and ``index.json``; return the index."""
     pdf_path, out = Path(pdf_path), Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError("refusing to extract into a non-empty path", file=str(out), expected="an absent or empty folder")
+        raise InputError("refusing to extract into a non-empty path", file=str(out),
+                         expected="an absent or empty folder")
     try:
         data = pdf_path.read_bytes()
     except OSError as exc:

@@ -99,7 +99,8 @@ def _card(c: Cited) -> dict[str, Any]:
     req, resp = rec["request"], rec["response"]
     outputs = [("output digest", resp["output_digest"])]
     if rec["task"] == "classify":
-        outputs += [("label", _field(resp.get("label"), clear=clear)), ("scores", _field(resp.get("scores"), clear=clear))]
+        outputs += [("label", _field(resp.get("label"), clear=clear)),
+                    ("scores", _field(resp.get("scores"), clear=clear))]
     elif rec["task"] == "generate":
         outputs += [("output ids", _field(resp.get("output_ids"), clear=clear)),
                     ("output text", _field(resp.get("text"), clear=clear, text=True)),

@@ -32,7 +32,7 @@ from typing import Any
 from kolm_audit import __version__
 from kolm_audit.binder.evidence import Evidence, gather
 from kolm_audit.binder.pages import build_context, printable
-from kolm_audit.binder.statement import signature_path, sign_binder
+from kolm_audit.binder.statement import sign_binder, signature_path
 from kolm_audit.errors import InputError
 from kolm_audit.keys import PrivateKey
 from kolm_audit.schemas import validate
@@ -75,8 +75,8 @@ def _fonts() -> tuple[str, frozenset[int]]:
 def _environment() -> Any:
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True, undefined=jinja2.StrictUndefined,
-                             trim_blocks=False, lstrip_blocks=False)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
     drawable = _fonts()[1]
     env.filters["t"] = lambda value: printable("" if value is None else str(value), drawable)
     return env
@@ -168,7 +168,8 @@ def predicate(ev: Evidence) -> dict[str, Any]:
             "report": {"digest": ev.report_digest, "results_digest": ev.report["results_digest"],
                        "verdict": res["verdict"]},
             "artifact": {"digest": ev.artifact_digest, "name": ev.manifest["name"], "version": ev.manifest["version"]},
-            "log": {"origin": ev.origin, "size": ev.log_size, "checkpoint_size": None if latest is None else latest.size,
+            "log": {"origin": ev.origin, "size": ev.log_size,
+                    "checkpoint_size": None if latest is None else latest.size,
                     "root_hex": None if latest is None else latest.root_hex, "embedded": ev.embedded_log},
             "documents": [d.to_json() for d in ev.documents]}
 

@@ -297,7 +297,8 @@ def _verify_excerpt(src: BundleSource, *, policy: TrustPolicy, supplied_checkpoi
     note = (f"excerpt: {ex.leaves} of {ex.latest.size} leaves present, each proven by inclusion against the "
             f"checkpoint at size {ex.latest.size}")
     return LogVerifyReport(
-        source=str(src.path), kind=src.kind, origin=src.origin, mode="checkpoint-only" if verify_leaf is None else "full",
+        source=str(src.path), kind=src.kind, origin=src.origin,
+        mode="checkpoint-only" if verify_leaf is None else "full",
         size=ex.latest.size, root_hex=ex.latest.root.hex(), leaves_rehashed=ex.leaves, nodes_checked=0,
         leaves_checked=checked, proofs_checked=ex.proofs, checkpoints=ex.checkpoints,
         latest_checkpoint_size=ex.latest.size, supplied_checkpoint=ex.supplied, notes=(note,))
