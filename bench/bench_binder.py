@@ -27,16 +27,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
-from _replay_fixtures import bert_checkpoint, make_keys, quantize_signed, record  # noqa: E402
+from _replay_fixtures import bert_checkpoint, make_keys, quantize_signed, record
 
-from kolm_audit.canonical import digest_of  # noqa: E402
-from kolm_audit.cli.replay import write_report  # noqa: E402
-from kolm_audit.keys import generate_key, write_keypair  # noqa: E402
-from kolm_audit.log import ReceiptLog, open_log_source  # noqa: E402
-from kolm_audit.receipts.document import parse_leaf, sign_receipt  # noqa: E402
-from kolm_audit.replay.engine import replay  # noqa: E402
-from kolm_audit.schemas import validate  # noqa: E402
-from kolm_audit.trust import write_trust_file  # noqa: E402
+from kolm_audit.canonical import digest_of
+from kolm_audit.cli.replay import write_report
+from kolm_audit.keys import generate_key, write_keypair
+from kolm_audit.log import ReceiptLog, open_log_source
+from kolm_audit.receipts.document import parse_leaf, sign_receipt
+from kolm_audit.replay.engine import replay
+from kolm_audit.schemas import validate
+from kolm_audit.trust import write_trust_file
 
 TENANTS = ("acme", "globex", "initech", "umbrella", "hooli")
 
@@ -119,8 +119,9 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     w = build(root, receipts=args.receipts, mismatches=args.mismatches)
-    print(f"world: {args.receipts} receipts, {args.mismatches} mismatches, built in {time.perf_counter() - started:.0f} s"
-          f" ({(root / 'report.json').stat().st_size / 1e6:.1f} MB report, {w['log'].stat().st_size / 1e6:.0f} MB log)")
+    built = time.perf_counter() - started
+    print(f"world: {args.receipts} receipts, {args.mismatches} mismatches, built in {built:.0f} s "
+          f"({(root / 'report.json').stat().st_size / 1e6:.1f} MB report, {w['log'].stat().st_size / 1e6:.0f} MB log)")
     peer = _timed(["log", "verify", str(w["log"]), "--trust", str(w["trust"]), "--checkpoint-only"])
     pdf = root / "binder.pdf"
     ours = _timed(["binder", "--report", str(w["report"]), "--artifact", str(w["art"]), "--log", str(w["log"]),
