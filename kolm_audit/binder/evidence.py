@@ -276,6 +276,10 @@ def gather(*, report_path: Path, artifact_path: Path, log_path: Path, provenance
         last = _period(src.leaf(tree.size - 1)) if tree.size else None
         latest = max(checkpoints, key=lambda c: c.size) if checkpoints else None
         cited = []
+        missing = sorted(set(why) - set(leaves))
+        if missing:
+            raise InputError("the report cites a receipt the log does not have", file=str(log_path),
+                             field=f"leaf {missing[0]}", expected=f"index < {tree.size}")
         for index in sorted(why):
             proof = None
             if latest is not None and index < latest.size:

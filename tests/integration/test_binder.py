@@ -196,6 +196,12 @@ def test_pdfa_structure(world: dict[str, Any], tmp_path: Path) -> None:
     rows = fonts.splitlines()[2:]
     assert rows and all(" yes yes yes " in r for r in rows) and all("Kolm" in r for r in rows)
     with pikepdf.open(world["pdf"]) as pdf:
+        with pdf.open_outline() as outline:
+            titles = [item.title for item in outline.root]
+        assert "1. Artifact identity and provenance" in titles and "6. How to verify this binder yourself" in titles
+        info = pdf.docinfo
+        assert str(info.Title) == "Audit binder: tiny 1" and "replay" in str(info.Keywords)
+        assert str(info.Subject).startswith("Replay of 10 recorded decisions")
         assert len(pdf.Root.AF) == len(pdf.attachments) == 7
         assert {str(s.obj.AFRelationship) for s in pdf.attachments.values()} == {"/Source", "/Data"}
         pdf.Root.OpenAction = pikepdf.Dictionary(S=pikepdf.Name.JavaScript, JS=pikepdf.String("app.alert(1)"))
