@@ -124,6 +124,10 @@ class GateFailed(Finding):
     """A K-score gate (or other release gate) was not met."""
 
 
+class BinderError(Finding):
+    """An audit binder (PDF) is malformed, tampered with, not PDF/A, or its embedded evidence does not check out."""
+
+
 
 @contextmanager
 def naming_file(file: str | None) -> Iterator[None]:

@@ -3,6 +3,7 @@
     kolm-audit quantize ./all-MiniLM-L6-v2 --scheme none --out model.kolm
     kolm-audit sign model.kolm --key keys/artifact.pem --sidecar
     kolm-audit verify model.kolm --key keys/artifact.pub --json
+    kolm-audit verify binder.pdf --trust trust.toml           (an audit binder: see kolm_audit.cli.binder)
     kolm-audit inspect model.kolm
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import click
 
 from kolm_audit.cli import emit
-from kolm_audit.errors import Finding, KolmError
+from kolm_audit.errors import Finding, InputError, KolmError
 
 _SCHEMES = ("none", "int8", "int4", "nvfp4")
 
@@ -113,11 +114,19 @@ def _policy(trust_path: Path | None, key_path: Path | None) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print a kolm.verify-report/1 document.")
 def verify(artifact: Path, trust_path: Path | None, key_path: Path | None, tenant: str | None,
            as_json: bool) -> int:
-    """Verify an artifact: strict format, every tensor digest, signatures by trusted keys.
+    """Verify an artifact (strict format, every tensor digest, signatures by trusted keys) or an audit binder (PDF).
 
     Exit 0 verified, 1 a finding (tampered, bad or untrusted signature, unsigned), 2 unreadable or bad usage.
     """
     from kolm_audit.artifact import failed_report, verify_artifact
+    from kolm_audit.binder.verify import is_pdf
+
+    if is_pdf(artifact):   # a binder: its detached signature (role binder) and every embedded document
+        from kolm_audit.cli.binder import verify_pdf
+
+        if tenant is not None:
+            raise InputError("--tenant does not apply to a binder", field="--tenant")
+        return verify_pdf(artifact, trust=trust_path, key=key_path, signature=None, as_json=as_json)
 
     try:
         policy = _policy(trust_path, key_path)

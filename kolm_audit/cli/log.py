@@ -75,6 +75,7 @@ def verify(path: Path, checkpoint_file: Path | None, trust: Path | None, keys: t
         raise LogError(unanchored_text(*report.unanchored), file=str(path), field="checkpoints",
                        expected=f"a signed checkpoint of size {report.size}",
                        actual=f"latest at size {report.latest_checkpoint_size}")
+    lines.extend(f"  {note}" for note in report.notes)
     lines.extend(f"  warning: {w}" for w in report.warnings)
     emit(doc, as_json=as_json, text="\n".join(lines))
     return 0

@@ -7,12 +7,17 @@ A bundle (``kolm-audit log export``) is a directory::
     checkpoints/         every stored checkpoint, as C2SP signed-note files NNNNNN.note
     proofs.json          an RFC 6962 inclusion proof of every leaf against the latest checkpoint
 
+An *excerpt* (``"excerpt": true`` in the manifest, :mod:`kolm_audit.log.excerpt`) holds only some leaves: line k of
+``receipts.jsonl`` is the leaf at ``proofs.json``'s ``proofs[k].index``, and ``size`` is the log size they are
+proven against.
+
 It is written by :func:`kolm_audit.log.source.export_bundle` and read, like a database, through
 :func:`kolm_audit.log.source.open_log_source`.
 """
 
 from __future__ import annotations
 
+import bisect
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +57,9 @@ class BundleSource:
         self.path = Path(path)
         self.manifest = _read_json(self.path / "manifest.json", "log-bundle")
         self.origin = self.manifest["origin"]
+        self.excerpt: bool = self.manifest.get("excerpt", False)
         self._offsets: array | None = None
+        self._indices: list[int] | None = None
 
     @property
     def _receipts(self) -> Path:
@@ -78,21 +85,45 @@ class BundleSource:
             self._offsets = offsets
         return self._offsets
 
+    def _leaf_indices(self) -> list[int]:
+        """An excerpt's log index of each line: the index its proof names."""
+        if self._indices is None:
+            doc = self.proofs()
+            self._indices = [] if doc is None else [entry["index"] for entry in doc["proofs"]]
+        return self._indices
+
     def size(self) -> int:
-        return len(self._index()) - 1
+        """Leaves in the log: the lines of ``receipts.jsonl``, or for an excerpt the size its proofs are against."""
+        return self.manifest["size"] if self.excerpt else len(self._index()) - 1
 
     def iter_leaves(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
-        for index, line in enumerate(self._lines()):
-            if index >= start:
-                yield index, line
+        if not self.excerpt:
+            for index, line in enumerate(self._lines()):
+                if index >= start:
+                    yield index, line
+            return
+        indices = self._leaf_indices()
+        for line_no, line in enumerate(self._lines()):
+            if line_no >= len(indices):
+                raise LogError("excerpt leaf without an inclusion proof", file=str(self._receipts),
+                               field=f"line {line_no + 1}", expected=f"{len(indices)} lines (one per proof)")
+            if indices[line_no] >= start:
+                yield indices[line_no], line
 
     def leaf(self, index: int) -> bytes:
         offsets = self._index()
-        if not 0 <= index < len(offsets) - 1:
-            raise LogError("no such leaf", file=str(self._receipts), field=f"leaf {index}")
+        line_no = index
+        if self.excerpt:
+            indices = self._leaf_indices()
+            line_no = bisect.bisect_left(indices, index)
+            if line_no >= len(indices) or indices[line_no] != index:
+                line_no = -1
+        if not 0 <= line_no < len(offsets) - 1:
+            raise LogError("no such leaf" + (" in this excerpt" if self.excerpt else ""), file=str(self._receipts),
+                           field=f"leaf {index}")
         with self._receipts.open("rb") as fh:
-            fh.seek(offsets[index])
-            return fh.read(offsets[index + 1] - offsets[index] - 1)
+            fh.seek(offsets[line_no])
+            return fh.read(offsets[line_no + 1] - offsets[line_no] - 1)
 
     def checkpoints(self) -> list[tuple[str, str]]:
         out = []
@@ -112,6 +143,7 @@ class BundleSource:
 
     def close(self) -> None:
         self._offsets = None
+        self._indices = None
 
     def __enter__(self) -> BundleSource:
         return self

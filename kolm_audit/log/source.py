@@ -16,7 +16,7 @@ portable form of any source::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -24,6 +24,7 @@ from kolm_audit.errors import InputError, LogError
 from kolm_audit.log.bundle import BUNDLE_SCHEMA, PROOFS_SCHEMA, BundleSource
 from kolm_audit.log.checkpoint import parse_checkpoint
 from kolm_audit.log.db import DatabaseSource
+from kolm_audit.log.excerpt import write_excerpt
 from kolm_audit.log.merkle import MemoryTree, leaf_hash
 from kolm_audit.schemas import validate
 
@@ -56,14 +57,21 @@ def open_log_source(path: str | Path) -> DatabaseSource | BundleSource:
     return DatabaseSource(path)
 
 
-def export_bundle(source: LogSource | str | Path, out_dir: str | Path, *, proofs: bool = True) -> Path:
-    """Write a portable bundle of ``source`` (a source, or the path of a log) to ``out_dir`` (absent or empty)."""
+def export_bundle(source: LogSource | str | Path, out_dir: str | Path, *, proofs: bool = True,
+                  indices: Sequence[int] | None = None) -> Path:
+    """Write a portable bundle of ``source`` (a source, or the path of a log) to ``out_dir`` (absent or empty).
+
+    With ``indices``, write an excerpt holding only those leaves, each with its inclusion proof
+    (:mod:`kolm_audit.log.excerpt`).
+    """
     if isinstance(source, str | Path):
         with open_log_source(source) as src:
-            return export_bundle(src, out_dir, proofs=proofs)
+            return export_bundle(src, out_dir, proofs=proofs, indices=indices)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError("refusing to export into a non-empty path", file=str(out))
+    if indices is not None:
+        return write_excerpt(source, out, indices=indices)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     hashes = []
     with (out / "receipts.jsonl").open("wb") as fh:
