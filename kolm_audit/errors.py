@@ -120,6 +120,10 @@ class LogError(Finding):
 
 
 
+class ReplayMismatch(Finding):
+    """A re-run decision did not reproduce its recorded bytes (e.g. a golden case sampled from a log)."""
+
+
 class GateFailed(Finding):
     """A K-score gate (or other release gate) was not met."""
 

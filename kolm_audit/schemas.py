@@ -140,10 +140,16 @@ def explain(error: jsonschema.ValidationError) -> str:
         if names is not None:
             how = "exactly one" if kind == "oneOf" else "at least one"
             return f"give {how} of: {' | '.join(names)}"
-        best = jsonschema.exceptions.best_match(error.context) if error.context else None
-        if best is not None:
-            return explain(best)
-        return "does not match any allowed form of this field"
+        if not error.context:
+            return "does not match any allowed form of this field"
+        # the alternative the document is closest to (fewest errors; ties: the first) says what is wrong
+        by_branch: dict[Any, list[jsonschema.ValidationError]] = {}
+        for sub in error.context:
+            by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
+        closest = min(by_branch.values(), key=len)
+        first = sorted(closest, key=lambda e: (list(map(str, e.absolute_path)), e.message))[0]
+        where = _path(first)
+        return explain(first) + (f" (at {where})" if where != _path(error) else "")
     if kind == "required" and isinstance(schema_value, list):
         missing = [f for f in schema_value if isinstance(error.instance, dict) and f not in error.instance]
         return f"missing required field(s) {', '.join(map(repr, missing))}"

@@ -83,8 +83,8 @@ def _flat(text: str) -> str:
 def test_render_writes_a_signed_binder_that_verifies(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     pdf, trust = world["pdf"], world["keys"].trust
     assert pdf.read_bytes().startswith(b"%PDF-1.7") and Path(f"{pdf}.sig").is_file()
-    code, out, _ = cli(capsys, "verify", pdf, "--trust", trust, "--json")
-    assert code == 0
+    code, out, err = cli(capsys, "verify", pdf, "--trust", trust, "--json")
+    assert code == 0, out + err
     doc = json.loads(out)
     validate(doc, "binder-verify-report")
     assert doc["verified"] and doc["signers"][0]["role"] == "binder" and doc["pdfa_checks"] == list(CHECKS)

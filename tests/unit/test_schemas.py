@@ -61,3 +61,22 @@ def test_every_schema_pattern_is_anchored_at_the_very_end(pattern: str, text: st
 def test_digest_pattern_refuses_a_trailing_newline() -> None:
     regex = _ecma_regex("^sha256:[0-9a-f]{64}$")
     assert regex.search(DIGEST) and not regex.search(DIGEST + "\n")
+
+
+def test_errors_are_explained_from_the_closest_alternative() -> None:
+    import jsonschema
+
+    from kolm_audit.schemas import explain
+
+    schema = {"oneOf": [
+        {"type": "object", "additionalProperties": False, "required": ["ok", "items"],
+         "properties": {"ok": {"const": True}, "items": {"type": "array", "items": {"type": "integer"}}}},
+        {"type": "object", "additionalProperties": False, "required": ["ok", "error"],
+         "properties": {"ok": {"const": False}, "error": {"type": "string"}}}]}
+    [error] = jsonschema.Draft202012Validator(schema).iter_errors({"ok": True, "items": [1, "x"]})
+    assert explain(error) == "'x' is not of type 'integer' (at $.items[1])"
+    [error] = jsonschema.Draft202012Validator({"oneOf": [{"required": ["a"]}, {"required": ["b"]}]}).iter_errors({})
+    assert explain(error) == "give exactly one of: a | b"
+    schema = {"type": "object", "additionalProperties": False, "properties": {"a": {}, "b": {}}}
+    [error] = jsonschema.Draft202012Validator(schema).iter_errors({"a": 1, "zz": 2})
+    assert explain(error) == "unknown field(s) 'zz'; allowed: a, b"
