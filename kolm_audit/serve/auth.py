@@ -128,7 +128,7 @@ class TokenFile:
     def write(self, path: str | Path) -> Path:
         """Write atomically (temp file, fsync, rename), mode 0600; what is written reads back the same."""
         path = Path(path)
-        lines = [f"schema = {json.dumps(TOKENS_SCHEMA)}", ""]
+        lines = [f"schema = {json.dumps(TOKENS_SCHEMA)}", *(() if self.entries else ("tokens = []",)), ""]
         for e in self.entries:  # JSON string escapes are valid TOML basic-string escapes
             lines += ["[[tokens]]", f"name = {json.dumps(e.name)}", f"tenant = {json.dumps(e.tenant)}",
                       f"hash = {json.dumps(e.hash)}", ""]

@@ -14,16 +14,16 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("uvicorn")
 
-from _cli_fixtures import cli as _cli  # noqa: E402
-from _serve_fixtures import Server, World, build_world  # noqa: E402
+from _cli_fixtures import cli as _cli
+from _serve_fixtures import Server, World, build_world, schemathesis_run
 
-from kolm_audit.canonical import jcs  # noqa: E402
-from kolm_audit.log.checkpoint import verify_checkpoint  # noqa: E402
-from kolm_audit.log.merkle import verify_inclusion  # noqa: E402
-from kolm_audit.receipts.document import verify_receipt  # noqa: E402
-from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore  # noqa: E402
-from kolm_audit.schemas import validate  # noqa: E402
-from kolm_audit.trust import TrustPolicy  # noqa: E402
+from kolm_audit.canonical import jcs
+from kolm_audit.log.checkpoint import verify_checkpoint
+from kolm_audit.log.merkle import verify_inclusion
+from kolm_audit.receipts.document import verify_receipt
+from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore
+from kolm_audit.schemas import validate
+from kolm_audit.trust import TrustPolicy
 
 TEXTS = ["is this transaction fraudulent?", "hello world", "approve the loan", "the quick brown fox",
          "a decision every regulator can replay", "deny", "good morning to you", "receipts for every answer"]
@@ -232,6 +232,11 @@ def test_unknown_paths_and_methods_are_problems_too(server, world):
     assert _raw(server, "/healthz", method="GET").json() == {"status": "ok"}
     doc = _raw(server, "/openapi.json", method="GET").json()
     assert doc["openapi"] == "3.1.0" and "/v1/decisions" in doc["paths"] and "/v1/embeddings" not in doc["paths"]
+
+
+def test_schemathesis_finds_no_server_error_and_no_undocumented_response(server, world):
+    checked = schemathesis_run(server.url, world.headers("acme"))
+    assert "POST /v1/decisions negative" in checked and "GET /v1/receipts/{receipt_id} positive" in checked
 
 
 def test_after_shutdown_every_receipt_verifies_and_replays(server, world, capsys):
