@@ -35,7 +35,7 @@ from kolm_audit.keys import PrivateKey
 from kolm_audit.log.db import ReceiptLog
 from kolm_audit.model import Model
 from kolm_audit.receipts.recorder import Prepared, Recorded, Recorder, Request, append_prepared
-from kolm_audit.serve.problems import Overloaded, ShuttingDown
+from kolm_audit.serve.problems import Overloaded, ShuttingDown, Unavailable
 
 _LOG = logging.getLogger("kolm_audit.serve")
 
@@ -256,6 +256,9 @@ class Batcher:
             prepared = self._prepare(ready)
             done = append_prepared(self._log, [p for _, p in prepared])
         except KolmError as exc:
+            if isinstance(exc, InputError) and not isinstance(exc, RuntimeInputError):   # e.g. the log is locked
+                _LOG.error("receipt log refused a batch: %s", exc)
+                exc = Unavailable(f"the receipt log refused the batch: {exc.message}", retry_after=5)
             for group in ready:
                 if not group.future.done():
                     group.future.set_exception(exc)

@@ -73,6 +73,10 @@ class Overloaded(HttpError):
     status, slug, title = 503, "overloaded", "The server is busy; retry later"
 
 
+class Unavailable(HttpError):
+    status, slug, title = 503, "unavailable", "The receipt log cannot take decisions now"
+
+
 class ShuttingDown(HttpError):
     status, slug, title = 503, "shutting-down", "The server is shutting down"
 

@@ -138,3 +138,24 @@ def test_limits_are_checked(limits, field):
     with pytest.raises(InputError) as exc:
         BatchLimits(**limits)
     assert exc.value.field == field
+
+
+def test_a_locked_log_is_a_503_and_the_writer_recovers(setup, tmp_path, monkeypatch):
+    import sqlite3
+
+    from kolm_audit.serve.problems import Unavailable
+
+    monkeypatch.setattr("kolm_audit.log.db.BUSY_TIMEOUT_S", 0.2)
+    batcher, log = _batcher(setup, tmp_path / "r.db", max_wait_ms=0)
+    other = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")                     # another writer holds the lock
+    batcher.start()
+    with pytest.raises(Unavailable) as exc:
+        batcher.submit("acme", [Request(text="blocked")], ["$.text"]).result(timeout=60)
+    assert problem(exc.value, instance="/v1/decisions")[0] == 503
+    other.execute("ROLLBACK")
+    other.close()
+    [rec] = batcher.submit("acme", [Request(text="later")], ["$.text"]).result(timeout=60)
+    assert rec.log_index == 0 and log.size() == 1
+    batcher.close()
+    log.close()
