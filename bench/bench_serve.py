@@ -9,17 +9,17 @@ What it does, all in one run on this machine:
    a trust file and a bearer token (the demo's artifact);
 2. **in-process peer**: ``kolm_audit.load`` + :class:`~kolm_audit.receipts.recorder.Recorder` — model run, signed
    receipt, durable log append — with ``N`` concurrent callers modelled as the best case for in-process code:
-   batches of ``min(N, max_batch)`` requests back to back (each request's latency is its batch's time). It runs on
-   a worker thread, as the server's model calls do (the runtime's parallel CPU kernels behave differently on the
-   main thread of a busy machine; see docs/benchmarks.md);
+   batches of ``min(N, max_batch)`` requests back to back (each request's latency is its batch's time), on a
+   worker thread as the server's model calls are;
 3. **server**: ``kolm-audit serve`` (uvicorn, one process, ``--max-batch`` 32) in a subprocess on 127.0.0.1 and
    ``N`` closed-loop clients (``httpx.AsyncClient``, one event loop) posting ``/v1/decisions``; every request is
    answered only after its receipt is durable, as in-process;
 4. prints throughput and p50/p99 latency for both and the ratios (server / in-process): the server's overhead
    (HTTP, JSON, queueing, the load generator sharing the machine's cores).
 
-Every run is bounded: at most ``--requests`` requests and ``--seconds`` seconds per measurement. The server's log is
-verified (tree and checkpoints) at the end.
+Every run is bounded: at most ``--requests`` requests and ``--seconds`` seconds per measurement. The two modes
+alternate for each ``N`` (the server idles while the in-process peer runs), ``--repeat`` times; the best run of
+each is reported, which damps the noise of a shared machine. The server's log is verified at the end.
 """
 
 from __future__ import annotations
@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32", help="comma-separated concurrent clients")
     parser.add_argument("--requests", type=int, default=400, help="at most this many requests per measurement")
     parser.add_argument("--seconds", type=float, default=60.0, help="at most this long per measurement")
+    parser.add_argument("--repeat", type=int, default=2, help="alternating runs per mode and N; the best is kept")
     parser.add_argument("--backend", default="auto")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
@@ -174,28 +175,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         artifact, key, trust, tokens, token = _world(root)
-        rows = []
-        with ThreadPoolExecutor(1) as worker:
-            for n in counts:
-                rows.append(("in-process", n, worker.submit(
-                    bench_in_process, artifact, key, trust, root / f"inproc-{n}.db", texts, n, args.requests,
-                    args.seconds, args.backend).result()))
+        best: dict[tuple[str, int], dict[str, float]] = {}
+
+        def keep(mode: str, n: int, stats: dict[str, float]) -> None:
+            if (mode, n) not in best or stats["rps"] > best[(mode, n)]["rps"]:
+                best[(mode, n)] = stats
+
         server = _Server(artifact, key, trust, tokens, root / "served.db", args.backend)
         try:
-            for n in counts:
-                rows.append(("server", n, asyncio.run(_http_load(server.url, token, texts, n, args.requests,
-                                                                 args.seconds))))
+            with ThreadPoolExecutor(1) as worker:
+                for run in range(args.repeat):
+                    for n in counts:
+                        keep("in-process", n, worker.submit(
+                            bench_in_process, artifact, key, trust, root / f"inproc-{n}-{run}.db", texts, n,
+                            args.requests, args.seconds, args.backend).result())
+                        keep("server", n, asyncio.run(_http_load(server.url, token, texts, n, args.requests,
+                                                                 args.seconds)))
         finally:
             code = server.stop()
         report = verify_log(root / "served.db", policy=TrustPolicy.load(trust))
-        print(f"machine: {os.cpu_count()} CPUs; backend {args.backend}; all-MiniLM-L6-v2 int8; server exit {code}; "
-              f"served log verified: {report.size} receipts, checkpoint at {report.latest_checkpoint_size}")
+        print(f"machine: {os.cpu_count()} CPUs; backend {args.backend}; all-MiniLM-L6-v2 int8; best of {args.repeat}; "
+              f"server exit {code}; served log verified: {report.size} receipts, checkpoint at "
+              f"{report.latest_checkpoint_size}")
         print(f"{'mode':<11} {'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-        for mode, n, s in rows:
-            print(f"{mode:<11} {n:>7} {s['n']:>8} {s['rps']:>8.1f} {s['p50']:>8.1f} {s['p99']:>8.1f}")
-        by = {(mode, n): s for mode, n, s in rows}
+        for mode in ("in-process", "server"):
+            for n in counts:
+                st = best[(mode, n)]
+                print(f"{mode:<11} {n:>7} {st['n']:>8} {st['rps']:>8.1f} {st['p50']:>8.1f} {st['p99']:>8.1f}")
         for n in counts:
-            ip, sv = by[("in-process", n)], by[("server", n)]
+            ip, sv = best[("in-process", n)], best[("server", n)]
             print(f"clients {n:>2}: server/in-process throughput {sv['rps'] / ip['rps']:.2f}x, "
                   f"p50 {sv['p50'] / ip['p50']:.2f}x, p99 {sv['p99'] / ip['p99']:.2f}x")
 
