@@ -24,7 +24,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -187,16 +187,42 @@ class _GraphEntry:
     keys: list[Any]
     values: list[Any]
     inputs: dict[str, Any] = field(default_factory=dict)       # static device inputs of the captured step
-    graph: Any = None
+    replay: Callable[[], Any] | None = None
     out: Any = None
 
 
-class GraphPool:
-    """CUDA graphs of one runtime's decode step, one per (batch bucket, length bucket), sharing one memory pool."""
+Capture = Callable[[Callable[[], Any]], tuple[Callable[[], Any], Any]]
 
-    def __init__(self, rt: LlamaRuntime) -> None:
+
+def cuda_capture(step: Callable[[], Any], pool: Any) -> tuple[Callable[[], Any], Any]:
+    """Capture ``step`` (a decode step reading only device buffers) as a CUDA graph: ``(replay, output)``.
+
+    The step runs once eagerly on a side stream first (Triton compiles its kernels, cuBLAS allocates its
+    workspace); that run writes this step's keys and values, which the capture and every replay write again
+    identically (a step's writes depend only on its inputs and on earlier timeline positions)."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = step()
+    return graph.replay, out
+
+
+class GraphPool:
+    """CUDA graphs of one runtime's decode step, one per (batch bucket, length bucket), sharing one memory pool.
+
+    ``capture`` turns a step into ``(replay, output)`` (default :func:`cuda_capture`; the tests give a stand-in
+    that re-runs the step, to check this bookkeeping on CPU)."""
+
+    def __init__(self, rt: LlamaRuntime, capture: Capture | None = None) -> None:
         self.rt = rt
         self._entries: dict[tuple[int, int], _GraphEntry] = {}
+        self._capture = capture
         self._pool: Any = None
         self.captured = 0                                          # graphs captured so far (for the benchmark)
 
@@ -213,29 +239,24 @@ class GraphPool:
 
         rt = self.rt
         host = rt._prepare(ids, ok, cache)                        # updates cache.key_ok (host)
-        if entry.graph is None:
-            entry.inputs = {name: rt.ops.const(arr) if name != "mask" else rt.ops.mask(arr)
+        if entry.replay is None:
+            entry.inputs = {name: rt.ops.mask(arr) if name == "mask" else rt.ops.const(arr)
                             for name, arr in host.items()}
 
             def step() -> Any:
                 return rt._forward(cache=cache, all_logits=False, **entry.inputs)
 
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):                         # warm-up: compiles kernels, allocates workspaces;
-                step()                                            # writes this step's keys (the same ones again)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                entry.out = step()
-            entry.graph = graph
+            if self._capture is None:
+                if self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                entry.replay, entry.out = cuda_capture(step, self._pool)
+            else:
+                entry.replay, entry.out = self._capture(step)
             self.captured += 1
         else:
             for name, arr in host.items():
                 entry.inputs[name].copy_(torch.from_numpy(np.ascontiguousarray(arr)))
-        entry.graph.replay()
+        entry.replay()
         rt._finish(ok, cache)
         return rt.ops.numpy(entry.out)[:, -1, :]
 

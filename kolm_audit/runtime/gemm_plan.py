@@ -16,10 +16,11 @@ path           product                                                     accum
 =============  ==========================================================  ===================  =============
 
 :func:`plan_gemm` picks, for one layer, the first path of a preference order that is *available* (the device
-supports it for these shapes, :class:`GemmCaps`) and *exact* (a chunk size ``c`` dividing K with
-``c · 127 · dmax`` below the limit). A path named alone is required: if it is unavailable or cannot be proven exact
-for the layer, :class:`~kolm_audit.errors.InputError` says why, instead of running something else or something
-inexact. :func:`check_runtime` re-checks, before each product, the global settings an fp32 plan depends on.
+supports it for these shapes, :class:`GemmCaps`) and *exact* (fp32 only at full precision; a chunk size ``c``
+dividing K with ``c · 127 · dmax`` below the limit). A path named alone is required: if it is unavailable or cannot
+be proven exact for the layer, :class:`~kolm_audit.errors.InputError` says why, instead of running something else
+or something inexact; so is an explicit chunk cap that breaks the bound. :func:`check_runtime` re-checks, before
+each product, the global settings an fp32 plan depends on.
 
 Example::
 
@@ -146,9 +147,10 @@ def plan_gemm(*, k: int, n: int, digits: int, dmax: int, caps: GemmCaps, prefer:
     ``dmax``.
 
     ``prefer``: ``"auto"`` (the device's default order: CPU ``int_mm, fp64``; CUDA ``bf16_fp32, fp32, fp64``), one
-    path name (required: refused if unavailable or inexact), or a comma-separated order (the first available one;
-    refused if none is). ``max_chunk`` caps the chunk size (default: the largest exact one); a cap that makes a
-    chunk's partial sums reach the accumulator's limit is refused, as is an unknown path.
+    path name (required: refused if unavailable or inexact), or a comma-separated order (the first path that is
+    available and exact, e.g. fp32 only while it is at full precision; refused if none is). ``max_chunk`` caps the
+    chunk size (default: the largest exact one); a cap that makes a chunk's partial sums reach the accumulator's
+    limit is refused, as is an unknown path.
     """
     order = DEFAULT_ORDER[caps.device] if prefer == "auto" else tuple(p.strip() for p in prefer.split(","))
     bad = [p for p in order if p not in PATHS]
@@ -164,8 +166,11 @@ def plan_gemm(*, k: int, n: int, digits: int, dmax: int, caps: GemmCaps, prefer:
             reasons.append(f"{path}: {why}")
             continue
         why = _inexact(path, digits=digits, dmax=dmax, caps=caps)
-        if why is not None:
+        if why is not None and len(order) == 1:
             raise InputError(f"{path} is not proven exact: {why}", field="gemm", expected="another path")
+        if why is not None:                                             # an order: the next path
+            reasons.append(f"{path}: {why}")
+            continue
         limit = 1 << LIMIT_BITS[path]
         exact_max = (limit - 1) // (Q_MAX * max(dmax, 1))              # largest chunk with bound < limit
         want = min(k, exact_max if max_chunk is None else max_chunk)
