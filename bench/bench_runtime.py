@@ -270,7 +270,7 @@ def dry_run(args: argparse.Namespace) -> None:
           f"{2 * params / GIB:.2f} GiB; ours (int8 digits as bf16 operands) {2 * params / GIB:.2f} GiB; batches "
           f"{args.batches}")
     for name, (k, n) in shapes.items():
-        print(f"  {name}: {plan_gemm(k=k, n=n, digits=1, dmax=127, caps=caps, prefer=args.gemm).describe()}")
+        print(f"  {name}: {plan_gemm(k=k, n=n, digits=1, dmax=127, caps=caps, prefer=args.gemm).description}")
     per_token = args.layers * args.kv_heads * d * (4 + 4 + 1) + args.layers * args.kv_heads * 16
     cap = 128
     print(f"  static KV cache (int32 k, v + int8 key memo): {per_token:,} bytes per token; batch 128 x {cap} "

@@ -17,6 +17,7 @@
 #   3. conformance with plain torch ops (TorchOps)                                                        (40)
 #   4. the small Llama (4 x 256, batch 1 and 32) and MiniLM at batch 1 and 256                            (70)
 #   5. if time is left: conformance and the 0.85B rows with int8 GEMMs (_int_mm) where the shapes allow   (60+150)
+# If step 1 fails, it is rerun at once with --decode static (no CUDA graphs), to tell kernels from capture.
 # Exit status: 1 if a conformance step failed or timed out, else 0. $OUT/summary.txt collects the key lines.
 set -u
 out=${OUT:-/tmp/kolm-gpu-out}
@@ -52,6 +53,9 @@ step() {
 }
 
 step conformance 100 1 python3 bench/gpu_check.py --skip-bench
+if (( status )); then   # separate the kernels from the graph capture: the same vectors decoded without graphs
+  step conformance_static 80 1 python3 bench/gpu_check.py --skip-bench --decode static
+fi
 step bench_1b 180 0 python3 bench/bench_runtime.py --device cuda --preset 1b --skip-minilm --skip-numpy
 step conformance_unfused 40 1 python3 bench/gpu_check.py --skip-bench --unfused
 step bench_small_minilm 70 0 python3 bench/bench_runtime.py --device cuda --minilm-dir .gpu/minilm --skip-numpy \

@@ -26,18 +26,31 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from kolm_audit.runtime.ops import NumpyOps, Ops
 
-if TYPE_CHECKING:
-    from kolm_audit.runtime.models.llama import LlamaRuntime
-
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MIN_LENGTH = 64
 DECODE_MODES = ("dynamic", "static", "graphs")
+
+
+class LlamaRuntime(Protocol):
+    """What a session needs of :class:`kolm_audit.runtime.models.llama.LlamaRuntime` (its step in three parts)."""
+
+    ops: Ops
+    decode: str
+    graphs: GraphPool
+
+    def _prefill(self, batch: Sequence[Sequence[int]], *, all_logits: bool) -> tuple[np.ndarray, KVCache]: ...
+    def _left_pad(self, batch: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]: ...
+    def _step(self, ids: np.ndarray, new_ok: np.ndarray, cache: KVCache, *, all_logits: bool) -> np.ndarray: ...
+    def _prepare(self, ids: np.ndarray, new_ok: np.ndarray, cache: KVCache) -> dict[str, np.ndarray]: ...
+    def _forward(self, *, ids: Any, pos: Any, mask: Any, slot: Any, key_len: Any, cache: KVCache,
+                 all_logits: bool) -> Any: ...
+    def _finish(self, new_ok: np.ndarray, cache: KVCache) -> None: ...
 
 
 def batch_bucket(b: int) -> int:

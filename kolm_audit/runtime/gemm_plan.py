@@ -28,7 +28,7 @@ Example::
     >>> p = plan_gemm(k=2048, n=6144, digits=1, dmax=127, caps=cuda)
     >>> p.path, p.chunk, p.chunks, p.bound < p.limit
     ('bf16_fp32', 1024, 2, True)
-    >>> print(p.describe())
+    >>> print(p.description)
     bf16_fp32 K=2048 as 2 chunks of 1024, 1 digit, N=6144 (partial sums <= 16,516,096 < 2^24)
     >>> plan_gemm(k=2048, n=6144, digits=1, dmax=127, caps=cuda, prefer="int_mm").path
     'int_mm'
@@ -42,6 +42,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from kolm_audit.errors import InputError
 
@@ -89,8 +90,9 @@ class GemmPlan:
     limit: int                   # 2^24 (fp32 accumulators), 2^31 (int32) or 2^53 (fp64)
     pad_rows: int                # the operand has at least this many rows (extra rows are never read)
 
-    def describe(self) -> str:
-        """One line for benchmark output and logs."""
+    @cached_property
+    def description(self) -> str:
+        """One line for benchmark output and logs (computed once)."""
         split = f"as {self.chunks} chunks of {self.chunk}" if self.chunks > 1 else "in one chunk"
         digits = f"{self.digits} digit" + ("s" if self.digits > 1 else "")
         bits = self.limit.bit_length() - 1

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from kolm_audit.runtime import torch_fixedpoint as tfp
-from kolm_audit.runtime.ops import ComposedOps
+from kolm_audit.runtime.composed import ComposedOps
 from kolm_audit.runtime.torch_matmul import ExactMatmul, TorchLinear, weight_digits
 
 __all__ = ["TorchLinear", "TorchOps", "weight_digits"]

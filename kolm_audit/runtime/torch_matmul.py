@@ -95,7 +95,7 @@ class ExactMatmul:
     """The exact matrix products of :class:`~kolm_audit.runtime.torch_backend.TorchOps` (a mixin: it reads
     ``device``, ``const``, the ``_bf16_bmm`` flag and the GEMM preference ``gemm`` / ``max_chunk`` of the backend).
 
-    ``gemm_paths`` counts every linear product run, by :meth:`GemmPlan.describe` (what the benchmark prints)."""
+    ``gemm_paths`` counts every linear product run, by :attr:`GemmPlan.description` (what the benchmark prints)."""
 
     device: torch.device
     _bf16_bmm: bool
@@ -123,7 +123,8 @@ class ExactMatmul:
             b16 = torch.ones((16, 8), dtype=torch.bfloat16, device=dev)
             found = GemmCaps(
                 device=dev.type, int_mm=hasattr(torch, "_int_mm") and _probe(lambda: torch._int_mm(a8, a8.t()[:, :8])),
-                bf16_fp32=cuda and _probe(lambda: torch.mm(b16.t(), b16, out_dtype=torch.float32)),
+                bf16_fp32=cuda and _probe(lambda: torch.mm(b16.t(), b16, out_dtype=torch.float32))
+                and _probe(lambda: torch.bmm(b16.view(2, 8, 8), b16.view(2, 8, 8), out_dtype=torch.float32)),
                 fp32_exact=self._f32_exact(), int_mm_multiple=8 if cuda else 1, int_mm_min_rows=16 if cuda else 0)
             self._caps_found = found
         return GemmCaps(device=found.device, int_mm=found.int_mm, bf16_fp32=found.bf16_fp32,
@@ -158,11 +159,12 @@ class ExactMatmul:
         digit and K-chunk of ``lin``'s plan: ``[M', L·N]`` for one chunk, else ``[C, M', L·N]`` (chunk ``c`` in
         batch ``c``), ``M' >= M`` — int32 or floats holding exact integers. Records the plan run."""
         plan, w = lin.plan, lin.weight
-        check_runtime(plan, fp32_exact=self._f32_exact())
+        if plan.path == "fp32":
+            check_runtime(plan, fp32_exact=self._f32_exact())
         a = a if a.dtype == w.dtype else a.to(w.dtype)
         if a.shape[0] < plan.pad_rows:                                    # CUDA _int_mm: more than 16 rows
             a = torch.cat([a, a.new_zeros((plan.pad_rows - a.shape[0], a.shape[1]))])
-        self.gemm_paths[plan.describe()] += 1
+        self.gemm_paths[plan.description] += 1
         c, chunks = plan.chunk, plan.chunks
         if plan.path == "int_mm":
             if chunks == 1:

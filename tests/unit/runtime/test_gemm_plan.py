@@ -28,7 +28,7 @@ def test_the_1b_layers_on_a_cuda_device_take_bf16_in_equal_chunks_below_2_24() -
     assert (plans["qkv"].chunk, plans["qkv"].chunks) == (1024, 2)
     assert (plans["down"].chunk, plans["down"].chunks) == (704, 8)           # 5632 = 8 · 704, 704·127² < 2^24
     assert all(p.bound < 1 << 24 and p.chunk * p.chunks == p.k for p in plans.values())
-    assert "bf16_fp32 K=5632 as 8 chunks of 704" in plans["down"].describe()
+    assert "bf16_fp32 K=5632 as 8 chunks of 704" in plans["down"].description
 
 
 @settings(max_examples=200, deadline=None)
@@ -102,7 +102,7 @@ def test_each_cpu_plan_gives_the_reference_integers_and_is_recorded(gemm: str, m
     ops = TorchOps(device="cpu", gemm=gemm, max_chunk=max_chunk)
     prepared = ops.prepare_linear(lin)
     assert np.array_equal(ops.numpy(ops.linear(ops.const(x), prepared)), linear(x, lin))
-    assert list(ops.gemm_paths) == [prepared.plan.describe()] and sum(ops.gemm_paths.values()) == 1
+    assert list(ops.gemm_paths) == [prepared.plan.description] and sum(ops.gemm_paths.values()) == 1
     assert prepared.plan.chunks == chunks                                   # 48 = 8 chunks of 6 under a cap of 7
 
 
