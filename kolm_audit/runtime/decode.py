@@ -275,9 +275,11 @@ class GraphPool:
 
 
 def open_session(rt: LlamaRuntime, *, batch: int, max_len: int) -> DynamicSession | StaticSession:
-    """The session of ``rt.decode`` (``graphs`` falls back to ``static`` off CUDA: same integers, no capture)."""
+    """The session of ``rt.decode``. ``graphs`` needs CUDA and a backend that declares its forward capture-safe
+    (``graph_safe``: nothing synchronizes with the host; ``FusedTritonOps``); otherwise it is ``static`` — the same
+    integers, run eagerly."""
     if rt.decode == "dynamic":
         return DynamicSession(rt)
-    if rt.decode == "graphs" and rt.ops.name == "cuda":
+    if rt.decode == "graphs" and rt.ops.name == "cuda" and getattr(rt.ops, "graph_safe", False):
         return GraphSession(rt, batch=batch, max_len=max_len)
     return StaticSession(rt, batch=batch, max_len=max_len)

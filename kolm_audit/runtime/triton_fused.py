@@ -57,6 +57,7 @@ class FusedTritonOps(FusedOps):
     """Torch tensors on CUDA, exact torch GEMMs, composite Triton kernels; ``decode`` = graphs on CUDA."""
 
     MEMOS = (*FusedOps.MEMOS, _K8)
+    graph_safe = True           # no operation synchronizes with the host: a decode step can be a CUDA graph
 
     def __init__(self, *, device: str = "cuda", threads: int | None = None, gemm: str = "auto",
                  max_chunk: int | None = None) -> None:
