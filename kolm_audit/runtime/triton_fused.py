@@ -13,7 +13,7 @@ host:
 * attention: one launch (scores, softmax, ``Σ P·V``, rounding) reading keys from their int8 memo; the static KV
   cache (:mod:`~kolm_audit.runtime.decode`) is written by one launch per layer at a slot held in device memory.
 
-A Llama decoder layer is 11 launches (4 GEMMs, 7 Triton kernels) where it was 36; counted on CPU through
+A Llama decoder layer is 11 launches (4 GEMMs, 7 Triton kernels) where it was 36.5; counted on CPU through
 :mod:`~kolm_audit.runtime.launches` (every Triton launch goes through :meth:`FusedTritonOps._run`). Decoding uses
 static KV buffers and CUDA graphs by default (``decode``). Under ``TRITON_INTERPRET=1`` the backend also runs on CPU
 tensors (``device="cpu"``; the GEMMs then use ``torch._int_mm``), which is how the unit tests check its integers
