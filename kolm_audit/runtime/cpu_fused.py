@@ -58,8 +58,8 @@ def _host(t: Tensor) -> np.ndarray:
 class FusedCpuOps(FusedOps):
     """Torch CPU tensors, exact torch matrix products, one numba kernel per element-wise operation."""
 
-    def __init__(self, *, threads: int | None = None) -> None:
-        super().__init__(device="cpu", threads=threads)
+    def __init__(self, *, threads: int | None = None, gemm: str = "auto", max_chunk: int | None = None) -> None:
+        super().__init__(device="cpu", threads=threads, gemm=gemm, max_chunk=max_chunk)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0                   # a forked child gets a pool of its own (its parent's threads are gone)
 
@@ -155,7 +155,7 @@ class FusedCpuOps(FusedOps):
         return self._keep_q8(out, q8, mn, en)                           # [N,H] int32 Q.16
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, *, scale_mult: int, scale_shift: int,
-                  exp_table: Tensor) -> Tensor:
+                  exp_table: Tensor, key_len: Tensor | None = None) -> Tensor:
         """Few query rows (decoding): the whole §5.2 block in one kernel
         (:func:`~kolm_audit.runtime.cpu_blocks.attention_block`, keys from the cache's quantization memo); more
         rows: the torch matrix products of :class:`FusedOps`."""

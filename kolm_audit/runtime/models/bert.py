@@ -243,15 +243,23 @@ class BertRuntime:
         x = x + ops.take(self.k_pos, pos)                                       # [N,H] Q.16 (+ positions)
         x = x + self.k_type[0]                                                  # [N,H] Q.16 (segment 0)
         x = self._ln(ops.saturate(x), "embeddings.ln")                          # [N,H] Q.16
-        nh, d = self.heads, self.head_dim
-        for i, lay in enumerate(self.layers):
-            qkv = ops.linear(x, lay["qkv"])                                     # [N,3H] q|k|v Q.16
-            ctx = ops.segment_attention(qkv, bounds, heads=nh, head_dim=d, scale_mult=self.scale_m,
-                                        scale_shift=self.scale_s, exp_table=self.k_exp)   # [N,H] Q.16 per request
-            x = self._ln(ops.linear(ctx, lay["attn.o"], residual=x), f"layers.{i}.attn_ln")   # [N,H] Q.16
-            f = ops.gelu(ops.linear(x, lay["ffn.up"]), self.k_cdf)              # [N,I] Q.16
-            x = self._ln(ops.linear(f, lay["ffn.down"], residual=x), f"layers.{i}.ffn_ln")    # [N,H] Q.16
+        for i in range(len(self.layers)):
+            x = self._layer(i, x, bounds)                                       # [N,H] Q.16
         return x, bounds
+
+    def _layer(self, i: int, x: Any, bounds: np.ndarray) -> Any:
+        """Encoder layer ``i`` (spec §6.1) on the packed rows x [N, H] Q.16 of requests ``bounds``."""
+        ops, lay, eps, rs = self.ops, self.layers[i], self.eps, self.k_rsqrt
+        (g_attn, b_attn), (g_ffn, b_ffn) = self.norms[f"layers.{i}.attn_ln"], self.norms[f"layers.{i}.ffn_ln"]
+        qkv = ops.linear(x, lay["qkv"])                                         # [N,3H] q|k|v Q.16
+        ctx = ops.segment_attention(qkv, bounds, heads=self.heads, head_dim=self.head_dim, scale_mult=self.scale_m,
+                                    scale_shift=self.scale_s, exp_table=self.k_exp)   # [N,H] Q.16 per request
+        _, x = ops.linear_norm(ctx, lay["attn.o"], residual=x, gamma=g_attn, beta=b_attn, eps_q32=eps,
+                               rsqrt_table=rs)                                  # [N,H] Q.16 LN(sat(x + o))
+        f = ops.linear_gelu(x, lay["ffn.up"], self.k_cdf)                       # [N,I] Q.16 gelu(up)
+        _, x = ops.linear_norm(f, lay["ffn.down"], residual=x, gamma=g_ffn, beta=b_ffn, eps_q32=eps,
+                               rsqrt_table=rs)                                  # [N,H] Q.16 LN(sat(x + down))
+        return x
 
     def _chunks(self, batch: Sequence[Sequence[int]]) -> list[list[int]]:
         order = sorted(range(len(batch)), key=lambda i: (len(batch[i]), i))
