@@ -1,6 +1,7 @@
 """Deterministic generator of the loan-triage example: synthetic customer messages to a retail bank.
 
-    python examples/loan-triage/generate.py --out examples/loan-triage/data          # the shipped files
+    python examples/loan-triage/generate.py --out examples/loan-triage/data \
+        --inputs examples/loan-triage/inputs.jsonl                                    # the shipped files
     python examples/loan-triage/generate.py --out /tmp/small --train 60 --eval 20 --probes 8
 
 Five labels (``LABELS``): a loan application, a fraud report, a complaint, an account change, a hardship
@@ -13,10 +14,10 @@ request about card payments), so the task is not keyword matching.
 Files written (JSON Lines, UTF-8, ``\\n`` line ends, keys sorted):
 
 * ``train.jsonl``, ``eval.jsonl`` — ``{"id", "label", "text"}``; eval messages are drawn from the same
-  distribution with a different stream, and any eval text that also occurs in train is dropped and redrawn;
+  distribution with a different stream, and any eval text that also occurs in train (ignoring case and spacing) is redrawn;
 * ``probes.jsonl`` — fairness probes ``{"attribute", "id", "variants": [text, ...]}``: the same message with only
   the protected attribute changed; a classifier passes a probe when every variant gets the same label;
-* ``inputs.jsonl`` (``--inputs``) — ``{"id", "text"}`` requests for ``kolm-audit run``.
+* ``--inputs FILE`` — ``{"id", "text"}`` requests (a separate stream) for the demo's ``kolm-audit run``.
 
 Randomness is a counter-based SHA-256 stream keyed by ``(seed, stream, counter)`` — no library RNG — so every
 Python version on every machine writes the same bytes; the recipe pins their sha256 digests.
@@ -238,19 +239,24 @@ def _persona(r: _Stream, percent: int) -> str | None:
     return r.pick(_PERSONAS[attribute])
 
 
+def _key(text: str) -> str:
+    """Texts that differ only in case or spacing count as the same message."""
+    return " ".join(text.casefold().split())
+
+
 def _examples(seed: int, stream: str, n: int, avoid: set[str]) -> list[dict[str, str]]:
     r = _Stream(seed, stream)
     out: list[dict[str, str]] = []
-    seen = set(avoid)
+    seen = {_key(t) for t in avoid}
     while len(out) < n:
         label = LABELS[len(out) % len(LABELS)] if r.chance(70) else r.pick(LABELS)
         persona = _persona(r, 30)
         text, lowered = _message(label, r, "\x00" if persona else None)
         if persona:
             text = text.replace("\x00", persona.lower() if lowered else persona)
-        if text in seen:
+        if _key(text) in seen:
             continue
-        seen.add(text)
+        seen.add(_key(text))
         out.append({"id": f"{stream}-{len(out):05d}", "label": label, "text": text})
     return out
 
@@ -304,18 +310,21 @@ def write(out: Path, data: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder for train.jsonl, eval.jsonl, probes.jsonl")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--train", type=int, default=1500)
     parser.add_argument("--eval", type=int, default=300)
     parser.add_argument("--probes", type=int, default=60)
-    parser.add_argument("--inputs", type=int, default=0, help="also write inputs.jsonl with this many requests")
+    parser.add_argument("--inputs", type=Path, help="also write this many demo requests (--inputs-count) here")
+    parser.add_argument("--inputs-count", type=int, default=12)
     args = parser.parse_args(argv)
     data = generate(seed=args.seed, n_train=args.train, n_eval=args.eval, n_probes=args.probes)
-    if args.inputs:
-        data["inputs"] = inputs(seed=args.seed, n=args.inputs)    # type: ignore[assignment]
     for name, value in write(args.out, data).items():
         print(f"{args.out / (name + '.jsonl')}  {value}")
+    if args.inputs is not None:
+        raw = _jsonl(inputs(seed=args.seed, n=args.inputs_count))     # type: ignore[arg-type]
+        args.inputs.write_bytes(raw)
+        print(f"{args.inputs}  sha256:{hashlib.sha256(raw).hexdigest()}")
     return 0
 
 
