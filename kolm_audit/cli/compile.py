@@ -37,17 +37,23 @@ def _gate_line(kscore: dict[str, Any]) -> str:
 @click.option("--backend", type=click.Choice(_BACKENDS), default="auto", show_default=True,
               help="Runtime backend for features and checks (never changes a byte of the artifact).")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads of the runtime backend.")
+@click.option("--sidecar", is_flag=True, help="Also write OUT.sig for the OpenSSF model_signing CLI (ECDSA key).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the kolm.compile-report/1 document here (also when the gate fails).")
 @click.option("--json", "as_json", is_flag=True, help="Print the kolm.compile-report/1 document.")
 def compile_(recipe: Path, out: Path, key_path: Path, passphrase_env: str | None, backend: str,
-             threads: int | None, report_path: Path | None, as_json: bool) -> int:
+             threads: int | None, sidecar: bool, report_path: Path | None, as_json: bool) -> int:
     """Build, score, gate and sign the artifact a recipe describes (writes OUT and OUT.provenance.json)."""
     from kolm_audit.compile.build import compile_recipe
     from kolm_audit.compile.progress import terminal_bars
     from kolm_audit.keys import load_private_key
 
     key = load_private_key(key_path, passphrase_env=passphrase_env)
+    if sidecar and key.key_type != "ecdsa-p256":
+        from kolm_audit.errors import InputError
+
+        raise InputError("--sidecar needs an ECDSA P-256 key: model_signing verifies elliptic-curve keys only",
+                         field="--key", expected="ecdsa-p256", actual=key.key_type)
     result = compile_recipe(recipe, out=out, key=key, backend=backend, threads=threads,
                             bars=terminal_bars(enabled=not as_json))
     report = result.report
@@ -68,6 +74,10 @@ def compile_(recipe: Path, out: Path, key_path: Path, passphrase_env: str | None
         lines += ["gate: passed",
                   f"wrote {out} (artifact digest {result.artifact.digest}, signed by {key.key_id})",
                   f"provenance: {result.provenance}"]
+        if sidecar:
+            from kolm_audit.artifact.sidecar import write_sidecar
+
+            lines.append(f"sidecar: {write_sidecar(out, key)}")
     else:
         from kolm_audit.compile.kscore import describe_failure
 

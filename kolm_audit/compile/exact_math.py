@@ -30,7 +30,7 @@ Example (one SGD step on two examples with two labels, from zero weights)::
 from __future__ import annotations
 
 import hashlib
-from decimal import Decimal, InvalidOperation
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -52,6 +52,7 @@ MAX_BATCH = 1 << 12
 MAX_LR = 1 << 20                   # learning rate <= 16
 BIAS_INPUT = 1 << fp.ACT_FRAC_BITS   # the bias column: 1.0 in Q.16
 RNG_DOMAIN = b"kolm.train-exact/1\x00"
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 
 
 # ---- numbers in the recipe ------------------------------------------------------------------------------------
@@ -63,14 +64,10 @@ def decimal_fixed(text: str, frac_bits: int, *, field: str, low: int = 0, high: 
     >>> decimal_fixed("0.9", 16, field="momentum")
     58982
     """
-    try:
-        value = Decimal(text) if isinstance(text, str) else None
-    except InvalidOperation:
-        value = None
-    if value is None or not value.is_finite():
-        raise InputError("expected a decimal number written as a string", field=field, expected='e.g. "0.05"',
-                         actual=repr(text)[:40])
-    q = fp.rnd_fraction(Fraction(value) * (1 << frac_bits))
+    if not isinstance(text, str) or not _DECIMAL.match(text):
+        raise InputError("expected a non-negative decimal number written as a string", field=field,
+                         expected='e.g. "0.05" or "1e-3"', actual=repr(text)[:40])
+    q = fp.rnd_fraction(Fraction(text) * (1 << frac_bits))
     if q < low or (high is not None and q > high):
         hi = "" if high is None else f", at most {Fraction(high, 1 << frac_bits)}"
         raise InputError("value out of range", field=field,
