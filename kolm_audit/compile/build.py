@@ -45,7 +45,7 @@ from kolm_audit.compile.provenance import (
     write_provenance,
 )
 from kolm_audit.compile.recipe import Recipe, load_recipe, thaw
-from kolm_audit.compile.trainer import TokenizedData, TrainContext, Trained, trainer_for
+from kolm_audit.compile.trainer import TokenizedData, TrainContext, Trained, Trainer, trainer_for
 from kolm_audit.errors import InputError
 from kolm_audit.keys import PrivateKey
 from kolm_audit.model import Model
@@ -105,7 +105,7 @@ def tokenize_data(base: HFCheckpoint, data: TrainingData) -> TokenizedData:
         for g, variants in enumerate(data.probes.variants):
             probes.extend(variants)
             groups.extend([g] * len(variants))
-            fields.extend(f"probe {data.probes.ids[g]!r}: $.variants[{j}]" for j in range(len(variants)))
+            fields.extend(f"line {data.probes.lines[g]}: $.variants[{j}]" for j in range(len(variants)))
     return TokenizedData(
         train=ids(data.train.texts, data.train.file, _fields(data.train.lines, "text")),
         eval=ids(data.eval.texts, data.eval.file, _fields(data.eval.lines, "text")),
@@ -145,12 +145,19 @@ def _kscore(recipe: Recipe, trained: Trained, data: TrainingData, ids: Tokenized
 
 
 def build(recipe: Recipe | str | Path, *, backend: str = "auto", threads: int | None = None,
-          bars: Bars = no_bars) -> Build:
-    """Check every input, train, score: the artifact's manifest (with its K-score) and tensors. Signs nothing."""
+          bars: Bars = no_bars, trainer: Trainer | None = None) -> Build:
+    """Check every input, train, score: the artifact's manifest (with its K-score) and tensors. Signs nothing.
+
+    ``trainer`` replaces the recipe's registered trainer object (e.g. a :class:`TorchTrainer` with environment
+    overrides, to measure what they change); its ``kind`` must still be the recipe's ``trainer.kind``."""
     started = format_time(now())
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     clock = time.perf_counter()
-    trainer = trainer_for(recipe.task, str(recipe.trainer["kind"]))
+    registered = trainer_for(recipe.task, str(recipe.trainer["kind"]))
+    if trainer is not None and trainer.kind != registered.kind:
+        raise InputError("the trainer given does not match the recipe", field="trainer.kind",
+                         expected=registered.kind, actual=trainer.kind)
+    trainer = trainer or registered
     data = load_data(recipe)
     base = load_base(recipe)
     ids = tokenize_data(base, data)

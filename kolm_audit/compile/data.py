@@ -60,6 +60,7 @@ class Probes:
     ids: tuple[str, ...]
     attributes: tuple[str, ...]
     variants: tuple[tuple[str, ...], ...]
+    lines: tuple[int, ...]
 
     def __len__(self) -> int:
         return len(self.variants)
@@ -158,7 +159,7 @@ def read_probes(entry: DataFile) -> Probes:
         raise InputError("probes file has no probes", file=str(entry.path), field="data.probes")
     _unique(ids, lines, str(entry.path))
     return Probes(file=entry.path, digest=entry.sha256, ids=tuple(ids), attributes=tuple(attrs),
-                  variants=tuple(variants))
+                  variants=tuple(variants), lines=tuple(lines))
 
 
 def _norm(text: str) -> str:

@@ -69,20 +69,10 @@ class Featurizer:
                     "quantization": qm.quantization}
         self.model = Model(manifest=manifest, digest=digest_of({"encoder": manifest}), tensors=qm.tensors,
                            backend=backend, threads=threads)
-        self.limit = int(qm.architecture["max_position_embeddings"])
 
     @property
     def backend(self) -> str:
         return self.model.backend
-
-    def tokenize(self, texts: Sequence[str], *, file: str, fields: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text; a text longer than the base's position limit is refused naming its field."""
-        ids = self.model.tokenize(list(texts))
-        for seq, where in zip(ids, fields, strict=True):
-            if len(seq) > self.limit:
-                raise InputError("text is longer than the base model can read", file=file, field=where,
-                                 expected=f"at most {self.limit} tokens", actual=f"{len(seq)} tokens")
-        return ids
 
     def embed(self, ids: Sequence[Sequence[int]], *, bars: Bars = no_bars, desc: str = "features") -> np.ndarray:
         """int32 ``[N, H]`` Q.16 embeddings (requests grouped by length for speed; the grouping changes nothing)."""

@@ -64,16 +64,16 @@ def _settings(table: Mapping[str, Any], file: str) -> dict[str, Any]:
 class TorchTrainer:
     """``trainer.kind = "torch"`` for ``task.kind = "classify"`` (see the module docstring).
 
-    ``env_overrides`` replaces pinned variables (used only to measure what they change; the values used are what
-    the manifest records)."""
+    ``env_overrides`` replaces pinned variables, ``None`` unsets one (used only to measure what they change,
+    bench/repro_matrix.py; the values used are what the manifest records)."""
 
     kind = "torch"
     spec = TRAIN_SPEC
 
-    def __init__(self, *, env_overrides: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *, env_overrides: Mapping[str, str | None] | None = None) -> None:
         self.env_overrides = dict(env_overrides or {})
 
-    def environment(self, threads: int) -> dict[str, str]:
+    def environment(self, threads: int) -> dict[str, str | None]:
         return {**pinned_environment(threads=threads), **self.env_overrides}
 
     def train(self, ctx: TrainContext) -> Trained:
@@ -91,6 +91,7 @@ class TorchTrainer:
                    "progress": ctx.bars is not no_bars}
             (Path(tmp) / "job.json").write_text(json.dumps(job), encoding="utf-8")
             env = {**os.environ, **self.environment(s["threads"])}
+            env = {k: v for k, v in env.items() if v is not None}
             cmd = [sys.executable, "-m", "kolm_audit.compile.torch_worker", str(Path(tmp) / "job.json")]
             proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False)
             if proc.returncode != 0:
