@@ -22,6 +22,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
@@ -93,11 +95,16 @@ def _compare(base: Path, other: Path) -> dict[str, Any]:
     from kolm_audit.artifact import read_artifact
     from kolm_audit.replay.diff import diff_artifacts
 
-    d = diff_artifacts(read_artifact(base), read_artifact(other))
+    a = read_artifact(base)
+    d = diff_artifacts(a, read_artifact(other))
     changed = d["tensors"]["changed"]
+    int8 = [t for t in changed if t["a"]["dtype"] == "I8"]
+    int8_total = sum(int(np.prod(t["shape"])) for t in a.manifest["tensors"].values() if t["dtype"] == "I8")
     return {"identical": d["identical"], "manifest_paths": [p["path"] for p in d["manifest"]],
             "tensors_changed": len(changed), "elements_changed": sum(t["differing"] or 0 for t in changed),
             "elements": sum(t["elements"] for t in changed),
+            "int8_changed": sum(t["differing"] or 0 for t in int8), "int8_total": int8_total,
+            "int8_max_abs": max((int(t["max_abs_difference"]) for t in int8 if t["max_abs_difference"]), default=0),
             "max_abs": max((int(t["max_abs_difference"]) for t in changed if t["max_abs_difference"]), default=0),
             "worst": max(changed, key=lambda t: t["differing"] or 0)["name"] if changed else None}
 
@@ -143,10 +150,10 @@ def main() -> int:
                 row.update(_compare(base_path, out))
             rows.append(row)
             print(json.dumps(row), flush=True)
-    if args.trainer == "torch":
-        print("\n(torch) recipe:", json.dumps(tomllib.loads(recipes[1].read_text())["trainer"]) if 1 in recipes else "")
-    print("\n| cell | artifact digest | same as baseline | differing tensors / elements (max abs int8 diff) |")
-    print("|---|---|---|---|")
+        for threads, path in sorted(recipes.items()):
+            print(f"\n(torch) recipe, threads {threads}:", json.dumps(tomllib.loads(path.read_text())["trainer"]))
+    print("\n| cell | artifact digest | same as baseline | K (A) | what differs |")
+    print("|---|---|---|---|---|")
     for r in rows:
         same = "baseline" if "identical" not in r else ("**identical**" if r["identical"] else "differs")
         if r.get("identical", True):
@@ -155,9 +162,10 @@ def main() -> int:
             detail = "same tensors; the manifest records another environment (" + ", ".join(
                 p.removeprefix("$.provenance.build.") for p in r["manifest_paths"]) + ")"
         else:
-            detail = (f"{r['tensors_changed']} tensors, {r['elements_changed']} of {r['elements']} elements "
-                      f"(max {r['max_abs']}, most in {r['worst']})")
-        print(f"| {r['what']} | `{r['digest'][:19]}…` | {same} | {detail} |")
+            detail = (f"{r['tensors_changed']} tensors; int8 weights: {r['int8_changed']} of {r['int8_total']} "
+                      f"values (1 in {r['int8_total'] // max(1, r['int8_changed'])}), max |diff| "
+                      f"{r['int8_max_abs']}; most in {r['worst']}")
+        print(f"| {r['what']} | `{r['digest'][:19]}…` | {same} | {r['k']} ({r['A']}) | {detail} |")
     return 0
 
 

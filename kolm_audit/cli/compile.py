@@ -48,6 +48,10 @@ def compile_(recipe: Path, out: Path, key_path: Path, passphrase_env: str | None
     from kolm_audit.compile.progress import terminal_bars
     from kolm_audit.keys import load_private_key
 
+    if report_path is not None and not report_path.parent.is_dir():
+        from kolm_audit.errors import InputError
+
+        raise InputError("folder of the report does not exist", file=str(report_path.parent), field="--report")
     key = load_private_key(key_path, passphrase_env=passphrase_env)
     if sidecar and key.key_type != "ecdsa-p256":
         from kolm_audit.errors import InputError

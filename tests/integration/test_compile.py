@@ -57,9 +57,35 @@ def test_two_compiles_in_separate_processes_and_environments_are_byte_identical(
     assert other.read_bytes() == world["art"].read_bytes()
 
 
+class _Bars:
+    """Records every progress bar compile opens: (description, total, units counted)."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[Any]] = []
+
+    def __call__(self, desc: str, *, total: int, unit: str) -> _Bars:
+        self.seen.append([desc, total, 0])
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.seen[-1][2] += n
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 def test_features_from_the_numpy_reference_give_the_same_artifact(world) -> None:
-    b = build(world["recipe"], backend="numpy")
+    bars = _Bars()
+    b = build(world["recipe"], backend="numpy", bars=bars)
     assert digest_of(b.manifest) == read_artifact(world["art"]).digest
+    # progress: feature extraction, training and V each report every unit of work they do
+    assert [d for d, _, _ in bars.seen] == ["features: train", "features: eval", "features: probes", "training",
+                                            "verify (V)"]
+    assert all(total == done > 0 for _, total, done in bars.seen)
+    assert bars.seen[3][1] == b.manifest["provenance"]["build"]["steps"]
 
 
 def test_the_manifest_records_inputs_trainer_and_kscore(world) -> None:
