@@ -52,6 +52,8 @@ TORCH_CELLS: dict[str, tuple[str, dict[str, str], list[str], dict[str, str | Non
     "onednn-all": ("ONEDNN_MAX_CPU_ISA unset (all ISAs)", {}, [], {"ONEDNN_MAX_CPU_ISA": None}),
     "unpinned": ("no pins at all, 1 thread", {}, [], {"ATEN_CPU_CAPABILITY": None, "MKL_CBWR": None,
                                                       "ONEDNN_MAX_CPU_ISA": None}),
+    "openblas-prescott": ("OPENBLAS_CORETYPE=Prescott (numpy's BLAS)", {"OPENBLAS_CORETYPE": "Prescott"}, [], {}),
+    "numpy-runtime": ("V and probes on the numpy reference only", {}, ["--backend", "numpy"], {}),
 }
 
 
@@ -129,7 +131,7 @@ def main() -> int:
             recipe = args.recipe
             if args.trainer == "torch":
                 threads = int(options[1]) if options[:1] == ["--torch-threads"] else 1
-                options = []
+                options = options[2:] if options[:1] == ["--torch-threads"] else options
                 if threads not in recipes:
                     recipes[threads] = torch_recipe(Path(tmp) / f"recipe-{threads}", args.train, threads)
                 recipe = recipes[threads]
