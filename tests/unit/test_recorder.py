@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _artifact_fixtures import sample_kscore
 
 from kolm_audit.artifact.manifest import gate_failed
 from kolm_audit.errors import GateFailed, InputError, KeyFileError, RuntimeInputError
@@ -173,8 +174,7 @@ def test_refusals(tmp_path, setup):
 
 
 @pytest.mark.parametrize(("kscore", "failed"), [
-    (None, False), ({"score": 900, "gate": {"passed": True}}, False), ({"score": 100, "gate": {"passed": False}}, True),
-    ({"passed": False}, True), ({"gate": {"status": "failed"}}, True), ({"gate": "failed"}, True),
+    (None, False), (sample_kscore(passed=True), False), (sample_kscore(passed=False), True),
 ])
 def test_gate_failed(kscore, failed):
     assert gate_failed(kscore) is failed
@@ -184,7 +184,7 @@ def test_gate_failed_artifact_refused(tmp_path):
     import kolm_audit.model as kmodel
 
     key = generate_key(key_type="ed25519")
-    path = _artifact(tmp_path, key, classify=True, kscore={"score": 120, "gate": {"min": 800, "passed": False}})
+    path = _artifact(tmp_path, key, classify=True, kscore=sample_kscore(passed=False))
     model = kmodel.load(path, key=None, trust=None, require_signature=False)
     with ReceiptLog.open(tmp_path / "r.db", create=True) as log:
         with pytest.raises(GateFailed, match="gate"):

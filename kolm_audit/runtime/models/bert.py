@@ -1,8 +1,10 @@
 """BERT family for ``kolm-int/1``: the integer-only forward (spec §6).
 
 Post-LN encoder: absolute position embeddings, LayerNorm, erf-GELU, bidirectional attention with padding
-masks; tasks ``embed`` (mean pooling over the request's own tokens) and ``classify`` (pooler tanh on
-``[CLS]`` + linear head, argmax with lowest-index tie-break). Every tensor line below says its shape, dtype
+masks; tasks ``embed`` (mean pooling over the request's own tokens) and ``classify`` with one of two heads:
+``pooling = "cls-pooler"`` (pooler tanh on ``[CLS]`` + linear, as HF ``BertForSequenceClassification``) or
+``pooling = "mean"`` (a linear classifier on the mean-pooled embedding, as compile's trainers build it); argmax
+with lowest-index tie-break. Every tensor line below says its shape, dtype
 and fixed-point format; nothing here touches a float. Building an artifact is
 :mod:`kolm_audit.compile.bert`.
 
@@ -37,6 +39,7 @@ MAX_HEAD_DIM = 256         # spec §5.2
 MAX_FIELD = 1 << 20        # any size field
 BATCH_CHUNK = 32           # requests per packed forward (results never depend on it)
 _FIXED = {"family": "bert", "model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute"}
+CLASSIFY_POOLINGS = ("cls-pooler", "mean")   # spec §6.4; a classify task without "pooling" is "cls-pooler"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,12 +182,20 @@ class BertRuntime:
                                         expected=str(list(shapes[name])), actual=str(list(lin.weight.shape)))
         head = None
         if task.get("kind") == "classify":
-            pooler, classifier = (load_linear(tensors, "pooler", scheme=scheme),
-                                  load_linear(tensors, "classifier", scheme=scheme))
-            if pooler.weight.shape != (hid, hid) or classifier.weight.shape != (len(task.get("labels", ())), hid):
-                raise ArtifactError("pooler/classifier shape differs from hidden size and label count",
+            pooling = task.get("pooling", "cls-pooler")
+            if pooling not in CLASSIFY_POOLINGS:
+                raise UnsupportedModel("unknown classification head", field="task.pooling",
+                                       expected=" | ".join(CLASSIFY_POOLINGS), actual=repr(pooling))
+            classifier = load_linear(tensors, "classifier", scheme=scheme)
+            if classifier.weight.shape != (len(task.get("labels", ())), hid):
+                raise ArtifactError("classifier shape differs from label count and hidden size",
                                     field="tensors.classifier.weight")
-            head = (ops.prepare_linear(pooler), ops.prepare_linear(classifier))
+            pooler = None
+            if pooling == "cls-pooler":
+                pooler = load_linear(tensors, "pooler", scheme=scheme)
+                if pooler.weight.shape != (hid, hid):
+                    raise ArtifactError("pooler shape differs from the hidden size", field="tensors.pooler.weight")
+            head = (None if pooler is None else ops.prepare_linear(pooler), ops.prepare_linear(classifier))
         layers = [{"qkv": ops.prepare_linear(fuse_linears([lay["attn.q"], lay["attn.k"], lay["attn.v"]])),
                    **{name: ops.prepare_linear(lay[name]) for name in ("attn.o", "ffn.up", "ffn.down")}}
                   for lay in loaded]      # q|k|v share their input: fused, same integers
@@ -265,15 +276,19 @@ class BertRuntime:
         order = sorted(range(len(batch)), key=lambda i: (len(batch[i]), i))
         return [order[i:i + BATCH_CHUNK] for i in range(0, len(order), BATCH_CHUNK)]
 
+    def _mean_pool(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Mean over each request's own tokens of the final hidden states: int64 [b,H] Q.16 (spec §6.3)."""
+        x, bounds = self._forward(batch)                                        # [N,H] Q.16, [b+1] (packed)
+        h = self.ops.numpy(x).astype(np.int64, copy=False)                      # [N,H] Q.16 (host)
+        total = np.add.reduceat(h, bounds[:-1], axis=0)                         # [b,H] Q.16 sum over own tokens
+        return fp.rdiv(total, np.diff(bounds)[:, None])                         # [b,H] Q.16 mean
+
     def embed(self, batch: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Mean-pooled embedding of each request: int32 [H], Q.16 (spec §6.3)."""
         self.check_ids(batch)
         out: list[np.ndarray] = [np.empty(0)] * len(batch)
         for idx in self._chunks(batch):
-            x, bounds = self._forward([batch[i] for i in idx])                  # [N,H] Q.16, [b+1]
-            h = self.ops.numpy(x).astype(np.int64, copy=False)                  # [N,H] Q.16 (host)
-            total = np.add.reduceat(h, bounds[:-1], axis=0)                     # [b,H] Q.16 sum over own tokens
-            pooled = fp.rdiv(total, np.diff(bounds)[:, None]).astype(np.int32)  # [b,H] Q.16 mean
+            pooled = self._mean_pool([batch[i] for i in idx]).astype(np.int32)  # [b,H] Q.16
             for row, i in enumerate(idx):
                 out[i] = pooled[row]
         return out
@@ -287,8 +302,11 @@ class BertRuntime:
         pooler, classifier = self.head
         out: list[tuple[int, np.ndarray]] = [(0, np.empty(0))] * len(batch)
         for idx in self._chunks(batch):
-            h, _ = self._encode([batch[i] for i in idx])                        # [b,T,H] Q.16 (backend)
-            pooled = self.ops.tanh(self.ops.linear(h[:, 0, :], pooler), self.k_tanh)   # [b,H] Q.16
+            if pooler is None:                                                  # task.pooling == "mean"
+                pooled = self.ops.const(self._mean_pool([batch[i] for i in idx]))   # [b,H] Q.16
+            else:                                                               # "cls-pooler"
+                h, _ = self._encode([batch[i] for i in idx])                    # [b,T,H] Q.16 (backend)
+                pooled = self.ops.tanh(self.ops.linear(h[:, 0, :], pooler), self.k_tanh)   # [b,H] Q.16
             logits = self.ops.numpy(self.ops.linear(pooled, classifier)).astype(np.int32)   # [b,L] Q.16
             for row, i in enumerate(idx):
                 out[i] = (int(np.argmax(logits[row])), logits[row])
