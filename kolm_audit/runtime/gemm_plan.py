@@ -50,7 +50,7 @@ PATHS = ("int_mm", "bf16_fp32", "fp32", "fp64")
 LIMIT_BITS = {"int_mm": 31, "bf16_fp32": 24, "fp32": 24, "fp64": 53}
 Q_MAX = 127                      # |q| of a quantized activation (spec §3.3)
 BF16_EXACT = 256                 # every integer of magnitude <= 256 is exact in bf16 (8 significant bits)
-DEFAULT_ORDER = {"cpu": ("int_mm", "fp64"), "cuda": ("bf16_fp32", "fp32", "fp64")}
+DEFAULT_ORDER = {"cpu": ("int_mm", "fp32", "fp64"), "cuda": ("bf16_fp32", "fp32", "fp64")}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -91,6 +91,26 @@ def _probe(fn: Any) -> bool:
     return True
 
 
+def _int_mm_exact(device: torch.device) -> bool:
+    """Whether ``torch._int_mm`` returns exact sums here, checked once on operands that expose a 16-bit shortcut.
+
+    Measured: with oneDNN limited to an ISA without VNNI (``ONEDNN_MAX_CPU_ISA=AVX2``, or a CPU without it), the
+    kernel sums pairs of products in saturating int16 (``vpmaddubsw``) and returns wrong integers. Full-range
+    ±127 operands over K = 64 reach that saturation on every row; the result is compared with int64 arithmetic.
+    """
+    if not hasattr(torch, "_int_mm"):
+        return False
+    gen = np.random.default_rng(20261201)
+    a = gen.choice(np.array([-127, 127, 126, -126], dtype=np.int8), size=(32, 64))
+    b = gen.choice(np.array([-127, 127, 125, -125], dtype=np.int8), size=(16, 64))
+    want = a.astype(np.int64) @ b.astype(np.int64).T
+    try:
+        got = torch._int_mm(torch.from_numpy(a).to(device), torch.from_numpy(b).to(device).t())
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return bool(np.array_equal(got.cpu().numpy().astype(np.int64), want))
+
+
 class ExactMatmul:
     """The exact matrix products of :class:`~kolm_audit.runtime.torch_backend.TorchOps` (a mixin: it reads
     ``device``, ``const``, the ``_bf16_bmm`` flag and the GEMM preference ``gemm`` / ``max_chunk`` of the backend).
@@ -122,7 +142,7 @@ class ExactMatmul:
             a8 = torch.ones((32, 16), dtype=torch.int8, device=dev)
             b16 = torch.ones((16, 8), dtype=torch.bfloat16, device=dev)
             found = GemmCaps(
-                device=dev.type, int_mm=hasattr(torch, "_int_mm") and _probe(lambda: torch._int_mm(a8, a8.t()[:, :8])),
+                device=dev.type, int_mm=_probe(lambda: torch._int_mm(a8, a8.t()[:, :8])) and _int_mm_exact(dev),
                 bf16_fp32=cuda and _probe(lambda: torch.mm(b16.t(), b16, out_dtype=torch.float32))
                 and _probe(lambda: torch.bmm(b16.view(2, 8, 8), b16.view(2, 8, 8), out_dtype=torch.float32)),
                 fp32_exact=self._f32_exact(), int_mm_multiple=8 if cuda else 1, int_mm_min_rows=16 if cuda else 0)

@@ -74,7 +74,9 @@ def test_a_preference_order_falls_back_per_layer_and_auto_follows_the_device() -
     assert plan_gemm(k=100, n=64, digits=1, dmax=127, caps=H100, prefer="int_mm,bf16_fp32").path == "bf16_fp32"
     assert plan_gemm(k=128, n=64, digits=1, dmax=127, caps=H100, prefer="int_mm,bf16_fp32").path == "int_mm"
     assert plan_gemm(k=64, n=64, digits=1, dmax=127, caps=OLD_GPU).path == "fp64"
-    assert plan_gemm(k=7, n=64, digits=1, dmax=127, caps=CPU).path == "fp64"       # _int_mm only from K = 8
+    assert plan_gemm(k=7, n=64, digits=1, dmax=127, caps=CPU).path == "fp32"       # _int_mm only from K = 8
+    no_int_mm = GemmCaps(device="cpu", int_mm=False, bf16_fp32=False, fp32_exact=True)
+    assert plan_gemm(k=384, n=64, digits=1, dmax=127, caps=no_int_mm).path == "fp32"  # _int_mm not exact here
     assert plan_gemm(k=8, n=64, digits=1, dmax=127, caps=CPU).path == "int_mm"
 
 
@@ -119,3 +121,27 @@ def test_the_backend_refuses_an_fp32_layer_after_the_matmul_precision_is_lowered
         torch.set_float32_matmul_precision(before)
     with pytest.raises(InputError, match="bf16 GEMM with fp32 output"):
         TorchOps(device="cpu", gemm="bf16_fp32").prepare_linear(_layer(rng, 4, 16, 127))
+
+
+def _saturating_int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """What oneDNN's int8 GEMM does without VNNI (measured): the activations shifted to u8 (``a + 128``), pairs of
+    u8·s8 products summed in saturating int16 (``vpmaddubsw``), then the shift compensated in int32."""
+    x, y = a.to(torch.int32) + 128, b.to(torch.int32)
+    k = x.shape[1] - x.shape[1] % 2
+    pairs = (x[:, 0:k:2, None] * y[None, 0:k:2, :] + x[:, 1:k:2, None] * y[None, 1:k:2, :]).clamp(-32768, 32767)
+    rest = x[:, k:] @ y[k:, :] if x.shape[1] % 2 else 0
+    return (pairs.sum(dim=1) + rest - 128 * y.sum(dim=0, keepdim=True)).to(torch.int32)
+
+
+def test_an_inexact_int_mm_is_detected_and_the_layer_runs_on_an_exact_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU without VNNI ``torch._int_mm`` returns wrong sums; the backend must notice and not use it."""
+    monkeypatch.setattr(torch, "_int_mm", _saturating_int_mm)
+    rng = np.random.default_rng(5)
+    ops = TorchOps(device="cpu")
+    assert not ops.gemm_caps().int_mm
+    lin, x = _layer(rng, 16, 384, 127), rng.integers(-(1 << 24), 1 << 24, (4, 384))
+    prepared = ops.prepare_linear(lin)
+    assert prepared.plan.path == "fp32"
+    assert np.array_equal(ops.numpy(ops.linear(ops.const(x), prepared)), linear(x, lin))
+    with pytest.raises(InputError):
+        TorchOps(device="cpu", gemm="int_mm").prepare_linear(lin)
