@@ -145,3 +145,27 @@ def test_an_inexact_int_mm_is_detected_and_the_layer_runs_on_an_exact_path(monke
     assert np.array_equal(ops.numpy(ops.linear(ops.const(x), prepared)), linear(x, lin))
     with pytest.raises(InputError):
         TorchOps(device="cpu", gemm="int_mm").prepare_linear(lin)
+
+
+def test_without_vnni_the_cpu_backend_stays_exact() -> None:
+    """The real thing, in a fresh process: oneDNN limited to AVX2 (no VNNI) makes ``torch._int_mm`` inexact."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from kolm_audit.runtime.reference import IntLinear, linear\n"
+        "from kolm_audit.runtime.ops import get_ops\n"
+        "rng = np.random.default_rng(7)\n"
+        "w = rng.integers(-127, 128, (32, 384))\n"
+        "lin = IntLinear(weight=w, wmax=127, mult=rng.integers(1 << 30, 1 << 31, 32), shift=rng.integers(30, 60, 32),"
+        " bias=rng.integers(-99, 99, 32))\n"
+        "x = rng.integers(-(1 << 24), 1 << 24, (8, 384))\n"
+        "for fused in (True, False):\n"
+        "    ops = get_ops('cpu', fused=fused)\n"
+        "    assert np.array_equal(ops.numpy(ops.linear(ops.const(x), ops.prepare_linear(lin))), linear(x, lin))\n"
+        "print('exact')\n")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "exact", proc.stderr[-2000:]
