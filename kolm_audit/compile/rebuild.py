@@ -104,7 +104,7 @@ def _raise_from(result: Path) -> None:
 
 def compare(original: Artifact, rebuilt: Artifact, *, recipe: str | Path) -> RebuildResult:
     """The verdict on ``original`` given the artifact ``rebuilt`` from ``recipe`` (see the module docstring)."""
-    from kolm_audit.replay.diff import DIFF_SCHEMA, diff_artifacts
+    from kolm_audit.replay.diff import DIFF_SCHEMA, artifact_side, diff_artifacts
     from kolm_audit.schemas import validate
 
     name = str(original.path) if original.path is not None else "artifact"
@@ -112,7 +112,7 @@ def compare(original: Artifact, rebuilt: Artifact, *, recipe: str | Path) -> Reb
         return RebuildResult(status="identical", artifact=name, recipe=str(recipe), original_digest=original.digest,
                              rebuilt_digest=rebuilt.digest, environment_differences=(), diff=None)
     env = environment_differences(original, rebuilt)
-    details = diff_artifacts(original, rebuilt)
+    details = diff_artifacts(artifact_side(original), artifact_side(rebuilt))
     details.pop("identical")
     diff = {"schema": DIFF_SCHEMA, "kind": "artifact", "a": name, "b": f"rebuilt from {recipe}", "identical": False,
             "details": details}
@@ -141,8 +141,7 @@ def rebuild(artifact: str | Path, recipe: str | Path, *, backend: str = "auto", 
             if err.is_file():
                 _raise_from(err)
             raise InputError("the fresh compile failed", file=str(recipe), actual=f"exit status {proc.returncode}")
-        rebuilt = read_artifact(out)
-    return compare(original, rebuilt, recipe=recipe)
+        return compare(original, read_artifact(out), recipe=recipe)     # while the rebuilt file exists
 
 
 def _worker(argv: list[str]) -> int:
