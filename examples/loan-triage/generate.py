@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", type=int, default=300)
     parser.add_argument("--probes", type=int, default=60)
     parser.add_argument("--inputs", type=Path, help="also write this many demo requests (--inputs-count) here")
-    parser.add_argument("--inputs-count", type=int, default=12)
+    parser.add_argument("--inputs-count", type=int, default=200)
     args = parser.parse_args(argv)
     data = generate(seed=args.seed, n_train=args.train, n_eval=args.eval, n_probes=args.probes)
     for name, value in write(args.out, data).items():

@@ -27,8 +27,7 @@ from kolm_audit.log.checkpoint import parse_checkpoint
 from kolm_audit.log.merkle import MemoryTree, leaf_hash, verify_inclusion
 from kolm_audit.log.source import export_bundle, open_log_source
 from kolm_audit.receipts.document import parse_leaf
-from kolm_audit.schemas import schema_dir, validate
-from kolm_audit.signing import IN_TOTO_PAYLOAD_TYPE, IN_TOTO_STATEMENT_V1, Envelope
+from kolm_audit.schemas import validate
 from kolm_audit.timefmt import parse_time
 
 FULL_LOG_LIMIT = 2000           # logs up to this many leaves are embedded whole; larger ones as an excerpt
@@ -141,30 +140,17 @@ def report_time(report: Mapping[str, Any], manifest: Mapping[str, Any], *, file:
 
 
 def read_provenance(path: Path, *, artifact_digest: str) -> Provenance:
-    """Read a provenance statement strictly and check that it is about this artifact (signatures: ``verify``)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read provenance statement ({exc.strerror})", file=str(path)) from None
-    doc = loads_strict(data, file=str(path))
-    if (schema_dir() / "provenance.schema.json").is_file():
-        validate(doc, "provenance", source=str(path))
-    env = Envelope.from_json(doc, file=str(path))
-    if env.payload_type != IN_TOTO_PAYLOAD_TYPE:
-        raise SchemaError("provenance is not an in-toto statement", file=str(path), field="payloadType",
-                          expected=IN_TOTO_PAYLOAD_TYPE, actual=env.payload_type[:80])
-    stmt = loads_strict(env.payload, file=str(path), field="payload")
-    if not isinstance(stmt, dict) or stmt.get("_type") != IN_TOTO_STATEMENT_V1 or not isinstance(
-            stmt.get("subject"), list):
-        raise SchemaError("provenance payload is not an in-toto Statement v1", file=str(path), field="payload._type",
-                          expected=IN_TOTO_STATEMENT_V1)
-    hexes = [s.get("digest", {}).get("sha256") for s in stmt["subject"] if isinstance(s, dict)]
-    if artifact_digest.removeprefix("sha256:") not in hexes:
-        raise InputError("provenance statement is about another artifact", file=str(path), field="subject",
-                         expected=artifact_digest, actual=", ".join(str(h) for h in hexes)[:200])
-    return Provenance(data=data, predicate_type=str(stmt.get("predicateType")),
-                      signers=tuple(sorted(s.keyid for s in env.signatures)),
-                      facts=tuple(flatten(stmt.get("predicate"), "", limit=60)))
+    """Read a provenance statement strictly (:func:`kolm_audit.compile.provenance.read_provenance`) and check
+    that it is about this artifact (its signature is checked by ``verify``)."""
+    from kolm_audit.compile.provenance import read_provenance as read_statement
+
+    prov = read_statement(path)
+    if prov.subject_digest != artifact_digest:
+        raise InputError("provenance statement is about another artifact", file=str(path),
+                         field="subject[0].digest", expected=artifact_digest, actual=prov.subject_digest)
+    return Provenance(data=path.read_bytes(), predicate_type=str(prov.statement["predicateType"]),
+                      signers=tuple(sorted(s.keyid for s in prov.envelope.signatures)),
+                      facts=tuple(flatten(prov.statement["predicate"], "", limit=60)))
 
 
 def flatten(value: Any, path: str, *, limit: int) -> list[tuple[str, str]]:

@@ -8,7 +8,6 @@ unreadable input. Command families live in their own modules and are imported la
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import signal
 import sys
@@ -39,17 +38,12 @@ _COMMANDS: dict[str, str] = {
 }
 
 
-def _available(name: str) -> bool:
-    module = _COMMANDS[name].split(":")[0]
-    return importlib.util.find_spec(module) is not None
-
-
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(n for n in _COMMANDS if _available(n))
+        return sorted(_COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in _COMMANDS or not _available(cmd_name):
+        if cmd_name not in _COMMANDS:
             return None
         module, attr = _COMMANDS[cmd_name].split(":")
         return getattr(importlib.import_module(module), attr)

