@@ -108,11 +108,13 @@ def test_toml_floats_and_dates_are_refused(capsys, recipe, base) -> None:
 
 
 @pytest.mark.parametrize(("line", "change", "words"), [
-    (3, lambda d: d.pop("label"), "line 3: $: does not match schema classify-example: missing required field(s) 'label'"),
+    (3, lambda d: d.pop("label"),
+     "line 3: $: does not match schema classify-example: missing required field(s) 'label'"),
     (4, lambda d: d.update(label="mortgage"), "line 4: $.label: label not declared"),
     (5, lambda d: d.update(id="train-00000"), "line 5: $.id: duplicate id"),
     (2, lambda d: d.update(text="loan " * 600), "line 2: $.text: text is longer than the base model can read"),
-    (6, lambda d: d.update(note="x"), "line 6: $: does not match schema classify-example: unknown field(s) 'note'; allowed: id, label, text"),
+    (6, lambda d: d.update(note="x"),
+     "line 6: $: does not match schema classify-example: unknown field(s) 'note'; allowed: id, label, text"),
 ])
 def test_a_bad_data_line_is_named_by_file_and_line(capsys, recipe, base, line, change, words) -> None:
     _rewrite_line(recipe.parent / "train.jsonl", line, change)
