@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _cli_fixtures import cli
 from _golden_pytest import run_pytest
 
-from kolm_audit.artifact import read_artifact
-from kolm_audit.canonical import jcs
+from kolm_audit.artifact import build_manifest, read_artifact, write_artifact
 from kolm_audit.cli import main
 from kolm_audit.examples import example_dir
 from kolm_audit.golden.suite import read_suite
@@ -54,16 +54,19 @@ def test_the_shipped_suite_passes_through_the_plugin(compiled: Path, tmp_path: P
     assert "201 passed" in proc.stdout          # 200 cases + the pin check
 
 
-def test_one_changed_decision_fails_the_cli_run(compiled: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    # the suite with one expected label swapped: exactly that case fails, exit 1
-    doc = json.loads(SUITE.read_text(encoding="utf-8"))
-    case = doc["cases"][7]
-    labels = read_artifact(compiled).manifest["task"]["labels"]
-    case["expected"]["label"] = next(lb for lb in labels if lb != case["expected"]["label"])
-    edited = tmp_path / "edited.golden.json"
-    edited.write_bytes(jcs(doc) + b"\n")
-    code, out, err = cli(capsys, "golden", "run", edited, "--artifact", compiled, "--json")
+def test_one_unit_of_one_bias_fails_every_case_with_its_scores(compiled: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    original = read_artifact(compiled)
+    m = original.manifest
+    tensors = {n: np.asarray(a) for n, a in original.tensors.items()}
+    tensors["classifier.bias"] = tensors["classifier.bias"] + np.int32(1)        # every score moves by one unit
+    manifest = build_manifest(name=m["name"], version=m["version"], task=m["task"], architecture=m["architecture"],
+                              quantization=m["quantization"], tensors=tensors, provenance=m["provenance"],
+                              created=m["created"], kscore=m["kscore"])
+    moved = write_artifact(tmp_path / "moved.kolm", manifest=manifest, tensors=tensors).path
+    code, out, err = cli(capsys, "golden", "run", SUITE, "--artifact", moved, "--json")
     report = json.loads(out)
     assert code == 1, err
-    assert [c["id"] for c in report["cases"] if c["status"] != "passed"] == [case["id"]]
+    assert not report["pin"]["ok"] and len(report["cases"]) == 200
+    assert all(c["status"] == "failed" for c in report["cases"])
+    assert {d["kind"] for d in report["cases"][0]["differences"]} >= {"scores"}
