@@ -20,11 +20,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from kolm_audit._atomic import write_atomic
 from kolm_audit.artifact import _safetensors as st
 from kolm_audit.artifact.manifest import check_envelopes, check_manifest, le_tensors, tensor_digests
 from kolm_audit.canonical import digest_of, jcs, loads_canonical
@@ -75,25 +74,8 @@ def write_artifact(path: str | Path, *, manifest: dict[str, Any], tensors: Mappi
     metadata = jcs({"manifest": manifest, "signatures": list(signatures)}).decode("utf-8")
     header = st.encode_header(metadata=metadata, tensors=le)
     order = st.data_order((n, st.dtype_code(a, name=n)) for n, a in le.items())
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise InputError(f"cannot write artifact ({exc.strerror})", file=str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(header)
-            for name in order:
-                fh.write(memoryview(le[name].reshape(-1).view(np.uint8)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as exc:  # leave no temporary file behind, whatever stopped the write
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise InputError(f"cannot write artifact ({exc.strerror})", file=str(path)) from None
-        raise
+    write_atomic(path, (header, *(memoryview(le[name].reshape(-1).view(np.uint8)) for name in order)),
+                 what="artifact")
     return read_artifact(path, check_tensors=False)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kolm_audit import __version__
+from kolm_audit._atomic import write_atomic
 from kolm_audit.binder.evidence import Evidence, gather
 from kolm_audit.binder.pages import build_context, printable
 from kolm_audit.binder.statement import sign_binder, signature_path
@@ -184,17 +185,9 @@ def render_binder(*, report: str | Path, artifact: str | Path, log: str | Path, 
     pdf, pages = render_pdf(ev, binder_name=out.name, artifact_name=Path(artifact).name, key_id=key.key_id)
     envelope = sign_binder(pdf, name=out.name, predicate=predicate(ev), key=key)
     sig = signature_path(out)
-    _write(out, pdf)
-    _write(sig, envelope.canonical_bytes())
+    write_atomic(out, pdf, what="binder")
+    write_atomic(sig, envelope.canonical_bytes(), what="binder signature")
     return RenderResult(path=out, signature=sig, digest="sha256:" + hashlib.sha256(pdf).hexdigest(), bytes=len(pdf),
                         pages=pages, key_id=key.key_id, evidence=ev,
                         elapsed_ms=int((time.perf_counter() - started) * 1000))
 
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"cannot write ({exc.strerror})", file=str(path)) from None

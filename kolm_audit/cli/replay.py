@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
+from kolm_audit._atomic import write_atomic
 from kolm_audit.cli import emit
-from kolm_audit.errors import InputError
 from kolm_audit.log.checkpoint import read_note_file
 from kolm_audit.runtime.ops import BACKENDS
 
@@ -40,10 +40,8 @@ def _keystore(keystore: Path | None, kek_file: Path | None, kek_env: str | None)
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
-    try:
-        path.write_text(json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot write report ({exc.strerror})", file=str(path)) from None
+    data = (json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    write_atomic(path, data, what="report")
 
 
 @click.command("replay")

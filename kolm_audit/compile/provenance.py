@@ -28,12 +28,12 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kolm_audit._atomic import write_atomic
 from kolm_audit.canonical import jcs, loads_canonical, loads_strict
 from kolm_audit.errors import InputError, SignatureError
 from kolm_audit.keys import PrivateKey
@@ -103,17 +103,7 @@ def write_provenance(path: str | Path, statement: Mapping[str, Any], key: Privat
     path = Path(path)
     env = sign_envelope(jcs(statement), payload_type=IN_TOTO_PAYLOAD_TYPE, key=key)
     data = jcs(env.to_json()) + b"\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data, what="provenance statement")
 
 
 @dataclass(frozen=True)

@@ -27,17 +27,15 @@ that an ids input matches its input digest, and that case ids are unique.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from kolm_audit._atomic import write_atomic
 from kolm_audit.canonical import DIGEST_RE, digest, jcs, loads_strict
 from kolm_audit.errors import ConfigError, InputError, naming_file
 from kolm_audit.receipts.document import Decoding
@@ -283,26 +281,7 @@ class Suite:
 
     def write(self, path: str | Path) -> Path:
         """Write atomically (temp file, fsync, rename)."""
-        path = Path(path)
-        data = self.canonical_bytes()
-        try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        except OSError as exc:
-            raise InputError(f"cannot write suite ({exc.strerror})", file=str(path)) from None
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException as exc:  # leave no temporary file behind, whatever stopped the write
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise InputError(f"cannot write suite ({exc.strerror})", file=str(path)) from None
-            raise
-        return path
+        return write_atomic(path, self.canonical_bytes(), what="suite")
 
 
 def _where(doc: Any, index: int) -> str:

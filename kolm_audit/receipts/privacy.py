@@ -40,7 +40,6 @@ import hmac
 import json
 import os
 import secrets
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,6 +48,7 @@ from typing import Any, Literal, cast
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kolm_audit._atomic import write_atomic
 from kolm_audit.canonical import digest, jcs, loads_strict
 from kolm_audit.errors import InputError, KeyFileError, SchemaError, SignatureError
 from kolm_audit.schemas import validate
@@ -194,18 +194,8 @@ class KeyStore:
 
     def write(self, path: str | Path) -> Path:
         """Write atomically (temp file, fsync, rename), mode 0600."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(self.doc, indent=2, sort_keys=True) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        data = (json.dumps(self.doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        return write_atomic(path, data, what="tenant key store", mode=0o600)
 
     @property
     def tenants(self) -> tuple[str, ...]:

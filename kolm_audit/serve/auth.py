@@ -29,13 +29,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from kolm_audit._atomic import write_atomic
 from kolm_audit.errors import ConfigError, InputError
 from kolm_audit.schemas import validate
 from kolm_audit.serve.problems import Unauthorized
@@ -132,17 +131,7 @@ class TokenFile:
         for e in self.entries:  # JSON string escapes are valid TOML basic-string escapes
             lines += ["[[tokens]]", f"name = {json.dumps(e.name)}", f"tenant = {json.dumps(e.tenant)}",
                       f"hash = {json.dumps(e.hash)}", ""]
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write("\n".join(lines))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(path, "\n".join(lines).encode("utf-8"), what="tokens file", mode=0o600)
         if TokenFile.load(path).entries != self.entries:
             raise ConfigError("tokens file did not read back as written", file=str(path))
         return path
