@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kolm_audit.binder.evidence import Document
 from kolm_audit.canonical import digest
 from kolm_audit.errors import BinderError, InputError
 from kolm_audit.schemas import validate
@@ -38,22 +39,11 @@ def safe_name(name: str, *, file: str | None = None) -> str:
 
 
 @dataclass(frozen=True)
-class Embedded:
-    """One embedded file as found in the PDF."""
-
-    name: str
-    data: bytes
-    relationship: str
-    media_type: str
-    description: str
-
-    @property
-    def digest(self) -> str:
-        return digest(self.data)
+class Embedded(Document):
+    """One embedded file as found in the PDF; its index entry also carries the description."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "digest": self.digest, "bytes": len(self.data), "relationship": self.relationship,
-                "media_type": self.media_type, "description": self.description}
+        return {**super().to_json(), "description": self.description}
 
 
 def _text(value: Any) -> str:
