@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from kolm_audit.runtime import torch_fixedpoint as tfp
+from kolm_audit.runtime.composites import Composites
 from kolm_audit.runtime.torch_matmul import ExactMatmul, TorchLinear, weight_digits
 
 __all__ = ["TorchLinear", "TorchOps", "weight_digits"]
@@ -79,7 +80,7 @@ def _table_in(table: Tensor, lo: int, hi: int) -> bool:
     return found
 
 
-class TorchOps(ExactMatmul):
+class TorchOps(ExactMatmul, Composites):
     """The torch backend (``device`` ``"cpu"`` or ``"cuda"``): int64 tensors, exact GEMM paths (the mixin)."""
 
     MEMOS: tuple[str, ...] = tfp.MEMOS   # per-row memos a KV cache carries along (see ``cat``)
@@ -178,10 +179,12 @@ class TorchOps(ExactMatmul):
         w = torch.from_numpy(np.array(tensors[f"{prefix}.weight"], copy=True)).to(self.device)
         return w, self.const(tensors[f"{prefix}.mult"]), self.const(tensors[f"{prefix}.shift"])
 
-    def embedding(self, emb: tuple[Tensor, ...], ids: Any) -> Tensor:
+    def embedding(self, emb: tuple[Tensor, ...], ids: Any, *, add: Tensor | None = None,
+                  add_rows: np.ndarray | None = None) -> Tensor:
         w, mult, shift = emb
         idx = self.const(ids)
-        return tfp.requantize(w[idx].to(torch.int64), mult[idx].unsqueeze(-1), shift[idx].unsqueeze(-1))
+        rows = tfp.requantize(w[idx].to(torch.int64), mult[idx].unsqueeze(-1), shift[idx].unsqueeze(-1))
+        return rows if add is None else tfp.saturate_int32(rows + add[self.const(add_rows)])
 
     def saturate(self, x: Tensor) -> Tensor:
         return tfp.saturate_int32(x)

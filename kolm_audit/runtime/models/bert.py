@@ -138,10 +138,11 @@ class BertRuntime:
     """
 
     def __init__(self, *, config: BertConfig, task: Mapping[str, Any], tables: _Tables, layers: list[dict[str, Any]],
-                 head: tuple[Any, Any] | None, word_emb: Any, position: Any, token_type: Any,
+                 head: tuple[Any, Any] | None, word_emb: Any, position: np.ndarray, token_type: np.ndarray,
                  norms: Mapping[str, tuple[Any, Any]], ops: Ops) -> None:
         self.cfg, self.task, self.ops, self.layers, self.head = config, dict(task), ops, layers, head
-        self.word_emb, self.k_pos, self.k_type, self.norms = word_emb, position, token_type, norms
+        self.word_emb, self.norms = word_emb, norms
+        self.k_pos_type = ops.const(np.asarray(position, dtype=np.int64) + np.asarray(token_type, dtype=np.int64)[0])
         self.heads, self.head_dim, self.eps = config.num_attention_heads, config.head_dim, config.layer_norm_eps_q32
         self.scale_m, self.scale_s = tables.scale
         self.k_exp, self.k_rsqrt, self.k_cdf, self.k_tanh = (ops.const(a) for a in (tables.exp, tables.rsqrt,
@@ -189,15 +190,20 @@ class BertRuntime:
                    **{name: ops.prepare_linear(lay[name]) for name in ("attn.o", "ffn.up", "ffn.down")}}
                   for lay in loaded]      # q|k|v share their input: fused, same integers
         return cls(config=cfg, task=task, tables=tables, layers=layers, head=head,
-                   word_emb=ops.prepare_embedding(tensors, "embeddings.word"),
-                   position=ops.const(tensors["embeddings.position"]),
-                   token_type=ops.const(tensors["embeddings.token_type"]),
+                   word_emb=ops.prepare_embedding(tensors, "embeddings.word"), position=tensors["embeddings.position"],
+                   token_type=tensors["embeddings.token_type"],
                    norms={n: (ops.const(tensors[f"{n}.gamma"]), ops.const(tensors[f"{n}.beta"])) for n in norm_names},
                    ops=ops)
 
     def _ln(self, x: Any, name: str) -> Any:
         gamma, beta = self.norms[name]                                          # [H] Q.24, [H] Q.16
         return self.ops.layer_norm(x, gamma, beta, eps_q32=self.eps, rsqrt_table=self.k_rsqrt)
+
+    def _linear_ln(self, x: Any, lin: Any, residual: Any, name: str) -> Any:
+        """``LN(saturate(residual + linear(x)))`` with the LayerNorm ``name`` (spec §6.1)."""
+        gamma, beta = self.norms[name]                                          # [H] Q.24, [H] Q.16
+        return self.ops.linear_norm(x, lin, residual=residual, gamma=gamma, beta=beta, eps_q32=self.eps,
+                                    rsqrt_table=self.k_rsqrt)[1]
 
     def check_ids(self, batch: Sequence[Sequence[int]]) -> None:
         """Refuse empty, over-long or out-of-vocabulary requests (RuntimeInputError naming the field)."""
@@ -239,18 +245,16 @@ class BertRuntime:
         bounds = np.concatenate([[0], np.cumsum(lens)])                         # [B+1] row ranges
         ids = np.concatenate([np.asarray(seq, dtype=np.int64) for seq in batch])   # [N] token ids
         pos = np.arange(bounds[-1]) - np.repeat(bounds[:-1], lens)              # [N] position in own request
-        x = ops.embedding(self.word_emb, ids)                                   # [N,H] Q.16
-        x = x + ops.take(self.k_pos, pos)                                       # [N,H] Q.16 (+ positions)
-        x = x + self.k_type[0]                                                  # [N,H] Q.16 (segment 0)
-        x = self._ln(ops.saturate(x), "embeddings.ln")                          # [N,H] Q.16
+        x = ops.embedding(self.word_emb, ids, add=self.k_pos_type, add_rows=pos)   # [N,H] Q.16 sat(word+pos+type 0)
+        x = self._ln(x, "embeddings.ln")                                        # [N,H] Q.16
         nh, d = self.heads, self.head_dim
         for i, lay in enumerate(self.layers):
             qkv = ops.linear(x, lay["qkv"])                                     # [N,3H] q|k|v Q.16
             ctx = ops.segment_attention(qkv, bounds, heads=nh, head_dim=d, scale_mult=self.scale_m,
                                         scale_shift=self.scale_s, exp_table=self.k_exp)   # [N,H] Q.16 per request
-            x = self._ln(ops.linear(ctx, lay["attn.o"], residual=x), f"layers.{i}.attn_ln")   # [N,H] Q.16
-            f = ops.gelu(ops.linear(x, lay["ffn.up"]), self.k_cdf)              # [N,I] Q.16
-            x = self._ln(ops.linear(f, lay["ffn.down"], residual=x), f"layers.{i}.ffn_ln")    # [N,H] Q.16
+            x = self._linear_ln(ctx, lay["attn.o"], x, f"layers.{i}.attn_ln")   # [N,H] Q.16 LN(sat(x + o(ctx)))
+            f = ops.linear_gelu(x, lay["ffn.up"], cdf_table=self.k_cdf)         # [N,I] Q.16 gelu(up(x))
+            x = self._linear_ln(f, lay["ffn.down"], x, f"layers.{i}.ffn_ln")    # [N,H] Q.16 LN(sat(x + down(f)))
         return x, bounds
 
     def _chunks(self, batch: Sequence[Sequence[int]]) -> list[list[int]]:

@@ -163,22 +163,20 @@ class LlamaConfig:
 
 @dataclass
 class KVCache:
-    """Per-layer keys (after RoPE) and values of a left-padded batch, int64 [B, nkv, T, D] Q.16.
+    """Per layer, the keys (after RoPE) and values of a left-padded batch, [B, nkv, T, D] Q.16 each.
 
-    ``keys``/``values`` live in the backend's arrays (numpy, or torch on CPU/CUDA); ``key_ok`` and ``pos`` are
-    numpy (the masks and positions are built on the host).
+    ``kv`` holds the backend's arrays (numpy, or torch on CPU/CUDA, possibly with spare capacity and per-row memos
+    that the backend keeps); ``key_ok`` and ``pos`` are numpy (the masks and positions are built on the host).
     """
 
-    keys: list[Any] = field(default_factory=list)
-    values: list[Any] = field(default_factory=list)
+    kv: list[tuple[Any, Any]] = field(default_factory=list)
     key_ok: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))   # [B, T] real token?
     pos: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))        # [B] next position
 
     def select(self, rows: np.ndarray, ops: Ops | None = None) -> KVCache:
         """The cache of a subset of the requests (dropping finished ones never changes the others)."""
         take = (ops or NumpyOps()).take
-        return KVCache([take(k, rows) for k in self.keys], [take(v, rows) for v in self.values],
-                       self.key_ok[rows], self.pos[rows])
+        return KVCache([(take(k, rows), take(v, rows)) for k, v in self.kv], self.key_ok[rows], self.pos[rows])
 
 
 def _linear(tensors: Mapping[str, np.ndarray], prefix: str, scheme: str, shape: tuple[int, int]) -> ref.IntLinear:
@@ -277,32 +275,30 @@ class LlamaRuntime:
         gamma = self.gammas[name]                                                 # [H] Q.24
         return self.ops.rms_norm(x, gamma, eps_q32=self.eps, rsqrt_table=self.k_rsqrt)   # [..., H] Q.16
 
-    def _block(self, i: int, x: Any, pos: Any, cache: KVCache, mask: Any) -> Any:
-        """Decoder layer ``i`` on new tokens x int64 [B, T, H] Q.16 (positions [B, T]); appends to the cache."""
+    def _norm_args(self, name: str) -> dict[str, Any]:
+        return {"gamma": self.gammas[name], "beta": None, "eps_q32": self.eps, "rsqrt_table": self.k_rsqrt}
+
+    def _block(self, i: int, x: Any, h: Any, pos: Any, cache: KVCache, mask: Any, next_norm: str) -> tuple[Any, Any]:
+        """Decoder layer ``i`` on new tokens: x int [B, T, H] Q.16 (the residual stream) and h = its input RMSNorm,
+        positions [B, T]; appends to the cache. Returns the layer's output and its RMSNorm ``next_norm`` (the next
+        layer's input norm, or the final one)."""
         ops, lay, p = self.ops, self.layers[i], f"model.layers.{i}."
-        h = self._norm(x, p + "input_layernorm")                                  # [B,T,H] Q.16
-        nq, nk = self.nh * self.d, self.nkv * self.d
-        qkv = ops.linear(h, lay["qkv"])                                           # [B,T,nq+2nk] q|k|v_proj
-        q = ops.heads(qkv[..., :nq], self.nh, self.d)                             # [B,nh,T,D] Q.16
-        k = ops.heads(qkv[..., nq:nq + nk], self.nkv, self.d)                     # [B,nkv,T,D] Q.16
-        v = ops.heads(qkv[..., nq + nk:], self.nkv, self.d)                       # [B,nkv,T,D] Q.16
-        q = ops.rope(q, pos, self.k_cos, self.k_sin)                              # [B,nh,T,D] Q.16
-        k = ops.rope(k, pos, self.k_cos, self.k_sin)                              # [B,nkv,T,D] Q.16
-        if i < len(cache.keys):
-            cache.keys[i] = ops.cat([cache.keys[i], k], axis=2)                   # [B,nkv,Tk,D] Q.16
-            cache.values[i] = ops.cat([cache.values[i], v], axis=2)               # [B,nkv,Tk,D] Q.16
+        qkv = ops.linear(h, lay["qkv"])                                           # [B,T,nq+2nk] q|k|v_proj Q.16
+        # RoPE of q and k, k and v appended to the cache, grouped-query causal attention (query head j reads KV
+        # head j // (nh / nkv)), heads merged
+        ctx, kv = ops.rope_attention(qkv, pos, cache.kv[i] if i < len(cache.kv) else None, mask, heads=self.nh,
+                                     kv_heads=self.nkv, head_dim=self.d, cos_table=self.k_cos, sin_table=self.k_sin,
+                                     scale_mult=self.scale_m, scale_shift=self.scale_s,
+                                     exp_table=self.k_exp)                        # [B,T,nh·D] Q.16
+        if i < len(cache.kv):
+            cache.kv[i] = kv                                                      # [B,nkv,Tk,D] Q.16 each
         else:
-            cache.keys.append(k)
-            cache.values.append(v)
-        # grouped-query attention: query head j uses KV head j // (nh / nkv) (ops.attention repeats them)
-        ctx = ops.attention(q, cache.keys[i], cache.values[i], mask, scale_mult=self.scale_m,
-                            scale_shift=self.scale_s, exp_table=self.k_exp)       # [B,nh,T,D] Q.16
-        ctx = ops.merge_heads(ctx)                                                # [B,T,nh·D] Q.16
-        x = ops.linear(ctx, lay["o_proj"], residual=x)                            # [B,T,H] Q.16 sat(x + o_proj)
-        h = self._norm(x, p + "post_attention_layernorm")                         # [B,T,H] Q.16
-        gu = ops.linear(h, lay["gate_up"])                                        # [B,T,2I] gate|up_proj
-        m = ops.swiglu(gu[..., :self.inter], gu[..., self.inter:], self.k_sigmoid)   # [B,T,I] silu(g)·u
-        return ops.linear(m, lay["down_proj"], residual=x)                        # [B,T,H] Q.16 sat(x + down)
+            cache.kv.append(kv)
+        x, h = ops.linear_norm(ctx, lay["o_proj"], residual=x,
+                               **self._norm_args(p + "post_attention_layernorm"))  # [B,T,H] sat(x + o_proj), RMSNorm
+        m = ops.linear_swiglu(h, lay["gate_up"], sigmoid_table=self.k_sigmoid)   # [B,T,I] silu(gate)·up Q.16
+        return ops.linear_norm(m, lay["down_proj"], residual=x,
+                               **self._norm_args(next_norm))                      # [B,T,H] sat(x + down), RMSNorm
 
     def _step(self, ids: np.ndarray, new_ok: np.ndarray, cache: KVCache, *, all_logits: bool) -> np.ndarray:
         """Run new tokens ids int64 [B, T] (new_ok [B, T]: real, else left padding) through the model.
@@ -319,12 +315,15 @@ class LlamaRuntime:
         mask = (kj <= qi)[None] & (cache.key_ok[:, None, :] | (kj == qi)[None])   # [B,T,Tk] causal, no padding
         mask = self.ops.mask(mask[:, None, :, :])                                 # [B,1,T,Tk] bool
         pos_b = self.ops.const(pos)                                               # [B,T] int64 (backend)
-        x = self.ops.embedding(self.tok_emb, ids)                                   # [B,T,H] Q.16
-        for i in range(len(self.layers)):
-            x = self._block(i, x, pos_b, cache, mask)                             # [B,T,H] Q.16
+        x = self.ops.embedding(self.tok_emb, ids)                                 # [B,T,H] Q.16
+        h = self._norm(x, "model.layers.0.input_layernorm")                       # [B,T,H] Q.16
+        n = len(self.layers)
+        for i in range(n):
+            nxt = f"model.layers.{i + 1}.input_layernorm" if i + 1 < n else "model.norm"
+            x, h = self._block(i, x, h, pos_b, cache, mask, nxt)                  # [B,T,H] Q.16, its norm nxt
         cache.pos = cache.pos + new_ok.sum(axis=1)                                # [B] next positions
-        x = x if all_logits else x[:, -1:, :]                                     # [B,T|1,H] Q.16
-        logits = self.ops.linear(self._norm(x, "model.norm"), self.lm_head)       # [B,T|1,V] Q.16
+        h = h if all_logits else h[:, -1:, :]                                     # [B,T|1,H] Q.16 final RMSNorm
+        logits = self.ops.linear(h, self.lm_head)                                 # [B,T|1,V] Q.16
         logits = self.ops.numpy(logits)                                           # host int64 for sampling
         return logits if all_logits else logits[:, 0, :]
 
