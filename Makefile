@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kolm-installed
 DEMO_DIR ?= demo-out
 
-.PHONY: install demo test lint bench-verify clean
+.PHONY: install demo test lint bench-verify bench-compile clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench-verify: $(STAMP)
 	$(PY) bench/bench_verify.py
+
+bench-compile: $(STAMP)
+	$(PY) bench/bench_compile.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info

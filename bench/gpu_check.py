@@ -4,11 +4,13 @@
     python bench/gpu_check.py --device cpu        # the same checks on torch CPU (to test this script)
     python bench/gpu_check.py --skip-bench        # conformance only
     python bench/gpu_check.py --unfused           # plain torch ops instead of the fused (Triton / numba) kernels
+    python bench/gpu_check.py --gemm int_mm,bf16_fp32 --decode static   # another GEMM path / KV-cache mode
 
 Each conformance vector (``golden/conformance/{bert,llama}/vectors``) is run alone and then every vector of a
 model and setting in one batch; the output digest is compared with the stored reference digest. Exit status 1
-if any vector differs. The benchmark (``bench/bench_runtime.py``) then runs on the same device; its flags can
-be passed after ``--``.
+if any vector differs. On CUDA with the fused kernels, generation decodes from CUDA graphs over static KV buffers
+(``--decode``); the GEMM paths the linear layers ran are printed (``--gemm`` chooses them). The benchmark
+(``bench/bench_runtime.py``) then runs on the same device; its flags can be passed after ``--``.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ ROOT = Path(__file__).resolve().parents[1] / "golden" / "conformance"
 PARAM_KEYS = ("seed", "temperature", "top_k", "top_p")
 
 
-def _model(family: str, name: str, backend: str, fused: bool) -> Model:
+def _model(family: str, name: str, backend: str, fused: bool, gemm: str, decode: str) -> Model:
     doc = json.loads((ROOT / family / "models" / f"{name}.json").read_text())
     manifest = {"runtime": doc["spec"], "architecture": doc["architecture"], "task": doc["task"],
                 "quantization": doc["quantization"]}
-    return Model(manifest=manifest, digest=digest_of(doc), ops=get_ops(backend, fused=fused),
-                 tensors=load_file(str(ROOT / family / "models" / f"{name}.safetensors")))
+    model = Model(manifest=manifest, digest=digest_of(doc), ops=get_ops(backend, fused=fused, gemm=gemm),
+                  tensors=load_file(str(ROOT / family / "models" / f"{name}.safetensors")))
+    if family == "llama" and decode != "auto":
+        model._rt.decode = decode
+    return model
 
 
 def _run(model: Model, vecs: list[dict[str, Any]]) -> list[str]:
@@ -52,7 +57,7 @@ def _run(model: Model, vecs: list[dict[str, Any]]) -> list[str]:
                                                     **{k: p[k] for k in PARAM_KEYS})]
 
 
-def check_conformance(backend: str, *, fused: bool = True) -> bool:
+def check_conformance(backend: str, *, fused: bool = True, gemm: str = "auto", decode: str = "auto") -> bool:
     ok_all = True
     for family in ("bert", "llama"):
         vecs = [loads_strict(p.read_bytes()) for p in sorted((ROOT / family / "vectors").glob("*.json"))]
@@ -64,7 +69,7 @@ def check_conformance(backend: str, *, fused: bool = True) -> bool:
         t0 = time.perf_counter()
         alone_bad, batch_bad = [], []
         for (name, _task, _mode), group in sorted(groups.items()):
-            model = models.setdefault(name, _model(family, name, backend, fused))
+            model = models.setdefault(name, _model(family, name, backend, fused, gemm, decode))
             for v in group:
                 if _run(model, [v]) != [v["output_digest"]]:
                     alone_bad.append(v["id"])
@@ -72,8 +77,12 @@ def check_conformance(backend: str, *, fused: bool = True) -> bool:
                 batch_bad.append(f"{name}/{group[0]['task']}")
         ok = not alone_bad and not batch_bad
         ok_all &= ok
-        kind = type(next(iter(models.values()))._rt.ops).__name__
-        print(f"{'PASS' if ok else 'FAIL'} conformance {family} on {backend} ({kind}): {len(vecs) - len(alone_bad)}/"
+        rts = [m._rt for m in models.values()]
+        kind = type(rts[0].ops).__name__ + (f", decode {rts[0].decode}" if family == "llama" else "")
+        paths = sorted({desc.split(" K=")[0] for rt in rts for desc in getattr(rt.ops, "gemm_paths", {})})
+        graphs = sum(getattr(rt, "graphs", None).captured for rt in rts if hasattr(rt, "graphs"))
+        print(f"{'PASS' if ok else 'FAIL'} conformance {family} on {backend} ({kind}, gemm {'+'.join(paths)}"
+              + (f", {graphs} CUDA graphs" if family == "llama" else "") + f"): {len(vecs) - len(alone_bad)}/"
               f"{len(vecs)} vectors alone, {len(groups) - len(batch_bad)}/{len(groups)} batches match the "
               f"reference digests ({time.perf_counter() - t0:.1f} s)"
               + (f"; differ: {alone_bad[:5] + batch_bad[:5]}" if not ok else ""))
@@ -85,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--unfused", action="store_true", help="plain torch ops instead of the fused kernels")
+    ap.add_argument("--gemm", default="auto", help="linear GEMM preference (kolm_audit.runtime.gemm_plan)")
+    ap.add_argument("--decode", choices=("auto", "dynamic", "static", "graphs"), default="auto")
     args, bench_args = ap.parse_known_args(argv)
     bench_args = [a for a in bench_args if a != "--"]
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -92,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"# device {args.device}: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}")
-    ok = check_conformance(args.device, fused=not args.unfused)
+    ok = check_conformance(args.device, fused=not args.unfused, gemm=args.gemm, decode=args.decode)
     if not args.skip_bench:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from bench_runtime import main as bench_main

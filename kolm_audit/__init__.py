@@ -34,7 +34,7 @@ _EXPORTS: dict[str, str] = {
     "Recorder": "kolm_audit.receipts.recorder",
     "ReceiptLog": "kolm_audit.log.db",
     "verify_log": "kolm_audit.log.verify",
-    "ReplayOptions": "kolm_audit.replay.engine",
+    "ReplayOptions": "kolm_audit.replay.options",
     "TrustPolicy": "kolm_audit.trust",
     "verify_artifact": "kolm_audit.artifact.signatures",
     "read_artifact": "kolm_audit.artifact.file",

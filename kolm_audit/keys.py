@@ -1,6 +1,7 @@
 """Keys on disk: PKCS#8 private keys (optionally passphrase-encrypted), SPKI public keys.
 
-Two key types: ``ecdsa-p256`` (ECDSA over P-256 with SHA-256, DER signatures) and ``ed25519``.
+Two key types: ``ecdsa-p256`` (ECDSA over P-256 with SHA-256, DER signatures, deterministic RFC 6979 nonces)
+and ``ed25519`` (deterministic by design): signing the same bytes twice gives the same signature.
 The key id is ``"sha256:" + sha256(DER SPKI)``.
 
     >>> import tempfile, pathlib
@@ -118,7 +119,9 @@ class PrivateKey:
     def sign(self, data: bytes) -> bytes:
         if isinstance(self.key, ed25519.Ed25519PrivateKey):
             return self.key.sign(data)
-        return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
+        # RFC 6979 deterministic nonces: the same key and bytes give the same signature, so a signed artifact
+        # (or any signed document) is byte-reproducible, and no signature depends on a random number generator.
+        return self.key.sign(data, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
 
     def pem(self, *, passphrase: bytes | None = None) -> bytes:
         enc: serialization.KeySerializationEncryption = (

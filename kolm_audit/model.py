@@ -133,6 +133,13 @@ class Model:
             out.append([int(t) for t in ids])
         return out
 
+    def check_inputs(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+        """The token ids of ``inputs`` after the runtime's own checks (empty, longer than the artifact's context,
+        token id out of range), without running the model: raises :class:`RuntimeInputError` naming the input."""
+        batch = self._ids(inputs)
+        self._rt.check_ids(batch)
+        return batch
+
     def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[EmbedResult]:
         """Integer (Q.16) mean-pooled embeddings of each input, with digests."""
         batch = self._ids(inputs)

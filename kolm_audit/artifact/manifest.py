@@ -127,13 +127,9 @@ def _statement_difference(payload: bytes, manifest: Mapping[str, Any]) -> str:
 
 
 def gate_failed(kscore: object) -> bool:
-    """True when a manifest's K-score object says its gate failed (``passed: false`` / ``status: failed``)."""
+    """True when a manifest's ``kscore`` (``kolm.kscore/1``, schema-checked on read) says its gate failed
+    (``gate.passed`` is false); an artifact without a K-score (made by ``quantize``) has no gate to fail."""
     if not isinstance(kscore, dict):
         return False
     gate = kscore.get("gate")
-    for doc in (kscore, gate if isinstance(gate, dict) else {}):
-        if doc.get("passed") is False or doc.get("pass") is False:
-            return True
-        if str(doc.get("status", doc.get("result", ""))).lower() in ("failed", "fail"):
-            return True
-    return isinstance(gate, str) and gate.lower() in ("failed", "fail")
+    return isinstance(gate, dict) and gate.get("passed") is False

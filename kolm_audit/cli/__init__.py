@@ -35,6 +35,7 @@ _COMMANDS: dict[str, str] = {
     "binder": "kolm_audit.cli.binder:binder",
     "golden": "kolm_audit.cli.golden:golden",
     "demo": "kolm_audit.cli.demo:demo",
+    "serve": "kolm_audit.cli.serve:serve",
 }
 
 

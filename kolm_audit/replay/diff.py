@@ -45,7 +45,7 @@ _MISSING = object()
 BOOKKEEPING = ("$.receipt_id", "$.log_index", "$.period", "$.operator", "$.runtime", "$.request.id",
                "$.privacy", "$.signatures")
 
-__all__ = ["DIFF_SCHEMA", "diff", "diff_artifacts", "diff_receipts", "diff_reports", "json_paths", "load_side",
+__all__ = ["DIFF_SCHEMA", "artifact_side", "diff", "diff_artifacts", "diff_receipts", "diff_reports", "json_paths", "load_side",
            "path_key"]
 
 
@@ -147,9 +147,18 @@ class ArtifactSide:
 
 def _read_artifact_side(path: Path) -> ArtifactSide:
     from kolm_audit.artifact import read_artifact
+
+    # the strict header/manifest/signature-structure checks; tensor digests are recomputed below
+    return artifact_side(read_artifact(path, check_tensors=False))
+
+
+def artifact_side(art: Artifact) -> ArtifactSide:
+    """The :class:`ArtifactSide` of an artifact read from a file that is still on disk (``art.path``)."""
     from kolm_audit.artifact.manifest import tensor_digests
 
-    art = read_artifact(path, check_tensors=False)   # the strict header/manifest/signature-structure checks
+    if art.path is None:
+        raise InputError("an artifact diff needs the artifact's file", expected="an artifact read from a path")
+    path = Path(art.path)
     hasher = hashlib.sha256()
     try:
         with path.open("rb") as fh:

@@ -6,8 +6,8 @@ torch operations per layer. Here the element-wise work runs as compiled kernels 
 :mod:`~kolm_audit.runtime.cpu_attention` the attention blocks) over the tensors' memory, and only the linear
 layers' matrix products stay in torch (``torch._int_mm``, exact; the glue of the remaining primitives is
 :class:`~kolm_audit.runtime.fused_ops.FusedOps`). The composite operations of the model forwards
-(:class:`~kolm_audit.runtime.composites.Composites`: ``linear_norm``, ``linear_gelu``, ``linear_swiglu``,
-``rope_attention``) run as one kernel after the product, and every kernel that feeds a linear layer also hands it
+(:class:`~kolm_audit.runtime.composed.ComposedOps`: ``linear_norm``, ``linear_gelu``, ``linear_swiglu``,
+``qkv_rope``) run as one kernel after the product, and every kernel that feeds a linear layer also hands it
 the §3.3 quantization of its rows (a memo on the output), so no quantize pass remains. Rows are independent, so
 large inputs are split between ``threads`` worker threads (the kernels release the GIL): the split never changes
 an output.
@@ -41,14 +41,14 @@ import torch
 from kolm_audit.runtime import cpu_attention as ka
 from kolm_audit.runtime import cpu_blocks as kb
 from kolm_audit.runtime import cpu_kernels as kn
-from kolm_audit.runtime.cpu_kv import KQ8, KVStore, grow_kv
 from kolm_audit.runtime.fused_ops import FusedOps
-from kolm_audit.runtime.torch_matmul import _INT_MM_MIN_K, TorchLinear
+from kolm_audit.runtime.torch_matmul import TorchLinear
 
 Tensor = torch.Tensor
 _PAR_MIN = 1 << 16              # elements below which one thread does the whole operation
 _Q8 = "_kolm_q8"                # memo on an output: its §3.3 rows (q int8 [R, K], m [R], e [R]) for the next linear
 _MERGED = "_kolm_merged"        # memo on an attention output [B,H,T,D]: the same values as [B,T,H·D] (with _Q8)
+KQ8 = "_kolm_kq8"               # memo on a key tensor [B,Hk,T,D]: (int8 rows [B,Hk,T,D], m [B,Hk,T], e [B,Hk,T])
 _BLOCK_TQ = 8                   # attention with at most this many query rows per request runs as one kernel
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY2 = np.zeros((0, 0), dtype=np.int64)
@@ -90,8 +90,8 @@ class FusedCpuOps(FusedOps):
 
     MEMOS = (*FusedOps.MEMOS, KQ8)
 
-    def __init__(self, *, threads: int | None = None) -> None:
-        super().__init__(device="cpu", threads=threads)
+    def __init__(self, *, threads: int | None = None, gemm: str = "auto", max_chunk: int | None = None) -> None:
+        super().__init__(device="cpu", threads=threads, gemm=gemm, max_chunk=max_chunk)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0                   # a forked child gets a pool of its own (its parent's threads are gone)
 
@@ -137,9 +137,7 @@ class FusedCpuOps(FusedOps):
             self._par(xn.shape[0], xn.size, lambda lo, hi: kn.quantize_rows(xn[lo:hi], qn[lo:hi], mn[lo:hi],
                                                                             en[lo:hi]))
             q = torch.from_numpy(qn)
-        if len(lin.digits) == 1 and _INT_MM_MIN_K <= k <= 1 << 17:     # int8 weights: one exact int32 product
-            return torch._int_mm(q, lin.digits[0].t()).numpy(), mn, en
-        return self.accumulate(q, lin).numpy(), mn, en                  # [R,N] int32 | int64, exact
+        return self.accumulate(q, lin).numpy(), mn, en                  # [R,N] int32 | int64, exact (GEMM plan)
 
     @staticmethod
     def _scales(lin: TorchLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,12 +176,12 @@ class FusedCpuOps(FusedOps):
         lead = x.shape[:-1]
         return torch.from_numpy(sn).reshape(*lead, n), self._keep_q8(out.reshape(*lead, n), qn, qm, qe)
 
-    def linear_gelu(self, x: Tensor, lin: TorchLinear, *, cdf_table: Tensor) -> Tensor:
+    def linear_gelu(self, x: Tensor, lin: TorchLinear, cdf_table: Tensor) -> Tensor:
         """``gelu(linear(x))`` in one pass after the product
         (:func:`~kolm_audit.runtime.cpu_blocks.epilogue_gelu_quant`)."""
         pair = _table(cdf_table, "pair")
         if pair is None:
-            return super().linear_gelu(x, lin, cdf_table=cdf_table)
+            return super().linear_gelu(x, lin, cdf_table)
         n = lin.out_features
         an, mn, en = self._accumulate(x, lin)
         out, on, qn, qm, qe = self._q8_out(an.shape[0], n)
@@ -192,12 +190,12 @@ class FusedCpuOps(FusedOps):
             an[lo:hi], mn[lo:hi], en[lo:hi], mult, shift, bias, pair, on[lo:hi], qn[lo:hi], qm[lo:hi], qe[lo:hi]))
         return self._keep_q8(out.reshape(*x.shape[:-1], n), qn, qm, qe)   # [...,I] int32 Q.16
 
-    def linear_swiglu(self, x: Tensor, lin: TorchLinear, *, sigmoid_table: Tensor) -> Tensor:
+    def linear_swiglu(self, x: Tensor, lin: TorchLinear, sigmoid_table: Tensor) -> Tensor:
         """``swiglu`` of the gate|up linear in one pass after the product
         (:func:`~kolm_audit.runtime.cpu_blocks.epilogue_swiglu_quant`)."""
         pair = _table(sigmoid_table, "pair")
         if pair is None:
-            return super().linear_swiglu(x, lin, sigmoid_table=sigmoid_table)
+            return super().linear_swiglu(x, lin, sigmoid_table)
         n = lin.out_features // 2
         an, mn, en = self._accumulate(x, lin)                           # [R,2I] exact
         out, on, qn, qm, qe = self._q8_out(an.shape[0], n)
@@ -291,13 +289,14 @@ class FusedCpuOps(FusedOps):
         return self._keep_q8(out.reshape(b, tq, hq * d), q8, mn, en)   # [B,Tq,Hq·D] int32 Q.16
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, *, scale_mult: int, scale_shift: int,
-                  exp_table: Tensor) -> Tensor:
-        """Few query rows (decoding): the whole §5.2 block in one kernel, keys from their int8 memo; more rows: the
-        torch matrix products of :class:`FusedOps`."""
+                  exp_table: Tensor, key_len: Tensor | None = None) -> Tensor:
+        """Few query rows (decoding): the whole §5.2 block in one kernel, keys from their int8 memo (``KQ8``, carried
+        along by the KV cache); more rows: the torch matrix products of :class:`FusedOps`. ``key_len`` (a hint: keys
+        from there on are masked) is not used."""
         pair = _table(exp_table, "softmax")
         if q.shape[2] > _BLOCK_TQ or pair is None:
             return super().attention(q, k, v, key_valid, scale_mult=scale_mult, scale_shift=scale_shift,
-                                     exp_table=exp_table)
+                                     exp_table=exp_table, key_len=key_len)
         b, hq, tq, d = q.shape
         kq, mk, ek = self._memo(k, KQ8)                                 # [B,Hk,Tk,D] int8; [B,Hk,Tk]
         merged = self._attend(q.numpy(), kq.numpy(), mk.numpy(), ek.numpy(), v.numpy(), key_valid.numpy(),
@@ -310,29 +309,28 @@ class FusedCpuOps(FusedOps):
         merged = getattr(x, _MERGED, None)
         return merged if merged is not None else super().merge_heads(x)
 
-    def rope_attention(self, qkv: Tensor, positions: Tensor, past: tuple[Tensor, Tensor] | None, key_valid: Tensor, *,
-                       heads: int, kv_heads: int, head_dim: int, cos_table: Tensor, sin_table: Tensor,
-                       scale_mult: int, scale_shift: int, exp_table: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """The Llama attention block in two kernels: :func:`~kolm_audit.runtime.cpu_attention.rope_append` (RoPE, the
-        new keys quantized once into the cache's spare capacity, values) and
-        :func:`~kolm_audit.runtime.cpu_attention.cached_attention` over the whole cache."""
-        pair, cos, sin = _table(exp_table, "softmax"), _table(cos_table, "int32"), _table(sin_table, "int32")
-        if pair is None or cos is None or sin is None:
-            return super().rope_attention(qkv, positions, past, key_valid, heads=heads, kv_heads=kv_heads,
-                                          head_dim=head_dim, cos_table=cos_table, sin_table=sin_table,
-                                          scale_mult=scale_mult, scale_shift=scale_shift, exp_table=exp_table)
-        b, t, _ = qkv.shape
-        store: KVStore = grow_kv(self, past, b, kv_heads, head_dim, t)   # room for t more rows, past copied if needed
-        t0, d = store.used, head_dim
-        qn, pn = qkv.numpy(), positions.numpy()
+    def qkv_rope(self, x: Tensor, lin: TorchLinear, positions: Any, cos_table: Tensor, sin_table: Tensor, *,
+                 heads: int, kv_heads: int, head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The q|k|v linear, then RoPE of q and k in one kernel (:func:`~kolm_audit.runtime.cpu_attention.rope_append`)
+        that also quantizes each new key row once (spec §3.3, the ``KQ8`` memo every later decoding step reads; the
+        KV cache carries it along): q [B, heads, T, D], k and v [B, kv_heads, T, D] int32 Q.16."""
+        cos, sin = _table(cos_table, "int32"), _table(sin_table, "int32")
+        if cos is None or sin is None:
+            return super().qkv_rope(x, lin, positions, cos_table, sin_table, heads=heads, kv_heads=kv_heads,
+                                    head_dim=head_dim)
+        qkv = self.linear(x, lin)                                        # [B,T,(nh+2nkv)·D] int32 Q.16
+        b, t, d = qkv.shape[0], qkv.shape[1], head_dim
+        qn, pn = qkv.numpy(), np.ascontiguousarray(self.const(positions).numpy())   # pn [B,T] int64
         qr = np.empty((b, heads, t, d), dtype=np.int32)                  # [B,nh,T,D] rotated queries
+        kr, vr = np.empty((b, kv_heads, t, d), dtype=np.int32), np.empty((b, kv_heads, t, d), dtype=np.int32)
+        kq = np.empty((b, kv_heads, t, d), dtype=np.int8)                # [B,nkv,T,D] §3.3 rows of the keys
+        mk, ek = np.empty((b, kv_heads, t), dtype=np.int64), np.empty((b, kv_heads, t), dtype=np.int64)
         self._par(b, b * t * qn.shape[2], lambda lo, hi: ka.rope_append(
-            qn[lo:hi], pn[lo:hi], cos, sin, heads, kv_heads, t0, qr[lo:hi], store.k[lo:hi], store.kq[lo:hi],
-            store.mk[lo:hi], store.ek[lo:hi], store.v[lo:hi]))
-        store.used = tk = t0 + t
-        ctx = self._attend(qr, store.kq, store.mk, store.ek, store.v, key_valid.numpy(), scale_mult, scale_shift,
-                           pair)                                         # [B,T,nh·D] int32 Q.16
-        return ctx, store.views(tk)
+            qn[lo:hi], pn[lo:hi], cos, sin, heads, kv_heads, 0, qr[lo:hi], kr[lo:hi], kq[lo:hi], mk[lo:hi], ek[lo:hi],
+            vr[lo:hi]))
+        k = torch.from_numpy(kr)
+        setattr(k, KQ8, (torch.from_numpy(kq), torch.from_numpy(mk), torch.from_numpy(ek)))
+        return torch.from_numpy(qr), k, torch.from_numpy(vr)
 
     # ---- kernel hooks -------------------------------------------------------------------------------------
     def _k_quantize(self, x: Tensor, q: Tensor, m: Tensor, e: Tensor) -> None:

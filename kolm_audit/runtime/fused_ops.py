@@ -46,9 +46,9 @@ class FusedOps(TorchOps, metaclass=ABCMeta):
 
     MEMOS = (*TorchOps.MEMOS, "_kolm_k32")
 
-    def __init__(self, *, device: str, threads: int | None = None) -> None:
-        super().__init__(device=device, threads=threads)
-        self._operand = torch.int8 if device == "cpu" else torch.bfloat16   # the linear GEMM's input dtype
+    def __init__(self, *, device: str, threads: int | None = None, gemm: str = "auto",
+                 max_chunk: int | None = None) -> None:
+        super().__init__(device=device, threads=threads, gemm=gemm, max_chunk=max_chunk)
 
     # ---- kernel hooks (outputs are allocated by the caller; see the subclasses) -------------------------------
     @abstractmethod
@@ -116,8 +116,8 @@ class FusedOps(TorchOps, metaclass=ABCMeta):
     # ---- primitives ---------------------------------------------------------------------------------------
     def linear(self, x: Tensor, lin: TorchLinear, *, residual: Tensor | None = None) -> Tensor:
         k, n = x.shape[-1], lin.out_features
-        q, m, e = self._quantize(x.reshape(-1, k), self._operand)      # [R,K] in [-127,127]; [R] m, e
-        acc = self.accumulate(q, lin)                                   # [R,N] exact (int32 | int64 | fp32)
+        q, m, e = self._quantize(x.reshape(-1, k), lin.operand)        # [R,K] in [-127,127]; [R] m, e
+        acc = self.accumulate(q, lin)                                   # [R,N] exact (int32 | int64)
         out = self._empty((q.shape[0], n), torch.int32)                 # saturated: int32 holds it exactly
         self._k_epilogue(acc, m, e, lin, out)
         out = out.reshape(*x.shape[:-1], n)                             # [...,N] int32 Q.16
@@ -139,7 +139,7 @@ class FusedOps(TorchOps, metaclass=ABCMeta):
         return self._norm_fused(x, gamma, None, eps_q32, rsqrt_table)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, *, scale_mult: int, scale_shift: int,
-                  exp_table: Tensor) -> Tensor:
+                  exp_table: Tensor, key_len: Tensor | None = None) -> Tensor:
         """Spec §5.2 with grouped-query heads (query head ``j`` uses key/value head ``j // g``); returns the
         context [B, Hq, Tq, D] as a view of [B, Tq, Hq·D] memory, so ``merge_heads`` copies nothing."""
         b, hq, tq, d = q.shape

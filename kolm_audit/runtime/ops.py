@@ -34,7 +34,7 @@ from kolm_audit.errors import InputError
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import llama_ops as lo
 from kolm_audit.runtime import reference as ref
-from kolm_audit.runtime.composites import Composites
+from kolm_audit.runtime.composed import ComposedOps
 
 BACKENDS = ("auto", "numpy", "cpu", "cuda")
 THREADS_ENV = "KOLM_THREADS"
@@ -62,10 +62,6 @@ class Ops(Protocol):
     def take(self, x: Array, rows: np.ndarray) -> Array: ...
     def prepare_linear(self, lin: ref.IntLinear) -> Any: ...
     def linear(self, x: Array, lin: Any, *, residual: Array | None = None) -> Array: ...
-    def linear_norm(self, x: Array, lin: Any, *, residual: Array, gamma: Array, beta: Array | None, eps_q32: int,
-                    rsqrt_table: Array) -> tuple[Array, Array]: ...
-    def linear_gelu(self, x: Array, lin: Any, *, cdf_table: Array) -> Array: ...
-    def linear_swiglu(self, x: Array, lin: Any, *, sigmoid_table: Array) -> Array: ...
     def prepare_embedding(self, tensors: Mapping[str, np.ndarray], prefix: str) -> Any: ...
     def embedding(self, emb: Any, ids: np.ndarray, *, add: Array | None = None,
                   add_rows: np.ndarray | None = None) -> Array: ...
@@ -73,19 +69,25 @@ class Ops(Protocol):
     def layer_norm(self, x: Array, gamma: Array, beta: Array, *, eps_q32: int, rsqrt_table: Array) -> Array: ...
     def rms_norm(self, x: Array, gamma: Array, *, eps_q32: int, rsqrt_table: Array) -> Array: ...
     def attention(self, q: Array, k: Array, v: Array, key_valid: Array, *, scale_mult: int, scale_shift: int,
-                  exp_table: Array) -> Array: ...
+                  exp_table: Array, key_len: Array | None = None) -> Array: ...
     def segment_attention(self, qkv: Array, bounds: np.ndarray, *, heads: int, head_dim: int, scale_mult: int,
                           scale_shift: int, exp_table: Array) -> Array: ...
-    def rope_attention(self, qkv: Array, positions: Array, past: tuple[Array, Array] | None, key_valid: Array, *,
-                       heads: int, kv_heads: int, head_dim: int, cos_table: Array, sin_table: Array, scale_mult: int,
-                       scale_shift: int, exp_table: Array) -> tuple[Array, tuple[Array, Array]]: ...
     def gelu(self, x: Array, cdf_table: Array) -> Array: ...
     def tanh(self, x: Array, tanh_table: Array) -> Array: ...
     def rope(self, x: Array, positions: Array, cos_table: Array, sin_table: Array) -> Array: ...
     def swiglu(self, gate: Array, up: Array, sigmoid_table: Array) -> Array: ...
+    # composites (ComposedOps gives them by composition; fused backends run them as fewer kernels)
+    def linear_norm(self, x: Array, lin: Any, *, residual: Array, gamma: Array, beta: Array | None, eps_q32: int,
+                    rsqrt_table: Array) -> tuple[Array, Array]: ...
+    def linear_swiglu(self, x: Array, lin: Any, sigmoid_table: Array) -> Array: ...
+    def linear_gelu(self, x: Array, lin: Any, cdf_table: Array) -> Array: ...
+    def qkv_rope(self, x: Array, lin: Any, positions: Array, cos_table: Array, sin_table: Array, *, heads: int,
+                 kv_heads: int, head_dim: int) -> tuple[Array, Array, Array]: ...
+    def kv_buffer(self, like: Array, capacity: int) -> Array: ...
+    def kv_write(self, kbuf: Array, vbuf: Array, k: Array, v: Array, slot: Array) -> None: ...
 
 
-class NumpyOps(Composites):
+class NumpyOps(ComposedOps):
     """The numpy reference backend: arrays are ``np.ndarray`` int64 (bool for masks)."""
 
     name = "numpy"
@@ -160,8 +162,9 @@ class NumpyOps(Composites):
         return ref.softmax(scores, valid, exp_table)
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray, *, scale_mult: int,
-                  scale_shift: int, exp_table: np.ndarray) -> np.ndarray:
-        """Spec §5.2; ``k``/``v`` with fewer heads than ``q`` are repeated (query head j uses KV head j // g)."""
+                  scale_shift: int, exp_table: np.ndarray, key_len: np.ndarray | None = None) -> np.ndarray:
+        """Spec §5.2; ``k``/``v`` with fewer heads than ``q`` are repeated (query head j uses KV head j // g).
+        ``key_len`` (keys at and beyond it are all masked) is a hint for backends that can skip them."""
         g = q.shape[1] // k.shape[1]
         if g > 1:
             k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
@@ -194,6 +197,17 @@ class NumpyOps(Composites):
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray, sigmoid_table: np.ndarray) -> np.ndarray:
         return lo.swiglu(gate, up, sigmoid_table)
+
+    # ---- static KV buffers (docs/runtime-spec-llama.md §7: a longer buffer with unfilled, masked keys) ------
+    def kv_buffer(self, like: np.ndarray, capacity: int) -> np.ndarray:
+        """A zero buffer [B, H, capacity, D] of ``like``'s dtype for keys or values."""
+        return np.zeros((*like.shape[:2], capacity, *like.shape[3:]), dtype=like.dtype)
+
+    def kv_write(self, kbuf: np.ndarray, vbuf: np.ndarray, k: np.ndarray, v: np.ndarray, slot: np.ndarray) -> None:
+        """Write new keys and values [B, H, T, D] at timeline indices ``slot[0] .. slot[0] + T`` of the buffers."""
+        s, t = int(np.asarray(slot).reshape(-1)[0]), k.shape[2]
+        kbuf[:, :, s:s + t] = k
+        vbuf[:, :, s:s + t] = v
 
 
 def fuse_linears(lins: Sequence[ref.IntLinear]) -> ref.IntLinear:
@@ -243,13 +257,14 @@ def thread_count(threads: int | None) -> int | None:
     return threads
 
 
-def get_ops(backend: str = "auto", *, threads: int | None = None, fused: bool = True) -> Ops:
+def get_ops(backend: str = "auto", *, threads: int | None = None, fused: bool = True, gemm: str = "auto") -> Ops:
     """The ops object of ``backend`` (``auto`` | ``numpy`` | ``cpu`` | ``cuda``); ``ops.name`` is the one used.
 
     With ``fused`` (the default) ``cpu`` uses :class:`~kolm_audit.runtime.cpu_fused.FusedCpuOps` when numba is
     installed and ``cuda`` uses :class:`~kolm_audit.runtime.triton_fused.FusedTritonOps` when Triton is; otherwise
     (or with ``fused=False``) plain :class:`~kolm_audit.runtime.torch_backend.TorchOps`. The same integers either
-    way."""
+    way. ``gemm`` is the linear layers' GEMM preference of the torch backends (:func:`kolm_audit.runtime.gemm_plan.
+    plan_gemm`: ``auto``, a path such as ``int_mm`` — required — or an order such as ``int_mm,bf16_fp32``)."""
     name = resolve_backend(backend)
     n = thread_count(threads)
     if name == "numpy":
@@ -257,11 +272,11 @@ def get_ops(backend: str = "auto", *, threads: int | None = None, fused: bool = 
     if name == "cpu" and fused and importlib.util.find_spec("numba") is not None:
         from kolm_audit.runtime.cpu_fused import FusedCpuOps
 
-        return FusedCpuOps(threads=n)
+        return FusedCpuOps(threads=n, gemm=gemm)
     if name == "cuda" and fused and importlib.util.find_spec("triton") is not None:
         from kolm_audit.runtime.triton_fused import FusedTritonOps
 
-        return FusedTritonOps(device="cuda", threads=n)
+        return FusedTritonOps(device="cuda", threads=n, gemm=gemm)
     from kolm_audit.runtime.torch_backend import TorchOps
 
-    return TorchOps(device=name, threads=n)
+    return TorchOps(device=name, threads=n, gemm=gemm)

@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 
 from kolm_audit.runtime import torch_fixedpoint as tfp
-from kolm_audit.runtime.composites import Composites
+from kolm_audit.runtime.composed import ComposedOps
 from kolm_audit.runtime.torch_matmul import ExactMatmul, TorchLinear, weight_digits
 
 __all__ = ["TorchLinear", "TorchOps", "weight_digits"]
@@ -80,12 +81,13 @@ def _table_in(table: Tensor, lo: int, hi: int) -> bool:
     return found
 
 
-class TorchOps(ExactMatmul, Composites):
+class TorchOps(ComposedOps, ExactMatmul):
     """The torch backend (``device`` ``"cpu"`` or ``"cuda"``): int64 tensors, exact GEMM paths (the mixin)."""
 
     MEMOS: tuple[str, ...] = tfp.MEMOS   # per-row memos a KV cache carries along (see ``cat``)
 
-    def __init__(self, *, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, *, device: str = "cpu", threads: int | None = None, gemm: str = "auto",
+                 max_chunk: int | None = None) -> None:
         if device not in ("cpu", "cuda"):
             raise ValueError("device must be cpu or cuda")
         self.name = device
@@ -93,8 +95,10 @@ class TorchOps(ExactMatmul, Composites):
         if threads is not None:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads() if device == "cpu" else threads
-        self._bf16_mm = device == "cuda"           # bf16 GEMM with fp32 output (else fp32/fp64, both exact)
-        self._bf16_bmm = device == "cuda"
+        self.gemm, self.max_chunk = gemm, max_chunk     # linear GEMM preference (kolm_audit.runtime.gemm_plan)
+        self.gemm_paths: Counter[str] = Counter()       # every linear product run, by plan
+        self._caps_found = None
+        self._bf16_bmm = device == "cuda"              # attention scores: bf16 GEMM with fp32 output when available
         self._eps: dict[tuple[int, str], Tensor] = {}
 
     def _scratch(self, like: Tensor) -> Tensor:
@@ -138,6 +142,23 @@ class TorchOps(ExactMatmul, Composites):
 
     def repeat(self, x: Tensor, rep: int, axis: int) -> Tensor:
         return x if rep == 1 else torch.repeat_interleave(x, rep, dim=axis)
+
+    def kv_buffer(self, like: Tensor, capacity: int) -> Tensor:
+        """A zero buffer [B, H, capacity, D] of ``like``'s dtype for keys or values (a static KV cache)."""
+        return torch.zeros((*like.shape[:2], capacity, *like.shape[3:]), dtype=like.dtype, device=self.device)
+
+    def kv_write(self, kbuf: Tensor, vbuf: Tensor, k: Tensor, v: Tensor, slot: Tensor) -> None:
+        """Write new keys and values [B, H, T, D] at timeline indices ``slot[0] .. slot[0] + T`` of the buffers (a
+        device index: no host synchronization), with the per-row memos (``MEMOS``) a buffer already carries."""
+        t = k.shape[2]
+        idx = slot.reshape(1) if t == 1 else slot.reshape(1) + torch.arange(t, device=self.device)
+        for buf, new in ((kbuf, k), (vbuf, v)):
+            buf.index_copy_(2, idx, new.to(buf.dtype))
+            for attr in self.MEMOS:
+                memo = getattr(buf, attr, None)
+                if memo is not None:                              # rows are independent: write the new rows' memo
+                    for part, fresh in zip(memo, self._memo(new, attr), strict=True):
+                        part.index_copy_(2, idx, fresh.to(part.dtype))
 
     def take(self, x: Tensor, rows: np.ndarray) -> Tensor:
         idx = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.device)
@@ -278,9 +299,10 @@ class TorchOps(ExactMatmul, Composites):
         return tfp.rdiv(num, total)
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, *, scale_mult: int, scale_shift: int,
-                  exp_table: Tensor) -> Tensor:
+                  exp_table: Tensor, key_len: Tensor | None = None) -> Tensor:
         """Spec §5.2. ``k``, ``v`` may have fewer heads than ``q`` (grouped-query attention): query head ``j``
-        uses key/value head ``j // (Hq / Hkv)``, as if they were repeated, without copying them."""
+        uses key/value head ``j // (Hq / Hkv)``, as if they were repeated, without copying them. ``key_len`` (a
+        hint: keys from there on are masked) is not used here."""
         b, hq, tq, d = q.shape
         hk, tk = k.shape[1], k.shape[2]
         g = hq // hk

@@ -80,56 +80,39 @@ def _gqa_row(row, hk, tq, group):
 
 
 @triton.jit
+def _quant_params(amax):
+    """Spec §3.3 step of a row whose largest magnitude is ``amax`` (< 2^32): ``(m, e)``, step ``d = m·2^e``."""
+    d0 = tl.maximum((amax + 126) // 127, 1)                       # ceil(amax / 127), non-negative operands
+    e = _count_at_least(d0, 15, 26)                               # max(0, bits(d0) - 15), d0 < 2^25
+    m = (d0 + _pow2(e) - 1) >> e
+    return m, e
+
+
+@triton.jit
+def _quant_apply(x, m, e):
+    """Spec §3.3 ``q = rdiv(x, m·2^e)`` (in [-127, 127] for the row ``(m, e)`` was made from)."""
+    d = m << e
+    return _floordiv(x + (d >> 1), d)
+
+
+@triton.jit
 def quantize_rows(x_ptr, sx, q_ptr, m_ptr, e_ptr, k, BLOCK: tl.constexpr):
     """Spec §3.3 for row ``program_id``: ``q`` (dtype of ``q_ptr``, values in [-127, 127]), ``m``, ``e``."""
     r = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     ok = offs < k
     x = tl.load(x_ptr + r * sx + offs, mask=ok, other=0).to(tl.int64)
-    amax = tl.max(tl.abs(x), axis=0)
-    d0 = tl.maximum((amax + 126) // 127, 1)                       # ceil(amax / 127), non-negative operands
-    e = _count_at_least(d0, 15, 26)                               # max(0, bits(d0) - 15), d0 < 2^25
-    m = (d0 + _pow2(e) - 1) >> e
-    d = m << e
-    q = _floordiv(x + (d >> 1), d)                                # rdiv(x, d)
+    m, e = _quant_params(tl.max(tl.abs(x), axis=0))
+    q = _quant_apply(x, m, e)
     tl.store(q_ptr + r * k + offs, q.to(tl.float32).to(q_ptr.dtype.element_ty), mask=ok)
     tl.store(m_ptr + r, m)
     tl.store(e_ptr + r, e)
 
 
 @triton.jit
-def linear_epilogue(acc_ptr, m_ptr, e_ptr, mult_ptr, shift_ptr, bias_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    """Spec §4.2 tail, row ``program_id(0)``, column block ``program_id(1)``: ``sat(requantize(acc·m, M, S-e) + b)``."""
-    r = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < n
-    acc = tl.load(acc_ptr + r * n + offs, mask=ok, other=0).to(tl.int64)
-    m = tl.load(m_ptr + r)
-    e = tl.load(e_ptr + r)
-    mult = tl.load(mult_ptr + offs, mask=ok, other=0)
-    shift = tl.load(shift_ptr + offs, mask=ok, other=40)
-    bias = tl.load(bias_ptr + offs, mask=ok, other=0)
-    y = _requant(acc * m, mult, shift - e) + bias
-    tl.store(out_ptr + r * n + offs, _sat(y).to(tl.int32), mask=ok)
-
-
-@triton.jit
-def norm(x_ptr, sx, gamma_ptr, beta_ptr, out_ptr, h, eps_q32, table_ptr, nt, CENTER: tl.constexpr,
-         BLOCK: tl.constexpr):
-    """Spec §5.3 LayerNorm (``CENTER``) or RMSNorm of row ``program_id`` → int64 Q.16."""
-    r = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
-    ok = offs < h
-    x = tl.load(x_ptr + r * sx + offs, mask=ok, other=0).to(tl.int64)
-    if CENTER:
-        mu = _floordiv(tl.sum(x, axis=0) + (h >> 1), h)          # rdiv(Σx, H)
-        c = tl.where(ok, x - mu, 0)
-    else:
-        c = x
-    cmax = tl.max(tl.abs(c), axis=0)
-    k = _count_at_least(cmax, 24, 40)                             # max(0, bits(cmax) - 24)
-    c2 = (c + tl.where(k > 0, _pow2(tl.maximum(k - 1, 0)), 0)) >> k
-    var = (tl.sum(c2 * c2, axis=0) + (h >> 1)) // h               # non-negative operands
+def _norm_scale(total_sq, h, k, eps_q32, table_ptr, nt):
+    """Spec §5.3 from ``Σ c'²`` of a row (pre-shift ``k``): ``(r, sh)`` with ``y = requantize(c·r, γ, sh)``."""
+    var = (total_sq + (h >> 1)) // h                              # rdiv(Σc'², H), non-negative operands
     ek = tl.where(k > 0, (eps_q32 + _pow2(tl.maximum(2 * k - 1, 0))) >> (2 * k), eps_q32)
     v = tl.maximum(var + ek, 1)
     j = (_count_at_least(v, 0, 62) - 29) >> 1                     # floor((bits(v) - 29) / 2)
@@ -137,12 +120,30 @@ def norm(x_ptr, sx, gamma_ptr, beta_ptr, out_ptr, h, eps_q32, table_ptr, nt, CEN
     dn = tl.maximum(2 * j, 0)
     mant = tl.where(j <= 0, v << up, (v + tl.where(dn > 0, _pow2(tl.maximum(dn - 1, 0)), 0)) >> dn)
     rr = _lut(mant, table_ptr, nt, 1 << 28, 18)                   # 1/sqrt ≈ rr / 2^(44 + j)
-    sh = 44 + j - (16 - k) + 24
-    gamma = tl.load(gamma_ptr + offs, mask=ok, other=0).to(tl.int64)
-    y = _requant(c * rr, gamma, sh)
+    return rr, 44 + j - (16 - k) + 24
+
+
+@triton.jit
+def _round_shift(c, k):
+    """``round_shift(c, k)`` for a scalar or per-row ``0 <= k <= 62``."""
+    return (c + tl.where(k > 0, _pow2(tl.maximum(k - 1, 0)), 0)) >> k
+
+
+@triton.jit
+def _norm_row(x, ok, h, gamma_ptr, beta_ptr, offs, eps_q32, table_ptr, nt, CENTER: tl.constexpr):
+    """Spec §5.3 LayerNorm (``CENTER``) or RMSNorm of one row held in registers (``x`` int64, ``ok`` its columns)."""
+    if CENTER:
+        mu = _floordiv(tl.sum(x, axis=0) + (h >> 1), h)          # rdiv(Σx, H)
+        c = tl.where(ok, x - mu, 0)
+    else:
+        c = x
+    k = _count_at_least(tl.max(tl.abs(c), axis=0), 24, 40)        # max(0, bits(cmax) - 24)
+    c2 = _round_shift(c, k)
+    rr, sh = _norm_scale(tl.sum(c2 * c2, axis=0), h, k, eps_q32, table_ptr, nt)
+    y = _requant(c * rr, tl.load(gamma_ptr + offs, mask=ok, other=0).to(tl.int64), sh)
     if CENTER:
         y += tl.load(beta_ptr + offs, mask=ok, other=0).to(tl.int64)
-    tl.store(out_ptr + r * h + offs, _sat(y), mask=ok)
+    return _sat(y)
 
 
 @triton.jit
@@ -185,8 +186,27 @@ def context_out(ctx_ptr, out_ptr, hk, tq, d, group, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _rope_pair(xa, xb, c, s):
+    """Llama spec §4: the rotated halves ``(sat(rnd((a·c - b·s) / 2^30)), sat(rnd((b·c + a·s) / 2^30)))``."""
+    return _sat((xa * c - xb * s + (1 << 29)) >> 30), _sat((xb * c + xa * s + (1 << 29)) >> 30)
+
+
+@triton.jit
+def _swiglu(g, u, table_ptr, nt):
+    """Llama spec §5 ``sat(rnd(silu(g)·u / 2^16))`` with ``silu(g) = sat(rnd(g·σ(g) / 2^30))``."""
+    sv = _sat((g * _lut(g, table_ptr, nt, -(16 << 16), 9) + (1 << 29)) >> 30)
+    return _sat((sv * u + (1 << 15)) >> 16)
+
+
+@triton.jit
+def _gelu(x, table_ptr, nt):
+    """Spec §5.4 ``sat(rnd(x·Φ(x) / 2^30))``."""
+    return _sat((x * _lut(x, table_ptr, nt, -(8 << 16), 9) + (1 << 29)) >> 30)
+
+
+@triton.jit
 def rope(x_ptr, s0, s1, s2, pos_ptr, cos_ptr, sin_ptr, out_ptr, nh, t, half, BLOCK: tl.constexpr):
-    """Llama spec §3 RoPE of row ``program_id`` of ``x`` [B, n, T, D] (element strides ``s0..s2``, unit last)."""
+    """Llama spec §4 RoPE of row ``program_id`` of ``x`` [B, n, T, D] (element strides ``s0..s2``, unit last)."""
     row = tl.program_id(0).to(tl.int64)
     bi = row // (nh * t)
     hi = (row // t) % nh
@@ -199,29 +219,28 @@ def rope(x_ptr, s0, s1, s2, pos_ptr, cos_ptr, sin_ptr, out_ptr, nh, t, half, BLO
     p = tl.load(pos_ptr + bi * t + ti)
     c = tl.load(cos_ptr + p * half + offs, mask=ok, other=0).to(tl.int64)
     s = tl.load(sin_ptr + p * half + offs, mask=ok, other=0).to(tl.int64)
+    ya, yb = _rope_pair(xa, xb, c, s)
     o = out_ptr + row * 2 * half
-    tl.store(o + offs, _sat((xa * c - xb * s + (1 << 29)) >> 30).to(tl.int32), mask=ok)
-    tl.store(o + half + offs, _sat((xb * c + xa * s + (1 << 29)) >> 30).to(tl.int32), mask=ok)
+    tl.store(o + offs, ya.to(tl.int32), mask=ok)
+    tl.store(o + half + offs, yb.to(tl.int32), mask=ok)
 
 
 @triton.jit
 def swiglu(g_ptr, sg, u_ptr, su, out_ptr, n, table_ptr, nt, BLOCK: tl.constexpr):
-    """Llama spec §4 ``sat(rnd(silu(g)·u / 2^16))`` for row ``program_id(0)``, column block ``program_id(1)``."""
+    """Llama spec §5 SwiGLU for row ``program_id(0)``, column block ``program_id(1)``."""
     r = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
     g = tl.load(g_ptr + r * sg + offs, mask=ok, other=0).to(tl.int64)
     u = tl.load(u_ptr + r * su + offs, mask=ok, other=0).to(tl.int64)
-    sv = _sat((g * _lut(g, table_ptr, nt, -(16 << 16), 9) + (1 << 29)) >> 30)
-    tl.store(out_ptr + r * n + offs, _sat((sv * u + (1 << 15)) >> 16).to(tl.int32), mask=ok)
+    tl.store(out_ptr + r * n + offs, _swiglu(g, u, table_ptr, nt).to(tl.int32), mask=ok)
 
 
 @triton.jit
 def gelu(x_ptr, sx, out_ptr, n, table_ptr, nt, BLOCK: tl.constexpr):
-    """Spec §5.4 ``sat(rnd(x·Φ(x) / 2^30))`` for row ``program_id(0)``, column block ``program_id(1)``."""
+    """Spec §5.4 GELU for row ``program_id(0)``, column block ``program_id(1)``."""
     r = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
     x = tl.load(x_ptr + r * sx + offs, mask=ok, other=0).to(tl.int64)
-    y = _sat((x * _lut(x, table_ptr, nt, -(8 << 16), 9) + (1 << 29)) >> 30)
-    tl.store(out_ptr + r * n + offs, y.to(tl.int32), mask=ok)
+    tl.store(out_ptr + r * n + offs, _gelu(x, table_ptr, nt).to(tl.int32), mask=ok)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from _cli_fixtures import cli as _cli
+from _cli_fixtures import sample_kscore
 
 from kolm_audit.cli import main
 from kolm_audit.log import ReceiptLog
@@ -162,7 +163,7 @@ def test_gate_failed_artifact_refused(capsys, world, tmp_path):
     from kolm_audit.keys import load_private_key
 
     art = read_artifact(world / "model.kolm")
-    manifest = {**art.manifest, "kscore": {"score": 310, "gate": {"min": 800, "passed": False}}}
+    manifest = {**art.manifest, "kscore": sample_kscore(passed=False)}
     failed = tmp_path / "failed.kolm"
     write_artifact(failed, manifest=manifest, tensors=dict(art.tensors))
     sign_artifact(failed, load_private_key(world / "k-art" / "key.pem"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _artifact_fixtures import CREATED, key_and_policy, make_artifact, tiny_manifest, tiny_tensors
+from _artifact_fixtures import CREATED, key_and_policy, make_artifact, sample_kscore, tiny_manifest, tiny_tensors
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -87,7 +87,7 @@ def test_non_contiguous_and_big_endian_inputs_are_stored_little_endian(tmp_path:
 
 
 def test_manifest_fields(tmp_path: Path) -> None:
-    manifest = tiny_manifest(tiny_tensors(), kscore={"score": 870, "gate": {"min_score": 800, "passed": True}})
+    manifest = tiny_manifest(tiny_tensors(), kscore=sample_kscore(passed=True))
     validate(manifest, "manifest")
     assert manifest["schema"] == "kolm.manifest/1" and manifest["runtime"] == "kolm-int/1"
     assert manifest["created"] == CREATED

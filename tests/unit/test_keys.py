@@ -78,3 +78,12 @@ def test_raw_ed25519_only() -> None:
 def _write(d: Path, name: str, data: bytes) -> Path:
     (d / name).write_bytes(data)
     return d / name
+
+
+@pytest.mark.parametrize("key_type", ["ecdsa-p256", "ed25519"])
+def test_signatures_are_deterministic(key_type: str) -> None:
+    """RFC 6979 for ECDSA: a signed file is byte-reproducible (compile's two-build check relies on it)."""
+    key = generate_key(key_type=key_type)  # type: ignore[arg-type]
+    assert key.sign(b"same bytes") == key.sign(b"same bytes")
+    assert key.sign(b"same bytes") != key.sign(b"other bytes")
+    key.public_key().verify(key.sign(b"same bytes"), b"same bytes")

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _artifact_fixtures import sample_kscore
 
 from kolm_audit.artifact.manifest import gate_failed
 from kolm_audit.errors import GateFailed, InputError, KeyFileError, RuntimeInputError
@@ -173,8 +174,7 @@ def test_refusals(tmp_path, setup):
 
 
 @pytest.mark.parametrize(("kscore", "failed"), [
-    (None, False), ({"score": 900, "gate": {"passed": True}}, False), ({"score": 100, "gate": {"passed": False}}, True),
-    ({"passed": False}, True), ({"gate": {"status": "failed"}}, True), ({"gate": "failed"}, True),
+    (None, False), (sample_kscore(passed=True), False), (sample_kscore(passed=False), True),
 ])
 def test_gate_failed(kscore, failed):
     assert gate_failed(kscore) is failed
@@ -184,7 +184,7 @@ def test_gate_failed_artifact_refused(tmp_path):
     import kolm_audit.model as kmodel
 
     key = generate_key(key_type="ed25519")
-    path = _artifact(tmp_path, key, classify=True, kscore={"score": 120, "gate": {"min": 800, "passed": False}})
+    path = _artifact(tmp_path, key, classify=True, kscore=sample_kscore(passed=False))
     model = kmodel.load(path, key=None, trust=None, require_signature=False)
     with ReceiptLog.open(tmp_path / "r.db", create=True) as log:
         with pytest.raises(GateFailed, match="gate"):
@@ -217,3 +217,47 @@ def test_record_generate_groups_decoding_and_replays_from_the_receipt(tmp_path, 
         assert list(again.output_ids) == receipt["response"]["output_ids"]
         assert receipt["response"]["text"] == again.text
     assert verify_log(tmp_path / "r.db", policy=policy, verify_leaf=make_leaf_verifier(policy)).size == 5
+
+
+def test_prepared_batches_of_two_tenants_append_in_one_transaction(tmp_path, setup):
+    from kolm_audit.receipts.recorder import append_prepared
+
+    key, policy, models = setup
+    model = models["classify"]
+    calls = []
+
+    class Counting(ReceiptLog):
+        def append_many(self, builders):
+            calls.append(len(builders))
+            return super().append_many(builders)
+
+    with Counting.open(tmp_path / "r.db", create=True) as log:
+        acme = Recorder(model, log, key, tenant="acme", operator="svc")
+        globex = Recorder(model, log, key, tenant="globex", operator="svc")
+        first = acme.prepare([Request(text="hello world", id="a1"), Request(ids=(101, 102))])
+        second = globex.prepare([Request(text="good morning")])
+        assert log.size() == 0                                   # prepared: nothing appended yet
+        done = append_prepared(log, [first, second])
+        assert calls == [3] and [[r.log_index for r in d] for d in done] == [[0, 1], [2]]
+        assert [parse_leaf(log.leaf(i)).receipt["tenant"] for i in range(3)] == ["acme", "acme", "globex"]
+        assert all(r.leaf == log.leaf(r.log_index) for d in done for r in d)
+        assert (acme.recorded, globex.recorded) == (2, 1)
+        with ReceiptLog.open(tmp_path / "other.db", create=True) as other:
+            stray = Recorder(model, other, key, tenant="acme", operator="svc").prepare([Request(text="x")])
+            with pytest.raises(InputError, match="another log"):
+                append_prepared(log, [stray])
+        assert log.size() == 3
+        log.checkpoint(key)
+    assert verify_log(tmp_path / "r.db", policy=policy, verify_leaf=make_leaf_verifier(policy)).size == 3
+
+
+def test_check_inputs_names_the_refused_input_without_running(setup):
+    _, _, models = setup
+    model = models["classify"]
+    assert model.check_inputs(["hello"]) == model.tokenize(["hello"])
+    with pytest.raises(RuntimeInputError, match="longer") as exc:
+        model.check_inputs(["word " * 100])
+    assert exc.value.field == "inputs[0]"
+    with pytest.raises(RuntimeInputError) as exc:
+        model.check_inputs([[101, 10**7]])
+    assert exc.value.field == "inputs[0][1]"

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _artifact_fixtures import sample_kscore
 from _replay_fixtures import Keys, bert_checkpoint, changed_weight, make_keys, quantize_signed, record
 
 from kolm_audit.artifact import build_manifest, read_artifact, sign_artifact, write_artifact
@@ -208,7 +209,7 @@ def test_failed_gate_is_reported(world: dict[str, Any], tmp_path: Path) -> None:
     tensors = {n: np.asarray(a) for n, a in art.tensors.items()}
     manifest = build_manifest(name=m["name"], version=m["version"], task=m["task"], architecture=m["architecture"],
                               quantization=m["quantization"], tensors=tensors, provenance=m["provenance"],
-                              created=m["created"], kscore={"score": 400, "gate": {"min_score": 800, "passed": False}})
+                              created=m["created"], kscore=sample_kscore(passed=False))
     gated = tmp_path / "gated.kolm"
     write_artifact(gated, manifest=manifest, tensors=tensors)
     sign_artifact(gated, world["keys"].vendor)

@@ -1,8 +1,10 @@
 """BERT family for ``kolm-int/1``: the integer-only forward (spec §6).
 
 Post-LN encoder: absolute position embeddings, LayerNorm, erf-GELU, bidirectional attention with padding
-masks; tasks ``embed`` (mean pooling over the request's own tokens) and ``classify`` (pooler tanh on
-``[CLS]`` + linear head, argmax with lowest-index tie-break). Every tensor line below says its shape, dtype
+masks; tasks ``embed`` (mean pooling over the request's own tokens) and ``classify`` with one of two heads:
+``pooling = "cls-pooler"`` (pooler tanh on ``[CLS]`` + linear, as HF ``BertForSequenceClassification``) or
+``pooling = "mean"`` (a linear classifier on the mean-pooled embedding, as compile's trainers build it); argmax
+with lowest-index tie-break. Every tensor line below says its shape, dtype
 and fixed-point format; nothing here touches a float. Building an artifact is
 :mod:`kolm_audit.compile.bert`.
 
@@ -37,6 +39,7 @@ MAX_HEAD_DIM = 256         # spec §5.2
 MAX_FIELD = 1 << 20        # any size field
 BATCH_CHUNK = 32           # requests per packed forward (results never depend on it)
 _FIXED = {"family": "bert", "model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute"}
+CLASSIFY_POOLINGS = ("cls-pooler", "mean")   # spec §6.4; a classify task without "pooling" is "cls-pooler"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,12 +183,20 @@ class BertRuntime:
                                         expected=str(list(shapes[name])), actual=str(list(lin.weight.shape)))
         head = None
         if task.get("kind") == "classify":
-            pooler, classifier = (load_linear(tensors, "pooler", scheme=scheme),
-                                  load_linear(tensors, "classifier", scheme=scheme))
-            if pooler.weight.shape != (hid, hid) or classifier.weight.shape != (len(task.get("labels", ())), hid):
-                raise ArtifactError("pooler/classifier shape differs from hidden size and label count",
+            pooling = task.get("pooling", "cls-pooler")
+            if pooling not in CLASSIFY_POOLINGS:
+                raise UnsupportedModel("unknown classification head", field="task.pooling",
+                                       expected=" | ".join(CLASSIFY_POOLINGS), actual=repr(pooling))
+            classifier = load_linear(tensors, "classifier", scheme=scheme)
+            if classifier.weight.shape != (len(task.get("labels", ())), hid):
+                raise ArtifactError("classifier shape differs from label count and hidden size",
                                     field="tensors.classifier.weight")
-            head = (ops.prepare_linear(pooler), ops.prepare_linear(classifier))
+            pooler = None
+            if pooling == "cls-pooler":
+                pooler = load_linear(tensors, "pooler", scheme=scheme)
+                if pooler.weight.shape != (hid, hid):
+                    raise ArtifactError("pooler shape differs from the hidden size", field="tensors.pooler.weight")
+            head = (None if pooler is None else ops.prepare_linear(pooler), ops.prepare_linear(classifier))
         layers = [{"qkv": ops.prepare_linear(fuse_linears([lay["attn.q"], lay["attn.k"], lay["attn.v"]])),
                    **{name: ops.prepare_linear(lay[name]) for name in ("attn.o", "ffn.up", "ffn.down")}}
                   for lay in loaded]      # q|k|v share their input: fused, same integers
@@ -198,12 +209,6 @@ class BertRuntime:
     def _ln(self, x: Any, name: str) -> Any:
         gamma, beta = self.norms[name]                                          # [H] Q.24, [H] Q.16
         return self.ops.layer_norm(x, gamma, beta, eps_q32=self.eps, rsqrt_table=self.k_rsqrt)
-
-    def _linear_ln(self, x: Any, lin: Any, residual: Any, name: str) -> Any:
-        """``LN(saturate(residual + linear(x)))`` with the LayerNorm ``name`` (spec §6.1)."""
-        gamma, beta = self.norms[name]                                          # [H] Q.24, [H] Q.16
-        return self.ops.linear_norm(x, lin, residual=residual, gamma=gamma, beta=beta, eps_q32=self.eps,
-                                    rsqrt_table=self.k_rsqrt)[1]
 
     def check_ids(self, batch: Sequence[Sequence[int]]) -> None:
         """Refuse empty, over-long or out-of-vocabulary requests (RuntimeInputError naming the field)."""
@@ -247,29 +252,41 @@ class BertRuntime:
         pos = np.arange(bounds[-1]) - np.repeat(bounds[:-1], lens)              # [N] position in own request
         x = ops.embedding(self.word_emb, ids, add=self.k_pos_type, add_rows=pos)   # [N,H] Q.16 sat(word+pos+type 0)
         x = self._ln(x, "embeddings.ln")                                        # [N,H] Q.16
-        nh, d = self.heads, self.head_dim
-        for i, lay in enumerate(self.layers):
-            qkv = ops.linear(x, lay["qkv"])                                     # [N,3H] q|k|v Q.16
-            ctx = ops.segment_attention(qkv, bounds, heads=nh, head_dim=d, scale_mult=self.scale_m,
-                                        scale_shift=self.scale_s, exp_table=self.k_exp)   # [N,H] Q.16 per request
-            x = self._linear_ln(ctx, lay["attn.o"], x, f"layers.{i}.attn_ln")   # [N,H] Q.16 LN(sat(x + o(ctx)))
-            f = ops.linear_gelu(x, lay["ffn.up"], cdf_table=self.k_cdf)         # [N,I] Q.16 gelu(up(x))
-            x = self._linear_ln(f, lay["ffn.down"], x, f"layers.{i}.ffn_ln")    # [N,H] Q.16 LN(sat(x + down(f)))
+        for i in range(len(self.layers)):
+            x = self._layer(i, x, bounds)                                       # [N,H] Q.16
         return x, bounds
+
+    def _layer(self, i: int, x: Any, bounds: np.ndarray) -> Any:
+        """Encoder layer ``i`` (spec §6.1) on the packed rows x [N, H] Q.16 of requests ``bounds``."""
+        ops, lay, eps, rs = self.ops, self.layers[i], self.eps, self.k_rsqrt
+        (g_attn, b_attn), (g_ffn, b_ffn) = self.norms[f"layers.{i}.attn_ln"], self.norms[f"layers.{i}.ffn_ln"]
+        qkv = ops.linear(x, lay["qkv"])                                         # [N,3H] q|k|v Q.16
+        ctx = ops.segment_attention(qkv, bounds, heads=self.heads, head_dim=self.head_dim, scale_mult=self.scale_m,
+                                    scale_shift=self.scale_s, exp_table=self.k_exp)   # [N,H] Q.16 per request
+        _, x = ops.linear_norm(ctx, lay["attn.o"], residual=x, gamma=g_attn, beta=b_attn, eps_q32=eps,
+                               rsqrt_table=rs)                                  # [N,H] Q.16 LN(sat(x + o))
+        f = ops.linear_gelu(x, lay["ffn.up"], self.k_cdf)                       # [N,I] Q.16 gelu(up)
+        _, x = ops.linear_norm(f, lay["ffn.down"], residual=x, gamma=g_ffn, beta=b_ffn, eps_q32=eps,
+                               rsqrt_table=rs)                                  # [N,H] Q.16 LN(sat(x + down))
+        return x
 
     def _chunks(self, batch: Sequence[Sequence[int]]) -> list[list[int]]:
         order = sorted(range(len(batch)), key=lambda i: (len(batch[i]), i))
         return [order[i:i + BATCH_CHUNK] for i in range(0, len(order), BATCH_CHUNK)]
+
+    def _mean_pool(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Mean over each request's own tokens of the final hidden states: int64 [b,H] Q.16 (spec §6.3)."""
+        x, bounds = self._forward(batch)                                        # [N,H] Q.16, [b+1] (packed)
+        h = self.ops.numpy(x).astype(np.int64, copy=False)                      # [N,H] Q.16 (host)
+        total = np.add.reduceat(h, bounds[:-1], axis=0)                         # [b,H] Q.16 sum over own tokens
+        return fp.rdiv(total, np.diff(bounds)[:, None])                         # [b,H] Q.16 mean
 
     def embed(self, batch: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Mean-pooled embedding of each request: int32 [H], Q.16 (spec §6.3)."""
         self.check_ids(batch)
         out: list[np.ndarray] = [np.empty(0)] * len(batch)
         for idx in self._chunks(batch):
-            x, bounds = self._forward([batch[i] for i in idx])                  # [N,H] Q.16, [b+1]
-            h = self.ops.numpy(x).astype(np.int64, copy=False)                  # [N,H] Q.16 (host)
-            total = np.add.reduceat(h, bounds[:-1], axis=0)                     # [b,H] Q.16 sum over own tokens
-            pooled = fp.rdiv(total, np.diff(bounds)[:, None]).astype(np.int32)  # [b,H] Q.16 mean
+            pooled = self._mean_pool([batch[i] for i in idx]).astype(np.int32)  # [b,H] Q.16
             for row, i in enumerate(idx):
                 out[i] = pooled[row]
         return out
@@ -283,8 +300,11 @@ class BertRuntime:
         pooler, classifier = self.head
         out: list[tuple[int, np.ndarray]] = [(0, np.empty(0))] * len(batch)
         for idx in self._chunks(batch):
-            h, _ = self._encode([batch[i] for i in idx])                        # [b,T,H] Q.16 (backend)
-            pooled = self.ops.tanh(self.ops.linear(h[:, 0, :], pooler), self.k_tanh)   # [b,H] Q.16
+            if pooler is None:                                                  # task.pooling == "mean"
+                pooled = self.ops.const(self._mean_pool([batch[i] for i in idx]))   # [b,H] Q.16
+            else:                                                               # "cls-pooler"
+                h, _ = self._encode([batch[i] for i in idx])                    # [b,T,H] Q.16 (backend)
+                pooled = self.ops.tanh(self.ops.linear(h[:, 0, :], pooler), self.k_tanh)   # [b,H] Q.16
             logits = self.ops.numpy(self.ops.linear(pooled, classifier)).astype(np.int32)   # [b,L] Q.16
             for row, i in enumerate(idx):
                 out[i] = (int(np.argmax(logits[row])), logits[row])

@@ -40,143 +40,27 @@ Example (random weights; real checkpoints come from ``kolm_audit.compile.hf.read
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from kolm_audit.errors import ArtifactError, RuntimeInputError, UnsupportedModel
+from kolm_audit.errors import ArtifactError, RuntimeInputError
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import reference as ref
+from kolm_audit.runtime.decode import DECODE_MODES, GraphPool, KVCache, open_session
 from kolm_audit.runtime.models import Generation
+from kolm_audit.runtime.models.llama_config import LLAMA_MODEL_TYPES, MAX_POSITIONS, LlamaConfig
 from kolm_audit.runtime.ops import NumpyOps, Ops, fuse_linears
 from kolm_audit.runtime.sampling import DecodingParams, request_key, select_token
 from kolm_audit.runtime.tables import EXP_LEN, SIGMOID_LEN, load_table
 from kolm_audit.runtime.weights import load_linear, need_tensor, quantization_params
 
-__all__ = ["LLAMA_MODEL_TYPES", "Generation", "LlamaConfig", "LlamaRuntime", "generate"]
+__all__ = ["LLAMA_MODEL_TYPES", "MAX_POSITIONS", "Generation", "KVCache", "LlamaConfig", "LlamaRuntime",
+           "generate"]
 
-LLAMA_MODEL_TYPES = ("llama", "qwen2", "mistral")
 FINISH_EOS, FINISH_LENGTH, FINISH_CONTEXT = "eos", "length", "context"
 MAX_NEW_TOKENS = 1 << 16
-MAX_DIM = 1 << 16          # core spec §4.3: K <= 2^16 keeps every linear accumulation inside its bound
-MAX_HIDDEN = 1 << 14       # core spec §5.3: RMSNorm over H <= 2^14
-MAX_HEAD_DIM = 256         # core spec §5.2: attention with D <= 256
-MAX_POSITIONS = 1 << 16    # core spec §5.2: attention over T <= 2^16 keys (longer contexts are capped)
-MAX_VOCAB = 1 << 22        # spec §10: sampling sums 1000 · V · 2^30 stay below 2^63
-_POSITIVE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-             "num_key_value_heads", "head_dim", "max_position_embeddings")
-
-
-def _decimal(text: str, name: str) -> Decimal:
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        raise UnsupportedModel("expected a decimal string", field=name, actual=repr(text)[:40]) from None
-
-
-@dataclass(frozen=True, kw_only=True)
-class LlamaConfig:
-    """The manifest ``architecture`` of a Llama-family artifact, validated against the spec's bounds.
-
-    Raises :class:`UnsupportedModel` naming the field; :meth:`from_manifest` turns that into an
-    :class:`ArtifactError` (a stored artifact that breaks a bound is a finding, not a request we cannot serve).
-    """
-
-    model_type: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    max_position_embeddings: int
-    rms_norm_eps: str                 # decimal text of the HF value
-    rms_norm_eps_q32: int             # rnd(eps · 2^32)
-    rope_theta: str                   # decimal text
-    qkv_bias: bool
-    o_bias: bool
-    tie_word_embeddings: bool
-    eos_token_ids: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if self.model_type not in LLAMA_MODEL_TYPES:
-            raise UnsupportedModel("not a Llama-family model", field="model_type",
-                                   expected=" | ".join(LLAMA_MODEL_TYPES), actual=repr(self.model_type))
-        for name in _POSITIVE:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UnsupportedModel("expected a positive integer", field=name, actual=repr(value))
-        heads, kv_heads = self.num_attention_heads, self.num_key_value_heads
-        if kv_heads > heads or heads % kv_heads:
-            raise UnsupportedModel("attention heads must be a multiple of KV heads", field="num_key_value_heads",
-                                   actual=str(kv_heads))
-        if self.head_dim % 2:
-            raise UnsupportedModel("head_dim must be a positive even integer", field="head_dim",
-                                   actual=repr(self.head_dim))
-        limits = (("hidden_size", self.hidden_size, MAX_HIDDEN), ("intermediate_size", self.intermediate_size, MAX_DIM),
-                  ("head_dim", self.head_dim, MAX_HEAD_DIM), ("num_attention_heads", heads * self.head_dim, MAX_DIM),
-                  ("vocab_size", self.vocab_size, MAX_VOCAB),
-                  ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS))
-        for name, value, limit in limits:
-            if value > limit:
-                raise UnsupportedModel("dimension too large for kolm-int/1", field=name, expected=f"at most {limit}",
-                                       actual=str(value))
-        if not 0 < _decimal(self.rms_norm_eps, "rms_norm_eps") < 1:
-            raise UnsupportedModel("bad rms_norm_eps", field="rms_norm_eps", actual=repr(self.rms_norm_eps))
-        if self.rms_norm_eps_q32 != fp.eps_q32(self.rms_norm_eps):
-            raise UnsupportedModel("architecture fields disagree", field="rms_norm_eps_q32",
-                                   expected=str(fp.eps_q32(self.rms_norm_eps)), actual=str(self.rms_norm_eps_q32))
-        if not _decimal(self.rope_theta, "rope_theta") > 1:
-            raise UnsupportedModel("bad rope_theta", field="rope_theta", actual=repr(self.rope_theta))
-        eos = self.eos_token_ids
-        if list(eos) != sorted(set(eos)) or any(
-                isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size for t in eos):
-            raise UnsupportedModel("bad eos_token_id", field="eos_token_id", actual=repr(list(eos)))
-
-    @classmethod
-    def from_manifest(cls, arch: Mapping[str, Any]) -> LlamaConfig:
-        """Validate a stored ``architecture`` object (raises :class:`ArtifactError` naming ``architecture.<field>``)."""
-        fields: dict[str, Any] = {}
-        for name, typ in cls.__annotations__.items():
-            want = {"int": int, "str": str, "bool": bool, "tuple[int, ...]": list}[typ]
-            value = arch.get(name)
-            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                raise ArtifactError("bad Llama architecture field", field=f"architecture.{name}",
-                                    expected=want.__name__, actual=repr(value))
-            fields[name] = tuple(value) if want is list else value
-        if arch.get("family") != "llama":
-            raise ArtifactError("bad Llama architecture field", field="architecture.family", expected="llama",
-                                actual=repr(arch.get("family")))
-        try:
-            return cls(**fields)
-        except UnsupportedModel as exc:
-            raise ArtifactError(exc.message, field=f"architecture.{exc.field}", expected=exc.expected,
-                                actual=exc.actual) from None
-
-    def to_manifest(self) -> dict[str, Any]:
-        """The manifest ``architecture`` object (integers, strings, booleans: no floats)."""
-        return {"family": "llama", **asdict(self), "eos_token_ids": list(self.eos_token_ids)}
-
-
-@dataclass
-class KVCache:
-    """Per layer, the keys (after RoPE) and values of a left-padded batch, [B, nkv, T, D] Q.16 each.
-
-    ``kv`` holds the backend's arrays (numpy, or torch on CPU/CUDA, possibly with spare capacity and per-row memos
-    that the backend keeps); ``key_ok`` and ``pos`` are numpy (the masks and positions are built on the host).
-    """
-
-    kv: list[tuple[Any, Any]] = field(default_factory=list)
-    key_ok: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))   # [B, T] real token?
-    pos: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))        # [B] next position
-
-    def select(self, rows: np.ndarray, ops: Ops | None = None) -> KVCache:
-        """The cache of a subset of the requests (dropping finished ones never changes the others)."""
-        take = (ops or NumpyOps()).take
-        return KVCache([(take(k, rows), take(v, rows)) for k, v in self.kv], self.key_ok[rows], self.pos[rows])
 
 
 def _linear(tensors: Mapping[str, np.ndarray], prefix: str, scheme: str, shape: tuple[int, int]) -> ref.IntLinear:
@@ -213,13 +97,19 @@ class LlamaRuntime:
     """The integer Llama-family forward over an artifact's tensors (build one with :meth:`from_tensors`).
 
     ``ops`` is the backend (:class:`kolm_audit.runtime.ops.NumpyOps`, the reference, by default; or a torch
-    backend): every backend yields the same integers.
+    backend): every backend yields the same integers. ``decode`` is how the KV cache is kept while generating
+    (:mod:`kolm_audit.runtime.decode`: ``dynamic``, ``static`` buffers, or ``graphs`` = static + CUDA graphs);
+    default: the backend's ``decode`` attribute, else ``dynamic``. It never changes an output.
     """
 
     def __init__(self, *, config: LlamaConfig, tables: _Tables, layers: list[dict[str, Any]], lm_head: Any,
-                 tok_emb: Any, gammas: Mapping[str, Any], ops: Ops) -> None:
+                 tok_emb: Any, gammas: Mapping[str, Any], ops: Ops, decode: str | None = None) -> None:
         self.cfg, self.ops, self.layers, self.lm_head, self.tok_emb, self.gammas = (
             config, ops, layers, lm_head, tok_emb, gammas)
+        self.decode = decode or str(getattr(ops, "decode", "dynamic"))
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}")
+        self.graphs = GraphPool(self)                                             # CUDA graphs (decode="graphs")
         self.vocab, self.limit, self.inter = config.vocab_size, config.max_position_embeddings, config.intermediate_size
         self.nh, self.nkv, self.d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         self.eps = config.rms_norm_eps_q32
@@ -232,7 +122,7 @@ class LlamaRuntime:
     @classmethod
     def from_tensors(cls, *, architecture: Mapping[str, Any], quantization: Mapping[str, Any],
                      tensors: Mapping[str, np.ndarray], task: Mapping[str, Any] | None = None,
-                     ops: Ops | None = None) -> LlamaRuntime:
+                     ops: Ops | None = None, decode: str | None = None) -> LlamaRuntime:
         """Check an artifact's manifest parts and tensors against the spec and load them onto ``ops``."""
         ops = ops or NumpyOps()
         cfg = LlamaConfig.from_manifest(architecture)
@@ -267,7 +157,7 @@ class LlamaRuntime:
                    lm_head=ops.prepare_linear(_linear(tensors, "lm_head", scheme, (v, h))),
                    tok_emb=ops.prepare_embedding(tensors, "model.embed_tokens"),
                    gammas={n[:-len(".gamma")]: ops.const(arr) for n, arr in tensors.items() if n.endswith(".gamma")},
-                   ops=ops)
+                   ops=ops, decode=decode)
 
     # ---- the forward --------------------------------------------------------------------------------------
 
@@ -275,57 +165,73 @@ class LlamaRuntime:
         gamma = self.gammas[name]                                                 # [H] Q.24
         return self.ops.rms_norm(x, gamma, eps_q32=self.eps, rsqrt_table=self.k_rsqrt)   # [..., H] Q.16
 
-    def _norm_args(self, name: str) -> dict[str, Any]:
-        return {"gamma": self.gammas[name], "beta": None, "eps_q32": self.eps, "rsqrt_table": self.k_rsqrt}
-
-    def _block(self, i: int, x: Any, h: Any, pos: Any, cache: KVCache, mask: Any, next_norm: str) -> tuple[Any, Any]:
-        """Decoder layer ``i`` on new tokens: x int [B, T, H] Q.16 (the residual stream) and h = its input RMSNorm,
-        positions [B, T]; appends to the cache. Returns the layer's output and its RMSNorm ``next_norm`` (the next
-        layer's input norm, or the final one)."""
+    def _block(self, i: int, x: Any, h: Any, cache: KVCache, *, pos: Any, mask: Any, slot: Any,
+               key_len: Any) -> tuple[Any, Any]:
+        """Decoder layer ``i`` on new tokens: residual stream x [B, T, H] Q.16 and h = its input RMSNorm; appends the
+        layer's keys and values to the cache at timeline index ``slot``. Returns (x, the next layer's input norm of x
+        — None after the last layer, whose final norm the caller takes on the positions it needs)."""
         ops, lay, p = self.ops, self.layers[i], f"model.layers.{i}."
-        qkv = ops.linear(h, lay["qkv"])                                           # [B,T,nq+2nk] q|k|v_proj Q.16
-        # RoPE of q and k, k and v appended to the cache, grouped-query causal attention (query head j reads KV
-        # head j // (nh / nkv)), heads merged
-        ctx, kv = ops.rope_attention(qkv, pos, cache.kv[i] if i < len(cache.kv) else None, mask, heads=self.nh,
-                                     kv_heads=self.nkv, head_dim=self.d, cos_table=self.k_cos, sin_table=self.k_sin,
-                                     scale_mult=self.scale_m, scale_shift=self.scale_s,
-                                     exp_table=self.k_exp)                        # [B,T,nh·D] Q.16
-        if i < len(cache.kv):
-            cache.kv[i] = kv                                                      # [B,nkv,Tk,D] Q.16 each
-        else:
-            cache.kv.append(kv)
-        x, h = ops.linear_norm(ctx, lay["o_proj"], residual=x,
-                               **self._norm_args(p + "post_attention_layernorm"))  # [B,T,H] sat(x + o_proj), RMSNorm
-        m = ops.linear_swiglu(h, lay["gate_up"], sigmoid_table=self.k_sigmoid)   # [B,T,I] silu(gate)·up Q.16
-        return ops.linear_norm(m, lay["down_proj"], residual=x,
-                               **self._norm_args(next_norm))                      # [B,T,H] sat(x + down), RMSNorm
+        q, k, v = ops.qkv_rope(h, lay["qkv"], pos, self.k_cos, self.k_sin, heads=self.nh, kv_heads=self.nkv,
+                               head_dim=self.d)                                   # [B,nh|nkv,T,D] Q.16, RoPE on q,k
+        keys, values = cache.append(i, k, v, slot, ops)                           # [B,nkv,Tk,D] Q.16 (+ this step)
+        # grouped-query attention: query head j uses KV head j // (nh / nkv) (ops.attention repeats them)
+        ctx = ops.attention(q, keys, values, mask, scale_mult=self.scale_m, scale_shift=self.scale_s,
+                            exp_table=self.k_exp, key_len=key_len)                # [B,nh,T,D] Q.16
+        ctx = ops.merge_heads(ctx)                                                # [B,T,nh·D] Q.16
+        x, h = ops.linear_norm(ctx, lay["o_proj"], residual=x, gamma=self.gammas[p + "post_attention_layernorm"],
+                               beta=None, eps_q32=self.eps, rsqrt_table=self.k_rsqrt)   # [B,T,H] sat(x + o), norm
+        m = ops.linear_swiglu(h, lay["gate_up"], self.k_sigmoid)                  # [B,T,I] silu(gate)·up Q.16
+        if i + 1 == len(self.layers):
+            return ops.linear(m, lay["down_proj"], residual=x), None              # [B,T,H] sat(x + down)
+        return ops.linear_norm(m, lay["down_proj"], residual=x, beta=None, eps_q32=self.eps,
+                               gamma=self.gammas[f"model.layers.{i + 1}.input_layernorm"],
+                               rsqrt_table=self.k_rsqrt)                          # [B,T,H] sat(x + down), next norm
+
+    def _forward(self, *, ids: Any, pos: Any, mask: Any, slot: Any, key_len: Any, cache: KVCache,
+                 all_logits: bool) -> Any:
+        """The device part of a step (no host synchronization, so a CUDA graph can capture it): ids [B, T], positions
+        [B, T], mask [B, 1, T, width], slot [1] (timeline index of the first new token), key_len [1] = slot + T, all
+        backend arrays. Returns logits [B, T|1, V] Q.16 in the backend's arrays."""
+        x = self.ops.embedding(self.tok_emb, ids)                                 # [B,T,H] Q.16
+        h = self._norm(x, "model.layers.0.input_layernorm")                       # [B,T,H] Q.16
+        for i in range(len(self.layers)):
+            x, h = self._block(i, x, h, cache, pos=pos, mask=mask, slot=slot, key_len=key_len)   # [B,T,H] Q.16
+        if not all_logits and x.shape[1] > 1:
+            x = x[:, -1:, :]                                                      # [B,1,H] the last position
+        return self.ops.linear(self._norm(x, "model.norm"), self.lm_head)         # [B,T|1,V] Q.16
+
+    def _prepare(self, ids: np.ndarray, new_ok: np.ndarray, cache: KVCache) -> dict[str, np.ndarray]:
+        """Host inputs of a step of new tokens ids int64 [B, T] (new_ok [B, T]: real, else left padding); records the
+        new keys in ``cache.key_ok`` and makes room for them."""
+        t = ids.shape[1]
+        pos = cache.pos[:, None] + np.cumsum(new_ok, axis=1) - 1                  # [B,T] per-request positions
+        pos = np.maximum(pos, 0)                                                  # padding sits at position 0
+        slot = cache.length                                                       # timeline index of the first one
+        cache.key_ok = np.concatenate([cache.key_ok, new_ok], axis=1)             # [B,Tk] real keys
+        cache.reserve(self.ops, slot)
+        tk, width = cache.length, cache.width
+        qi = np.arange(tk - t, tk)[:, None]                                       # [T,1] timeline index of queries
+        kj = np.arange(width)[None, :]                                            # [1,W] timeline index of keys
+        key_ok = np.zeros((ids.shape[0], width), dtype=bool)
+        key_ok[:, :tk] = cache.key_ok                                             # unfilled positions: never keys
+        mask = (kj <= qi)[None] & (key_ok[:, None, :] | (kj == qi)[None])         # [B,T,W] causal, no padding
+        return {"ids": ids, "pos": pos, "mask": mask[:, None, :, :], "slot": np.array([slot], dtype=np.int64),
+                "key_len": np.array([tk], dtype=np.int64)}
+
+    def _finish(self, new_ok: np.ndarray, cache: KVCache) -> None:
+        cache.pos = cache.pos + new_ok.sum(axis=1)                                # [B] next positions
 
     def _step(self, ids: np.ndarray, new_ok: np.ndarray, cache: KVCache, *, all_logits: bool) -> np.ndarray:
         """Run new tokens ids int64 [B, T] (new_ok [B, T]: real, else left padding) through the model.
 
         Returns logits int64 Q.16: [B, T, V] if ``all_logits`` else [B, V] of the last new token.
         """
-        t = ids.shape[1]
-        pos = cache.pos[:, None] + np.cumsum(new_ok, axis=1) - 1                  # [B,T] per-request positions
-        pos = np.maximum(pos, 0)                                                  # padding sits at position 0
-        cache.key_ok = np.concatenate([cache.key_ok, new_ok], axis=1)             # [B,Tk] real keys
-        tk = cache.key_ok.shape[1]
-        qi = np.arange(tk - t, tk)[:, None]                                       # [T,1] timeline index of queries
-        kj = np.arange(tk)[None, :]                                               # [1,Tk] timeline index of keys
-        mask = (kj <= qi)[None] & (cache.key_ok[:, None, :] | (kj == qi)[None])   # [B,T,Tk] causal, no padding
-        mask = self.ops.mask(mask[:, None, :, :])                                 # [B,1,T,Tk] bool
-        pos_b = self.ops.const(pos)                                               # [B,T] int64 (backend)
-        x = self.ops.embedding(self.tok_emb, ids)                                 # [B,T,H] Q.16
-        h = self._norm(x, "model.layers.0.input_layernorm")                       # [B,T,H] Q.16
-        n = len(self.layers)
-        for i in range(n):
-            nxt = f"model.layers.{i + 1}.input_layernorm" if i + 1 < n else "model.norm"
-            x, h = self._block(i, x, h, pos_b, cache, mask, nxt)                  # [B,T,H] Q.16, its norm nxt
-        cache.pos = cache.pos + new_ok.sum(axis=1)                                # [B] next positions
-        h = h if all_logits else h[:, -1:, :]                                     # [B,T|1,H] Q.16 final RMSNorm
-        logits = self.ops.linear(h, self.lm_head)                                 # [B,T|1,V] Q.16
+        host = self._prepare(ids, new_ok, cache)
+        dev = {name: self.ops.mask(a) if name == "mask" else self.ops.const(a) for name, a in host.items()}
+        logits = self._forward(cache=cache, all_logits=all_logits, **dev)         # [B,T|1,V] Q.16 (backend)
+        self._finish(new_ok, cache)
         logits = self.ops.numpy(logits)                                           # host int64 for sampling
-        return logits if all_logits else logits[:, 0, :]
+        return logits if all_logits else logits[:, -1, :]
 
     # ---- requests -----------------------------------------------------------------------------------------
 
@@ -350,14 +256,20 @@ class LlamaRuntime:
                     raise RuntimeInputError("token id out of range", field=f"{field_name}[{i}][{j}]",
                                             expected=f"integer in [0, {self.vocab})", actual=repr(tok))
 
-    def _prefill(self, batch: Sequence[Sequence[int]], *, all_logits: bool) -> tuple[np.ndarray, KVCache]:
+    @staticmethod
+    def _left_pad(batch: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """ids int64 [B, T] left-padded with 0 and new_ok bool [B, T] (real token?) of a batch of id lists."""
         b, t = len(batch), max(len(s) for s in batch)
         ids = np.zeros((b, t), dtype=np.int64)                                    # [B,T] left-padded ids
         ok = np.zeros((b, t), dtype=bool)                                         # [B,T] real token?
         for r, seq in enumerate(batch):
             ids[r, t - len(seq):] = np.asarray(seq, dtype=np.int64)
             ok[r, t - len(seq):] = True
-        cache = KVCache(key_ok=np.zeros((b, 0), dtype=bool), pos=np.zeros(b, dtype=np.int64))
+        return ids, ok
+
+    def _prefill(self, batch: Sequence[Sequence[int]], *, all_logits: bool) -> tuple[np.ndarray, KVCache]:
+        ids, ok = self._left_pad(batch)
+        cache = KVCache(key_ok=np.zeros((len(batch), 0), dtype=bool), pos=np.zeros(len(batch), dtype=np.int64))
         return self._step(ids, ok, cache, all_logits=all_logits), cache
 
     def logits(self, batch: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -374,12 +286,11 @@ class LlamaRuntime:
         position ``len(prompt) - 1 + j`` (spec §7: the cache changes nothing).
         """
         self.check_ids([list(prompt) + list(continuation)])
-        last, cache = self._prefill([prompt], all_logits=False)                   # [1,V] Q.16
-        rows = [last[0]]
+        session = open_session(self, batch=1, max_len=len(prompt) + len(continuation))
+        rows = [session.prefill([prompt])[0]]                                     # [V] Q.16
+        one = np.zeros(1, dtype=np.int64)
         for tok in continuation:
-            step = self._step(np.array([[tok]], dtype=np.int64), np.ones((1, 1), dtype=bool), cache,
-                              all_logits=False)                                   # [1,V] Q.16
-            rows.append(step[0])
+            rows.append(session.step(one, np.array([tok], dtype=np.int64))[0])    # [V] Q.16
         return np.stack(rows).astype(np.int32)
 
     def generate(self, batch: Sequence[Sequence[int]], *, max_new_tokens: int, seed: int | None = None,
@@ -408,7 +319,8 @@ class LlamaRuntime:
         keys = [request_key(seq) for seq in batch]
         outs: list[list[int]] = [[] for _ in batch]
         reasons: list[str] = [""] * len(batch)
-        logits, cache = self._prefill(batch, all_logits=False)                    # [B,V] Q.16, cache
+        session = open_session(self, batch=len(batch), max_len=max(map(len, batch)) + max_new_tokens)
+        logits = session.prefill(batch)                                           # [B,V] Q.16
         active = np.arange(len(batch))                                            # [B'] request index per row
         while active.size:
             nxt = np.zeros(active.size, dtype=np.int64)                           # [B'] chosen tokens
@@ -427,17 +339,18 @@ class LlamaRuntime:
                     keep[row] = True
             if not keep.any():
                 break
-            if not keep.all():                                                    # drop finished requests
-                cache, active, nxt = cache.select(np.flatnonzero(keep), self.ops), active[keep], nxt[keep]
-            logits = self._step(nxt[:, None], np.ones((active.size, 1), dtype=bool), cache, all_logits=False)
+            active, nxt = active[keep], nxt[keep]                                 # finished requests leave
+            logits = session.step(active, nxt)                                    # [B',V] Q.16
         return [Generation(tuple(o), reason) for o, reason in zip(outs, reasons, strict=True)]
 
 
 def generate(tensors: Mapping[str, np.ndarray], architecture: Mapping[str, Any],
              input_ids_batch: Sequence[Sequence[int]], *, quantization: Mapping[str, Any], max_new_tokens: int,
              eos_ids: Sequence[int] | None = None, seed: int | None = None, temperature: int | None = None,
-             top_k: int | None = None, top_p: int | None = None, ops: Ops | None = None) -> list[Generation]:
+             top_k: int | None = None, top_p: int | None = None, ops: Ops | None = None,
+             decode: str | None = None) -> list[Generation]:
     """One-shot generation over an artifact's tensors (builds a :class:`LlamaRuntime`; reuse one for speed)."""
-    rt = LlamaRuntime.from_tensors(architecture=architecture, quantization=quantization, tensors=tensors, ops=ops)
+    rt = LlamaRuntime.from_tensors(architecture=architecture, quantization=quantization, tensors=tensors, ops=ops,
+                                   decode=decode)
     return rt.generate(input_ids_batch, max_new_tokens=max_new_tokens, seed=seed, temperature=temperature,
                        top_k=top_k, top_p=top_p, eos_ids=eos_ids)
