@@ -13,8 +13,9 @@ cache). One query row at a time, vectorized across keys:
 * ``Σ_j P·V`` accumulates in int64 (``P <= 2^16`` and ``|V| < 2^31`` are 32-bit factors; ``|Σ| < 2^48``).
 
 :func:`packed_attention` runs requests packed without padding (BERT), :func:`rope_append` and
-:func:`cached_attention` the Llama block over a KV cache (RoPE of the new rows, their keys quantized once into the
-cache, then attention with a causal/padding mask and grouped-query heads).
+:func:`cached_attention` the Llama block over a KV cache (RoPE of the new rows with each new key quantized once —
+the cache of :mod:`kolm_audit.runtime.decode` carries those rows along — then attention with a causal/padding mask
+and grouped-query heads).
 
 Example::
 

@@ -290,11 +290,12 @@ class FusedCpuOps(FusedOps):
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, *, scale_mult: int, scale_shift: int,
                   exp_table: Tensor, key_len: Tensor | None = None) -> Tensor:
-        """Few query rows (decoding): the whole §5.2 block in one kernel, keys from their int8 memo (``KQ8``, carried
-        along by the KV cache); more rows: the torch matrix products of :class:`FusedOps`. ``key_len`` (a hint: keys
-        from there on are masked) is not used."""
+        """The whole §5.2 block in one kernel (:func:`~kolm_audit.runtime.cpu_attention.cached_attention`), keys from
+        their int8 memo (``KQ8``: made by :meth:`qkv_rope`, carried along by the KV cache), for few query rows
+        (decoding) or keys that already have the memo (a Llama prefill); otherwise the torch matrix products of
+        :class:`FusedOps`. ``key_len`` (a hint: keys from there on are masked) is not used."""
         pair = _table(exp_table, "softmax")
-        if q.shape[2] > _BLOCK_TQ or pair is None:
+        if pair is None or (q.shape[2] > _BLOCK_TQ and getattr(k, KQ8, None) is None):
             return super().attention(q, k, v, key_valid, scale_mult=scale_mult, scale_shift=scale_shift,
                                      exp_table=exp_table, key_len=key_len)
         b, hq, tq, d = q.shape
