@@ -1,31 +1,30 @@
 """Composite CPU kernels of ``kolm-int/1`` (numba): several operations per pass, the same integers as the reference.
 
 :mod:`kolm_audit.runtime.cpu_kernels` has one kernel per operation. At small shapes (one sentence, one decoding
-step) the cost is no longer arithmetic but passes and calls, so these kernels chain the operations that always
-follow each other in a forward pass, each step the scalar transcription of the reference with the bounds of
-``docs/runtime-spec.md``:
+step) the cost is no longer arithmetic but passes and calls, and at large ones it is memory traffic, so these
+kernels chain the operations that always follow each other in a forward pass, row by row, each step the
+transcription of the reference with the bounds of ``docs/runtime-spec.md``:
 
-* ``*_quant`` variants: an operation (norm §5.3, GELU §5.4, SwiGLU Llama §4, linear epilogue §4.2) followed by the
-  per-token int8 quantization of its output row (§3.3) that the next linear layer needs — the row is still in
-  cache, and the quantization of a row depends on that row only;
-* :func:`linear_epilogue_res`: the §4.2 epilogue plus the residual add and its saturation (§6.1, Llama §3);
-* :func:`packed_attention`: the whole §5.2 block for packed requests (no padding: request ``s`` owns rows
-  ``bounds[s]:bounds[s+1]`` and every one of its keys is valid) — quantize q and k rows, integer scores,
-  softmax, ``Σ P·V`` in int64 (``< 2^48``), rounding, and the quantization of the context rows;
-* :func:`attention_block`: the same block for a padded/causal batch with a KV cache (keys given as the cache's
-  per-row quantization memo), for few query rows (decoding).
+* ``*_quant`` kernels end with the per-token int8 quantization (§3.3) of each output row, which the next linear
+  layer needs — the row is still in cache, and the quantization of a row depends on that row only;
+* ``epilogue_*`` kernels start from a linear layer's exact accumulator (§4.2): the requantization, bias and
+  saturation of each row, then the residual add and a norm (§6.1, Llama §3), GELU (§5.4) or SwiGLU (Llama §4);
+* :func:`embedding_rows`: the Q.16 rows of the int8 word embedding (§3.1) plus position rows, saturated.
 
-Every kernel works on independent rows or requests, so callers may split those between threads.
+Table lookups read a *pair table* (:func:`kolm_audit.runtime.cpu_kernels.pair_table`, built once per table when its
+entries and differences fit in int32, as the spec's tables do). Every kernel works on independent rows, so callers
+may split the rows between threads.
 
 Example::
 
     >>> import numpy as np
     >>> from kolm_audit.compile.tables import gelu_cdf_table
     >>> from kolm_audit.runtime import reference as ref, fixedpoint as fp
+    >>> from kolm_audit.runtime.cpu_kernels import pair_table
     >>> x = np.array([[65536, -32768, 0, 1 << 20]])
     >>> out, q = np.empty((1, 4), np.int32), np.empty((1, 4), np.int8)
     >>> m, e = np.empty(1, np.int64), np.empty(1, np.int64)
-    >>> gelu_quant(x, gelu_cdf_table().astype(np.int64), out, q, m, e)
+    >>> gelu_quant(x, pair_table(gelu_cdf_table()), out, q, m, e)
     >>> out.tolist() == ref.gelu(x, gelu_cdf_table()).tolist()
     True
     >>> q.tolist() == fp.quantize_rows(out.astype(np.int64))[0].tolist()
@@ -37,24 +36,38 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kolm_audit.runtime.cpu_kernels import _kernel, _lut, _lut_row, _norm_row, _quantize_row, _requantize, _sat
+from kolm_audit.runtime.cpu_kernels import (
+    _epilogue_row,
+    _kernel,
+    _mul32,
+    _norm_row,
+    _pair_lut_row,
+    _quantize_row,
+    _requantize,
+    _sat,
+)
 
-_NEG = -(1 << 62)
+GELU_X0, SIGMOID_X0, STEP = -(8 << 16), -(16 << 16), 9     # §5.1 / Llama §4 table origins (Q.16) and step shift
 
 
 @njit(inline="always")
-def _epilogue_row(acc: np.ndarray, mr: int, er: int, mult: np.ndarray, shift: np.ndarray, bias: np.ndarray,
-                  smin: int, smax: int, j: int) -> int:
-    """``sat(requantize(acc[j]·m_r, M_j, S_j - e_r) + bias_j)`` (§4.2), the branch-free ``s >= 32`` form when every
-    shift of the row is in [32, 93]."""
-    x = np.int64(acc[j]) * mr
-    if smin - er >= 32 and smax - er <= 93:
-        xh = x >> 31
-        s = shift[j] - er
-        y = (xh * mult[j] + (np.int64(1) << (s - 32)) + (((x - (xh << 31)) * mult[j]) >> 31)) >> (s - 31)
-    else:
-        y = _requantize(x, mult[j], shift[j] - er)
-    return _sat(y + bias[j])
+def _gelu_row(xr: np.ndarray, pair: np.ndarray, idx: np.ndarray, fr: np.ndarray, val: np.ndarray,
+              orow: np.ndarray) -> None:
+    """§5.4 ``sat(rnd(x·Φ(x) / 2^30))`` of one int32-range row: ``x`` and ``Φ`` (between two table entries) both fit
+    int32, so the product is one 32-bit multiply."""
+    _pair_lut_row(xr, xr.shape[0], pair, GELU_X0, STEP, idx, fr, val)                            # Φ(x) Q.30
+    for j in range(xr.shape[0]):
+        orow[j] = _sat((_mul32(xr[j], val[j]) + (1 << 29)) >> 30)
+
+
+@njit(inline="always")
+def _swiglu_row(gr: np.ndarray, ur: np.ndarray, pair: np.ndarray, idx: np.ndarray, fr: np.ndarray, val: np.ndarray,
+                orow: np.ndarray) -> None:
+    """Llama §4 ``sat(rnd(silu(g)·u / 2^16))``, ``silu(g) = sat(rnd(g·σ(g) / 2^30))``: every factor fits int32."""
+    _pair_lut_row(gr, gr.shape[0], pair, SIGMOID_X0, STEP, idx, fr, val)                         # σ(g) Q.30
+    for j in range(gr.shape[0]):
+        sv = _sat((_mul32(gr[j], val[j]) + (1 << 29)) >> 30)                         # silu(g) Q.16
+        orow[j] = _sat((_mul32(sv, ur[j]) + (1 << 15)) >> 16)
 
 
 @_kernel
@@ -63,10 +76,30 @@ def linear_epilogue_res(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.
     """``out = sat(res + sat(requantize(acc·m_r, M_n, S_n - e_r) + bias_n))`` of ``acc`` [R, N], ``res`` [R, N]."""
     rows, n = acc.shape
     smin, smax = shift.min(), shift.max()
+    y = np.empty(n, np.int64)
     for r in range(rows):
-        mr, er = m[r], e[r]
+        _epilogue_row(acc[r], m[r], e[r], mult, shift, bias, smin, smax, y)
         for j in range(n):
-            out[r, j] = _sat(np.int64(res[r, j]) + _epilogue_row(acc[r], mr, er, mult, shift, bias, smin, smax, j))
+            out[r, j] = _sat(np.int64(res[r, j]) + y[j])
+
+
+@_kernel
+def epilogue_norm_quant(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.ndarray, shift: np.ndarray,
+                        bias: np.ndarray, res: np.ndarray, gamma: np.ndarray, beta: np.ndarray, center: bool,
+                        eps_q32: int, table: np.ndarray, out_s: np.ndarray, out_y: np.ndarray, q: np.ndarray,
+                        qm: np.ndarray, qe: np.ndarray) -> None:
+    """``s = sat(res + linear epilogue of acc)`` into ``out_s``, ``y = norm(s)`` (LayerNorm with ``center``, else
+    RMSNorm; §5.3) into ``out_y`` and the §3.3 rows of ``y`` into ``q``, ``qm``, ``qe``; ``acc`` [R, H]."""
+    rows, n = acc.shape
+    smin, smax = shift.min(), shift.max()
+    y = np.empty(n, np.int64)
+    for r in range(rows):
+        _epilogue_row(acc[r], m[r], e[r], mult, shift, bias, smin, smax, y)
+        srow = out_s[r]
+        for j in range(n):
+            srow[j] = _sat(np.int64(res[r, j]) + y[j])
+        _norm_row(srow, gamma, beta, center, eps_q32, table, out_y[r])
+        qm[r], qe[r] = _quantize_row(out_y[r], q[r])
 
 
 @_kernel
@@ -79,161 +112,88 @@ def norm_quant(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, center: bool,
 
 
 @_kernel
-def gelu_quant(x: np.ndarray, table: np.ndarray, out: np.ndarray, q: np.ndarray, qm: np.ndarray,
+def gelu_quant(x: np.ndarray, pair: np.ndarray, out: np.ndarray, q: np.ndarray, qm: np.ndarray,
                qe: np.ndarray) -> None:
-    """§5.4 ``sat(rnd(x·Φ(x) / 2^30))`` of ``x`` [R, N], then §3.3 of each output row (table reads by row, as in
-    :func:`kolm_audit.runtime.cpu_kernels.gelu`)."""
+    """§5.4 GELU of ``x`` [R, N] (int32 range) from the pair table of ``tables.gelu_cdf``, then §3.3 of each row."""
     rows, n = x.shape
-    idx, fr = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-    lo, df = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    idx, fr, val = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
     for r in range(rows):
-        xr, orow = x[r], out[r]
-        _lut_row(xr, table, -(8 << 16), 9, idx, fr, lo, df)
-        for j in range(n):
-            phi = lo[j] + ((df[j] * fr[j] + (1 << 8)) >> 9)                       # Φ(x) Q.30
-            orow[j] = _sat((np.int64(xr[j]) * phi + (1 << 29)) >> 30)
-        qm[r], qe[r] = _quantize_row(orow, q[r])
+        _gelu_row(x[r], pair, idx, fr, val, out[r])
+        qm[r], qe[r] = _quantize_row(out[r], q[r])
 
 
 @_kernel
-def swiglu_quant(gate: np.ndarray, up: np.ndarray, table: np.ndarray, out: np.ndarray, q: np.ndarray,
+def epilogue_gelu_quant(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.ndarray, shift: np.ndarray,
+                        bias: np.ndarray, pair: np.ndarray, out: np.ndarray, q: np.ndarray, qm: np.ndarray,
+                        qe: np.ndarray) -> None:
+    """``gelu(linear epilogue of acc)`` into ``out`` [R, N] and its §3.3 rows (the linear output is saturated, so
+    GELU's input is in the int32 range)."""
+    rows, n = acc.shape
+    smin, smax = shift.min(), shift.max()
+    idx, fr, val, y = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    for r in range(rows):
+        _epilogue_row(acc[r], m[r], e[r], mult, shift, bias, smin, smax, y)
+        _gelu_row(y, pair, idx, fr, val, out[r])
+        qm[r], qe[r] = _quantize_row(out[r], q[r])
+
+
+@_kernel
+def swiglu_quant(gate: np.ndarray, up: np.ndarray, pair: np.ndarray, out: np.ndarray, q: np.ndarray,
                  qm: np.ndarray, qe: np.ndarray) -> None:
-    """Llama §4 ``sat(rnd(silu(g)·u / 2^16))`` of [R, I] rows, then §3.3 of each output row."""
+    """Llama §4 SwiGLU of [R, I] rows (int32 range) from the pair table of ``tables.sigmoid``, then §3.3 of each
+    output row."""
     rows, n = gate.shape
-    idx, fr = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-    lo, df = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-    gr, ur = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    idx, fr, val = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    gr, ur = np.empty(n, np.int64), np.empty(n, np.int64)
     for r in range(rows):
         for j in range(n):                  # gate/up are column slices of one [R, 2I] tensor: contiguous copies
             gr[j] = gate[r, j]
             ur[j] = up[r, j]
-        _lut_row(gr, table, -(16 << 16), 9, idx, fr, lo, df)
-        orow = out[r]
-        for j in range(n):
-            sig = lo[j] + ((df[j] * fr[j] + (1 << 8)) >> 9)                       # σ(g) Q.30
-            sv = _sat((gr[j] * sig + (1 << 29)) >> 30)                            # silu(g) Q.16
-            orow[j] = _sat((sv * ur[j] + (1 << 15)) >> 16)
-        qm[r], qe[r] = _quantize_row(orow, q[r])
+        _swiglu_row(gr, ur, pair, idx, fr, val, out[r])
+        qm[r], qe[r] = _quantize_row(out[r], q[r])
 
 
-@njit(inline="always")
-def _softmax_row(sc: np.ndarray, ok: np.ndarray, t: int, mx: int, table: np.ndarray, p: np.ndarray) -> None:
-    """§5.2 probabilities of one query row: ``p[j] = rdiv(exp(mx - s_j)·2^16, Σ)`` over valid keys, 0 elsewhere
-    (the division in float64: operands below 2^47, exact)."""
-    total = np.int64(0)
-    for j in range(t):
-        if ok[j]:
-            ev = _lut(mx - sc[j], table, 0, 9)
-            p[j] = ev
-            total += ev
+@_kernel
+def epilogue_swiglu_quant(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.ndarray, shift: np.ndarray,
+                          bias: np.ndarray, pair: np.ndarray, out: np.ndarray, q: np.ndarray, qm: np.ndarray,
+                          qe: np.ndarray) -> None:
+    """``swiglu(gate, up)`` of the linear epilogue of ``acc`` [R, 2I] (gate columns ``[0, I)``, up ``[I, 2I)``) into
+    ``out`` [R, I] and its §3.3 rows."""
+    rows, n2 = acc.shape
+    n = n2 // 2
+    smin, smax = shift.min(), shift.max()
+    idx, fr, val, y = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n2, np.int64)
+    for r in range(rows):
+        _epilogue_row(acc[r], m[r], e[r], mult, shift, bias, smin, smax, y)
+        _swiglu_row(y[:n], y[n:], pair, idx, fr, val, out[r])
+        qm[r], qe[r] = _quantize_row(out[r], q[r])
+
+
+@_kernel
+def embedding_rows(ids: np.ndarray, w: np.ndarray, mult: np.ndarray, shift: np.ndarray, add: np.ndarray,
+                   add_rows: np.ndarray, out: np.ndarray) -> None:
+    """``out[r] = sat(requantize(w[id_r], mult[id_r], shift[id_r]) + add[add_rows[r]])`` (§3.1 word embedding plus,
+    for BERT, position and token-type rows summed in int64; no ``add`` when ``add`` has no rows). ``|w| <= 127``
+    and ``|mult| < 2^31`` give ``|w·mult| < 2^38``: for ``1 <= s <= 62`` the rounding is one shift of that
+    product, other shifts take the general §3.2 form."""
+    n = out.shape[1]
+    has_add = add.shape[0] > 0
+    y = np.empty(n, np.int64)
+    for r in range(ids.shape[0]):
+        v = ids[r]
+        mv, sv = np.int64(mult[v]), np.int64(shift[v])
+        wrow = w[v]
+        if 1 <= sv <= 62:
+            half = np.int64(1) << (sv - 1)
+            for j in range(n):
+                y[j] = (_mul32(wrow[j], mv) + half) >> sv
         else:
-            p[j] = 0
-    half, tf = np.float64(total >> 1), np.float64(total)
-    for j in range(t):
-        p[j] = np.int64(np.floor((np.float64(p[j] << 16) + half) / tf))
-
-
-@_kernel
-def packed_attention(qkv: np.ndarray, bounds: np.ndarray, nh: int, d: int, scale_mult: int, scale_shift: int,
-                     table: np.ndarray, out: np.ndarray, q8: np.ndarray, qm: np.ndarray, qe: np.ndarray) -> None:
-    """§5.2 for packed requests: ``qkv`` [N, 3·nh·d] holds q|k|v of every token, request ``s`` owns rows
-    ``bounds[s]:bounds[s+1]`` (``bounds`` [S+1], absolute row numbers) and attends to all of its own keys.
-    Writes the context [N, nh·d] into ``out`` and its §3.3 rows into ``q8``, ``qm``, ``qe``.
-
-    Exact float carriers (spec "Fast backends"): the scores ``Σ_d qq·kq`` accumulate in float32 over keys (every
-    partial sum an integer below 2^22), ``Σ_j P·V`` in float64 over the head dimension (below 2^48)."""
-    hid = nh * d
-    tmax = 0
-    for s in range(bounds.shape[0] - 1):
-        tmax = max(tmax, bounds[s + 1] - bounds[s])
-    qf, kt = np.empty((tmax, d), np.float32), np.empty((d, tmax), np.float32)
-    vf = np.empty((tmax, d), np.float64)
-    mq, eq = np.empty(tmax, np.int64), np.empty(tmax, np.int64)
-    mk, ek = np.empty(tmax, np.int64), np.empty(tmax, np.int64)
-    dots, sc, p = np.empty(tmax, np.float32), np.empty(tmax, np.int64), np.empty(tmax, np.int64)
-    ok = np.ones(tmax, np.bool_)
-    acc = np.empty(d, np.float64)
-    q8row = np.empty(d, np.int8)
-    for s in range(bounds.shape[0] - 1):
-        a, t = bounds[s], bounds[s + 1] - bounds[s]
-        for h in range(nh):
-            c0 = h * d
-            for i in range(t):
-                mq[i], eq[i] = _quantize_row(qkv[a + i, c0:c0 + d], q8row)
-                for c in range(d):
-                    qf[i, c] = q8row[c]
-                mk[i], ek[i] = _quantize_row(qkv[a + i, hid + c0:hid + c0 + d], q8row)
-                for c in range(d):
-                    kt[c, i] = q8row[c]
-                    vf[i, c] = qkv[a + i, 2 * hid + c0 + c]
-            for i in range(t):
-                for j in range(t):
-                    dots[j] = 0
-                for c in range(d):
-                    qc = qf[i, c]
-                    for j in range(t):
-                        dots[j] += qc * kt[c, j]                       # |Σ| <= d·127² < 2^22: exact
-                mx = np.int64(_NEG)
-                for j in range(t):
-                    sv = _requantize(np.int64(dots[j]) * (mq[i] * mk[j]), scale_mult,
-                                     scale_shift + 16 - (eq[i] + ek[j]))
-                    sc[j] = sv
-                    mx = max(mx, sv)
-                _softmax_row(sc, ok, t, mx, table, p)
-                for c in range(d):
-                    acc[c] = 0
-                for j in range(t):
-                    pj = np.float64(p[j])
-                    for c in range(d):
-                        acc[c] += pj * vf[j, c]                        # |Σ P·V| < 2^48: exact in float64
-                for c in range(d):
-                    out[a + i, c0 + c] = _sat((np.int64(acc[c]) + (1 << 15)) >> 16)
-        for i in range(a, a + t):
-            qm[i], qe[i] = _quantize_row(out[i], q8[i])
-
-
-@_kernel
-def attention_block(q: np.ndarray, kf: np.ndarray, mk: np.ndarray, ek: np.ndarray, v: np.ndarray,
-                    valid: np.ndarray, group: int, scale_mult: int, scale_shift: int, table: np.ndarray,
-                    out: np.ndarray, q8: np.ndarray, qm: np.ndarray, qe: np.ndarray) -> None:
-    """§5.2 with grouped-query heads for a batch: ``q`` [B, Hq, Tq, D] Q.16; keys as their quantization memo
-    ``kf`` [B, Hk, Tk, D] (exact integers in [-127, 127]) with ``mk``/``ek`` [B, Hk, Tk]; values ``v`` [B, Hk, Tk, D];
-    ``valid`` [B, 1|Hq, 1|Tq, Tk]. Writes the context [B, Tq, Hq·D] into ``out`` and its §3.3 rows (row
-    ``b·Tq + t``) into ``q8``, ``qm``, ``qe``."""
-    b, hq, tq, d = q.shape
-    tk = kf.shape[2]
-    hv, tv = valid.shape[1], valid.shape[2]
-    qq = np.empty(d, np.int8)
-    sc, p = np.empty(tk, np.int64), np.empty(tk, np.int64)
-    ok = np.empty(tk, np.bool_)
-    acc = np.empty(d, np.int64)
-    for bi in range(b):
-        for t in range(tq):
-            for h in range(hq):
-                kh = h // group
-                vh = h if hv > 1 else 0
-                vt = t if tv > 1 else 0
-                m_q, e_q = _quantize_row(q[bi, h, t], qq)
-                mx = np.int64(_NEG)
-                for j in range(tk):
-                    ok[j] = valid[bi, vh, vt, j]
-                    if ok[j]:
-                        dot = 0
-                        for c in range(d):
-                            dot += np.int64(qq[c]) * np.int64(kf[bi, kh, j, c])
-                        sv = _requantize(dot * (m_q * mk[bi, kh, j]), scale_mult,
-                                         scale_shift + 16 - (e_q + ek[bi, kh, j]))
-                        sc[j] = sv
-                        mx = max(mx, sv)
-                _softmax_row(sc, ok, tk, mx, table, p)
-                for c in range(d):
-                    acc[c] = 0
-                for j in range(tk):
-                    pj = p[j]
-                    if pj != 0:
-                        for c in range(d):
-                            acc[c] += pj * np.int64(v[bi, kh, j, c])
-                for c in range(d):
-                    out[bi, t, h * d + c] = _sat((acc[c] + (1 << 15)) >> 16)
-            row = bi * tq + t
-            qm[row], qe[row] = _quantize_row(out[bi, t], q8[row])
+            for j in range(n):
+                y[j] = _requantize(np.int64(wrow[j]), mv, sv)
+        if has_add:
+            arow = add[add_rows[r]]
+            for j in range(n):
+                out[r, j] = _sat(y[j] + arow[j])
+        else:
+            for j in range(n):
+                out[r, j] = _sat(y[j])

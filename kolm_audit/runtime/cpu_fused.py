@@ -1,12 +1,16 @@
 """The torch CPU backend with fused kernels: :class:`FusedCpuOps`, same integers as the reference, fewer passes.
 
 :class:`~kolm_audit.runtime.torch_backend.TorchOps` on CPU spends most of its time issuing many small int64
-torch operations per layer. Here every element-wise step of an operation runs as one compiled kernel
-(:mod:`kolm_audit.runtime.cpu_kernels`, numba) over the torch tensors' memory, and only the matrix products stay
-in torch, on the same exact paths (``torch._int_mm`` for linear layers, fp32 for attention scores while every
-partial sum is below 2^24, fp64 for the attention context); the glue is
-:class:`~kolm_audit.runtime.fused_ops.FusedOps`. Rows are independent, so large inputs are split between
-``threads`` worker threads (the kernels release the GIL): the split never changes an output.
+torch operations per layer. Here the element-wise work runs as compiled kernels (numba:
+:mod:`~kolm_audit.runtime.cpu_kernels` one per operation, :mod:`~kolm_audit.runtime.cpu_blocks` several per pass,
+:mod:`~kolm_audit.runtime.cpu_attention` the attention blocks) over the tensors' memory, and only the linear
+layers' matrix products stay in torch (``torch._int_mm``, exact; the glue of the remaining primitives is
+:class:`~kolm_audit.runtime.fused_ops.FusedOps`). The composite operations of the model forwards
+(:class:`~kolm_audit.runtime.composed.ComposedOps`: ``linear_norm``, ``linear_gelu``, ``linear_swiglu``,
+``qkv_rope``) run as one kernel after the product, and every kernel that feeds a linear layer also hands it
+the §3.3 quantization of its rows (a memo on the output), so no quantize pass remains. Rows are independent, so
+large inputs are split between ``threads`` worker threads (the kernels release the GIL): the split never changes
+an output.
 
 ``get_ops("cpu")`` returns this backend when numba is installed (the ``torch`` extra), else plain
 :class:`TorchOps`; both are tested on every conformance vector.
@@ -29,10 +33,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
 
+from kolm_audit.runtime import cpu_attention as ka
 from kolm_audit.runtime import cpu_blocks as kb
 from kolm_audit.runtime import cpu_kernels as kn
 from kolm_audit.runtime.fused_ops import FusedOps
@@ -42,8 +48,10 @@ Tensor = torch.Tensor
 _PAR_MIN = 1 << 16              # elements below which one thread does the whole operation
 _Q8 = "_kolm_q8"                # memo on an output: its §3.3 rows (q int8 [R, K], m [R], e [R]) for the next linear
 _MERGED = "_kolm_merged"        # memo on an attention output [B,H,T,D]: the same values as [B,T,H·D] (with _Q8)
+KQ8 = "_kolm_kq8"               # memo on a key tensor [B,Hk,T,D]: (int8 rows [B,Hk,T,D], m [B,Hk,T], e [B,Hk,T])
 _BLOCK_TQ = 8                   # attention with at most this many query rows per request runs as one kernel
 _EMPTY = np.zeros(0, dtype=np.int64)
+_EMPTY2 = np.zeros((0, 0), dtype=np.int64)
 
 
 def _host(t: Tensor) -> np.ndarray:
@@ -55,8 +63,32 @@ def _host(t: Tensor) -> np.ndarray:
     return arr
 
 
+def _table(t: Tensor, kind: str) -> np.ndarray | None:
+    """A host form of a table tensor for the fast kernels, made once and kept on the tensor, or ``None`` when the
+    table is outside the bounds those kernels rely on (then the general path runs): ``pair`` — the pair table of
+    :func:`~kolm_audit.runtime.cpu_kernels.pair_table`; ``softmax`` — the same for ``tables.exp`` when every entry is
+    in ``[0, 2^30]`` and ``T[0] >= 1`` (the float64 division of §5.2 is then exact and ``Σp >= 1``); ``int32`` — the
+    entries as int32 when they fit (RoPE's 32-bit products)."""
+    key = f"_kolm_{kind}"
+    if not hasattr(t, key):
+        host = _host(t).astype(np.int64)
+        found: np.ndarray | None
+        if kind == "int32":
+            fits = host.size == 0 or (host.min() >= kn.I32_MIN and host.max() <= kn.I32_MAX)
+            found = np.ascontiguousarray(host, dtype=np.int32) if fits else None
+        else:
+            found = kn.pair_table(host)
+            if kind == "softmax" and found is not None and not (host.min() >= 0 and host.max() <= 1 << 30
+                                                                 and host[0] >= 1):
+                found = None
+        setattr(t, key, found)
+    return getattr(t, key)
+
+
 class FusedCpuOps(FusedOps):
-    """Torch CPU tensors, exact torch matrix products, one numba kernel per element-wise operation."""
+    """Torch CPU tensors, exact torch matrix products, numba kernels for everything element-wise."""
+
+    MEMOS = (*FusedOps.MEMOS, KQ8)
 
     def __init__(self, *, threads: int | None = None, gemm: str = "auto", max_chunk: int | None = None) -> None:
         super().__init__(device="cpu", threads=threads, gemm=gemm, max_chunk=max_chunk)
@@ -78,7 +110,7 @@ class FusedCpuOps(FusedOps):
         for f in futures:
             f.result()
 
-    # ---- composite operations (cpu_blocks): fewer passes, the same integers ------------------------------------
+    # ---- helpers -------------------------------------------------------------------------------------------
     def _q8_out(self, rows: int, n: int) -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """An int32 output [rows, n] (tensor and its numpy view) and the numpy buffers of its §3.3 rows (q int8,
         m, e); numpy allocations cost a fraction of torch's at decoding sizes."""
@@ -91,10 +123,11 @@ class FusedCpuOps(FusedOps):
         setattr(out, _Q8, (torch.from_numpy(q), m, e))
         return out
 
-    def linear(self, x: Tensor, lin: TorchLinear, *, residual: Tensor | None = None) -> Tensor:
-        """Spec §4.2 (+ the saturated residual add): the input's §3.3 rows come from its memo when the kernel that
-        made ``x`` computed them (norms, GELU, SwiGLU, attention), else from one quantize pass."""
-        k, n = x.shape[-1], lin.out_features
+    def _accumulate(self, x: Tensor, lin: TorchLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The exact ``Σ_k q·W`` of §4.2 for the rows of ``x`` [..., K] → (acc [R, N] int32 | int64, m [R], e [R]):
+        the §3.3 rows come from the memo of the kernel that made ``x`` (norms, GELU, SwiGLU, attention), else from
+        one quantize pass."""
+        k = x.shape[-1]
         memo = getattr(x, _Q8, None)
         if memo is not None:
             q, mn, en = memo                                            # [R,K] int8 tensor; [R] m, e (numpy)
@@ -104,9 +137,19 @@ class FusedCpuOps(FusedOps):
             self._par(xn.shape[0], xn.size, lambda lo, hi: kn.quantize_rows(xn[lo:hi], qn[lo:hi], mn[lo:hi],
                                                                             en[lo:hi]))
             q = torch.from_numpy(qn)
-        an = self.accumulate(q, lin).numpy()                            # [R,N] int32 | int64, exact
+        return self.accumulate(q, lin).numpy(), mn, en                  # [R,N] int32 | int64, exact (GEMM plan)
+
+    @staticmethod
+    def _scales(lin: TorchLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _host(lin.mult), _host(lin.shift), _host(lin.bias)
+
+    # ---- linear layers and their composites (cpu_blocks) --------------------------------------------------------
+    def linear(self, x: Tensor, lin: TorchLinear, *, residual: Tensor | None = None) -> Tensor:
+        """Spec §4.2 (+ the saturated residual add)."""
+        n = lin.out_features
+        an, mn, en = self._accumulate(x, lin)                           # [R,N] exact; [R] m, e
         on = np.empty(an.shape, dtype=np.int32)                         # [R,N] int32 Q.16
-        mult, shift, bias = _host(lin.mult), _host(lin.shift), _host(lin.bias)
+        mult, shift, bias = self._scales(lin)
         if residual is None:
             self._par(an.shape[0], an.size, lambda lo, hi: kn.linear_epilogue(
                 an[lo:hi], mn[lo:hi], en[lo:hi], mult, shift, bias, on[lo:hi]))
@@ -116,6 +159,65 @@ class FusedCpuOps(FusedOps):
                 an[lo:hi], mn[lo:hi], en[lo:hi], mult, shift, bias, rn[lo:hi], on[lo:hi]))
         return torch.from_numpy(on).reshape(*x.shape[:-1], n)
 
+    def linear_norm(self, x: Tensor, lin: TorchLinear, *, residual: Tensor, gamma: Tensor, beta: Tensor | None,
+                    eps_q32: int, rsqrt_table: Tensor) -> tuple[Tensor, Tensor]:
+        """``(s, norm(s))``, ``s = saturate(residual + linear(x))``, in one pass after the product
+        (:func:`~kolm_audit.runtime.cpu_blocks.epilogue_norm_quant`)."""
+        n = lin.out_features
+        an, mn, en = self._accumulate(x, lin)                           # [R,H] exact; [R] m, e
+        rn = residual.reshape(-1, n).numpy()                            # [R,H] Q.16
+        sn = np.empty(an.shape, dtype=np.int32)                         # [R,H] int32 Q.16 residual sum
+        out, on, qn, qm, qe = self._q8_out(an.shape[0], n)              # [R,H] int32 Q.16 norm + §3.3 rows
+        mult, shift, bias = self._scales(lin)
+        gn, tn, bn = _host(gamma), _host(rsqrt_table), _EMPTY if beta is None else _host(beta)
+        self._par(an.shape[0], an.size * 4, lambda lo, hi: kb.epilogue_norm_quant(
+            an[lo:hi], mn[lo:hi], en[lo:hi], mult, shift, bias, rn[lo:hi], gn, bn, beta is not None, eps_q32, tn,
+            sn[lo:hi], on[lo:hi], qn[lo:hi], qm[lo:hi], qe[lo:hi]))
+        lead = x.shape[:-1]
+        return torch.from_numpy(sn).reshape(*lead, n), self._keep_q8(out.reshape(*lead, n), qn, qm, qe)
+
+    def linear_gelu(self, x: Tensor, lin: TorchLinear, cdf_table: Tensor) -> Tensor:
+        """``gelu(linear(x))`` in one pass after the product
+        (:func:`~kolm_audit.runtime.cpu_blocks.epilogue_gelu_quant`)."""
+        pair = _table(cdf_table, "pair")
+        if pair is None:
+            return super().linear_gelu(x, lin, cdf_table)
+        n = lin.out_features
+        an, mn, en = self._accumulate(x, lin)
+        out, on, qn, qm, qe = self._q8_out(an.shape[0], n)
+        mult, shift, bias = self._scales(lin)
+        self._par(an.shape[0], an.size * 4, lambda lo, hi: kb.epilogue_gelu_quant(
+            an[lo:hi], mn[lo:hi], en[lo:hi], mult, shift, bias, pair, on[lo:hi], qn[lo:hi], qm[lo:hi], qe[lo:hi]))
+        return self._keep_q8(out.reshape(*x.shape[:-1], n), qn, qm, qe)   # [...,I] int32 Q.16
+
+    def linear_swiglu(self, x: Tensor, lin: TorchLinear, sigmoid_table: Tensor) -> Tensor:
+        """``swiglu`` of the gate|up linear in one pass after the product
+        (:func:`~kolm_audit.runtime.cpu_blocks.epilogue_swiglu_quant`)."""
+        pair = _table(sigmoid_table, "pair")
+        if pair is None:
+            return super().linear_swiglu(x, lin, sigmoid_table)
+        n = lin.out_features // 2
+        an, mn, en = self._accumulate(x, lin)                           # [R,2I] exact
+        out, on, qn, qm, qe = self._q8_out(an.shape[0], n)
+        mult, shift, bias = self._scales(lin)
+        self._par(an.shape[0], an.size * 4, lambda lo, hi: kb.epilogue_swiglu_quant(
+            an[lo:hi], mn[lo:hi], en[lo:hi], mult, shift, bias, pair, on[lo:hi], qn[lo:hi], qm[lo:hi], qe[lo:hi]))
+        return self._keep_q8(out.reshape(*x.shape[:-1], n), qn, qm, qe)   # [...,I] int32 Q.16
+
+    def embedding(self, emb: tuple[Tensor, ...], ids: Any, *, add: Tensor | None = None,
+                  add_rows: np.ndarray | None = None) -> Tensor:
+        """Q.16 embedding rows (+ ``add[add_rows]``, saturated) in one kernel
+        (:func:`~kolm_audit.runtime.cpu_blocks.embedding_rows`)."""
+        w, mult, shift = emb
+        idn = np.ascontiguousarray(ids, dtype=np.int64)
+        flat = idn.reshape(-1)
+        on = np.empty((flat.size, w.shape[1]), dtype=np.int32)
+        an = _EMPTY2 if add is None else _host(add)
+        rows = _EMPTY if add_rows is None else np.ascontiguousarray(add_rows, dtype=np.int64).reshape(-1)
+        kb.embedding_rows(flat, _host(w), _host(mult), _host(shift), an, rows, on)
+        return torch.from_numpy(on).reshape(*idn.shape, w.shape[1])    # [...,H] int32 Q.16
+
+    # ---- element-wise primitives with the §3.3 memo ---------------------------------------------------------------
     def _norm_fused(self, x: Tensor, gamma: Tensor, beta: Tensor | None, eps_q32: int, table: Tensor) -> Tensor:
         h = x.shape[-1]
         xn = x.reshape(-1, h).numpy()
@@ -126,51 +228,80 @@ class FusedCpuOps(FusedOps):
         return self._keep_q8(out.reshape(x.shape), qn, mn, en)         # [...,H] int32 Q.16
 
     def gelu(self, x: Tensor, cdf_table: Tensor) -> Tensor:
+        pair = _table(cdf_table, "pair")
+        if pair is None or x.dtype != torch.int32:                     # 32-bit products need int32 inputs
+            return super().gelu(x, cdf_table)
         n = x.shape[-1]
         xn = x.reshape(-1, n).numpy()
         out, on, qn, mn, en = self._q8_out(xn.shape[0], n)
-        tn = _host(cdf_table)
-        self._par(xn.shape[0], xn.size, lambda lo, hi: kb.gelu_quant(xn[lo:hi], tn, on[lo:hi], qn[lo:hi], mn[lo:hi],
+        self._par(xn.shape[0], xn.size, lambda lo, hi: kb.gelu_quant(xn[lo:hi], pair, on[lo:hi], qn[lo:hi], mn[lo:hi],
                                                                      en[lo:hi]))
         return self._keep_q8(out.reshape(x.shape), qn, mn, en)         # [...,N] int32 Q.16
 
     def swiglu(self, gate: Tensor, up: Tensor, sigmoid_table: Tensor) -> Tensor:
+        pair = _table(sigmoid_table, "pair")
+        if pair is None or gate.dtype != torch.int32 or up.dtype != torch.int32:
+            return super().swiglu(gate, up, sigmoid_table)
         n = gate.shape[-1]
         gn, un = gate.reshape(-1, n).numpy(), up.reshape(-1, n).numpy()
         out, on, qn, mn, en = self._q8_out(gn.shape[0], n)
-        tn = _host(sigmoid_table)
-        self._par(gn.shape[0], gn.size, lambda lo, hi: kb.swiglu_quant(gn[lo:hi], un[lo:hi], tn, on[lo:hi], qn[lo:hi],
-                                                                       mn[lo:hi], en[lo:hi]))
+        self._par(gn.shape[0], gn.size, lambda lo, hi: kb.swiglu_quant(gn[lo:hi], un[lo:hi], pair, on[lo:hi],
+                                                                       qn[lo:hi], mn[lo:hi], en[lo:hi]))
         return self._keep_q8(out.reshape(gate.shape), qn, mn, en)      # [...,I] int32 Q.16
 
+    # ---- attention (cpu_attention) ----------------------------------------------------------------------------
     def segment_attention(self, qkv: Tensor, bounds: np.ndarray, *, heads: int, head_dim: int, scale_mult: int,
                           scale_shift: int, exp_table: Tensor) -> Tensor:
         """The whole §5.2 block of packed requests in one kernel
-        (:func:`~kolm_audit.runtime.cpu_blocks.packed_attention`); requests are split between threads."""
+        (:func:`~kolm_audit.runtime.cpu_attention.packed_attention`); requests are split between threads."""
+        pair = _table(exp_table, "softmax")
+        if pair is None:
+            return super().segment_attention(qkv, bounds, heads=heads, head_dim=head_dim, scale_mult=scale_mult,
+                                             scale_shift=scale_shift, exp_table=exp_table)
         hid = heads * head_dim
-        qn, bn, tn = qkv.numpy(), np.ascontiguousarray(bounds, dtype=np.int64), _host(exp_table)
+        qn, bn = qkv.numpy(), np.ascontiguousarray(bounds, dtype=np.int64)
         out, on, q8, mn, en = self._q8_out(qn.shape[0], hid)
-        self._par(bn.size - 1, qn.shape[0] * hid * 4, lambda lo, hi: kb.packed_attention(
-            qn, bn[lo:hi + 1], heads, head_dim, scale_mult, scale_shift, tn, on, q8, mn, en))
+        self._par(bn.size - 1, qn.shape[0] * hid * 4, lambda lo, hi: ka.packed_attention(
+            qn, bn[lo:hi + 1], heads, head_dim, scale_mult, scale_shift, pair, on, q8, mn, en))
         return self._keep_q8(out, q8, mn, en)                           # [N,H] int32 Q.16
+
+    def _memo(self, x: Tensor, attr: str) -> tuple[Tensor, ...]:
+        if attr != KQ8:
+            return super()._memo(x, attr)
+        found = getattr(x, attr, None)
+        if found is None:                                              # keys: their §3.3 rows, int8
+            b, h, t, d = x.shape
+            q, m, e = self._quantize(x.reshape(-1, d), torch.int8)
+            found = (q.reshape(b, h, t, d), m.reshape(b, h, t), e.reshape(b, h, t))
+            setattr(x, attr, found)
+        return found
+
+    def _attend(self, q: np.ndarray, kq: np.ndarray, mk: np.ndarray, ek: np.ndarray, v: np.ndarray, valid: np.ndarray,
+                scale_mult: int, scale_shift: int, pair: np.ndarray) -> Tensor:
+        """:func:`~kolm_audit.runtime.cpu_attention.cached_attention` of ``q`` [B, Hq, Tq, D] → the context
+        [B, Tq, Hq·D] int32 with its §3.3 memo; requests split between threads."""
+        b, hq, tq, d = q.shape
+        out, on, q8, mn, en = self._q8_out(b * tq, hq * d)
+        o3 = on.reshape(b, tq, hq * d)
+        self._par(b, b * hq * tq * valid.shape[-1] * d, lambda lo, hi: ka.cached_attention(
+            q[lo:hi], kq[lo:hi], mk[lo:hi], ek[lo:hi], v[lo:hi], valid[lo:hi], scale_mult, scale_shift, pair,
+            o3[lo:hi], q8[lo * tq:hi * tq], mn[lo * tq:hi * tq], en[lo * tq:hi * tq]))
+        return self._keep_q8(out.reshape(b, tq, hq * d), q8, mn, en)   # [B,Tq,Hq·D] int32 Q.16
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, *, scale_mult: int, scale_shift: int,
                   exp_table: Tensor, key_len: Tensor | None = None) -> Tensor:
-        """Few query rows (decoding): the whole §5.2 block in one kernel
-        (:func:`~kolm_audit.runtime.cpu_blocks.attention_block`, keys from the cache's quantization memo); more
-        rows: the torch matrix products of :class:`FusedOps`."""
-        b, hq, tq, d = q.shape
-        if tq > _BLOCK_TQ:
+        """The whole §5.2 block in one kernel (:func:`~kolm_audit.runtime.cpu_attention.cached_attention`), keys from
+        their int8 memo (``KQ8``: made by :meth:`qkv_rope`, carried along by the KV cache), for few query rows
+        (decoding) or keys that already have the memo (a Llama prefill); otherwise the torch matrix products of
+        :class:`FusedOps`. ``key_len`` (a hint: keys from there on are masked) is not used."""
+        pair = _table(exp_table, "softmax")
+        if pair is None or (q.shape[2] > _BLOCK_TQ and getattr(k, KQ8, None) is None):
             return super().attention(q, k, v, key_valid, scale_mult=scale_mult, scale_shift=scale_shift,
-                                     exp_table=exp_table)
-        kf, mk, ek = self._memo(k, "_kolm_k32")                         # [B,Hk,Tk,D] f32 in [-127,127]; [B,Hk,Tk]
-        out, on, q8, mn, en = self._q8_out(b * tq, hq * d)
-        qn, kfn, mkn, ekn, vn, valid = (t.numpy() for t in (q, kf, mk, ek, v, key_valid))
-        o3, tn = on.reshape(b, tq, hq * d), _host(exp_table)
-        self._par(b, b * hq * tq * k.shape[2] * d, lambda lo, hi: kb.attention_block(
-            qn[lo:hi], kfn[lo:hi], mkn[lo:hi], ekn[lo:hi], vn[lo:hi], valid[lo:hi], hq // k.shape[1], scale_mult,
-            scale_shift, tn, o3[lo:hi], q8[lo * tq:hi * tq], mn[lo * tq:hi * tq], en[lo * tq:hi * tq]))
-        merged = self._keep_q8(out.reshape(b, tq, hq * d), q8, mn, en)  # [B,Tq,Hq·D] int32 Q.16
+                                     exp_table=exp_table, key_len=key_len)
+        b, hq, tq, d = q.shape
+        kq, mk, ek = self._memo(k, KQ8)                                 # [B,Hk,Tk,D] int8; [B,Hk,Tk]
+        merged = self._attend(q.numpy(), kq.numpy(), mk.numpy(), ek.numpy(), v.numpy(), key_valid.numpy(),
+                              scale_mult, scale_shift, pair)            # [B,Tq,Hq·D] int32 Q.16
         ctx = merged.reshape(b, tq, hq, d).permute(0, 2, 1, 3)          # [B,Hq,Tq,D] view
         setattr(ctx, _MERGED, merged)
         return ctx
@@ -178,6 +309,29 @@ class FusedCpuOps(FusedOps):
     def merge_heads(self, x: Tensor) -> Tensor:
         merged = getattr(x, _MERGED, None)
         return merged if merged is not None else super().merge_heads(x)
+
+    def qkv_rope(self, x: Tensor, lin: TorchLinear, positions: Any, cos_table: Tensor, sin_table: Tensor, *,
+                 heads: int, kv_heads: int, head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The q|k|v linear, then RoPE of q and k in one kernel (:func:`~kolm_audit.runtime.cpu_attention.rope_append`)
+        that also quantizes each new key row once (spec §3.3, the ``KQ8`` memo every later decoding step reads; the
+        KV cache carries it along): q [B, heads, T, D], k and v [B, kv_heads, T, D] int32 Q.16."""
+        cos, sin = _table(cos_table, "int32"), _table(sin_table, "int32")
+        if cos is None or sin is None:
+            return super().qkv_rope(x, lin, positions, cos_table, sin_table, heads=heads, kv_heads=kv_heads,
+                                    head_dim=head_dim)
+        qkv = self.linear(x, lin)                                        # [B,T,(nh+2nkv)·D] int32 Q.16
+        b, t, d = qkv.shape[0], qkv.shape[1], head_dim
+        qn, pn = qkv.numpy(), np.ascontiguousarray(self.const(positions).numpy())   # pn [B,T] int64
+        qr = np.empty((b, heads, t, d), dtype=np.int32)                  # [B,nh,T,D] rotated queries
+        kr, vr = np.empty((b, kv_heads, t, d), dtype=np.int32), np.empty((b, kv_heads, t, d), dtype=np.int32)
+        kq = np.empty((b, kv_heads, t, d), dtype=np.int8)                # [B,nkv,T,D] §3.3 rows of the keys
+        mk, ek = np.empty((b, kv_heads, t), dtype=np.int64), np.empty((b, kv_heads, t), dtype=np.int64)
+        self._par(b, b * t * qn.shape[2], lambda lo, hi: ka.rope_append(
+            qn[lo:hi], pn[lo:hi], cos, sin, heads, kv_heads, 0, qr[lo:hi], kr[lo:hi], kq[lo:hi], mk[lo:hi], ek[lo:hi],
+            vr[lo:hi]))
+        k = torch.from_numpy(kr)
+        setattr(k, KQ8, (torch.from_numpy(kq), torch.from_numpy(mk), torch.from_numpy(ek)))
+        return torch.from_numpy(qr), k, torch.from_numpy(vr)
 
     # ---- kernel hooks -------------------------------------------------------------------------------------
     def _k_quantize(self, x: Tensor, q: Tensor, m: Tensor, e: Tensor) -> None:

@@ -22,10 +22,13 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 _JIT = {"nogil": True, "error_model": "numpy"}   # divisors are >= 1 by construction
 
@@ -37,34 +40,59 @@ def _kernel(fn: Callable[..., None]) -> Callable[..., None]:
         return njit(cache=True, **_JIT)(fn)
     except RuntimeError:
         return njit(cache=False, **_JIT)(fn)
+
+
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
-# ---- scalar helpers (inlined) -----------------------------------------------------------------------------
+# ---- scalar and row helpers (inlined) -------------------------------------------------------------------------
+#
+# Written so that LLVM vectorizes the loops over a row: min/max instead of branches, products of two values that
+# each fit in int32 spelled as such (one ``vpmuldq`` instead of a 64-bit multiply), loop-invariant shifts where
+# the spec's bounds allow them. Each bound is stated where it is used.
 
 @njit(inline="always")
 def _clamp(y: int, lo: int, hi: int) -> int:
-    """``min(max(y, lo), hi)`` without branches (``|y|, |lo|, |hi| < 2^62``): the sign mask of ``y - lo`` keeps the
-    difference only when it is negative, likewise for ``hi - y``."""
-    d = y - lo
-    y = y - (d & (d >> 63))
-    d = hi - y
-    return y + (d & (d >> 63))
+    """``min(max(y, lo), hi)``."""
+    return min(max(y, lo), hi)
 
 
 @njit(inline="always")
 def _sat(y: int) -> int:
     """Clamp to int32 (spec §2)."""
-    return _clamp(y, I32_MIN, I32_MAX)
+    return min(max(y, I32_MIN), I32_MAX)
+
+
+@njit(inline="always")
+def _mul32(a: int, b: int) -> int:
+    """``a·b`` as int64 for integers ``a`` and ``b`` that each lie in the int32 range (the caller proves it): the
+    product of two sign-extended 32-bit values, which LLVM emits as one ``vpmuldq``."""
+    return np.int64(np.int32(a)) * np.int64(np.int32(b))
+
+
+def _times_m(a: int, m: int) -> int:
+    """``a·m`` as int64 for an accumulator ``a`` and a §3.3 step mantissa ``1 <= m <= 2^15`` (compiled through the
+    overload below: an int32 accumulator takes :func:`_mul32`)."""
+    return int(a) * int(m)
+
+
+@overload(_times_m, inline="always")
+def _times_m_numba(a: Any, m: Any) -> Callable[[Any, Any], int]:
+    """numba sees the argument types (parameters annotated alike: numba compares the implementation's)."""
+    if isinstance(a, types.Integer) and a.bitwidth <= 32:
+        def narrow(a: Any, m: Any) -> int:
+            return _mul32(a, m)
+        return narrow
+
+    def wide(a: Any, m: Any) -> int:
+        return np.int64(a) * m
+    return wide
 
 
 @njit(inline="always")
 def _bitlen(v: int) -> int:
-    n = 0
-    while v > 0:
-        v >>= 1
-        n += 1
-    return n
+    """``bits(v)`` for ``0 <= v < 2^53``: the binary exponent of ``v`` as a float64 (exact there; ``bits(0) = 0``)."""
+    return math.frexp(np.float64(v))[1]
 
 
 @njit(inline="always")
@@ -86,6 +114,13 @@ def _requantize(x: int, m: int, s: int) -> int:
 
 
 @njit(inline="always")
+def _requantize_hi(x: int, m: int, s: int) -> int:
+    """``rnd(x·m / 2^s)`` for ``|x| < 2^62``, ``|m| < 2^31`` and ``32 <= s <= 93``: the ``s >= 32`` branch of §3.2
+    alone, its two limb products as :func:`_mul32` (``|x >> 31| <= 2^31``, ``0 <= x & (2^31 - 1) < 2^31``)."""
+    return (_mul32(x >> 31, m) + (np.int64(1) << (s - 32)) + (_mul32(x & 0x7FFFFFFF, m) >> 31)) >> (s - 31)
+
+
+@njit(inline="always")
 def _lut(x: int, t: np.ndarray, x0: int, h: int) -> int:
     """Spec §5.1 piecewise-linear lookup (``1 <= h <= 30``): ``T[i] + rnd((T[i+1] - T[i])·f / 2^h)``."""
     n = t.shape[0]
@@ -101,32 +136,177 @@ def _round_shift(x: int, s: int) -> int:
     return x if s == 0 else (x + (np.int64(1) << (s - 1))) >> s
 
 
-# ---- kernels ------------------------------------------------------------------------------------------------
-
 @njit(inline="always")
 def _quantize_row(x: np.ndarray, q: np.ndarray) -> tuple[int, int]:
-    """Spec §3.3 of one row ``x`` [K] (|x| <= 2^31) into ``q`` [K] (int8 or an exact float type); returns (m, e)."""
+    """Spec §3.3 of one row ``x`` [K] (|x| <= 2^31) into ``q`` [K] (int8 or an exact float type); returns (m, e).
+
+    ``q = rdiv(x, d) = ⌊a / d⌋`` with ``a = x + ⌊d/2⌋`` (``|a| < 2^32``, ``1 <= d < 2^26``), by a float64 product with
+    ``1/d`` and one exact correction: the product is within ``2^32 · 2^-51`` of ``a/d``, so its floor ``q0`` is
+    ``⌊a/d⌋`` or one off, and ``r = a - q0·d`` (exact in float64: integers below 2^34) says which."""
     k = x.shape[0]
     amax = np.int64(0)
     for j in range(k):
-        v = np.int64(x[j])
-        if v < 0:
-            v = -v
-        if v > amax:
-            amax = v
-    d0 = (amax + 126) // 127                                      # ceil(amax / 127)
-    if d0 < 1:
-        d0 = 1
-    ee = _bitlen(d0) - 15
-    if ee < 0:
-        ee = 0
+        amax = max(amax, abs(np.int64(x[j])))
+    d0 = max((amax + 126) // 127, 1)                              # ceil(amax / 127), at least 1
+    ee = max(_bitlen(d0) - 15, 0)
     mm = (d0 + (np.int64(1) << ee) - 1) >> ee                     # ceil(d0 / 2^e)
     d = mm << ee
-    half, df = d >> 1, np.float64(d)
-    for j in range(k):                                            # rdiv(x, d): |x| + d < 2^53, exact in f64
-        q[j] = np.int64(np.floor(np.float64(np.int64(x[j]) + half) / df))
+    half, df = np.float64(d >> 1), np.float64(d)
+    inv = 1.0 / df
+    for j in range(k):
+        a = np.float64(x[j]) + half
+        q0 = np.floor(a * inv)
+        r = a - q0 * df
+        if r >= df:
+            q0 += 1.0
+        if r < 0:
+            q0 -= 1.0
+        q[j] = q0
     return mm, ee
 
+
+@njit(inline="always")
+def _quantize_seg(x: np.ndarray, r: int, c0: int, k: int, q: np.ndarray, qr: int) -> tuple[int, int]:
+    """:func:`_quantize_row` of ``x[r, c0:c0+k]`` into ``q[qr, :k]`` (2-D arrays indexed in place: no array view is
+    made, which in a hot loop would cost reference-count updates)."""
+    amax = np.int64(0)
+    for j in range(k):
+        amax = max(amax, abs(np.int64(x[r, c0 + j])))
+    d0 = max((amax + 126) // 127, 1)
+    ee = max(_bitlen(d0) - 15, 0)
+    mm = (d0 + (np.int64(1) << ee) - 1) >> ee
+    d = mm << ee
+    half, df = np.float64(d >> 1), np.float64(d)
+    inv = 1.0 / df
+    for j in range(k):
+        a = np.float64(x[r, c0 + j]) + half
+        q0 = np.floor(a * inv)
+        rr = a - q0 * df
+        if rr >= df:
+            q0 += 1.0
+        if rr < 0:
+            q0 -= 1.0
+        q[qr, j] = q0
+    return mm, ee
+
+
+@njit(inline="always")
+def _epilogue_row(ar: np.ndarray, mr: int, er: int, mult: np.ndarray, shift: np.ndarray, bias: np.ndarray,
+                  smin: int, smax: int, orow: np.ndarray) -> None:
+    """§4.2 after the product for one row: ``orow[j] = sat(requantize(ar[j]·m_r, M_j, S_j - e_r) + bias_j)``
+    (``|ar·m| < 2^62``, ``|M| < 2^31``). When every ``S_j - e_r`` of the row lies in [32, 93]
+    (``smin``/``smax``: extremes of ``shift``) the vectorizable :func:`_requantize_hi`, else the general form."""
+    n = ar.shape[0]
+    if smin - er >= 32 and smax - er <= 93:
+        for j in range(n):
+            orow[j] = _sat(_requantize_hi(_times_m(ar[j], mr), mult[j], shift[j] - er) + bias[j])
+    else:
+        for j in range(n):
+            orow[j] = _sat(_requantize(np.int64(ar[j]) * mr, mult[j], shift[j] - er) + bias[j])
+
+
+@njit(inline="always")
+def _norm_row(xr: np.ndarray, gamma: np.ndarray, beta: np.ndarray, center: bool, eps_q32: int, table: np.ndarray,
+              orow: np.ndarray) -> None:
+    """Spec §5.3 of one row ``xr`` [H] (|x| <= 2^31) into ``orow``: LayerNorm (``center``: subtract the mean, add
+    ``beta``) or RMSNorm. ``c = x - μ`` has ``|c| <= 2^32``; rows with ``max|c| < 2^24`` (``k = 0``) square ``c`` as a
+    32-bit product, rows with ``max|c| < 2^31`` multiply it by ``r <= 2^30`` as one, and the final requantization's
+    shift lies in [38, 70]."""
+    h = xr.shape[0]
+    mu = np.int64(0)
+    if center:
+        s = np.int64(0)
+        for j in range(h):
+            s += xr[j]
+        mu = (s + (h >> 1)) // h                                   # rdiv(Σx, H)
+    cmax = np.int64(0)
+    for j in range(h):
+        cmax = max(cmax, abs(np.int64(xr[j]) - mu))
+    k = max(_bitlen(cmax) - 24, 0)
+    ss = np.int64(0)
+    if k == 0:                                                     # c' = c, c² < 2^48
+        for j in range(h):
+            c = np.int64(xr[j]) - mu
+            ss += _mul32(c, c)
+    else:
+        for j in range(h):
+            c2 = _round_shift(np.int64(xr[j]) - mu, k)
+            ss += c2 * c2
+    var = (ss + (h >> 1)) // h
+    v = max(var + _round_shift(np.int64(eps_q32), 2 * k), 1)
+    jj = (_bitlen(v) - 29) >> 1                                    # floor((bits - 29) / 2)
+    mant = (v << (-2 * jj)) if jj <= 0 else _round_shift(v, 2 * jj)
+    rr = _lut(mant, table, np.int64(1) << 28, 18)                  # 1/sqrt ≈ rr / 2^(44 + jj), rr <= 2^30
+    sh = 44 + jj - (16 - k) + 24                                   # in [38, 70]
+    if cmax < 1 << 31:
+        for j in range(h):
+            y = _requantize_hi(_mul32(np.int64(xr[j]) - mu, rr), gamma[j], sh)
+            if center:
+                y += beta[j]
+            orow[j] = _sat(y)
+    else:
+        for j in range(h):
+            y = _requantize((np.int64(xr[j]) - mu) * rr, gamma[j], sh)
+            if center:
+                y += beta[j]
+            orow[j] = _sat(y)
+
+
+@njit(inline="always")
+def _lut_row(xr: np.ndarray, t: np.ndarray, x0: int, h: int, idx: np.ndarray, fr: np.ndarray, lo: np.ndarray,
+             df: np.ndarray) -> None:
+    """:func:`_lut` for a whole row, split in two loops so that the index arithmetic vectorizes: ``lo[j] = T[i]``,
+    ``df[j] = T[i+1] - T[i]``, ``fr[j] = f``; the value is ``lo + rnd(df·fr / 2^h)``."""
+    nt = t.shape[0]
+    for j in range(xr.shape[0]):
+        pos = np.int64(xr[j]) - x0
+        i = _clamp(pos >> h, 0, nt - 2)
+        idx[j] = i
+        fr[j] = _clamp(pos - (i << h), 0, np.int64(1) << h)
+    for j in range(xr.shape[0]):
+        a = np.int64(t[idx[j]])
+        lo[j] = a
+        df[j] = np.int64(t[idx[j] + 1]) - a
+
+
+@njit(inline="always")
+def _pair_lut_row(xr: np.ndarray, n: int, pair: np.ndarray, x0: int, h: int, idx: np.ndarray, fr: np.ndarray,
+                  val: np.ndarray) -> None:
+    """:func:`_lut` of ``xr[:n]`` from a *pair table* (:func:`pair_table`: entry ``i`` holds ``T[i]`` in its low and
+    ``T[i+1] - T[i]`` in its high 32 bits, both in the int32 range) into ``val``: index and fraction (vectorized),
+    one 64-bit read per element, then ``T[i] + rnd((T[i+1] - T[i])·f / 2^h)`` with a 32-bit product
+    (``0 <= f <= 2^h``)."""
+    nt = pair.shape[0]                                             # = table length - 1
+    for j in range(n):
+        pos = np.int64(xr[j]) - x0
+        i = _clamp(pos >> h, 0, nt - 1)
+        idx[j] = i
+        fr[j] = _clamp(pos - (i << h), 0, np.int64(1) << h)
+    for j in range(n):
+        val[j] = pair[idx[j]]
+    for j in range(n):
+        p = val[j]
+        val[j] = np.int64(np.int32(p)) + ((_mul32(p >> 32, fr[j]) + (np.int64(1) << (h - 1))) >> h)
+
+
+def pair_table(table: np.ndarray) -> np.ndarray | None:
+    """The pair table of a §5.1 table for :func:`_pair_lut_row` (``T[i]`` in the low, ``T[i+1] - T[i]`` in the high
+    32 bits; int64 ``[n - 1]``), or ``None`` when an entry or a difference leaves the int32 range (then the general
+    kernels run).
+
+    >>> pair_table(np.array([5, 7, 4])).tolist() == [5 + (2 << 32), 7 + (-3 << 32)]
+    True
+    """
+    t = np.asarray(table, dtype=np.int64)
+    if t.size < 2:
+        return None
+    lo, diff = t[:-1], t[1:] - t[:-1]
+    if np.abs(t).max() > I32_MAX or diff.min() < I32_MIN or diff.max() > I32_MAX:
+        return None
+    return (lo & 0xFFFFFFFF) | (diff << 32)
+
+
+# ---- kernels ------------------------------------------------------------------------------------------------
 
 @_kernel
 def quantize_rows(x: np.ndarray, q: np.ndarray, m: np.ndarray, e: np.ndarray) -> None:
@@ -138,65 +318,11 @@ def quantize_rows(x: np.ndarray, q: np.ndarray, m: np.ndarray, e: np.ndarray) ->
 @_kernel
 def linear_epilogue(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.ndarray, shift: np.ndarray,
                     bias: np.ndarray, out: np.ndarray) -> None:
-    """Spec §4.2 after the product: ``out = sat(requantize(acc·m_r, M_n, S_n - e_r) + bias_n)``, ``acc`` [R, N].
-
-    Rows whose every shift ``S_n - e_r`` lies in [32, 93] take the branch-free ``s >= 32`` formula of
-    :func:`_requantize` (vectorizable); the others the general one. Same integers."""
-    rows, n = acc.shape
+    """Spec §4.2 after the product: ``out = sat(requantize(acc·m_r, M_n, S_n - e_r) + bias_n)``, ``acc`` [R, N]
+    (:func:`_epilogue_row`)."""
     smin, smax = shift.min(), shift.max()
-    for r in range(rows):
-        mr, er = m[r], e[r]
-        if smin - er >= 32 and smax - er <= 93:
-            for j in range(n):
-                x = np.int64(acc[r, j]) * mr
-                xh = x >> 31
-                s = shift[j] - er
-                y = (xh * mult[j] + (np.int64(1) << (s - 32)) + (((x - (xh << 31)) * mult[j]) >> 31)) >> (s - 31)
-                out[r, j] = _sat(y + bias[j])
-        else:
-            for j in range(n):
-                out[r, j] = _sat(_requantize(np.int64(acc[r, j]) * mr, mult[j], shift[j] - er) + bias[j])
-
-
-@njit(inline="always")
-def _norm_row(xr: np.ndarray, gamma: np.ndarray, beta: np.ndarray, center: bool, eps_q32: int, table: np.ndarray,
-              orow: np.ndarray) -> None:
-    """Spec §5.3 of one row ``xr`` [H] into ``orow``: LayerNorm (``center``: subtract the mean, add ``beta``) or
-    RMSNorm."""
-    h = xr.shape[0]
-    mu = np.int64(0)
-    if center:
-        s = np.int64(0)
-        for j in range(h):
-            s += xr[j]
-        mu = (s + (h >> 1)) // h                                   # rdiv(Σx, H)
-    cmax = np.int64(0)
-    for j in range(h):
-        c = xr[j] - mu
-        if c < 0:
-            c = -c
-        if c > cmax:
-            cmax = c
-    k = _bitlen(cmax) - 24
-    if k < 0:
-        k = 0
-    ss = np.int64(0)
-    for j in range(h):
-        c2 = _round_shift(xr[j] - mu, k)
-        ss += c2 * c2
-    var = (ss + (h >> 1)) // h
-    v = var + _round_shift(np.int64(eps_q32), 2 * k)
-    if v < 1:
-        v = 1
-    jj = (_bitlen(v) - 29) >> 1                                    # floor((bits - 29) / 2)
-    mant = (v << (-2 * jj)) if jj <= 0 else _round_shift(v, 2 * jj)
-    rr = _lut(mant, table, np.int64(1) << 28, 18)                  # 1/sqrt ≈ rr / 2^(44 + jj)
-    sh = 44 + jj - (16 - k) + 24
-    for j in range(h):
-        y = _requantize((xr[j] - mu) * rr, gamma[j], sh)
-        if center:
-            y += beta[j]
-        orow[j] = _sat(y)
+    for r in range(acc.shape[0]):
+        _epilogue_row(acc[r], m[r], e[r], mult, shift, bias, smin, smax, out[r])
 
 
 @_kernel
@@ -277,23 +403,6 @@ def rope(x: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: 
                     c, s = np.int64(cos[p, j]), np.int64(sin[p, j])
                     out[bi, hi, ti, j] = _sat((xa * c - xb * s + (1 << 29)) >> 30)
                     out[bi, hi, ti, j + half] = _sat((xb * c + xa * s + (1 << 29)) >> 30)
-
-
-@njit(inline="always")
-def _lut_row(xr: np.ndarray, t: np.ndarray, x0: int, h: int, idx: np.ndarray, fr: np.ndarray, lo: np.ndarray,
-             df: np.ndarray) -> None:
-    """:func:`_lut` for a whole row, split in two loops so that the index arithmetic vectorizes: ``lo[j] = T[i]``,
-    ``df[j] = T[i+1] - T[i]``, ``fr[j] = f``; the value is ``lo + rnd(df·fr / 2^h)``."""
-    nt = t.shape[0]
-    for j in range(xr.shape[0]):
-        pos = np.int64(xr[j]) - x0
-        i = _clamp(pos >> h, 0, nt - 2)
-        idx[j] = i
-        fr[j] = _clamp(pos - (i << h), 0, np.int64(1) << h)
-    for j in range(xr.shape[0]):
-        a = np.int64(t[idx[j]])
-        lo[j] = a
-        df[j] = np.int64(t[idx[j] + 1]) - a
 
 
 @_kernel

@@ -63,7 +63,8 @@ class Ops(Protocol):
     def prepare_linear(self, lin: ref.IntLinear) -> Any: ...
     def linear(self, x: Array, lin: Any, *, residual: Array | None = None) -> Array: ...
     def prepare_embedding(self, tensors: Mapping[str, np.ndarray], prefix: str) -> Any: ...
-    def embedding(self, emb: Any, ids: np.ndarray) -> Array: ...
+    def embedding(self, emb: Any, ids: np.ndarray, *, add: Array | None = None,
+                  add_rows: np.ndarray | None = None) -> Array: ...
     def saturate(self, x: Array) -> Array: ...
     def layer_norm(self, x: Array, gamma: Array, beta: Array, *, eps_q32: int, rsqrt_table: Array) -> Array: ...
     def rms_norm(self, x: Array, gamma: Array, *, eps_q32: int, rsqrt_table: Array) -> Array: ...
@@ -136,10 +137,13 @@ class NumpyOps(ComposedOps):
         return (np.asarray(tensors[f"{prefix}.weight"]), tensors[f"{prefix}.mult"].astype(np.int64),
                 tensors[f"{prefix}.shift"].astype(np.int64))
 
-    def embedding(self, emb: tuple[np.ndarray, ...], ids: np.ndarray) -> np.ndarray:
-        """Q.16 rows of an int8 embedding table: ``requantize(w[id], mult[id], shift[id])``."""
+    def embedding(self, emb: tuple[np.ndarray, ...], ids: np.ndarray, *, add: np.ndarray | None = None,
+                  add_rows: np.ndarray | None = None) -> np.ndarray:
+        """Q.16 rows of an int8 embedding table: ``requantize(w[id], mult[id], shift[id])``; with ``add`` [P, H] and
+        ``add_rows`` (one per id): ``saturate(rows + add[add_rows])`` (BERT's position and token-type rows)."""
         w, mult, shift = emb
-        return fp.requantize(w[ids].astype(np.int64), mult[ids][..., None], shift[ids][..., None])
+        rows = fp.requantize(w[ids].astype(np.int64), mult[ids][..., None], shift[ids][..., None])
+        return rows if add is None else fp.saturate_int32(rows + add[add_rows])
 
     def saturate(self, x: np.ndarray) -> np.ndarray:
         return fp.saturate_int32(x)

@@ -200,10 +200,12 @@ class TorchOps(ComposedOps, ExactMatmul):
         w = torch.from_numpy(np.array(tensors[f"{prefix}.weight"], copy=True)).to(self.device)
         return w, self.const(tensors[f"{prefix}.mult"]), self.const(tensors[f"{prefix}.shift"])
 
-    def embedding(self, emb: tuple[Tensor, ...], ids: Any) -> Tensor:
+    def embedding(self, emb: tuple[Tensor, ...], ids: Any, *, add: Tensor | None = None,
+                  add_rows: np.ndarray | None = None) -> Tensor:
         w, mult, shift = emb
         idx = self.const(ids)
-        return tfp.requantize(w[idx].to(torch.int64), mult[idx].unsqueeze(-1), shift[idx].unsqueeze(-1))
+        rows = tfp.requantize(w[idx].to(torch.int64), mult[idx].unsqueeze(-1), shift[idx].unsqueeze(-1))
+        return rows if add is None else tfp.saturate_int32(rows + add[self.const(add_rows)])
 
     def saturate(self, x: Tensor) -> Tensor:
         return tfp.saturate_int32(x)

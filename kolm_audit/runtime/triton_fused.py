@@ -29,6 +29,7 @@ import torch
 import triton
 
 from kolm_audit.errors import InputError
+from kolm_audit.runtime import torch_fixedpoint as tfp
 from kolm_audit.runtime import triton_blocks as kb
 from kolm_audit.runtime import triton_kernels as kt
 from kolm_audit.runtime.fused_ops import FusedOps
@@ -160,8 +161,10 @@ class FusedTritonOps(FusedOps):
             setattr(view, _QX, getattr(out, _QX))
         return view
 
-    def embedding(self, emb: tuple[Tensor, ...], ids: Any) -> Tensor:
-        """Spec §3.1 rows of the int8 embedding table in one launch (int64 Q.16)."""
+    def embedding(self, emb: tuple[Tensor, ...], ids: Any, *, add: Tensor | None = None,
+                  add_rows: np.ndarray | None = None) -> Tensor:
+        """Spec §3.1 rows of the int8 embedding table in one launch (int64 Q.16); with ``add`` [P, H] and
+        ``add_rows`` (one per id): ``saturate(rows + add[add_rows])`` (BERT's position and token-type rows)."""
         w, mult, shift = emb
         idx = self.const(ids).contiguous()
         rows, hdim = idx.numel(), w.shape[1]
@@ -170,7 +173,8 @@ class FusedTritonOps(FusedOps):
             blk = min(_block(hdim), _COLS)
             self._run("embedding", kb.embedding, (rows, triton.cdiv(hdim, blk)), idx, w.contiguous(), mult, shift,
                       out, hdim, BLOCK=blk)
-        return out.reshape(*idx.shape, hdim)
+        out = out.reshape(*idx.shape, hdim)
+        return out if add is None else tfp.saturate_int32(out + add[self.const(add_rows)])
 
     # ---- attention --------------------------------------------------------------------------------------------
     def _head_rows(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

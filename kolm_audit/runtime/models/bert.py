@@ -141,10 +141,11 @@ class BertRuntime:
     """
 
     def __init__(self, *, config: BertConfig, task: Mapping[str, Any], tables: _Tables, layers: list[dict[str, Any]],
-                 head: tuple[Any, Any] | None, word_emb: Any, position: Any, token_type: Any,
+                 head: tuple[Any, Any] | None, word_emb: Any, position: np.ndarray, token_type: np.ndarray,
                  norms: Mapping[str, tuple[Any, Any]], ops: Ops) -> None:
         self.cfg, self.task, self.ops, self.layers, self.head = config, dict(task), ops, layers, head
-        self.word_emb, self.k_pos, self.k_type, self.norms = word_emb, position, token_type, norms
+        self.word_emb, self.norms = word_emb, norms
+        self.k_pos_type = ops.const(np.asarray(position, dtype=np.int64) + np.asarray(token_type, dtype=np.int64)[0])
         self.heads, self.head_dim, self.eps = config.num_attention_heads, config.head_dim, config.layer_norm_eps_q32
         self.scale_m, self.scale_s = tables.scale
         self.k_exp, self.k_rsqrt, self.k_cdf, self.k_tanh = (ops.const(a) for a in (tables.exp, tables.rsqrt,
@@ -200,9 +201,8 @@ class BertRuntime:
                    **{name: ops.prepare_linear(lay[name]) for name in ("attn.o", "ffn.up", "ffn.down")}}
                   for lay in loaded]      # q|k|v share their input: fused, same integers
         return cls(config=cfg, task=task, tables=tables, layers=layers, head=head,
-                   word_emb=ops.prepare_embedding(tensors, "embeddings.word"),
-                   position=ops.const(tensors["embeddings.position"]),
-                   token_type=ops.const(tensors["embeddings.token_type"]),
+                   word_emb=ops.prepare_embedding(tensors, "embeddings.word"), position=tensors["embeddings.position"],
+                   token_type=tensors["embeddings.token_type"],
                    norms={n: (ops.const(tensors[f"{n}.gamma"]), ops.const(tensors[f"{n}.beta"])) for n in norm_names},
                    ops=ops)
 
@@ -250,10 +250,8 @@ class BertRuntime:
         bounds = np.concatenate([[0], np.cumsum(lens)])                         # [B+1] row ranges
         ids = np.concatenate([np.asarray(seq, dtype=np.int64) for seq in batch])   # [N] token ids
         pos = np.arange(bounds[-1]) - np.repeat(bounds[:-1], lens)              # [N] position in own request
-        x = ops.embedding(self.word_emb, ids)                                   # [N,H] Q.16
-        x = x + ops.take(self.k_pos, pos)                                       # [N,H] Q.16 (+ positions)
-        x = x + self.k_type[0]                                                  # [N,H] Q.16 (segment 0)
-        x = self._ln(ops.saturate(x), "embeddings.ln")                          # [N,H] Q.16
+        x = ops.embedding(self.word_emb, ids, add=self.k_pos_type, add_rows=pos)   # [N,H] Q.16 sat(word+pos+type 0)
+        x = self._ln(x, "embeddings.ln")                                        # [N,H] Q.16
         for i in range(len(self.layers)):
             x = self._layer(i, x, bounds)                                       # [N,H] Q.16
         return x, bounds
