@@ -108,7 +108,7 @@ def demo(workdir: Path, force: bool, recipe: Path | None, inputs_src: Path | Non
 
     if suite is not None:
         _step("5. the shipped golden suite: every case answered byte for byte by the artifact it is pinned to",
-              ["golden", "run", str(suite), "--artifact", art])
+              ["golden", "run", str(suite), "--artifact", art, "--trust", str(w / "trust.toml")])
     shutil.copyfile(inputs_src, w / "inputs.jsonl")
     _step("6. run the shipped customer messages: one classification decision, one signed receipt each",
           ["run", art, "--input", str(w / "inputs.jsonl"), "--log", str(w / "receipts.db"),
