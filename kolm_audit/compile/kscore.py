@@ -94,6 +94,19 @@ def bert_macs(architecture: Mapping[str, Any], *, tokens: int, labels: int, pool
     return int(architecture["num_hidden_layers"]) * per_layer + head
 
 
+def llama_macs(architecture: Mapping[str, Any], *, prompt_tokens: int, new_tokens: int) -> int:
+    """Multiply-accumulates of one generation (docs/runtime-spec-llama.md): every one of the ``T = prompt +
+    generated`` positions goes once through each layer's projections (``H(Q + 2KV) + QH + 3HI``, ``Q``/``KV`` the
+    query and key/value widths) and attends to the positions up to it (``2Q·p`` at position ``p``: scores and
+    weighted sum, ``Σ = Q·T(T+1)``); the LM head (``VH``) runs once per generated token."""
+    h, inter = int(architecture["hidden_size"]), int(architecture["intermediate_size"])
+    q = int(architecture["num_attention_heads"]) * int(architecture["head_dim"])
+    kv = int(architecture["num_key_value_heads"]) * int(architecture["head_dim"])
+    t = prompt_tokens + new_tokens
+    per_layer = t * (h * (q + 2 * kv) + q * h + 3 * h * inter) + q * t * (t + 1)
+    return int(architecture["num_hidden_layers"]) * per_layer + new_tokens * int(architecture["vocab_size"]) * h
+
+
 def kscore(*, accuracy: tuple[int, int], probes: tuple[int, int], latency: Latency, cost: Cost,
            verify: tuple[int, int], backends: Sequence[str], batch_sizes: Sequence[int], min_k: int,
            min_components: Mapping[str, int]) -> dict[str, Any]:

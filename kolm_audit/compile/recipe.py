@@ -174,6 +174,9 @@ def parse_recipe(doc: Any, *, path: Path) -> Recipe:
         raise ConfigError("V below 1000 means outputs that change with the backend: it always fails the gate",
                           file=file, field="kscore.gate.min_components.V", expected="1000 (or omit it)",
                           actual=str(gate["min_components"]["V"]))
+    if doc["task"]["kind"] != "generate" and "init" in doc["base"]:
+        raise ConfigError("base.init is for generator recipes (a classifier's base always has weights)", file=file,
+                          field="base.init", expected='no base.init (or task.kind = "generate")')
     folder = path.parent
     data = {}
     for role, entry in doc["data"].items():
