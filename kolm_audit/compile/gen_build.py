@@ -140,6 +140,9 @@ def _kscore(recipe: Recipe, arch: Mapping[str, Any], eval_ids: Sequence[Sequence
 def generate_parts(recipe: Recipe, *, backend: str = "auto", threads: int | None = None, bars: Bars = no_bars,
                    trainer: GenerateTrainer | None = None) -> GenerateParts:
     """Check every input, train, run V and score a generator recipe (nothing signed or written)."""
+    if trainer is not None and not isinstance(trainer, GenerateTrainer):
+        raise InputError("a generator recipe is trained by the generator trainer", field="trainer.kind",
+                         expected="GenerateTrainer", actual=type(trainer).__name__)
     clock = time.perf_counter()
     data = load_generate_data(recipe)
     base, arch = load_generator_base(recipe)

@@ -44,7 +44,7 @@ from kolm_audit.errors import ConfigError, InputError
 
 TRAIN_SPEC = "kolm.train-generate/1"
 _DECIMALS = ("learning_rate", "weight_decay", "beta", "gamma", "lambda", "desirable_weight", "undesirable_weight",
-             "temperature")
+             "temperature", "sft_weight")
 _POSITIVE = ("learning_rate", "temperature")
 
 

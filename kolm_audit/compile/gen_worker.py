@@ -151,7 +151,8 @@ def stage_loss(model: Any, stage: dict[str, Any], rows: Sequence[dict[str, Any]]
     if algo == "dpo":
         assert ref is not None
         refs = torch.stack(list(ref))                                           # [B,2] reference chosen, rejected
-        return losses.dpo_loss(cs, rs, refs[:, 0], refs[:, 1], beta=_float(stage, "beta", "0.1"))
+        return losses.dpo_sft_loss(cs, rs, refs[:, 0], refs[:, 1], cn, beta=_float(stage, "beta", "0.1"),
+                                   sft_weight=_float(stage, "sft_weight", "0"))
     if algo == "orpo":
         return losses.orpo_loss(cs, cn, rs, rn, lam=_float(stage, "lambda", "0.1"))
     return losses.simpo_loss(cs, cn, rs, rn, beta=_float(stage, "beta", "2"), gamma=_float(stage, "gamma", "0.5"))

@@ -46,6 +46,15 @@ def dpo_loss(chosen: Any, rejected: Any, ref_chosen: Any, ref_rejected: Any, *, 
     return -torch.nn.functional.logsigmoid(beta * margin).mean()
 
 
+def dpo_sft_loss(chosen: Any, rejected: Any, ref_chosen: Any, ref_rejected: Any, chosen_count: Any, *, beta: float,
+                 sft_weight: float) -> Any:
+    """DPO plus ``sft_weight`` times the SFT loss on the chosen completions (the NLL term of Pang et al. 2024,
+    "Iterative Reasoning Preference Optimization", arXiv:2404.19733, eq. 1): it keeps the chosen completion likely
+    while the margin grows, where DPO alone can lower both (``trainer.stages[i].sft_weight``, default 0)."""
+    loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta)
+    return loss + sft_weight * sft_loss(chosen, chosen_count) if sft_weight else loss
+
+
 def kto_loss(logp: Any, ref_logp: Any, desirable: Any, *, beta: float, desirable_weight: float,
              undesirable_weight: float) -> Any:
     """Kahneman-Tversky Optimization (Ethayarajh et al. 2024, arXiv:2402.01306, eq. 8): with the implied reward

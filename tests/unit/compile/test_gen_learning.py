@@ -125,5 +125,10 @@ def test_losses_at_their_reference_points() -> None:
     assert torch.allclose(losses.simpo_loss(zero, one, zero, one, beta=2.0, gamma=0.0), log2)
     assert torch.allclose(losses.kto_loss(zero, zero, torch.tensor([True, False, True]), beta=0.1,
                                           desirable_weight=1.0, undesirable_weight=1.0), torch.tensor(0.5))
+    chosen, count = torch.tensor([-2.0, -4.0]), torch.tensor([2.0, 2.0])
+    plain = losses.dpo_loss(chosen, chosen - 1, chosen, chosen, beta=0.1)
+    assert torch.equal(losses.dpo_sft_loss(chosen, chosen - 1, chosen, chosen, count, beta=0.1, sft_weight=0.0), plain)
+    assert torch.allclose(losses.dpo_sft_loss(chosen, chosen - 1, chosen, chosen, count, beta=0.1, sft_weight=0.5),
+                          plain + 0.5 * 1.5)                                     # + 0.5 · (6 nats / 4 tokens)
     logits = torch.randn(2, 4, 8)
     assert float(losses.distill_loss(logits, logits, torch.ones(2, 4), temperature=2.0)) == pytest.approx(0, abs=1e-6)
