@@ -2,7 +2,7 @@
 
     python bench/repro_matrix.py exact [--recipe examples/loan-triage/recipe.toml] [--cells a,b,...]
     python bench/repro_matrix.py torch [--train 200]            # a small full fine-tune of the same example
-    python bench/repro_matrix.py generate                       # the tiny generator: one stage of every algorithm
+    python bench/repro_matrix.py generate [--example]           # tiny generator (every algorithm) | bank-replies
 
 Every cell is a fresh process (so environment variables reach torch, MKL, OpenBLAS and oneDNN at start-up) that
 runs :func:`kolm_audit.compile.build.build` and writes the unsigned artifact. Each cell is compared with the first
@@ -100,9 +100,20 @@ def torch_recipe(folder: Path, train: int, threads: int) -> Path:
                                  "max_tokens": 64, "threads": threads})
 
 
-def generate_recipe(folder: Path, threads: int) -> Path:
-    """The tiny generator of tests/integration/_gen_fixtures.py: one stage of every algorithm."""
+def generate_recipe(folder: Path, threads: int, *, example: bool) -> Path:
+    """The tiny generator of tests/integration/_gen_fixtures.py (one stage of every algorithm), or with ``example``
+    a copy of examples/bank-replies whose recipe trains with ``threads`` torch threads."""
     from _gen_fixtures import all_stages, gen_recipe, gen_world, write_teacher
+
+    if example:
+        import shutil
+
+        shutil.copytree(ROOT / "examples" / "bank-replies", folder)
+        recipe = folder / "recipe.toml"
+        text = recipe.read_text()
+        assert "\nthreads = 1\n" in text
+        recipe.write_text(text.replace("\nthreads = 1\n", f"\nthreads = {threads}\n"))
+        return recipe
 
     world = gen_world(folder)
     world["teacher"] = write_teacher(folder / "teacher", world["tokenizer"], world["vocab"])
@@ -112,10 +123,10 @@ def generate_recipe(folder: Path, threads: int) -> Path:
 
 def _compare(base: Path, other: Path) -> dict[str, Any]:
     from kolm_audit.artifact import read_artifact
-    from kolm_audit.replay.diff import diff_artifacts
+    from kolm_audit.replay.diff import artifact_side, diff_artifacts
 
     a = read_artifact(base)
-    d = diff_artifacts(a, read_artifact(other))
+    d = diff_artifacts(artifact_side(a), artifact_side(read_artifact(other)))
     changed = d["tensors"]["changed"]
     int8 = [t for t in changed if t["a"]["dtype"] == "I8"]
     int8_total = sum(int(np.prod(t["shape"])) for t in a.manifest["tensors"].values() if t["dtype"] == "I8")
@@ -136,6 +147,7 @@ def main() -> int:
     parser.add_argument("--recipe", type=Path, default=ROOT / "examples" / "loan-triage" / "recipe.toml")
     parser.add_argument("--cells", help="comma-separated subset of the cells")
     parser.add_argument("--train", type=int, default=200, help="torch: training messages of the small recipe")
+    parser.add_argument("--example", action="store_true", help="generate: the bank-replies example (minutes a cell)")
     args = parser.parse_args()
     table = {"exact": EXACT_CELLS, "torch": TORCH_CELLS, "generate": GENERATE_CELLS}[args.trainer]
     names = args.cells.split(",") if args.cells else list(table)
@@ -152,7 +164,7 @@ def main() -> int:
                 if threads not in recipes:
                     folder = Path(tmp) / f"recipe-{threads}"
                     recipes[threads] = (torch_recipe(folder, args.train, threads) if args.trainer == "torch"
-                                        else generate_recipe(folder, threads))
+                                        else generate_recipe(folder, threads, example=args.example))
                 recipe = recipes[threads]
             out = Path(tmp) / f"{name}.kolm"
             cmd = [sys.executable, __file__, "--cell", "--cell-recipe", str(recipe), "--out", str(out),

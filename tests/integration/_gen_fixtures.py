@@ -62,7 +62,7 @@ def write_teacher(folder: Path, tokenizer: bytes, vocab: int, *, seed: int = 3) 
     (folder / "tokenizer.json").write_bytes(tokenizer)
     (folder / "config.json").write_text(json.dumps(cfg, sort_keys=True))
     names = ("config.json", "model.safetensors", "tokenizer.json")
-    return {"path": str(folder), "files": {n: sha256(folder / n) for n in names}}
+    return {"path": folder.name, "files": {n: sha256(folder / n) for n in names}}      # beside the recipe
 
 
 def gen_world(folder: Path) -> dict[str, Any]:
