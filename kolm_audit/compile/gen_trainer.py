@@ -99,13 +99,14 @@ def _stage_job(ctx: GenerateContext, i: int, stage: Mapping[str, Any]) -> dict[s
     for name in _DECIMALS:
         if name in stage:
             decimal_fixed(str(stage[name]), 32, field=f"{where}.{name}", low=1 if name in _POSITIVE else 0)
-    job = {k: (str(v) if isinstance(v, str) else v) for k, v in stage.items() if k not in ("lora", "teacher")}
+    job = {k: v for k, v in stage.items() if k not in ("lora", "teacher")}
     if stage["algorithm"] == "lora":
         _check_lora(stage["lora"], ctx.architecture, file=file, where=where)
         job["lora"] = {"rank": stage["lora"]["rank"], "alpha": stage["lora"]["alpha"],
                        "targets": list(stage["lora"]["targets"])}
     if stage["algorithm"] == "distill":
         job["teacher_dir"] = _teacher(stage, ctx, where)
+        job["teacher_files"] = dict(stage["teacher"]["files"])             # recorded in provenance.build
     rows = ctx.encoder.rows(ctx.data.files[str(stage["data"])])
     job["rows"] = rows
     per_epoch = -(-len(rows) // int(stage["batch_size"]))
