@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 
-PREFERENCE = ("dpo", "orpo", "simpo")
 REFERENCE = ("dpo", "kto")                          # algorithms that compare with the frozen model of stage start
 MEASURED_ROWS = 64                                  # rows of each stage's data measured before and after it
 
