@@ -126,3 +126,16 @@ def test_a_classify_recipe_cannot_use_generator_entries(world, keyfile, capsys) 
     path.write_text(path.read_text().replace('kind = "generate"', 'kind = "classify"'))
     code, err = _code(capsys, path)
     assert code == 2 and err["error"]["file"] == str(path), err
+
+
+def test_stage_data_entries_must_match_the_declared_files(world, keyfile, capsys) -> None:
+    missing = gen_recipe(world, [stage("sft", "nope")], name="missing.toml")
+    code, err = _code(capsys, missing)
+    assert code == 2 and err["error"]["field"] == "trainer.stages[0].data"
+    unused = gen_recipe(world, [stage("sft", "sft")], name="unused.toml",
+                        data={k: world["data"][k] for k in ("sft", "kto", "eval", "probes")})
+    code, err = _code(capsys, unused)
+    assert code == 2 and err["error"]["field"] == "data.kto"
+    mixed = gen_recipe(world, [stage("sft", "prefs"), stage("dpo", "prefs")], name="mixed.toml")
+    code, err = _code(capsys, mixed)
+    assert code == 2 and err["error"]["field"] == "trainer.stages[1].data" and "formats" in err["error"]["message"]
