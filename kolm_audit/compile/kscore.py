@@ -15,6 +15,9 @@ measured wall-clock time never enters the score (it goes into the provenance sta
   batch size tried (anything below 1000 is a bug and fails the gate whatever the recipe says);
 * ``K = ⌊(400A + 150S + 150L + 150C + 150V) / 1000⌋``.
 
+A generator's components count generations instead (docs/compile.md): ``A`` exact expected completions, ``S`` probe
+replies free of the recipe's non-compliant phrases, ``L``/``C`` from :func:`llama_macs`, ``V`` identical token ids.
+
 Example::
 
     >>> doc = kscore(accuracy=(95, 100), probes=(59, 60), latency=Latency(p95_tokens=40, macs=10**9,
