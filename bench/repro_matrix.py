@@ -2,6 +2,7 @@
 
     python bench/repro_matrix.py exact [--recipe examples/loan-triage/recipe.toml] [--cells a,b,...]
     python bench/repro_matrix.py torch [--train 200]            # a small full fine-tune of the same example
+    python bench/repro_matrix.py generate [--example]           # tiny generator (every algorithm) | bank-replies
 
 Every cell is a fresh process (so environment variables reach torch, MKL, OpenBLAS and oneDNN at start-up) that
 runs :func:`kolm_audit.compile.build.build` and writes the unsigned artifact. Each cell is compared with the first
@@ -56,6 +57,8 @@ TORCH_CELLS: dict[str, tuple[str, dict[str, str], list[str], dict[str, str | Non
     "numpy-runtime": ("V and probes on the numpy reference only", {}, ["--backend", "numpy"], {}),
 }
 
+GENERATE_CELLS = {k: v for k, v in TORCH_CELLS.items() if k not in ("openblas-prescott",)}
+
 
 def cell_main(argv: list[str]) -> int:
     """One cell (a fresh process): build the recipe, write the unsigned artifact, print JSON."""
@@ -73,7 +76,11 @@ def cell_main(argv: list[str]) -> int:
 
     recipe = load_recipe(args.cell_recipe)
     trainer = None
-    if recipe.trainer["kind"] == "torch":
+    if recipe.task == "generate":
+        from kolm_audit.compile.gen_trainer import GenerateTrainer
+
+        trainer = GenerateTrainer(env_overrides=json.loads(args.overrides))
+    elif recipe.trainer["kind"] == "torch":
         from kolm_audit.compile.torch_trainer import TorchTrainer
 
         trainer = TorchTrainer(env_overrides=json.loads(args.overrides))
@@ -93,12 +100,33 @@ def torch_recipe(folder: Path, train: int, threads: int) -> Path:
                                  "max_tokens": 64, "threads": threads})
 
 
+def generate_recipe(folder: Path, threads: int, *, example: bool) -> Path:
+    """The tiny generator of tests/integration/_gen_fixtures.py (one stage of every algorithm), or with ``example``
+    a copy of examples/bank-replies whose recipe trains with ``threads`` torch threads."""
+    from _gen_fixtures import all_stages, gen_recipe, gen_world, write_teacher
+
+    if example:
+        import shutil
+
+        shutil.copytree(ROOT / "examples" / "bank-replies", folder)
+        recipe = folder / "recipe.toml"
+        text = recipe.read_text()
+        assert "\nthreads = 1\n" in text
+        recipe.write_text(text.replace("\nthreads = 1\n", f"\nthreads = {threads}\n"))
+        return recipe
+
+    world = gen_world(folder)
+    world["teacher"] = write_teacher(folder / "teacher", world["tokenizer"], world["vocab"])
+    stages = all_stages(world)
+    return gen_recipe(world, stages, trainer={"kind": "torch", "threads": threads, "stages": stages})
+
+
 def _compare(base: Path, other: Path) -> dict[str, Any]:
     from kolm_audit.artifact import read_artifact
-    from kolm_audit.replay.diff import diff_artifacts
+    from kolm_audit.replay.diff import artifact_side, diff_artifacts
 
     a = read_artifact(base)
-    d = diff_artifacts(a, read_artifact(other))
+    d = diff_artifacts(artifact_side(a), artifact_side(read_artifact(other)))
     changed = d["tensors"]["changed"]
     int8 = [t for t in changed if t["a"]["dtype"] == "I8"]
     int8_total = sum(int(np.prod(t["shape"])) for t in a.manifest["tensors"].values() if t["dtype"] == "I8")
@@ -115,12 +143,13 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--cell":
         return cell_main(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("trainer", choices=("exact", "torch"))
+    parser.add_argument("trainer", choices=("exact", "torch", "generate"))
     parser.add_argument("--recipe", type=Path, default=ROOT / "examples" / "loan-triage" / "recipe.toml")
     parser.add_argument("--cells", help="comma-separated subset of the cells")
     parser.add_argument("--train", type=int, default=200, help="torch: training messages of the small recipe")
+    parser.add_argument("--example", action="store_true", help="generate: the bank-replies example (minutes a cell)")
     args = parser.parse_args()
-    table = EXACT_CELLS if args.trainer == "exact" else TORCH_CELLS
+    table = {"exact": EXACT_CELLS, "torch": TORCH_CELLS, "generate": GENERATE_CELLS}[args.trainer]
     names = args.cells.split(",") if args.cells else list(table)
     rows = []
     with tempfile.TemporaryDirectory(prefix="kolm-matrix-") as tmp:
@@ -129,11 +158,13 @@ def main() -> int:
         for name in names:
             desc, env_changes, options, overrides = table[name]
             recipe = args.recipe
-            if args.trainer == "torch":
+            if args.trainer in ("torch", "generate"):
                 threads = int(options[1]) if options[:1] == ["--torch-threads"] else 1
                 options = options[2:] if options[:1] == ["--torch-threads"] else options
                 if threads not in recipes:
-                    recipes[threads] = torch_recipe(Path(tmp) / f"recipe-{threads}", args.train, threads)
+                    folder = Path(tmp) / f"recipe-{threads}"
+                    recipes[threads] = (torch_recipe(folder, args.train, threads) if args.trainer == "torch"
+                                        else generate_recipe(folder, threads, example=args.example))
                 recipe = recipes[threads]
             out = Path(tmp) / f"{name}.kolm"
             cmd = [sys.executable, __file__, "--cell", "--cell-recipe", str(recipe), "--out", str(out),
@@ -153,7 +184,8 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
         for threads, path in sorted(recipes.items()):
-            print(f"\n(torch) recipe, threads {threads}:", json.dumps(tomllib.loads(path.read_text())["trainer"]))
+            trainer = tomllib.loads(path.read_text())["trainer"]
+            print(f"\n({args.trainer}) recipe, threads {threads}:", json.dumps(trainer))
     print("\n| cell | artifact digest | same as baseline | K (A) | what differs |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -261,6 +261,12 @@ def _examples(seed: int, stream: str, n: int, avoid: set[str]) -> list[dict[str,
     return out
 
 
+def messages(*, seed: int, stream: str, n: int, avoid: set[str] | None = None) -> list[dict[str, str]]:
+    """``n`` labelled messages ``{"id", "label", "text"}`` of the stream ``stream`` (no text repeats one of
+    ``avoid``, ignoring case and spacing). Other examples build on these messages (``examples/bank-replies``)."""
+    return _examples(seed, stream, n, set(avoid or ()))
+
+
 def _probes(seed: int, n: int) -> list[dict[str, Any]]:
     r = _Stream(seed, "probes")
     out = []

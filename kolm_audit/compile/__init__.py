@@ -10,10 +10,12 @@ Two entry points:
   (:mod:`~kolm_audit.compile.recipe`) with pinned data (:mod:`~kolm_audit.compile.data`) and base
   (:mod:`~kolm_audit.compile.features`) → a trainer (:mod:`~kolm_audit.compile.trainer`: the exact integer trainer
   :mod:`~kolm_audit.compile.exact` over :mod:`~kolm_audit.compile.exact_math`, or the pinned float trainer
-  :mod:`~kolm_audit.compile.torch_trainer`) → V (:mod:`~kolm_audit.compile.crosscheck`) and the K-score gate
+  :mod:`~kolm_audit.compile.torch_trainer`; for ``task.kind = "generate"`` the staged generator trainer
+  :mod:`~kolm_audit.compile.gen_trainer` with :mod:`~kolm_audit.compile.losses`, docs/compile.md) → V
+  (:mod:`~kolm_audit.compile.crosscheck`, :mod:`~kolm_audit.compile.gen_build`) and the K-score gate
   (:mod:`~kolm_audit.compile.kscore`) → a signed artifact and its provenance statement
   (:mod:`~kolm_audit.compile.provenance`); :mod:`~kolm_audit.compile.rebuild` builds again in a fresh process and
-  compares. Specification: docs/training-spec.md.
+  compares. Specification: docs/training-spec.md (generators: docs/compile.md).
 
 The runtime only loads and runs what compile builds; compile may use the runtime, never the reverse.
 

@@ -36,6 +36,7 @@ from kolm_audit.compile.crosscheck import CrossCheck, crosscheck, runtime_model
 from kolm_audit.compile.data import TrainingData, load_data
 from kolm_audit.compile.exact import probe_agreement
 from kolm_audit.compile.features import load_base
+from kolm_audit.compile.gen_data import GenerateData
 from kolm_audit.compile.hf import HFCheckpoint
 from kolm_audit.compile.progress import Bars, no_bars
 from kolm_audit.compile.provenance import (
@@ -65,7 +66,7 @@ class Build:
     tensors: Mapping[str, np.ndarray]
     kscore: Mapping[str, Any]
     trained: Trained
-    data: TrainingData
+    data: TrainingData | GenerateData
     check: CrossCheck
     started: str
     timings_ms: Mapping[str, int]
@@ -144,20 +145,10 @@ def _kscore(recipe: Recipe, trained: Trained, data: TrainingData, ids: Tokenized
         batch_sizes=recipe.verify_batch_sizes, min_k=gate["min_k"], min_components=gate.get("min_components", {}))
 
 
-def build(recipe: Recipe | str | Path, *, backend: str = "auto", threads: int | None = None,
-          bars: Bars = no_bars, trainer: Trainer | None = None) -> Build:
-    """Check every input, train, score: the artifact's manifest (with its K-score) and tensors. Signs nothing.
-
-    ``trainer`` replaces the recipe's registered trainer object (e.g. a :class:`TorchTrainer` with environment
-    overrides, to measure what they change); its ``kind`` must still be the recipe's ``trainer.kind``."""
-    started = format_time(now())
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+def _classify(recipe: Recipe, trainer: Trainer, *, backend: str, threads: int | None, bars: Bars
+              ) -> tuple[Trained, TrainingData, CrossCheck, dict[str, Any], int, Mapping[str, Any]]:
+    """Checks, training, V and K-score of a classifier recipe."""
     clock = time.perf_counter()
-    registered = trainer_for(recipe.task, str(recipe.trainer["kind"]))
-    if trainer is not None and trainer.kind != registered.kind:
-        raise InputError("the trainer given does not match the recipe", field="trainer.kind",
-                         expected=registered.kind, actual=trainer.kind)
-    trainer = trainer or registered
     data = load_data(recipe)
     base = load_base(recipe)
     ids = tokenize_data(base, data)
@@ -170,8 +161,33 @@ def build(recipe: Recipe | str | Path, *, backend: str = "auto", threads: int | 
                        batch_sizes=recipe.verify_batch_sizes, threads=threads, expected=trained.expected_eval,
                        bars=bars)
     probe_labels = _probe_labels(trained, parts, ids, backend, threads)
-    kscore = _kscore(recipe, trained, data, ids, check, probe_labels)
-    base_name = recipe.base_name or base.config.get("_name_or_path")
+    return trained, data, check, _kscore(recipe, trained, data, ids, check, probe_labels), checked_ms, base.config
+
+
+def build(recipe: Recipe | str | Path, *, backend: str = "auto", threads: int | None = None,
+          bars: Bars = no_bars, trainer: Trainer | None = None) -> Build:
+    """Check every input, train, score: the artifact's manifest (with its K-score) and tensors. Signs nothing.
+
+    ``trainer`` replaces the recipe's registered trainer object (e.g. a :class:`TorchTrainer` with environment
+    overrides, to measure what they change); its ``kind`` must still be the recipe's ``trainer.kind``."""
+    started = format_time(now())
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    registered = trainer_for(recipe.task, str(recipe.trainer["kind"]))
+    if trainer is not None and trainer.kind != registered.kind:
+        raise InputError("the trainer given does not match the recipe", field="trainer.kind",
+                         expected=registered.kind, actual=trainer.kind)
+    if recipe.task == "generate":
+        from kolm_audit.compile.gen_build import generate_parts
+
+        g = generate_parts(recipe, backend=backend, threads=threads, bars=bars,
+                           trainer=trainer if trainer is not None else registered)  # type: ignore[arg-type]
+        trained, data, check, kscore, checked_ms = g.trained, g.data, g.check, g.kscore, g.checked_ms
+        base_config = g.base_config
+    else:
+        trained, data, check, kscore, checked_ms, base_config = _classify(recipe, trainer or registered,
+                                                                          backend=backend, threads=threads,
+                                                                          bars=bars)
+    base_name = recipe.base_name or base_config.get("_name_or_path")
     provenance = {
         "recipe": recipe.digest,
         "base_model": {"files": dict(recipe.base_files), **({"name": base_name} if isinstance(base_name, str)
@@ -181,8 +197,8 @@ def build(recipe: Recipe | str | Path, *, backend: str = "auto", threads: int | 
         "seed": recipe.seed,
         "build": {"command": "compile", "task": recipe.task, "scheme": recipe.scheme, **thaw(trained.build)},
     }
-    manifest = build_manifest(name=recipe.name, version=recipe.version, task=parts["task"],
-                              architecture=parts["architecture"], quantization=parts["quantization"],
+    manifest = build_manifest(name=recipe.name, version=recipe.version, task=dict(trained.task),
+                              architecture=dict(trained.architecture), quantization=dict(trained.quantization),
                               tensors=trained.tensors, provenance=provenance, created=recipe.created, kscore=kscore)
     timings = {"checks": checked_ms, **trained.timings_ms, "verify": check.wall_ms}
     return Build(recipe=recipe, manifest=manifest, tensors=trained.tensors, kscore=kscore, trained=trained,

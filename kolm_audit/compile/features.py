@@ -16,7 +16,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -35,22 +35,26 @@ _CHUNK = 64            # requests per runtime call while extracting features (a 
 def load_base(recipe: Recipe) -> HFCheckpoint:
     """Read the recipe's base checkpoint and check that every file read is pinned with the same digest."""
     ckpt = read_hf_checkpoint(recipe.base_path)
-    file = str(recipe.path)
-    pinned, got = recipe.base_files, ckpt.file_digests
-    for name in sorted(set(pinned) | set(got)):
-        if name not in got:
-            raise InputError("pinned base file was not found in the base directory", file=file,
-                             field=f"base.files.{name}", expected=f"a file {recipe.base_path / name}")
-        if name not in pinned:
-            raise InputError("compile reads a base file the recipe does not pin", file=file, field="base.files",
-                             expected=f'a line "{name}" = "{got[name]}"')
-        if pinned[name] != got[name]:
-            raise InputError("file does not match the digest pinned in the recipe", file=str(recipe.base_path / name),
-                             field=f"base.files.{name}", expected=pinned[name], actual=got[name])
+    check_pins(ckpt, recipe.base_files, recipe_file=str(recipe.path), field="base.files")
     if ckpt.config.get("model_type") != "bert":
         raise UnsupportedModel("compile trains BERT-family bases", file=str(recipe.base_path / "config.json"),
                                field="model_type", expected="bert", actual=repr(ckpt.config.get("model_type")))
     return ckpt
+
+
+def check_pins(ckpt: HFCheckpoint, pinned: Mapping[str, str], *, recipe_file: str, field: str) -> None:
+    """Every file compile read from ``ckpt`` is pinned in the recipe (``field``) with the digest it has."""
+    got = ckpt.file_digests
+    for name in sorted(set(pinned) | set(got)):
+        if name not in got:
+            raise InputError("pinned base file was not found in the base directory", file=recipe_file,
+                             field=f"{field}.{name}", expected=f"a file {ckpt.path / name}")
+        if name not in pinned:
+            raise InputError("compile reads a base file the recipe does not pin", file=recipe_file, field=field,
+                             expected=f'a line "{name}" = "{got[name]}"')
+        if pinned[name] != got[name]:
+            raise InputError("file does not match the digest pinned in the recipe", file=str(ckpt.path / name),
+                             field=f"{field}.{name}", expected=pinned[name], actual=got[name])
 
 
 def encoder(ckpt: HFCheckpoint, *, scheme: str) -> QuantizedModel:

@@ -143,8 +143,10 @@ def _weight_files(root: Path, digests: dict[str, str]) -> list[Path]:
     return files
 
 
-def read_hf_checkpoint(path: str | Path) -> HFCheckpoint:
-    """Read config, weights and tokenizer of an HF checkpoint directory (raises InputError naming file+field)."""
+def read_hf_checkpoint(path: str | Path, *, weights: bool = True) -> HFCheckpoint:
+    """Read config, weights and tokenizer of an HF checkpoint directory (raises InputError naming file+field).
+
+    ``weights=False`` reads only ``config.json`` and ``tokenizer.json`` (a model trained from scratch)."""
     root = Path(path)
     if not root.is_dir():
         raise InputError("checkpoint directory not found", file=str(root), expected="an HF model directory")
@@ -166,7 +168,7 @@ def read_hf_checkpoint(path: str | Path) -> HFCheckpoint:
     digests["tokenizer.json"] = _sha256(tokenizer)
     tensors: dict[str, np.ndarray] = {}
     where: dict[str, str] = {}
-    for file in _weight_files(root, digests):
+    for file in _weight_files(root, digests) if weights else []:
         found, file_digest = _read_safetensors(file)
         digests[file.name] = file_digest
         for name, array in found.items():

@@ -15,6 +15,9 @@ measured wall-clock time never enters the score (it goes into the provenance sta
   batch size tried (anything below 1000 is a bug and fails the gate whatever the recipe says);
 * ``K = ⌊(400A + 150S + 150L + 150C + 150V) / 1000⌋``.
 
+A generator's components count generations instead (docs/compile.md): ``A`` exact expected completions, ``S`` probe
+replies free of the recipe's non-compliant phrases, ``L``/``C`` from :func:`llama_macs`, ``V`` identical token ids.
+
 Example::
 
     >>> doc = kscore(accuracy=(95, 100), probes=(59, 60), latency=Latency(p95_tokens=40, macs=10**9,
@@ -92,6 +95,19 @@ def bert_macs(architecture: Mapping[str, Any], *, tokens: int, labels: int, pool
     per_layer = tokens * (4 * h * h + 2 * h * inter) + 2 * tokens * tokens * h
     head = labels * h + (h * h if pooling == "cls-pooler" else 0)
     return int(architecture["num_hidden_layers"]) * per_layer + head
+
+
+def llama_macs(architecture: Mapping[str, Any], *, prompt_tokens: int, new_tokens: int) -> int:
+    """Multiply-accumulates of one generation (docs/runtime-spec-llama.md): every one of the ``T = prompt +
+    generated`` positions goes once through each layer's projections (``H(Q + 2KV) + QH + 3HI``, ``Q``/``KV`` the
+    query and key/value widths) and attends to the positions up to it (``2Q·p`` at position ``p``: scores and
+    weighted sum, ``Σ = Q·T(T+1)``); the LM head (``VH``) runs once per generated token."""
+    h, inter = int(architecture["hidden_size"]), int(architecture["intermediate_size"])
+    q = int(architecture["num_attention_heads"]) * int(architecture["head_dim"])
+    kv = int(architecture["num_key_value_heads"]) * int(architecture["head_dim"])
+    t = prompt_tokens + new_tokens
+    per_layer = t * (h * (q + 2 * kv) + q * h + 3 * h * inter) + q * t * (t + 1)
+    return int(architecture["num_hidden_layers"]) * per_layer + new_tokens * int(architecture["vocab_size"]) * h
 
 
 def kscore(*, accuracy: tuple[int, int], probes: tuple[int, int], latency: Latency, cost: Cost,

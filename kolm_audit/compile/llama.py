@@ -128,7 +128,7 @@ def llama_tables(arch: Mapping[str, Any], *, scheme: str) -> dict[str, np.ndarra
 
 # ---- quantize_llama ---------------------------------------------------------------------------------------
 
-_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
@@ -161,7 +161,7 @@ def quantize_llama(ckpt: Any, *, scheme: str) -> QuantizedModel:
     out: dict[str, np.ndarray] = dict(quantize_embedding(embed, "model.embed_tokens"))
     for i in range(arch["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        for name in _LINEARS:
+        for name in LINEARS:
             has_bias = arch["qkv_bias"] if name[-6:] in ("q_proj", "k_proj", "v_proj") else (
                 arch["o_bias"] and name.endswith("o_proj"))
             bias = get(f"{p}{name}.bias", (shapes[name][0],)) if has_bias else None

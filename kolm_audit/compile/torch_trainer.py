@@ -54,6 +54,22 @@ def pinned_environment(*, threads: int) -> dict[str, str]:
             "TRANSFORMERS_VERBOSITY": "error"}
 
 
+def run_worker(module: str, job: Mapping[str, Any], *, folder: Path, environment: Mapping[str, str | None],
+               recipe_file: str) -> dict[str, Any]:
+    """Run ``python -m module folder/job.json`` with ``environment`` over this process's (``None`` unsets a
+    variable) and return the JSON object the worker prints last. Every torch trainer starts its worker here."""
+    (folder / "job.json").write_text(json.dumps(job), encoding="utf-8")
+    env = {**os.environ, **environment}
+    env = {k: v for k, v in env.items() if v is not None}
+    cmd = [sys.executable, "-m", module, str(folder / "job.json")]
+    proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False)
+    if proc.returncode != 0:
+        raise InputError("the torch trainer failed (its error is printed above)", file=recipe_file,
+                         field="trainer", actual=f"exit status {proc.returncode}")
+    result: dict[str, Any] = json.loads(proc.stdout.decode("utf-8").strip().splitlines()[-1])
+    return result
+
+
 def _settings(table: Mapping[str, Any], file: str) -> dict[str, Any]:
     s = {**DEFAULTS, **dict(table)}
     decimal_fixed(str(s["learning_rate"]), 32, field="trainer.learning_rate", low=1)     # a positive decimal
@@ -89,15 +105,8 @@ class TorchTrainer:
                    "weight_decay": str(s["weight_decay"]), "max_tokens": s["max_tokens"],
                    "max_steps": s.get("max_steps"), "threads": s["threads"], "out": tmp,
                    "progress": ctx.bars is not no_bars}
-            (Path(tmp) / "job.json").write_text(json.dumps(job), encoding="utf-8")
-            env = {**os.environ, **self.environment(s["threads"])}
-            env = {k: v for k, v in env.items() if v is not None}
-            cmd = [sys.executable, "-m", "kolm_audit.compile.torch_worker", str(Path(tmp) / "job.json")]
-            proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False)
-            if proc.returncode != 0:
-                raise InputError("the torch trainer failed (its error is printed above)", file=str(recipe.path),
-                                 field="trainer", actual=f"exit status {proc.returncode}")
-            result = json.loads(proc.stdout.decode("utf-8").strip().splitlines()[-1])
+            result = run_worker("kolm_audit.compile.torch_worker", job, folder=Path(tmp),
+                                environment=self.environment(s["threads"]), recipe_file=str(recipe.path))
             from safetensors.numpy import load_file
 
             weights = load_file(str(Path(tmp) / "encoder.safetensors"))

@@ -78,6 +78,7 @@ class Trainer(Protocol):
 _TRAINERS: Mapping[tuple[str, str], str] = {
     ("classify", "exact"): "kolm_audit.compile.exact:ExactTrainer",
     ("classify", "torch"): "kolm_audit.compile.torch_trainer:TorchTrainer",
+    ("generate", "torch"): "kolm_audit.compile.gen_trainer:GenerateTrainer",
 }
 
 
