@@ -20,7 +20,10 @@ It runs the very commands a user would type (printed before each step), in-proce
 10. ``verify binder.pdf``: its signature, every embedded document, and the report it renders;
 11. ``binder extract`` + ``log verify``: the embedded log taken out of the PDF (``evidence/``) and verified on its own.
 
-``--recipe`` and ``--inputs`` run the same flow on another recipe and other requests.
+``--example bank-replies`` runs the same flow on the shipped generator instead: a tiny Llama-family model with
+its own byte-level BPE tokenizer, trained from scratch with ``sft`` then aligned with ``dpo`` (torch trainer,
+pinned environment), writing the bank's standard reply to each customer message; each reply is a receipt,
+replayed token for token. ``--recipe`` and ``--inputs`` run the flow on another recipe and other requests.
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ from kolm_audit.examples import example_dir
 from kolm_audit.trust import write_trust_file
 
 TENANT = "demo-bank"
-SUITE = "loan-triage.golden.json"
+# example -> (golden suite shipped beside it or None, extra ``run`` options)
+EXAMPLES: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "loan-triage": ("loan-triage.golden.json", ()),
+    "bank-replies": (None, ("--max-new-tokens", "48")),
+}
 EVIDENCE = ("keys", "trust.toml", "model.kolm", "model.kolm.sig", "model.kolm.provenance.json", "compile-report.json",
             "inputs.jsonl", "outputs.jsonl", "receipts.db", "report.json", "binder.pdf", "binder.pdf.sig", "evidence")
 _SQLITE_SIDE_FILES = ("receipts.db-wal", "receipts.db-shm", "receipts.db-journal")   # removed with receipts.db
@@ -70,15 +77,19 @@ def _prepare(workdir: Path, force: bool) -> None:
 @click.option("--workdir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Where the evidence is left (keys/, trust.toml, model.kolm, receipts.db, report.json, ...).")
 @click.option("--force", is_flag=True, help="Replace the evidence of an earlier demo in WORKDIR.")
+@click.option("--example", type=click.Choice(sorted(EXAMPLES)), default="loan-triage", show_default=True,
+              help="The shipped example: the loan-triage classifier or the bank-replies generator.")
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path),
-              help="Compile this recipe instead of examples/loan-triage/recipe.toml.")
+              help="Compile this recipe instead of the example's recipe.toml.")
 @click.option("--inputs", "inputs_src", type=click.Path(dir_okay=False, path_type=Path),
-              help="Run these requests (JSONL) instead of examples/loan-triage/inputs.jsonl.")
-def demo(workdir: Path, force: bool, recipe: Path | None, inputs_src: Path | None) -> int:
-    """Run the whole flow on the shipped example and leave the evidence in WORKDIR."""
-    suite = example_dir("loan-triage") / SUITE if recipe is None else None
-    recipe = recipe or example_dir("loan-triage") / "recipe.toml"
-    inputs_src = inputs_src or example_dir("loan-triage") / "inputs.jsonl"
+              help="Run these requests (JSONL) instead of the example's inputs.jsonl.")
+def demo(workdir: Path, force: bool, example: str, recipe: Path | None, inputs_src: Path | None) -> int:
+    """Run the whole flow on a shipped example and leave the evidence in WORKDIR."""
+    folder = example_dir(example)
+    suite_name, run_options = EXAMPLES[example]
+    suite = folder / suite_name if suite_name is not None and recipe is None else None
+    recipe = recipe or folder / "recipe.toml"
+    inputs_src = inputs_src or folder / "inputs.jsonl"
     for path, what in ((recipe, "--recipe"), (inputs_src, "--inputs")):
         if not path.is_file():
             raise InputError("file not found", file=str(path), field=what)
@@ -101,7 +112,8 @@ def demo(workdir: Path, force: bool, recipe: Path | None, inputs_src: Path | Non
     click.echo(f"wrote {w / 'trust.toml'}")
 
     art = str(w / "model.kolm")
-    _step("3. compile the recipe: exact integer training, V on two backends x two batch sizes, K-score gate, sign",
+    _step("3. compile the recipe: train, replay the eval cases on two backends x two batch sizes (V), K-score "
+          "gate, sign",
           ["compile", str(recipe), "--out", art, "--key", str(keys / "artifact.pem"), "--sidecar",
            "--report", str(w / "compile-report.json")])
     _step("4. verify against the trust policy", ["verify", art, "--trust", str(w / "trust.toml")])
@@ -110,11 +122,11 @@ def demo(workdir: Path, force: bool, recipe: Path | None, inputs_src: Path | Non
         _step("5. the shipped golden suite: every case answered byte for byte by the artifact it is pinned to",
               ["golden", "run", str(suite), "--artifact", art, "--trust", str(w / "trust.toml")])
     shutil.copyfile(inputs_src, w / "inputs.jsonl")
-    _step("6. run the shipped customer messages: one classification decision, one signed receipt each",
+    _step("6. run the shipped customer messages: one decision, one signed receipt each",
           ["run", art, "--input", str(w / "inputs.jsonl"), "--log", str(w / "receipts.db"),
            "--key", str(keys / "receipt.pem"), "--checkpoint-key", str(keys / "checkpoint.pem"),
            "--trust", str(w / "trust.toml"), "--tenant", TENANT, "--operator", "kolm-demo",
-           "--out", str(w / "outputs.jsonl")])
+           "--out", str(w / "outputs.jsonl"), *run_options])
     _step("7. verify the receipt log", ["log", "verify", str(w / "receipts.db"), "--trust", str(w / "trust.toml")])
     _step("8. replay every recorded decision",
           ["replay", str(w / "receipts.db"), "--artifact", art, "--trust", str(w / "trust.toml"),

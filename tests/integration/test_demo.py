@@ -108,3 +108,23 @@ def test_demo_refuses_a_used_workdir_without_force(demo_dir: Path) -> None:
     assert proc.returncode == 2
     assert "not empty" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_generator_demo_records_replies_and_replays_them(tmp_path: Path) -> None:
+    # the bank-replies flow on a tiny generator recipe (the shipped one takes minutes: test_bank_replies.py)
+    from _gen_fixtures import MESSAGES, gen_recipe, gen_world, stage
+
+    world = gen_world(tmp_path / "gen")
+    recipe = gen_recipe(world, [stage("sft", "sft", epochs=3)], name="sft.toml")
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps({"id": f"m{i}", "text": t}) + "\n" for i, (_, t) in enumerate(MESSAGES[:3])))
+    workdir = tmp_path / "demo"
+    proc = _demo(workdir, "--example", "bank-replies", "--recipe", str(recipe), "--inputs", str(inputs))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "--max-new-tokens 48" in proc.stdout and "golden run" not in proc.stdout
+    outputs = [json.loads(line) for line in (workdir / "outputs.jsonl").read_text().splitlines()]
+    assert len(outputs) == 3 and all(o["task"] == "generate" for o in outputs)
+    counts = json.loads((workdir / "report.json").read_text())["results"]["counts"]
+    assert counts["matched"] == counts["receipts"] == 3
+    assert (workdir / "binder.pdf").is_file() and (workdir / "evidence" / "log").is_dir()
+
