@@ -38,7 +38,7 @@ from kolm_audit.compile.hf import HFCheckpoint, read_hf_checkpoint
 from kolm_audit.compile.llama import LINEARS, llama_architecture, quantize_llama
 from kolm_audit.compile.progress import Bars, no_bars
 from kolm_audit.compile.recipe import Recipe
-from kolm_audit.compile.torch_trainer import pinned_environment, run_worker
+from kolm_audit.compile.torch_trainer import PinnedTorchTrainer, run_worker
 from kolm_audit.compile.trainer import Trained
 from kolm_audit.errors import ConfigError, InputError
 
@@ -114,19 +114,10 @@ def _stage_job(ctx: GenerateContext, i: int, stage: Mapping[str, Any]) -> dict[s
     return job
 
 
-class GenerateTrainer:
-    """``trainer.kind = "torch"`` for ``task.kind = "generate"`` (see the module docstring).
+class GenerateTrainer(PinnedTorchTrainer):
+    """``trainer.kind = "torch"`` for ``task.kind = "generate"`` (see the module docstring)."""
 
-    ``env_overrides`` replaces pinned variables, ``None`` unsets one (to measure what they change)."""
-
-    kind = "torch"
     spec = TRAIN_SPEC
-
-    def __init__(self, *, env_overrides: Mapping[str, str | None] | None = None) -> None:
-        self.env_overrides = dict(env_overrides or {})
-
-    def environment(self, threads: int) -> dict[str, str | None]:
-        return {**pinned_environment(threads=threads), **self.env_overrides}
 
     def train(self, ctx: GenerateContext) -> Trained:
         from kolm_audit import __version__

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import sys
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from kolm_audit.compile.torch_worker import worker_environment
 
 REFERENCE = ("dpo", "kto")                          # algorithms that compare with the frozen model of stage start
 MEASURED_ROWS = 64                                  # rows of each stage's data measured before and after it
@@ -258,7 +259,6 @@ def new_model(config: dict[str, Any], weights_dir: str | None) -> Any:
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
     import transformers
     from safetensors.torch import save_file
 
@@ -297,10 +297,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(Path(job["out"]) / "model.safetensors"))
     return {"stages": report, "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
-            "environment": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-                            "transformers": transformers.__version__, "machine": platform.machine(),
-                            "system": platform.system(), "deterministic_algorithms": True,
-                            "torch_threads": torch.get_num_threads()}}
+            "environment": worker_environment()}
 
 
 def main(argv: list[str]) -> int:

@@ -77,20 +77,25 @@ def _settings(table: Mapping[str, Any], file: str) -> dict[str, Any]:
     return s
 
 
-class TorchTrainer:
-    """``trainer.kind = "torch"`` for ``task.kind = "classify"`` (see the module docstring).
+class PinnedTorchTrainer:
+    """What the torch trainers share: ``kind = "torch"`` and the pinned environment of their worker process.
 
     ``env_overrides`` replaces pinned variables, ``None`` unsets one (used only to measure what they change,
     bench/repro_matrix.py; the values used are what the manifest records)."""
 
     kind = "torch"
-    spec = TRAIN_SPEC
 
     def __init__(self, *, env_overrides: Mapping[str, str | None] | None = None) -> None:
         self.env_overrides = dict(env_overrides or {})
 
     def environment(self, threads: int) -> dict[str, str | None]:
         return {**pinned_environment(threads=threads), **self.env_overrides}
+
+
+class TorchTrainer(PinnedTorchTrainer):
+    """``trainer.kind = "torch"`` for ``task.kind = "classify"`` (see the module docstring)."""
+
+    spec = TRAIN_SPEC
 
     def train(self, ctx: TrainContext) -> Trained:
         from kolm_audit import __version__

@@ -37,7 +37,6 @@ def _batch(ids: list[list[int]], max_tokens: int, pad: int) -> tuple[Any, Any]:
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
     import torch
     import transformers
     from safetensors.torch import save_file
@@ -90,10 +89,18 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     save_file({"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()},
               str(out / "head.safetensors"))
     return {"steps": steps, "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
-            "environment": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-                            "transformers": transformers.__version__, "machine": platform.machine(),
-                            "system": platform.system(), "deterministic_algorithms": True,
-                            "torch_threads": torch.get_num_threads()}}
+            "environment": worker_environment()}
+
+
+def worker_environment() -> dict[str, Any]:
+    """What this worker process ran with (recorded in ``provenance.build.environment``)."""
+    import numpy as np
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "machine": platform.machine(), "system": platform.system(),
+            "deterministic_algorithms": True, "torch_threads": torch.get_num_threads()}
 
 
 def main(argv: list[str]) -> int:
