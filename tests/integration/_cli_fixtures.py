@@ -26,16 +26,3 @@ def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, st
         main([str(a) for a in args])
     out, err = capsys.readouterr()
     return int(exc.value.code or 0), out, err
-
-
-def sample_kscore(*, passed: bool) -> dict:
-    """A real ``kolm.kscore/1`` document (computed by :func:`kolm_audit.compile.kscore.kscore`) whose gate passes
-    or fails on A (912 against a minimum of 950 when ``passed`` is false)."""
-    from kolm_audit.compile.kscore import Cost, Latency, kscore
-
-    return kscore(accuracy=(912, 1000), probes=(60, 60),
-                  latency=Latency(p95_tokens=40, macs=10**9, macs_per_second=10**11, budget_us=20_000),
-                  cost=Cost(total_macs=10**12, decisions=1000, price_per_tera_macs=10, price_unit="micro-EUR",
-                            budget_per_1000=100),
-                  verify=(1000, 1000), backends=("numpy", "cpu"), batch_sizes=(1, 32), min_k=800,
-                  min_components={"A": 900 if passed else 950})

