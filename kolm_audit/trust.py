@@ -26,13 +26,13 @@ Verification answers *which* trusted key, for which role and tenant, signed — 
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from kolm_audit._toml import read_toml
 from kolm_audit.errors import ConfigError, KolmError, TrustError, naming_file
 from kolm_audit.keys import PublicKey, load_public_key
 from kolm_audit.schemas import validate
@@ -129,13 +129,7 @@ class TrustPolicy:
     @classmethod
     def load(cls, path: str | Path) -> TrustPolicy:
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read trust file ({exc.strerror})", file=str(path)) from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"not valid TOML ({exc})", file=str(path)) from None
-        doc = _stringify_dates(raw)
+        doc = _stringify_dates(read_toml(path, what="trust file"))
         validate(doc, "trust", source=str(path), error=ConfigError)
         keys = []
         names: dict[str, int] = {}

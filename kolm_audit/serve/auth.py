@@ -30,11 +30,11 @@ import hashlib
 import hmac
 import json
 import secrets
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from kolm_audit._atomic import write_atomic
+from kolm_audit._toml import read_toml
 from kolm_audit.errors import ConfigError, InputError
 from kolm_audit.schemas import validate
 from kolm_audit.serve.problems import Unauthorized
@@ -99,12 +99,7 @@ class TokenFile:
     @classmethod
     def load(cls, path: str | Path) -> TokenFile:
         path = Path(path)
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read tokens file ({exc.strerror})", file=str(path)) from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"not valid TOML ({exc})", file=str(path)) from None
+        doc = read_toml(path, what="tokens file")
         validate(doc, "serve-tokens", source=str(path), error=ConfigError)
         return cls(entries=tuple(TokenEntry(name=e["name"], tenant=e["tenant"], hash=e["hash"])
                                  for e in doc["tokens"]), source=str(path))
