@@ -148,7 +148,8 @@ def read_provenance(path: Path, *, artifact_digest: str) -> Provenance:
     if prov.subject_digest != artifact_digest:
         raise InputError("provenance statement is about another artifact", file=str(path),
                          field="subject[0].digest", expected=artifact_digest, actual=prov.subject_digest)
-    return Provenance(data=path.read_bytes(), predicate_type=str(prov.statement["predicateType"]),
+    # the file's bytes, as read: the reader accepts only the canonical envelope and one newline
+    return Provenance(data=jcs(prov.envelope.to_json()) + b"\n", predicate_type=str(prov.statement["predicateType"]),
                       signers=tuple(sorted(s.keyid for s in prov.envelope.signatures)),
                       facts=tuple(flatten(prov.statement["predicate"], "", limit=60)))
 
