@@ -2,7 +2,9 @@
 
 A model forward calls ``ops.linear_norm``, ``ops.linear_swiglu``, ``ops.linear_gelu`` and ``ops.qkv_rope``; the numpy
 reference and the torch backends get them from this mixin (the reference's sequence of operations), and a fused
-backend runs each as fewer kernels with the same integers.
+backend runs each as fewer kernels with the same integers. ``ops.decoder_step`` is the one optional composite: a
+backend may run a whole Llama decoder layer of a decoding step at once; here it declines (``None``) and the model
+composes the layer itself.
 
 Example::
 
@@ -65,3 +67,13 @@ class ComposedOps:
         k = ops.heads(qkv[..., nq:nq + nk], kv_heads, head_dim)              # [B,nkv,T,D]
         v = ops.heads(qkv[..., nq + nk:], kv_heads, head_dim)                # [B,nkv,T,D]
         return (ops.rope(q, positions, cos_table, sin_table), ops.rope(k, positions, cos_table, sin_table), v)
+
+    def decoder_step(self, x: Array, h: Array, layer: Any, keys: Array, values: Array, *, positions: Array,
+                     key_valid: Array, post_gamma: Array, next_gamma: Array | None, eps_q32: int, rsqrt_table: Array,
+                     heads: int, cos_table: Array, sin_table: Array, scale_mult: int, scale_shift: int,
+                     exp_table: Array, sigmoid_table: Array) -> tuple[Array, Array | None, Array, Array] | None:
+        """A whole Llama decoder layer on the new tokens of a decoding step, where the backend has it as one kernel:
+        ``(x, next norm of x or None after the last layer, keys, values)`` grown by the new rows — exactly what
+        ``LlamaRuntime._block`` composes (it is tested against that composition). ``None``: not offered for these
+        inputs, the model composes the layer."""
+        return None

@@ -40,6 +40,8 @@ import torch
 
 from kolm_audit.runtime import cpu_attention as ka
 from kolm_audit.runtime import cpu_blocks as kb
+from kolm_audit.runtime import cpu_decode as kd
+from kolm_audit.runtime import cpu_gemv as kg
 from kolm_audit.runtime import cpu_kernels as kn
 from kolm_audit.runtime.fused_ops import FusedOps
 from kolm_audit.runtime.torch_matmul import TorchLinear
@@ -49,7 +51,9 @@ _PAR_MIN = 1 << 16              # elements below which one thread does the whole
 _Q8 = "_kolm_q8"                # memo on an output: its §3.3 rows (q int8 [R, K], m [R], e [R]) for the next linear
 _MERGED = "_kolm_merged"        # memo on an attention output [B,H,T,D]: the same values as [B,T,H·D] (with _Q8)
 KQ8 = "_kolm_kq8"               # memo on a key tensor [B,Hk,T,D]: (int8 rows [B,Hk,T,D], m [B,Hk,T], e [B,Hk,T])
+_BUNDLE = "_kolm_kv"            # on a key tensor of a decoding cache: the _KVBundle it is a view of
 _BLOCK_TQ = 8                   # attention with at most this many query rows per request runs as one kernel
+_FEW_ROWS = 4                   # products of at most this many rows run in a kernel (cpu_gemv), not torch
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY2 = np.zeros((0, 0), dtype=np.int64)
 
@@ -83,6 +87,56 @@ def _table(t: Tensor, kind: str) -> np.ndarray | None:
                 found = None
         setattr(t, key, found)
     return getattr(t, key)
+
+
+def _gemv_operand(lin: TorchLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(w int8 [N, K], wsum, mult, shift, bias)`` of a layer whose product is one int8 digit in one chunk (the
+    operand of :mod:`~kolm_audit.runtime.cpu_gemv` and :mod:`~kolm_audit.runtime.cpu_decode`), made once and kept on
+    the weight tensor; ``None`` for other plans (wider weights, chunked K: the torch product runs them)."""
+    w = lin.weight
+    if not hasattr(w, "_kolm_gemv"):
+        found = None
+        if lin.plan.digits == 1 and lin.plan.chunks == 1 and w.dtype == torch.int8:
+            wn = np.ascontiguousarray(_host(w))
+            found = (wn, kg.weight_sums(wn), _host(lin.mult), _host(lin.shift), _host(lin.bias))
+        w._kolm_gemv = found            # type: ignore[attr-defined]
+    return w._kolm_gemv                # type: ignore[attr-defined]
+
+
+class _KVBundle:
+    """One layer's KV cache for :meth:`FusedCpuOps.decoder_step`: numpy buffers with spare capacity along time —
+    keys after RoPE ``k`` and values ``v`` int32 [B, Hk, C, D], the keys' §3.3 rows ``kq`` int8 [B, Hk, C, D], ``mk``,
+    ``ek`` int64 [B, Hk, C] — of which the first ``used`` rows are written. The key tensor handed to the model (a
+    view of ``k``) carries its bundle (``_BUNDLE``), and its ``KQ8`` memo is read from the bundle. Rows below ``used``
+    are never written again, so an older view stays valid; growing a view that is not the newest copies."""
+
+    __slots__ = ("buffers", "used")
+
+    def __init__(self, buffers: tuple[np.ndarray, ...], used: int) -> None:
+        self.buffers, self.used = buffers, used
+
+    @classmethod
+    def growing(cls, ops: FusedCpuOps, keys: Tensor, values: Tensor, t: int) -> _KVBundle:
+        """The bundle to write ``t`` new rows after ``keys``/``values`` [B, Hk, T0, D]: their own when they are its
+        newest rows and it has room, else a fresh one (capacity ``max(64, 2·(T0 + t))``) holding a copy."""
+        t0 = keys.shape[2]
+        kv = getattr(keys, _BUNDLE, None)
+        if kv is not None and kv.used == t0 and kv.buffers[0].shape[2] >= t0 + t:
+            return kv
+        b, hk, _, d = keys.shape
+        cap = max(64, 2 * (t0 + t))
+        bufs = (np.empty((b, hk, cap, d), np.int32), np.empty((b, hk, cap, d), np.int8),
+                np.empty((b, hk, cap), np.int64), np.empty((b, hk, cap), np.int64), np.empty((b, hk, cap, d), np.int32))
+        kq, mk, ek = ops._memo(keys, KQ8)
+        for buf, part in zip(bufs, (keys, kq, mk, ek, values), strict=True):
+            buf[:, :, :t0] = part.numpy()
+        return cls(bufs, t0)
+
+    def views(self) -> tuple[Tensor, Tensor]:
+        """(keys, values) tensor views of the ``used`` rows, the keys tagged with this bundle."""
+        k, v = (torch.from_numpy(self.buffers[i][:, :, :self.used]) for i in (0, 4))
+        setattr(k, _BUNDLE, self)
+        return k, v
 
 
 class FusedCpuOps(FusedOps):
@@ -137,6 +191,11 @@ class FusedCpuOps(FusedOps):
             self._par(xn.shape[0], xn.size, lambda lo, hi: kn.quantize_rows(xn[lo:hi], qn[lo:hi], mn[lo:hi],
                                                                             en[lo:hi]))
             q = torch.from_numpy(qn)
+        operand = _gemv_operand(lin) if q.shape[0] <= _FEW_ROWS else None
+        if operand is not None:                                         # few rows: no call into torch
+            acc = np.empty((q.shape[0], lin.out_features), dtype=np.int32)
+            kg.gemv_rows(q.numpy(), operand[0], operand[1], acc)
+            return acc, mn, en                                          # [R,N] int32, exact
         return self.accumulate(q, lin).numpy(), mn, en                  # [R,N] int32 | int64, exact (GEMM plan)
 
     @staticmethod
@@ -269,6 +328,11 @@ class FusedCpuOps(FusedOps):
         if attr != KQ8:
             return super()._memo(x, attr)
         found = getattr(x, attr, None)
+        kv = getattr(x, _BUNDLE, None)
+        if found is None and kv is not None:                           # a decoding cache's keys: from the bundle
+            t = x.shape[2]
+            found = tuple(torch.from_numpy(kv.buffers[i][:, :, :t]) for i in (1, 2, 3))
+            setattr(x, attr, found)
         if found is None:                                              # keys: their §3.3 rows, int8
             b, h, t, d = x.shape
             q, m, e = self._quantize(x.reshape(-1, d), torch.int8)
@@ -332,6 +396,45 @@ class FusedCpuOps(FusedOps):
         k = torch.from_numpy(kr)
         setattr(k, KQ8, (torch.from_numpy(kq), torch.from_numpy(mk), torch.from_numpy(ek)))
         return torch.from_numpy(qr), k, torch.from_numpy(vr)
+
+    def decoder_step(self, x: Tensor, h: Tensor, layer: Any, keys: Tensor, values: Tensor, *, positions: Any,
+                     key_valid: Any, post_gamma: Tensor, next_gamma: Tensor | None, eps_q32: int, rsqrt_table: Tensor,
+                     heads: int, cos_table: Tensor, sin_table: Tensor, scale_mult: int, scale_shift: int,
+                     exp_table: Tensor, sigmoid_table: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor] | None:
+        """A decoding step's Llama layer as one kernel (:func:`~kolm_audit.runtime.cpu_decode.decoder_layer`) for at
+        most ``_FEW_ROWS`` new token rows; the new keys and values are written into the spare capacity of the
+        layer's :class:`_KVBundle`. ``None`` (the composed layer runs) for anything else: more rows, wider weights,
+        tables outside the fast kernels' bounds."""
+        b, t, hid = x.shape
+        if b * t > _FEW_ROWS or x.dtype != torch.int32 or keys.dtype != torch.int32 or values.dtype != torch.int32:
+            return None
+        exp_pair, sig_pair = _table(exp_table, "softmax"), _table(sigmoid_table, "pair")
+        cos, sin = _table(cos_table, "int32"), _table(sin_table, "int32")
+        lins = [_gemv_operand(layer[name]) for name in ("qkv", "o_proj", "gate_up", "down_proj")]
+        if exp_pair is None or sig_pair is None or cos is None or sin is None or any(op is None for op in lins):
+            return None
+        rows, t0 = b * t, keys.shape[2]
+        hm = getattr(h, _Q8, None)
+        if hm is None:                                                  # §3.3 rows of the layer's input norm
+            hn = _host(h).reshape(rows, hid)
+            hq, mh, eh = np.empty(hn.shape, np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
+            kn.quantize_rows(hn, hq, mh, eh)
+        else:
+            hq, mh, eh = hm[0].numpy(), hm[1], hm[2]
+        kv = _KVBundle.growing(self, keys, values, t)                   # room for the T new rows
+        x_out, h_out, q8, qm, qe = (np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32),
+                                    np.empty((rows, hid), np.int8), np.empty(rows, np.int64),
+                                    np.empty(rows, np.int64))
+        last = next_gamma is None
+        kd.decoder_layer(_host(x).reshape(rows, hid), hq, mh, eh, *lins, _host(post_gamma),
+                         _EMPTY if last else _host(next_gamma), not last, eps_q32, _host(rsqrt_table),
+                         _host(positions), cos, sin, heads, t0, kv.buffers, _host(key_valid), scale_mult,
+                         scale_shift, exp_pair, sig_pair, x_out, h_out, q8, qm, qe)   # [R,H] int32 Q.16 (+ norm)
+        kv.used = t0 + t
+        xt = torch.from_numpy(x_out.reshape(b, t, hid))
+        xt._kolm_np = x_out.reshape(b, t, hid)                        # type: ignore[attr-defined]
+        ht = None if last else self._keep_q8(torch.from_numpy(h_out.reshape(b, t, hid)), q8, qm, qe)
+        return (xt, ht, *kv.views())
 
     # ---- kernel hooks -------------------------------------------------------------------------------------
     def _k_quantize(self, x: Tensor, q: Tensor, m: Tensor, e: Tensor) -> None:

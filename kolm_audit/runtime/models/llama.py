@@ -171,6 +171,17 @@ class LlamaRuntime:
         layer's keys and values to the cache at timeline index ``slot``. Returns (x, the next layer's input norm of x
         — None after the last layer, whose final norm the caller takes on the positions it needs)."""
         ops, lay, p = self.ops, self.layers[i], f"model.layers.{i}."
+        last = i + 1 == len(self.layers)
+        next_gamma = None if last else self.gammas[f"model.layers.{i + 1}.input_layernorm"]
+        if cache.capacity is None and i < len(cache.keys):                       # a step on a growing cache: the
+            done = ops.decoder_step(                                              # backend may run the whole layer
+                x, h, lay, cache.keys[i], cache.values[i], positions=pos, key_valid=mask,
+                post_gamma=self.gammas[p + "post_attention_layernorm"], next_gamma=next_gamma, eps_q32=self.eps,
+                rsqrt_table=self.k_rsqrt, heads=self.nh, cos_table=self.k_cos, sin_table=self.k_sin,
+                scale_mult=self.scale_m, scale_shift=self.scale_s, exp_table=self.k_exp, sigmoid_table=self.k_sigmoid)
+            if done is not None:
+                x, h, cache.keys[i], cache.values[i] = done                       # the same integers as below
+                return x, h
         q, k, v = ops.qkv_rope(h, lay["qkv"], pos, self.k_cos, self.k_sin, heads=self.nh, kv_heads=self.nkv,
                                head_dim=self.d)                                   # [B,nh|nkv,T,D] Q.16, RoPE on q,k
         keys, values = cache.append(i, k, v, slot, ops)                           # [B,nkv,Tk,D] Q.16 (+ this step)
@@ -181,10 +192,9 @@ class LlamaRuntime:
         x, h = ops.linear_norm(ctx, lay["o_proj"], residual=x, gamma=self.gammas[p + "post_attention_layernorm"],
                                beta=None, eps_q32=self.eps, rsqrt_table=self.k_rsqrt)   # [B,T,H] sat(x + o), norm
         m = ops.linear_swiglu(h, lay["gate_up"], self.k_sigmoid)                  # [B,T,I] silu(gate)·up Q.16
-        if i + 1 == len(self.layers):
+        if last:
             return ops.linear(m, lay["down_proj"], residual=x), None              # [B,T,H] sat(x + down)
-        return ops.linear_norm(m, lay["down_proj"], residual=x, beta=None, eps_q32=self.eps,
-                               gamma=self.gammas[f"model.layers.{i + 1}.input_layernorm"],
+        return ops.linear_norm(m, lay["down_proj"], residual=x, beta=None, eps_q32=self.eps, gamma=next_gamma,
                                rsqrt_table=self.k_rsqrt)                          # [B,T,H] sat(x + down), next norm
 
     def _forward(self, *, ids: Any, pos: Any, mask: Any, slot: Any, key_len: Any, cache: KVCache,

@@ -1,0 +1,92 @@
+"""A whole Llama decoder layer as one numba kernel, for few token rows (a decoding step).
+
+At one token per request a decoder layer is ~1 M multiply-adds: less time than the ~20 calls from Python it takes
+as separate operations (four matrix products and the kernels between them, the KV cache's appends).
+:func:`decoder_layer` runs the layer of ``docs/runtime-spec-llama.md`` §3–§5 in one call: the same steps, in the
+same order, with the same integers as ``LlamaRuntime._block`` composes them from the backend's operations:
+
+1. ``qkv = linear(h)`` (§4.2: the exact int8 product of :func:`~kolm_audit.runtime.cpu_gemv._gemv_rows`, epilogue);
+2. RoPE of q and k; k (with its §3.3 rows) and v written into the layer's KV cache buffers at rows ``t0 …``;
+3. grouped-query causal attention over the cache (§5.2), the context's §3.3 rows;
+4. ``x1 = sat(x + linear(ctx; o_proj))``, its RMSNorm (post-attention) and §3.3 rows;
+5. ``m = swiglu(linear(h1; gate_up))`` and its §3.3 rows;
+6. ``x2 = sat(x1 + linear(m; down_proj))`` and, except after the last layer, its RMSNorm with ``g_next`` (the next
+   layer's input norm) and §3.3 rows.
+
+Each step calls the kernel that the separate operations use (:mod:`~kolm_audit.runtime.cpu_blocks`,
+:mod:`~kolm_audit.runtime.cpu_attention`, :mod:`~kolm_audit.runtime.cpu_kernels`, each tested against the
+reference), so only the chaining is new here. A linear layer is a tuple ``(w int8 [N, K], wsum int32 [N], mult,
+shift, bias int64 [N])`` (``wsum``: :func:`~kolm_audit.runtime.cpu_gemv.weight_sums`); the cache is the tuple
+``(k int32, kq int8 [B, Hk, C, D], mk, ek int64 [B, Hk, C], v int32 [B, Hk, C, D])`` of buffers with room for
+``C >= t0 + T`` rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kolm_audit.runtime.cpu_attention import cached_attention, rope_append
+from kolm_audit.runtime.cpu_blocks import epilogue_norm_quant, epilogue_swiglu_quant, linear_epilogue_res
+from kolm_audit.runtime.cpu_gemv import _gemv_rows
+from kolm_audit.runtime.cpu_kernels import _kernel, linear_epilogue
+
+_EMPTY = np.zeros(0, np.int64)
+
+
+@_kernel
+def decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray, lin_qkv: tuple, lin_o: tuple,
+                  lin_gu: tuple, lin_d: tuple, g_post: np.ndarray, g_next: np.ndarray, has_next: bool, eps_q32: int,
+                  rsqrt: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, nh: int, t0: int,
+                  cache: tuple, valid: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray,
+                  sig_pair: np.ndarray, x_out: np.ndarray, h_out: np.ndarray, hq_out: np.ndarray,
+                  hm_out: np.ndarray, he_out: np.ndarray) -> None:
+    """One decoder layer for the ``B·T`` rows of ``x`` [B·T, H] (int32 Q.16, the residual stream) whose input
+    RMSNorm has the §3.3 rows ``hq`` [B·T, H] int8, ``hm``, ``he`` [B·T]; positions ``pos`` [B, T]; the cache holds
+    ``t0`` rows; ``valid`` [B, 1, T, t0 + T] (causal and padding mask). Writes the layer's output into ``x_out``
+    [B·T, H] and, when ``has_next``, its RMSNorm with ``g_next`` into ``h_out`` with §3.3 rows ``hq_out``,
+    ``hm_out``, ``he_out``."""
+    b, t = pos.shape
+    rows, hid = x.shape
+    w_qkv, s_qkv, mult_qkv, shift_qkv, bias_qkv = lin_qkv
+    w_o, s_o, mult_o, shift_o, bias_o = lin_o
+    w_gu, s_gu, mult_gu, shift_gu, bias_gu = lin_gu
+    w_d, s_d, mult_d, shift_d, bias_d = lin_d
+    kbuf, kq, mk, ek, vbuf = cache
+    nkv, d = kbuf.shape[1], kbuf.shape[3]
+    n_qkv, inter = w_qkv.shape[0], w_gu.shape[0] // 2
+    u = np.empty(rows * max(hid, nh * d, inter), np.uint8)                  # product scratch
+    # 1. qkv = linear(h)                                                      [R, (nh+2nkv)·D] int32 Q.16
+    acc = np.empty((rows, n_qkv), np.int32)
+    _gemv_rows(hq, w_qkv, s_qkv, u, acc)
+    qkv = np.empty((rows, n_qkv), np.int32)
+    linear_epilogue(acc, hm, he, mult_qkv, shift_qkv, bias_qkv, qkv)
+    # 2. RoPE; keys (+ §3.3 rows) and values into cache rows t0 … t0+T-1    q [B, nh, T, D] int32 Q.16
+    qr = np.empty((b, nh, t, d), np.int32)
+    rope_append(qkv.reshape(b, t, n_qkv), pos, cos, sin, nh, nkv, t0, qr, kbuf, kq, mk, ek, vbuf)
+    # 3. attention over the t0 + T keys                                       ctx [B, T, nh·D] int32 Q.16 + §3.3 rows
+    tk = t0 + t
+    ctx = np.empty((b, t, nh * d), np.int32)
+    cq, cm, ce = np.empty((rows, nh * d), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
+    cached_attention(qr, kq[:, :, :tk], mk[:, :, :tk], ek[:, :, :tk], vbuf[:, :, :tk], valid, scale_mult,
+                     scale_shift, exp_pair, ctx, cq, cm, ce)
+    # 4. x1 = sat(x + o_proj(ctx)); h1 = RMSNorm(x1; post)                    [R, H] int32 Q.16 + §3.3 rows
+    acc = np.empty((rows, hid), np.int32)
+    _gemv_rows(cq, w_o, s_o, u, acc)
+    x1, h1 = np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32)
+    h1q, h1m, h1e = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
+    epilogue_norm_quant(acc, cm, ce, mult_o, shift_o, bias_o, x, g_post, _EMPTY, False, eps_q32, rsqrt, x1, h1,
+                        h1q, h1m, h1e)
+    # 5. m = swiglu(gate_up(h1))                                              [R, I] int32 Q.16 + §3.3 rows
+    acc = np.empty((rows, 2 * inter), np.int32)
+    _gemv_rows(h1q, w_gu, s_gu, u, acc)
+    mo, mq8 = np.empty((rows, inter), np.int32), np.empty((rows, inter), np.int8)
+    mm, me = np.empty(rows, np.int64), np.empty(rows, np.int64)
+    epilogue_swiglu_quant(acc, h1m, h1e, mult_gu, shift_gu, bias_gu, sig_pair, mo, mq8, mm, me)
+    # 6. x_out = sat(x1 + down_proj(m)); h_out = RMSNorm(x_out; next)         [R, H] int32 Q.16
+    acc = np.empty((rows, hid), np.int32)
+    _gemv_rows(mq8, w_d, s_d, u, acc)
+    if has_next:
+        epilogue_norm_quant(acc, mm, me, mult_d, shift_d, bias_d, x1, g_next, _EMPTY, False, eps_q32, rsqrt, x_out,
+                            h_out, hq_out, hm_out, he_out)
+    else:
+        linear_epilogue_res(acc, mm, me, mult_d, shift_d, bias_d, x1, x_out)

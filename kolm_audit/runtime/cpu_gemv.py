@@ -1,0 +1,126 @@
+"""Exact int8 matrix-vector products inside numba kernels (few rows: a decoding step).
+
+A linear layer's product for one token (§4.2: ``acc[n] = Σ_k q[k]·W[n, k]``, ``|q| <= 127``, int8 weights) costs a
+few microseconds of arithmetic, less than a call into torch from Python. :func:`_gemv_rows` computes it inside a
+kernel, so that a whole decoder layer runs as one call (:mod:`kolm_audit.runtime.cpu_decode`).
+
+On CPUs with VNNI (``avx512vnni`` + ``avx512vl``, or ``avxvnni``) the dot products use ``vpdpbusd`` (unsigned ×
+signed bytes, four products summed into each int32 lane) through an LLVM intrinsic: the activation is offset to
+``u = q + 128`` in ``[1, 255]``, and ``Σ_k u·W - 128·Σ_k W = Σ_k q·W``. Every intermediate is an exact int32:
+``|Σ u·W| <= K·255·128 < 2^31`` and ``|128·Σ W| <= K·128·128 < 2^31`` for ``K <= 2^16`` (spec §4.3), and the
+difference is the exact accumulator. Elsewhere the same sums are integer loops of 16-bit products
+(``|q·W| <= 127·128``). Both give the integers of ``torch._int_mm`` (tested against it).
+
+Example::
+
+    >>> import numpy as np
+    >>> w = np.arange(-64, 64, dtype=np.int8).reshape(2, 64)
+    >>> q = np.ones((1, 64), dtype=np.int8)
+    >>> acc = np.empty((1, 2), dtype=np.int32)
+    >>> gemv_rows(q, w, weight_sums(w), acc)
+    >>> acc.tolist() == (q.astype(np.int32) @ w.astype(np.int32).T).tolist()
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from kolm_audit.runtime.cpu_kernels import _kernel
+
+
+def _has_vnni() -> bool:
+    """Whether this CPU runs ``vpdpbusd`` on 256-bit vectors (what the compiled kernels will be built for)."""
+    feats = llvm.get_host_cpu_features()
+    return bool(feats.get("avxvnni") or (feats.get("avx512vnni") and feats.get("avx512vl")))
+
+
+VNNI = _has_vnni()
+
+
+@intrinsic
+def _dot_vnni(typingctx: Any, a: Any, b: Any, ib: Any, k: Any) -> Any:
+    """``Σ_{c < k} a[c]·b[ib + c]`` (``a`` uint8, ``b`` int8, ``k`` a multiple of 32) as int32, 32 bytes per
+    ``vpdpbusd`` with four independent accumulators."""
+    sig = types.int32(a, b, ib, k)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        aarr = context.make_array(signature.args[0])(context, builder, args[0])
+        barr = context.make_array(signature.args[1])(context, builder, args[1])
+        i32, v8 = ir.IntType(32), ir.VectorType(ir.IntType(32), 8)
+        pa, pb, kk = aarr.data, builder.gep(barr.data, [args[2]]), args[3]
+        dp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8, v8]),
+                                            "llvm.x86.avx512.vpdpbusd.256")
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8, None)) for _ in range(4)]
+
+        def step(acc: Any, off: Any) -> None:
+            va = builder.load(builder.bitcast(builder.gep(pa, [off]), v8.as_pointer()), align=1)
+            vb = builder.load(builder.bitcast(builder.gep(pb, [off]), v8.as_pointer()), align=1)
+            builder.store(builder.call(dp, [builder.load(acc), va, vb]), acc)
+
+        blocks = builder.udiv(kk, ir.Constant(kk.type, 128))
+        with cgutils.for_range(builder, blocks) as loop:
+            base = builder.mul(loop.index, ir.Constant(kk.type, 128))
+            for u in range(4):
+                step(accs[u], builder.add(base, ir.Constant(kk.type, 32 * u)))
+        done = builder.mul(blocks, ir.Constant(kk.type, 128))
+        with cgutils.for_range(builder, builder.udiv(builder.sub(kk, done), ir.Constant(kk.type, 32))) as loop:
+            step(accs[0], builder.add(done, builder.mul(loop.index, ir.Constant(kk.type, 32))))
+        total = builder.add(builder.add(builder.load(accs[0]), builder.load(accs[1])),
+                            builder.add(builder.load(accs[2]), builder.load(accs[3])))
+        reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [v8]),
+                                                "llvm.vector.reduce.add.v8i32")
+        return builder.call(reduce, [total])
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _gemv_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, u: np.ndarray, acc: np.ndarray) -> None:
+    """``acc[r, n] = Σ_k q[r, k]·w[n, k]`` (exact int32) for int8 ``q`` [R, K] (|q| <= 127) and ``w`` [N, K] (int8,
+    C-contiguous); ``wsum`` from :func:`weight_sums` (the offset's correction over the first ``K - K % 32`` columns,
+    which ``vpdpbusd`` covers; the rest are 16-bit products); ``u`` uint8 scratch of at least ``R·K`` elements.
+    Weight rows are the outer loop: each is read once per call, whatever ``R`` (the activations stay in L1)."""
+    rows, k = q.shape
+    n = w.shape[0]
+    wf = w.reshape(-1)
+    k32 = k - k % 32
+    if VNNI:
+        for r in range(rows):
+            for c in range(k):
+                u[r * k + c] = np.uint8(np.int16(q[r, c]) + 128)
+        for j in range(n):
+            for r in range(rows):
+                s = _dot_vnni(u[r * k:(r + 1) * k], wf, j * k, k32) - wsum[j]
+                for c in range(k32, k):
+                    s += np.int32(np.int16(q[r, c]) * np.int16(wf[j * k + c]))
+                acc[r, j] = s
+    else:
+        for j in range(n):
+            for r in range(rows):
+                s = np.int32(0)
+                for c in range(k):
+                    s += np.int32(np.int16(q[r, c]) * np.int16(wf[j * k + c]))
+                acc[r, j] = s
+
+
+@_kernel
+def gemv_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, acc: np.ndarray) -> None:
+    """:func:`_gemv_rows` as a kernel (tests, and linear layers of few rows)."""
+    _gemv_rows(q, w, wsum, np.empty(q.size, np.uint8), acc)
+
+
+def weight_sums(w: np.ndarray) -> np.ndarray:
+    """``128·Σ_{k < K - K % 32} w[n, k]`` per row (int32 [N], ``|·| <= K·128·128 < 2^31``) for :func:`_gemv_rows`;
+    zeros without VNNI, where they are not used."""
+    k32 = w.shape[1] - w.shape[1] % 32
+    if not VNNI:
+        return np.zeros(w.shape[0], dtype=np.int32)
+    return (128 * np.asarray(w[:, :k32], dtype=np.int64).sum(axis=1)).astype(np.int32)
