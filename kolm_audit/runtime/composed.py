@@ -2,9 +2,9 @@
 
 A model forward calls ``ops.linear_norm``, ``ops.linear_swiglu``, ``ops.linear_gelu`` and ``ops.qkv_rope``; the numpy
 reference and the torch backends get them from this mixin (the reference's sequence of operations), and a fused
-backend runs each as fewer kernels with the same integers. ``ops.decoder_step`` is the one optional composite: a
-backend may run a whole Llama decoder layer of a decoding step at once; here it declines (``None``) and the model
-composes the layer itself.
+backend runs each as fewer kernels with the same integers. ``ops.decode_forward`` is the one optional composite: a
+backend may run the whole forward of a Llama decoding step at once; here it declines (``None``) and the model
+composes it itself.
 
 Example::
 
@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 Array = Any   # a backend's integer array: np.ndarray (numpy) or torch.Tensor (cpu, cuda)
@@ -68,12 +69,16 @@ class ComposedOps:
         v = ops.heads(qkv[..., nq + nk:], kv_heads, head_dim)                # [B,nkv,T,D]
         return (ops.rope(q, positions, cos_table, sin_table), ops.rope(k, positions, cos_table, sin_table), v)
 
-    def decoder_step(self, x: Array, h: Array, layer: Any, keys: Array, values: Array, *, positions: Array,
-                     key_valid: Array, post_gamma: Array, next_gamma: Array | None, eps_q32: int, rsqrt_table: Array,
-                     heads: int, cos_table: Array, sin_table: Array, scale_mult: int, scale_shift: int,
-                     exp_table: Array, sigmoid_table: Array) -> tuple[Array, Array | None, Array, Array] | None:
-        """A whole Llama decoder layer on the new tokens of a decoding step, where the backend has it as one kernel:
-        ``(x, next norm of x or None after the last layer, keys, values)`` grown by the new rows — exactly what
-        ``LlamaRuntime._block`` composes (it is tested against that composition). ``None``: not offered for these
-        inputs, the model composes the layer."""
+    def decode_forward(self, ids: Array, positions: Array, key_valid: Array, keys: Sequence[Array],
+                       values: Sequence[Array], *, tok_emb: Any, layers: Sequence[Any], first_gamma: Array,
+                       post_gammas: Sequence[Array], next_gammas: Sequence[Array], lm_head: Any, eps_q32: int,
+                       rsqrt_table: Array, heads: int, cos_table: Array, sin_table: Array, scale_mult: int,
+                       scale_shift: int, exp_table: Array,
+                       sigmoid_table: Array) -> tuple[Array, list[Array], list[Array]] | None:
+        """The forward of a Llama decoding step, where the backend has it as one kernel: the new tokens ``ids``
+        [B, T] at ``positions`` over each layer's cache ``keys[i]``/``values[i]`` [B, Hk, T0, D]; layer ``i`` with
+        ``layers[i]`` (its prepared linears) and norms ``post_gammas[i]``, ``next_gammas[i]`` (the next layer's input
+        norm; the last one: the final norm). Returns ``(logits [B, T, V] Q.16, the grown keys, values)`` — exactly
+        what ``LlamaRuntime._forward`` composes (tested against that composition). ``None``: not offered for these
+        inputs, the model composes the step."""
         return None

@@ -1,17 +1,19 @@
-"""A whole Llama decoder layer as one numba kernel, for few token rows (a decoding step).
+"""The forward of a Llama decoding step as one numba kernel, for few token rows.
 
 At one token per request a decoder layer is ~1 M multiply-adds: less time than the ~20 calls from Python it takes
 as separate operations (four matrix products and the kernels between them, the KV cache's appends).
-:func:`decoder_layer` runs the layer of ``docs/runtime-spec-llama.md`` §3–§5 in one call: the same steps, in the
-same order, with the same integers as ``LlamaRuntime._block`` composes them from the backend's operations:
+:func:`decode_forward` runs the whole step of ``docs/runtime-spec-llama.md`` §3–§6 in one call — the token
+embedding, the first input norm, every decoder layer, the final norm and the LM head — with the same integers as
+``LlamaRuntime._forward`` composes them from the backend's operations. Each layer (:func:`_decoder_layer`) is these
+steps, in this order:
 
 1. ``qkv = linear(h)`` (§4.2: the exact int8 product of :func:`~kolm_audit.runtime.cpu_gemv._gemv_rows`, epilogue);
 2. RoPE of q and k; k (with its §3.3 rows) and v written into the layer's KV cache buffers at rows ``t0 …``;
 3. grouped-query causal attention over the cache (§5.2), the context's §3.3 rows;
 4. ``x1 = sat(x + linear(ctx; o_proj))``, its RMSNorm (post-attention) and §3.3 rows;
 5. ``m = swiglu(linear(h1; gate_up))`` and its §3.3 rows;
-6. ``x2 = sat(x1 + linear(m; down_proj))`` and, except after the last layer, its RMSNorm with ``g_next`` (the next
-   layer's input norm) and §3.3 rows.
+6. ``x2 = sat(x1 + linear(m; down_proj))``, its RMSNorm with ``g_next`` (the next layer's input norm; after the
+   last layer the final norm, ``model.norm``) and §3.3 rows.
 
 Each step calls the kernel that the separate operations use (:mod:`~kolm_audit.runtime.cpu_blocks`,
 :mod:`~kolm_audit.runtime.cpu_attention`, :mod:`~kolm_audit.runtime.cpu_kernels`, each tested against the
@@ -24,27 +26,29 @@ shift, bias int64 [N])`` (``wsum``: :func:`~kolm_audit.runtime.cpu_gemv.weight_s
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from kolm_audit.runtime.cpu_attention import cached_attention, rope_append
-from kolm_audit.runtime.cpu_blocks import epilogue_norm_quant, epilogue_swiglu_quant, linear_epilogue_res
+from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_norm_quant, epilogue_swiglu_quant, norm_quant
 from kolm_audit.runtime.cpu_gemv import _gemv_rows
-from kolm_audit.runtime.cpu_kernels import _kernel, linear_epilogue
+from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, linear_epilogue
 
 _EMPTY = np.zeros(0, np.int64)
+_EMPTY2 = np.zeros((0, 0), np.int64)
 
 
-@_kernel
-def decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray, lin_qkv: tuple, lin_o: tuple,
-                  lin_gu: tuple, lin_d: tuple, g_post: np.ndarray, g_next: np.ndarray, has_next: bool, eps_q32: int,
-                  rsqrt: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, nh: int, t0: int,
-                  cache: tuple, valid: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray,
-                  sig_pair: np.ndarray, x_out: np.ndarray, h_out: np.ndarray, hq_out: np.ndarray,
-                  hm_out: np.ndarray, he_out: np.ndarray) -> None:
+@njit(**_JIT)
+def _decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray, lin_qkv: tuple, lin_o: tuple,
+                   lin_gu: tuple, lin_d: tuple, g_post: np.ndarray, g_next: np.ndarray, eps_q32: int,
+                   rsqrt: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, nh: int, t0: int,
+                   cache: tuple, valid: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray,
+                   sig_pair: np.ndarray, x_out: np.ndarray, h_out: np.ndarray, hq_out: np.ndarray,
+                   hm_out: np.ndarray, he_out: np.ndarray) -> None:
     """One decoder layer for the ``B·T`` rows of ``x`` [B·T, H] (int32 Q.16, the residual stream) whose input
     RMSNorm has the §3.3 rows ``hq`` [B·T, H] int8, ``hm``, ``he`` [B·T]; positions ``pos`` [B, T]; the cache holds
     ``t0`` rows; ``valid`` [B, 1, T, t0 + T] (causal and padding mask). Writes the layer's output into ``x_out``
-    [B·T, H] and, when ``has_next``, its RMSNorm with ``g_next`` into ``h_out`` with §3.3 rows ``hq_out``,
-    ``hm_out``, ``he_out``."""
+    [B·T, H], its RMSNorm with ``g_next`` into ``h_out`` and that norm's §3.3 rows into ``hq_out``, ``hm_out``,
+    ``he_out``."""
     b, t = pos.shape
     rows, hid = x.shape
     w_qkv, s_qkv, mult_qkv, shift_qkv, bias_qkv = lin_qkv
@@ -85,8 +89,52 @@ def decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray,
     # 6. x_out = sat(x1 + down_proj(m)); h_out = RMSNorm(x_out; next)         [R, H] int32 Q.16
     acc = np.empty((rows, hid), np.int32)
     _gemv_rows(mq8, w_d, s_d, u, acc)
-    if has_next:
-        epilogue_norm_quant(acc, mm, me, mult_d, shift_d, bias_d, x1, g_next, _EMPTY, False, eps_q32, rsqrt, x_out,
-                            h_out, hq_out, hm_out, he_out)
-    else:
-        linear_epilogue_res(acc, mm, me, mult_d, shift_d, bias_d, x1, x_out)
+    epilogue_norm_quant(acc, mm, me, mult_d, shift_d, bias_d, x1, g_next, _EMPTY, False, eps_q32, rsqrt, x_out, h_out,
+                        hq_out, hm_out, he_out)
+
+
+@njit(**_JIT)
+def _decoder_stack(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray, layers: tuple, caches: tuple,
+                   eps_q32: int, rsqrt: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, nh: int,
+                   t0: int, valid: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray,
+                   sig_pair: np.ndarray) -> tuple:
+    """Every decoder layer (:func:`_decoder_layer`) from the residual rows ``x`` [R, H] and the §3.3 rows of their
+    first input norm; ``layers[i]`` is ``(lin_qkv, lin_o, lin_gu, lin_d, g_post, g_next)`` (``g_next`` of the last
+    layer: the final norm) and ``caches[i]`` its KV cache buffers. Returns the §3.3 rows ``(q, m, e)`` of the final
+    norm of the last layer's output."""
+    rows, hid = x.shape
+    xa, xb = x, np.empty((rows, hid), np.int32)                              # residual stream, in and out
+    hb = np.empty((rows, hid), np.int32)                                     # a layer's output norm
+    qa, ma, ea = hq, hm, he                                                  # §3.3 rows of the layer's input norm
+    qb, mb, eb = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
+    for i in range(len(layers)):
+        lin_qkv, lin_o, lin_gu, lin_d, g_post, g_next = layers[i]
+        _decoder_layer(xa, qa, ma, ea, lin_qkv, lin_o, lin_gu, lin_d, g_post, g_next, eps_q32, rsqrt, pos, cos, sin,
+                       nh, t0, caches[i], valid, scale_mult, scale_shift, exp_pair, sig_pair, xb, hb, qb, mb, eb)
+        xa, xb = xb, np.empty((rows, hid), np.int32)
+        qa, ma, ea = qb, mb, eb
+        qb, mb, eb = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
+    return qa, ma, ea
+
+
+@_kernel
+def decode_forward(ids: np.ndarray, emb: tuple, g_first: np.ndarray, layers: tuple, caches: tuple, lm_head: tuple,
+                   eps_q32: int, rsqrt: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, nh: int,
+                   t0: int, valid: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray,
+                   sig_pair: np.ndarray, logits: np.ndarray) -> None:
+    """A decoding step's forward: the new tokens ``ids`` [R] (``R = B·T``, request-major) at positions ``pos``
+    [B, T] over caches of ``t0`` rows; ``emb`` = ``(w int8 [V, H], mult, shift)`` (§3.1), ``g_first`` the first
+    input norm, ``layers``/``caches`` as in :func:`_decoder_stack`, ``lm_head`` a linear tuple. Writes the logits
+    [R, V] int32 Q.16 and each layer's new keys and values into its cache."""
+    rows, hid = ids.shape[0], emb[0].shape[1]
+    x = np.empty((rows, hid), np.int32)
+    embedding_rows(ids, emb[0], emb[1], emb[2], _EMPTY2, _EMPTY, x)         # [R,H] int32 Q.16 §3.1
+    h = np.empty((rows, hid), np.int32)
+    hq, hm, he = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
+    norm_quant(x, g_first, _EMPTY, False, eps_q32, rsqrt, h, hq, hm, he)     # [R,H] RMSNorm + §3.3 rows
+    fq, fm, fe = _decoder_stack(x, hq, hm, he, layers, caches, eps_q32, rsqrt, pos, cos, sin, nh, t0, valid,
+                                scale_mult, scale_shift, exp_pair, sig_pair)   # §3.3 rows of the final norm
+    w, wsum, mult, shift, bias = lm_head
+    acc = np.empty((rows, w.shape[0]), np.int32)
+    _gemv_rows(fq, w, wsum, np.empty(rows * hid, np.uint8), acc)            # [R,V] exact Σ q·W
+    linear_epilogue(acc, fm, fe, mult, shift, bias, logits)                 # [R,V] int32 Q.16

@@ -31,7 +31,7 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -101,6 +101,19 @@ def _gemv_operand(lin: TorchLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray,
             found = (wn, kg.weight_sums(wn), _host(lin.mult), _host(lin.shift), _host(lin.bias))
         w._kolm_gemv = found            # type: ignore[attr-defined]
     return w._kolm_gemv                # type: ignore[attr-defined]
+
+
+def _layer_operands(layers: Sequence[Any], post: Sequence[Tensor], nxt: Sequence[Tensor]) -> tuple | None:
+    """Per layer ``(qkv, o_proj, gate_up, down_proj operands, post-attention gamma, next gamma)`` as host arrays
+    for :func:`~kolm_audit.runtime.cpu_decode.decoder_stack`, or ``None`` when a layer's product is not one int8
+    digit."""
+    out = []
+    for lay, gp, gn in zip(layers, post, nxt, strict=True):
+        lins = tuple(_gemv_operand(lay[name]) for name in ("qkv", "o_proj", "gate_up", "down_proj"))
+        if any(op is None for op in lins):
+            return None
+        out.append((*lins, _host(gp), _host(gn)))
+    return tuple(out)
 
 
 class _KVBundle:
@@ -397,44 +410,37 @@ class FusedCpuOps(FusedOps):
         setattr(k, KQ8, (torch.from_numpy(kq), torch.from_numpy(mk), torch.from_numpy(ek)))
         return torch.from_numpy(qr), k, torch.from_numpy(vr)
 
-    def decoder_step(self, x: Tensor, h: Tensor, layer: Any, keys: Tensor, values: Tensor, *, positions: Any,
-                     key_valid: Any, post_gamma: Tensor, next_gamma: Tensor | None, eps_q32: int, rsqrt_table: Tensor,
-                     heads: int, cos_table: Tensor, sin_table: Tensor, scale_mult: int, scale_shift: int,
-                     exp_table: Tensor, sigmoid_table: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor] | None:
-        """A decoding step's Llama layer as one kernel (:func:`~kolm_audit.runtime.cpu_decode.decoder_layer`) for at
-        most ``_FEW_ROWS`` new token rows; the new keys and values are written into the spare capacity of the
-        layer's :class:`_KVBundle`. ``None`` (the composed layer runs) for anything else: more rows, wider weights,
+    def decode_forward(self, ids: Any, positions: Any, key_valid: Any, keys: Sequence[Tensor],
+                       values: Sequence[Tensor], *, tok_emb: tuple[Tensor, ...], layers: Sequence[Any],
+                       first_gamma: Tensor, post_gammas: Sequence[Tensor], next_gammas: Sequence[Tensor],
+                       lm_head: TorchLinear, eps_q32: int, rsqrt_table: Tensor, heads: int, cos_table: Tensor,
+                       sin_table: Tensor, scale_mult: int, scale_shift: int, exp_table: Tensor,
+                       sigmoid_table: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]] | None:
+        """A decoding step's forward as one kernel (:func:`~kolm_audit.runtime.cpu_decode.decode_forward`) for at
+        most ``_FEW_ROWS`` new token rows; each layer's new keys and values are written into the spare capacity of
+        its :class:`_KVBundle`. ``None`` (the composed forward runs) for anything else: more rows, wider weights,
         tables outside the fast kernels' bounds."""
-        b, t, hid = x.shape
-        if b * t > _FEW_ROWS or x.dtype != torch.int32 or keys.dtype != torch.int32 or values.dtype != torch.int32:
+        idn = _host(ids)
+        b, t = idn.shape
+        if b * t > _FEW_ROWS or any(a.dtype != torch.int32 for a in (*keys, *values)):
             return None
         exp_pair, sig_pair = _table(exp_table, "softmax"), _table(sigmoid_table, "pair")
         cos, sin = _table(cos_table, "int32"), _table(sin_table, "int32")
-        lins = [_gemv_operand(layer[name]) for name in ("qkv", "o_proj", "gate_up", "down_proj")]
-        if exp_pair is None or sig_pair is None or cos is None or sin is None or any(op is None for op in lins):
+        stack, head = _layer_operands(layers, post_gammas, next_gammas), _gemv_operand(lm_head)
+        if exp_pair is None or sig_pair is None or cos is None or sin is None or stack is None or head is None:
             return None
-        rows, t0 = b * t, keys.shape[2]
-        hm = getattr(h, _Q8, None)
-        if hm is None:                                                  # §3.3 rows of the layer's input norm
-            hn = _host(h).reshape(rows, hid)
-            hq, mh, eh = np.empty(hn.shape, np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
-            kn.quantize_rows(hn, hq, mh, eh)
-        else:
-            hq, mh, eh = hm[0].numpy(), hm[1], hm[2]
-        kv = _KVBundle.growing(self, keys, values, t)                   # room for the T new rows
-        x_out, h_out, q8, qm, qe = (np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32),
-                                    np.empty((rows, hid), np.int8), np.empty(rows, np.int64),
-                                    np.empty(rows, np.int64))
-        last = next_gamma is None
-        kd.decoder_layer(_host(x).reshape(rows, hid), hq, mh, eh, *lins, _host(post_gamma),
-                         _EMPTY if last else _host(next_gamma), not last, eps_q32, _host(rsqrt_table),
-                         _host(positions), cos, sin, heads, t0, kv.buffers, _host(key_valid), scale_mult,
-                         scale_shift, exp_pair, sig_pair, x_out, h_out, q8, qm, qe)   # [R,H] int32 Q.16 (+ norm)
-        kv.used = t0 + t
-        xt = torch.from_numpy(x_out.reshape(b, t, hid))
-        xt._kolm_np = x_out.reshape(b, t, hid)                        # type: ignore[attr-defined]
-        ht = None if last else self._keep_q8(torch.from_numpy(h_out.reshape(b, t, hid)), q8, qm, qe)
-        return (xt, ht, *kv.views())
+        t0 = keys[0].shape[2]
+        kvs = [_KVBundle.growing(self, k, v, t) for k, v in zip(keys, values, strict=True)]   # room for T rows
+        logits = np.empty((b * t, lm_head.out_features), np.int32)
+        kd.decode_forward(idn.reshape(-1), tuple(_host(a) for a in tok_emb), _host(first_gamma), stack,
+                          tuple(kv.buffers for kv in kvs), head, eps_q32, _host(rsqrt_table), _host(positions), cos,
+                          sin, heads, t0, _host(key_valid), scale_mult, scale_shift, exp_pair, sig_pair,
+                          logits)                                       # [R,V] int32 Q.16
+        grown = []
+        for kv in kvs:
+            kv.used = t0 + t
+            grown.append(kv.views())
+        return torch.from_numpy(logits.reshape(b, t, -1)), [k for k, _ in grown], [v for _, v in grown]
 
     # ---- kernel hooks -------------------------------------------------------------------------------------
     def _k_quantize(self, x: Tensor, q: Tensor, m: Tensor, e: Tensor) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from kolm_audit.errors import ArtifactError, UnsupportedModel
+from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime.reference import IntLinear
 
 SCHEMES = ("int8", "int4", "nvfp4")
@@ -135,3 +136,16 @@ def check_embedding(tensors: Mapping[str, np.ndarray], prefix: str, *, rows: int
     if np.any((mult != 0) & ((shift < 0) | (shift > MAX_SHIFT))):
         raise ArtifactError("embedding shift out of range", field=f"tensors.{prefix}.shift",
                             expected=f"0..{MAX_SHIFT}")
+    # a row is an activation (spec §3.1: int32 range); requantize is monotone in w for a fixed row scale, so the
+    # row's extremes come from its smallest and largest weight
+    w = tensors[f"{prefix}.weight"].astype(np.int64)
+    if rows and dim:
+        live, sh = mult != 0, np.where(mult != 0, shift, 0)
+        ends = [np.where(live, fp.requantize(w.min(axis=1), mult, sh), 0),
+                np.where(live, fp.requantize(w.max(axis=1), mult, sh), 0)]
+        bad = np.flatnonzero((np.minimum(*ends) < fp.INT32_MIN) | (np.maximum(*ends) > fp.INT32_MAX))
+        if bad.size:
+            v = int(bad[0])
+            raise ArtifactError("embedding row outside the int32 range", field=f"tensors.{prefix}.mult",
+                                expected="every row requantize(weight[v], mult[v], shift[v]) within int32 (spec §3.1)",
+                                actual=f"row {v}: values {int(ends[0][v])}..{int(ends[1][v])}")

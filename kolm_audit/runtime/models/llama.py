@@ -54,7 +54,7 @@ from kolm_audit.runtime.models.llama_config import LLAMA_MODEL_TYPES, MAX_POSITI
 from kolm_audit.runtime.ops import NumpyOps, Ops, fuse_linears
 from kolm_audit.runtime.sampling import DecodingParams, request_key, select_token
 from kolm_audit.runtime.tables import EXP_LEN, SIGMOID_LEN, load_table
-from kolm_audit.runtime.weights import load_linear, need_tensor, quantization_params
+from kolm_audit.runtime.weights import check_embedding, load_linear, need_tensor, quantization_params
 
 __all__ = ["LLAMA_MODEL_TYPES", "MAX_POSITIONS", "Generation", "KVCache", "LlamaConfig", "LlamaRuntime",
            "generate"]
@@ -134,9 +134,7 @@ class LlamaRuntime:
         tables = _Tables.from_tensors(tensors, cfg)
         h, inter, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
         nq, nk = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-        need_tensor(tensors, "model.embed_tokens.weight", "int8", (v, h))
-        need_tensor(tensors, "model.embed_tokens.mult", "int32", (v,))
-        need_tensor(tensors, "model.embed_tokens.shift", "int32", (v,))
+        check_embedding(tensors, "model.embed_tokens", rows=v, dim=h)
         need_tensor(tensors, "model.norm.gamma", "int32", (h,))
         shapes = {"self_attn.q_proj": (nq, h), "self_attn.k_proj": (nk, h), "self_attn.v_proj": (nk, h),
                   "self_attn.o_proj": (h, nq), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
@@ -171,17 +169,6 @@ class LlamaRuntime:
         layer's keys and values to the cache at timeline index ``slot``. Returns (x, the next layer's input norm of x
         — None after the last layer, whose final norm the caller takes on the positions it needs)."""
         ops, lay, p = self.ops, self.layers[i], f"model.layers.{i}."
-        last = i + 1 == len(self.layers)
-        next_gamma = None if last else self.gammas[f"model.layers.{i + 1}.input_layernorm"]
-        if cache.capacity is None and i < len(cache.keys):                       # a step on a growing cache: the
-            done = ops.decoder_step(                                              # backend may run the whole layer
-                x, h, lay, cache.keys[i], cache.values[i], positions=pos, key_valid=mask,
-                post_gamma=self.gammas[p + "post_attention_layernorm"], next_gamma=next_gamma, eps_q32=self.eps,
-                rsqrt_table=self.k_rsqrt, heads=self.nh, cos_table=self.k_cos, sin_table=self.k_sin,
-                scale_mult=self.scale_m, scale_shift=self.scale_s, exp_table=self.k_exp, sigmoid_table=self.k_sigmoid)
-            if done is not None:
-                x, h, cache.keys[i], cache.values[i] = done                       # the same integers as below
-                return x, h
         q, k, v = ops.qkv_rope(h, lay["qkv"], pos, self.k_cos, self.k_sin, heads=self.nh, kv_heads=self.nkv,
                                head_dim=self.d)                                   # [B,nh|nkv,T,D] Q.16, RoPE on q,k
         keys, values = cache.append(i, k, v, slot, ops)                           # [B,nkv,Tk,D] Q.16 (+ this step)
@@ -192,16 +179,38 @@ class LlamaRuntime:
         x, h = ops.linear_norm(ctx, lay["o_proj"], residual=x, gamma=self.gammas[p + "post_attention_layernorm"],
                                beta=None, eps_q32=self.eps, rsqrt_table=self.k_rsqrt)   # [B,T,H] sat(x + o), norm
         m = ops.linear_swiglu(h, lay["gate_up"], self.k_sigmoid)                  # [B,T,I] silu(gate)·up Q.16
-        if last:
+        if i + 1 == len(self.layers):
             return ops.linear(m, lay["down_proj"], residual=x), None              # [B,T,H] sat(x + down)
-        return ops.linear_norm(m, lay["down_proj"], residual=x, beta=None, eps_q32=self.eps, gamma=next_gamma,
+        return ops.linear_norm(m, lay["down_proj"], residual=x, beta=None, eps_q32=self.eps,
+                               gamma=self.gammas[f"model.layers.{i + 1}.input_layernorm"],
                                rsqrt_table=self.k_rsqrt)                          # [B,T,H] sat(x + down), next norm
+
+    def _decode_forward(self, *, ids: Any, pos: Any, mask: Any, cache: KVCache) -> Any:
+        """A decoding step's whole forward at once where the backend offers it (``ops.decode_forward``: the same
+        integers as the composed forward below): logits [B, T, V] Q.16, the cache grown; or ``None``."""
+        n = len(self.layers)
+        done = self.ops.decode_forward(
+            ids, pos, mask, cache.keys, cache.values, tok_emb=self.tok_emb, layers=self.layers,
+            first_gamma=self.gammas["model.layers.0.input_layernorm"],
+            post_gammas=[self.gammas[f"model.layers.{i}.post_attention_layernorm"] for i in range(n)],
+            next_gammas=[self.gammas[f"model.layers.{i}.input_layernorm"] for i in range(1, n)]
+            + [self.gammas["model.norm"]], lm_head=self.lm_head, eps_q32=self.eps, rsqrt_table=self.k_rsqrt,
+            heads=self.nh, cos_table=self.k_cos, sin_table=self.k_sin, scale_mult=self.scale_m,
+            scale_shift=self.scale_s, exp_table=self.k_exp, sigmoid_table=self.k_sigmoid)
+        if done is None:
+            return None
+        logits, cache.keys, cache.values = done
+        return logits
 
     def _forward(self, *, ids: Any, pos: Any, mask: Any, slot: Any, key_len: Any, cache: KVCache,
                  all_logits: bool) -> Any:
         """The device part of a step (no host synchronization, so a CUDA graph can capture it): ids [B, T], positions
         [B, T], mask [B, 1, T, width], slot [1] (timeline index of the first new token), key_len [1] = slot + T, all
         backend arrays. Returns logits [B, T|1, V] Q.16 in the backend's arrays."""
+        if cache.capacity is None and len(cache.keys) == len(self.layers):        # a step on a growing cache: the
+            logits = self._decode_forward(ids=ids, pos=pos, mask=mask, cache=cache)   # backend may run it at once
+            if logits is not None:
+                return logits if all_logits else logits[:, -1:, :]                # [B,T|1,V] Q.16
         x = self.ops.embedding(self.tok_emb, ids)                                 # [B,T,H] Q.16
         h = self._norm(x, "model.layers.0.input_layernorm")                       # [B,T,H] Q.16
         for i in range(len(self.layers)):

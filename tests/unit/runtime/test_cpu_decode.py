@@ -1,16 +1,17 @@
-"""The in-kernel int8 products (``cpu_gemv``) and the one-kernel decoder layer of a decoding step (``cpu_decode``)
+"""The in-kernel int8 products (``cpu_gemv``) and the one-kernel decoder layers of a decoding step (``cpu_decode``)
 give the reference's integers.
 
 The products against exact integer matrix products and ``torch._int_mm`` for every remainder of ``K`` modulo 32
 (the ``vpdpbusd`` blocks and the 16-bit tail), weights at -128 and 127, activations at ±127 and zero rows, on the
-VNNI path and on the portable one. The decoder layer of :class:`FusedCpuOps` against the numpy reference through
+VNNI path and on the portable one. The decoder layers of :class:`FusedCpuOps` against the numpy reference through
 the runtime: cached steps and generation at 1–4 rows (the one-kernel path, counted) and 5 (the composed path), a
-residual stream at the int32 limits (saturating sums), the last layer (no next norm), a cache grown from an older
-view (copied, the newer one untouched), and a scheme whose weights are not one int8 digit (declined).
+residual stream at the int32 limits (saturating sums), a cache grown from an older view (copied, the newer one
+untouched), and a scheme whose weights are not one int8 digit (declined).
 """
 
 from __future__ import annotations
 
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("numba")
 
-from _fused_fixtures import I32_MAX, I32_MIN, seeds
+from _fused_fixtures import seeds
 from _llama_fixtures import tiny_config, tiny_model, write_checkpoint
 
 from kolm_audit.compile.hf import read_hf_checkpoint
@@ -87,14 +88,23 @@ def test_gemv_rows_portable_path(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- the decoder layer of a decoding step, through the runtime ------------------------------------------------
 
 @pytest.fixture(scope="module", params=["int8", "nvfp4"])
-def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[LlamaRuntime,
-                                                                                            LlamaRuntime, str]:
-    """(numpy reference, fused CPU) runtimes of one tiny grouped-query checkpoint, and its scheme."""
+def quantized(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One tiny grouped-query checkpoint, quantized with the parameter's scheme."""
     model = tiny_model(tiny_config(max_pos=LIMIT, heads=4, kv_heads=2), seed=11)
-    qm = quantize_llama(read_hf_checkpoint(write_checkpoint(model, tmp_path_factory.mktemp("hf"))),
-                        scheme=request.param)
-    kw = {"architecture": qm.architecture, "quantization": qm.quantization, "tensors": qm.tensors}
-    return LlamaRuntime.from_tensors(**kw), LlamaRuntime.from_tensors(**kw, ops=FusedCpuOps()), request.param
+    return quantize_llama(read_hf_checkpoint(write_checkpoint(model, tmp_path_factory.mktemp("hf"))),
+                          scheme=request.param)
+
+
+def _runtimes(qm: Any, tensors: dict[str, np.ndarray] | None = None) -> tuple[LlamaRuntime, LlamaRuntime, str]:
+    """(numpy reference, fused CPU) runtimes of ``qm`` (or of ``tensors`` in its place), and its scheme."""
+    kw = {"architecture": qm.architecture, "quantization": qm.quantization, "tensors": tensors or qm.tensors}
+    return (LlamaRuntime.from_tensors(**kw), LlamaRuntime.from_tensors(**kw, ops=FusedCpuOps()),
+            qm.quantization["scheme"])
+
+
+@pytest.fixture(scope="module")
+def pair(quantized: Any) -> tuple[LlamaRuntime, LlamaRuntime, str]:
+    return _runtimes(quantized)
 
 
 @settings(max_examples=8, deadline=None)
@@ -105,48 +115,29 @@ def test_steps_and_generation_equal_the_reference(pair: tuple[LlamaRuntime, Llam
     prompts = data.draw(st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=20), min_size=batch,
                                  max_size=batch))
     cont = data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=5))
-    with mock.patch.object(cd, "decoder_layer", wraps=cd.decoder_layer) as kernel:
+    with mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel:
         got = fast.cached_logits(prompts[0], cont)
         gens = fast.generate(prompts, max_new_tokens=4, eos_ids=[])
     assert np.array_equal(got, ref.cached_logits(prompts[0], cont))
     assert [g.output_ids for g in gens] == [g.output_ids for g in ref.generate(prompts, max_new_tokens=4, eos_ids=[])]
-    layers = fast.cfg.num_hidden_layers
-    one_kernel = layers * (len(cont) + (3 if batch <= 4 else 0))        # cached steps + generation's 3 steps
+    one_kernel = len(cont) + (3 if batch <= 4 else 0)                   # cached steps + generation's 3 steps
     assert kernel.call_count == (one_kernel if scheme == "int8" else 0)
 
 
-def _block_on(rt: LlamaRuntime, i: int, x: np.ndarray, cache: KVCache) -> tuple[np.ndarray, np.ndarray | None]:
-    """Layer ``i`` of one decoding step (one new token per request) on residual rows ``x`` [B, 1, H]."""
-    ops = rt.ops
-    host = rt._prepare(np.zeros((x.shape[0], 1), np.int64), np.ones((x.shape[0], 1), bool), cache)
-    dev = {name: ops.mask(a) if name == "mask" else ops.const(a) for name, a in host.items()}
-    xt = ops.const(x).to(torch.int32) if isinstance(ops, FusedCpuOps) else ops.const(x)
-    h = rt._norm(xt, f"model.layers.{i}.input_layernorm")
-    xo, ho = rt._block(i, xt, h, cache, pos=dev["pos"], mask=dev["mask"], slot=dev["slot"], key_len=dev["key_len"])
-    return ops.numpy(xo), None if ho is None else ops.numpy(ho)
-
-
-@pytest.mark.parametrize("layer", [0, 1])
-def test_a_layer_at_the_int32_limits_equals_the_reference(pair: tuple[LlamaRuntime, LlamaRuntime, str],
-                                                          layer: int) -> None:
-    """Residual rows at ±2^31 (the sums saturate) through the first layer (norm for the next one) and the last
-    (no norm); the outputs, the next norm and the grown cache equal the reference's."""
-    ref, fast, _ = pair
-    rng = np.random.default_rng(layer)
-    prompts = [rng.integers(0, VOCAB, 9).tolist(), rng.integers(0, VOCAB, 4).tolist()]
-    caches = [rt._prefill(prompts, all_logits=False)[1] for rt in (ref, fast)]
-    x = rng.integers(-(1 << 20), 1 << 20, (2, 1, ref.cfg.hidden_size))
-    x[0, 0, ::2], x[1, 0, ::3] = I32_MAX, I32_MIN
-    with mock.patch.object(cd, "decoder_layer", wraps=cd.decoder_layer) as kernel:
-        got = _block_on(fast, layer, x, caches[1])
-    want = _block_on(ref, layer, x, caches[0])
-    assert np.array_equal(got[0], want[0])
-    assert (got[1] is None) == (want[1] is None) == (layer == 1)
-    if want[1] is not None:
-        assert np.array_equal(got[1], want[1])
-    for a, b in ((caches[0].keys[layer], caches[1].keys[layer]), (caches[0].values[layer], caches[1].values[layer])):
-        assert np.array_equal(fast.ops.numpy(b), a)
-    assert kernel.call_count == (1 if pair[2] == "int8" else 0)
+def test_a_residual_stream_at_the_int32_limits_equals_the_reference(quantized: Any) -> None:
+    """Token embeddings scaled to the int32 limits (``mult = 2^25``, ``shift = 1``: rows of tokens 0–19 are
+    ``w · 2^24``, up to ``-2^31`` and ``127 · 2^24``, the most an artifact may hold), so the residual sums saturate
+    in every layer of every step; the logits equal the reference's and the one-kernel steps ran."""
+    tensors = dict(quantized.tensors)
+    mult, shift = tensors["model.embed_tokens.mult"].copy(), tensors["model.embed_tokens.shift"].copy()
+    mult[:20], shift[:20] = 1 << 25, 1
+    tensors["model.embed_tokens.mult"], tensors["model.embed_tokens.shift"] = mult, shift
+    ref, fast, scheme = _runtimes(quantized, tensors)
+    prompt, cont = [3, 19, 0, 7, 200], [1, 2, 300, 18]
+    with mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel:
+        got = fast.cached_logits(prompt, cont)
+    assert np.array_equal(got, ref.cached_logits(prompt, cont))
+    assert kernel.call_count == (len(cont) if scheme == "int8" else 0)
 
 
 def test_growing_an_older_cache_view_copies(pair: tuple[LlamaRuntime, LlamaRuntime, str]) -> None:

@@ -200,6 +200,7 @@ def test_malformed_artifact_tensors_are_named(tmp_path: Path) -> None:
         "model.layers.0.self_attn.k_proj.weight": np.zeros((16, 64), dtype=np.int8),        # wrong shape
         "tables.rope_cos": np.zeros((8, 8), dtype=np.int32),                                 # wrong length
         "model.embed_tokens.weight": np.zeros((384, 64), dtype=np.int16),                   # wrong dtype
+        "model.embed_tokens.shift": np.full(384, 94, dtype=np.int32),                       # out of range
     }
     for name, arr in bad.items():
         tensors = {n: a for n, a in qm.tensors.items() if n != name}
@@ -208,6 +209,11 @@ def test_malformed_artifact_tensors_are_named(tmp_path: Path) -> None:
         with pytest.raises(ArtifactError) as err:
             LlamaRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization, tensors=tensors)
         assert err.value.field == f"tensors.{name}"
+    # the real rows with shift 1 instead of ~24: beyond the int32 range of an activation (spec §3.1)
+    tensors = {**qm.tensors, "model.embed_tokens.shift": np.ones(384, dtype=np.int32)}
+    with pytest.raises(ArtifactError, match="embedding row outside the int32 range") as err:
+        LlamaRuntime.from_tensors(architecture=qm.architecture, quantization=qm.quantization, tensors=tensors)
+    assert err.value.field == "tensors.model.embed_tokens.mult" and "row 0" in str(err.value)
     with pytest.raises(ArtifactError) as err:
         LlamaRuntime.from_tensors(architecture={**qm.architecture, "rms_norm_eps_q32": 7}, quantization=qm.quantization,
                      tensors=qm.tensors)
