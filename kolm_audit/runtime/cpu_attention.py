@@ -7,6 +7,7 @@ cache). One query row at a time, vectorized across keys:
   dot product (``|Σ| <= D·127² < 2^22``), ``mq·mk <= 2^30`` and the product of both ``< 2^52``, so the §3.2
   requantization takes its ``s >= 32`` form with 32-bit limb products whenever ``S + 16 - eq - ek >= 32`` (every row
   with ``e = 0``, i.e. every real one), else the general form;
+* the score dot products use ``vpdpbusd`` on VNNI CPUs (:mod:`kolm_audit.runtime.cpu_gemv`'s offset identity);
 * the exponentials come from the pair table of ``tables.exp`` (:func:`kolm_audit.runtime.cpu_kernels.pair_table`),
   masked keys get ``p = 0``; the division ``rdiv(p·2^16, Σp)`` is the float64 identity of the spec's "Fast backends"
   (exact while the table lies in ``[0, 2^30]`` with ``T[0] >= 1`` — callers check it — and ``Tk <= 2^16``);
@@ -40,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from kolm_audit.runtime.cpu_gemv import VNNI, _dot_vnni
 from kolm_audit.runtime.cpu_kernels import (
     _kernel,
     _mul32,
@@ -71,13 +73,35 @@ def _attend_block(qq: np.ndarray, mq: np.ndarray, eq: np.ndarray, nr: int, kq: n
     The dot products are integer sums of 16-bit products (``|qq·kq| <= 127²``, ``|Σ| <= D·127² < 2^22``); the other
     loops run over whole rows of the block, and one exponential lookup serves the whole block."""
     d, tp = kq.shape[1], ok.shape[1]
-    for r in range(nr):                                      # Σ_d qq·kq
-        base = r * tp
-        for j in range(kend[r]):
-            acc = np.int32(0)
+    d32 = d - d % 32 if VNNI else 0
+    if d32:                                                  # Σ_d qq·kq as u·kq - 128·Σ kq (cpu_gemv's identity)
+        kmax = 0
+        for r in range(nr):
+            kmax = max(kmax, kend[r])
+        ks = np.empty(kmax, np.int32)                        # 128·Σ_{c < d32} kq[j, c], |.| <= d·2^14 < 2^31
+        for j in range(kmax):
+            t = np.int32(0)
+            for c in range(d32):
+                t += np.int32(kq[j, c])
+            ks[j] = t * 128
+        u = np.empty(d, np.uint8)
+        for r in range(nr):
+            base = r * tp
             for c in range(d):
-                acc += np.int32(np.int16(qq[r, c]) * np.int16(kq[j, c]))
-            dots[base + j] = acc
+                u[c] = np.uint8(np.int16(qq[r, c]) + 128)
+            for j in range(kend[r]):
+                acc = _dot_vnni(u, kq[j], 0, d32) - ks[j]
+                for c in range(d32, d):
+                    acc += np.int32(np.int16(qq[r, c]) * np.int16(kq[j, c]))
+                dots[base + j] = acc
+    else:
+        for r in range(nr):
+            base = r * tp
+            for j in range(kend[r]):
+                acc = np.int32(0)
+                for c in range(d):
+                    acc += np.int32(np.int16(qq[r, c]) * np.int16(kq[j, c]))
+                dots[base + j] = acc
     for r in range(nr):                                      # scores (§3.2), row maximum, t = max - score
         base, ke = r * tp, kend[r]
         s0, mqr = scale_shift + 16 - eq[r], mq[r]
@@ -96,7 +120,9 @@ def _attend_block(qq: np.ndarray, mq: np.ndarray, eq: np.ndarray, nr: int, kq: n
                 mx = max(mx, s)
         for j in range(ke):
             sc[base + j] = mx - sc[base + j]                 # >= 0; masked keys >= 2^61 (their p is set to 0)
-    _pair_lut_row(sc, nr * tp, pair, 0, 9, idx, fr, val)     # exp(-t) Q.30 (unvisited entries: clamped, unused)
+    for r in range(nr):                                      # exp(-t) Q.30 of the visited keys
+        base = r * tp
+        _pair_lut_row(sc[base:], kend[r], pair, 0, 9, idx[base:], fr[base:], val[base:])
     for r in range(nr):                                      # P = rdiv(p·2^16, Σp), exact in float64
         base, ke = r * tp, kend[r]
         total = np.int64(0)
