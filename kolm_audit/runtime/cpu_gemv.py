@@ -5,7 +5,8 @@ few microseconds of arithmetic, less than a call into torch from Python. :func:`
 kernel, so that a whole decoder layer runs as one call (:mod:`kolm_audit.runtime.cpu_decode`).
 
 On CPUs with VNNI (``avx512vnni`` + ``avx512vl``, or ``avxvnni``) the dot products use ``vpdpbusd`` (unsigned ×
-signed bytes, four products summed into each int32 lane) through an LLVM intrinsic: the activation is offset to
+signed bytes, four products summed into each int32 lane; 64-byte vectors with AVX-512 VNNI, four weight rows per
+activation load) through LLVM intrinsics: the activation is offset to
 ``u = q + 128`` in ``[1, 255]``, and ``Σ_k u·W - 128·Σ_k W = Σ_k q·W``. Every intermediate is an exact int32:
 ``|Σ u·W| <= K·255·128 < 2^31`` and ``|128·Σ W| <= K·128·128 < 2^31`` for ``K <= 2^16`` (spec §4.3), and the
 difference is the exact accumulator. Elsewhere the same sums are integer loops of 16-bit products
@@ -42,7 +43,48 @@ def _has_vnni() -> bool:
     return bool(feats.get("avxvnni") or (feats.get("avx512vnni") and feats.get("avx512vl")))
 
 
+def _has_vnni512() -> bool:
+    """Whether this CPU runs ``vpdpbusd`` on 512-bit vectors (AVX-512 VNNI)."""
+    feats = llvm.get_host_cpu_features()
+    return bool(feats.get("avx512vnni") and feats.get("avx512bw"))
+
+
 VNNI = _has_vnni()
+WIDE = 64 if VNNI and _has_vnni512() else 32     # bytes per vpdpbusd of the four-row products below
+
+
+@intrinsic
+def _dot4_vnni(typingctx: Any, a: Any, b: Any, ib: Any, stride: Any, k: Any, out: Any) -> Any:
+    """``out[i] = Σ_{c < k} a[c]·b[ib + i·stride + c]`` for ``i < 4`` (``a`` uint8, ``b`` int8, ``k`` a multiple of
+    ``WIDE``): four weight rows against one activation row, each ``WIDE``-byte block of ``a`` loaded once for the
+    four ``vpdpbusd`` (int32 lanes: every partial sum is bounded as in :func:`_gemv_rows`)."""
+    sig = types.void(a, b, ib, stride, k, out)
+    lanes = WIDE // 4
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        aarr = context.make_array(signature.args[0])(context, builder, args[0])
+        barr = context.make_array(signature.args[1])(context, builder, args[1])
+        oarr = context.make_array(signature.args[5])(context, builder, args[5])
+        i32, vt = ir.IntType(32), ir.VectorType(ir.IntType(32), lanes)
+        ib, st, kk = args[2], args[3], args[4]
+        rows = [builder.gep(barr.data, [builder.add(ib, builder.mul(st, ir.Constant(st.type, i)))]) for i in range(4)]
+        dp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
+                                            f"llvm.x86.avx512.vpdpbusd.{WIDE * 8}")
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vt, None)) for _ in range(4)]
+        with cgutils.for_range(builder, builder.udiv(kk, ir.Constant(kk.type, WIDE))) as loop:
+            off = builder.mul(loop.index, ir.Constant(kk.type, WIDE))
+            va = builder.load(builder.bitcast(builder.gep(aarr.data, [off]), vt.as_pointer()), align=1)
+            for i in range(4):
+                vb = builder.load(builder.bitcast(builder.gep(rows[i], [off]), vt.as_pointer()), align=1)
+                builder.store(builder.call(dp, [builder.load(accs[i]), va, vb]), accs[i])
+        reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [vt]),
+                                                f"llvm.vector.reduce.add.v{lanes}i32")
+        for i in range(4):
+            builder.store(builder.call(reduce, [builder.load(accs[i])]),
+                          builder.gep(oarr.data, [ir.Constant(ir.IntType(64), i)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @intrinsic
@@ -85,21 +127,32 @@ def _dot_vnni(typingctx: Any, a: Any, b: Any, ib: Any, k: Any) -> Any:
 @njit(inline="always")
 def _gemv_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, u: np.ndarray, acc: np.ndarray) -> None:
     """``acc[r, n] = Σ_k q[r, k]·w[n, k]`` (exact int32) for int8 ``q`` [R, K] (|q| <= 127) and ``w`` [N, K] (int8,
-    C-contiguous); ``wsum`` from :func:`weight_sums` (the offset's correction over the first ``K - K % 32`` columns,
-    which ``vpdpbusd`` covers; the rest are 16-bit products); ``u`` uint8 scratch of at least ``R·K`` elements.
-    Weight rows are the outer loop: each is read once per call, whatever ``R`` (the activations stay in L1)."""
+    C-contiguous); ``wsum`` from :func:`weight_sums` (the offset's correction over the first ``K - K % WIDE``
+    columns, which ``vpdpbusd`` covers; the rest are 16-bit products); ``u`` uint8 scratch of at least ``R·K``
+    elements. Weight rows are the outer loop, four at a time: each is read once per call, whatever ``R`` (the
+    activations stay in L1)."""
     rows, k = q.shape
     n = w.shape[0]
     wf = w.reshape(-1)
-    k32 = k - k % 32
+    kw = k - k % WIDE
     if VNNI:
         for r in range(rows):
             for c in range(k):
                 u[r * k + c] = np.uint8(np.int16(q[r, c]) + 128)
-        for j in range(n):
+        sums = np.empty(4, np.int32)
+        n4 = n - n % 4
+        for j in range(0, n4, 4):
             for r in range(rows):
-                s = _dot_vnni(u[r * k:(r + 1) * k], wf, j * k, k32) - wsum[j]
-                for c in range(k32, k):
+                _dot4_vnni(u[r * k:(r + 1) * k], wf, j * k, k, kw, sums)
+                for i in range(4):
+                    s = sums[i] - wsum[j + i]
+                    for c in range(kw, k):
+                        s += np.int32(np.int16(q[r, c]) * np.int16(wf[(j + i) * k + c]))
+                    acc[r, j + i] = s
+        for j in range(n4, n):
+            for r in range(rows):
+                s = _dot_vnni(u[r * k:(r + 1) * k], wf, j * k, kw) - wsum[j]
+                for c in range(kw, k):
                     s += np.int32(np.int16(q[r, c]) * np.int16(wf[j * k + c]))
                 acc[r, j] = s
     else:
@@ -118,9 +171,9 @@ def gemv_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, acc: np.ndarray) -
 
 
 def weight_sums(w: np.ndarray) -> np.ndarray:
-    """``128·Σ_{k < K - K % 32} w[n, k]`` per row (int32 [N], ``|·| <= K·128·128 < 2^31``) for :func:`_gemv_rows`;
-    zeros without VNNI, where they are not used."""
-    k32 = w.shape[1] - w.shape[1] % 32
+    """``128·Σ_{k < K - K % WIDE} w[n, k]`` per row (int32 [N], ``|·| <= K·128·128 < 2^31``) for
+    :func:`_gemv_rows`; zeros without VNNI, where they are not used."""
+    kw = w.shape[1] - w.shape[1] % WIDE
     if not VNNI:
         return np.zeros(w.shape[0], dtype=np.int32)
-    return (128 * np.asarray(w[:, :k32], dtype=np.int64).sum(axis=1)).astype(np.int32)
+    return (128 * np.asarray(w[:, :kw], dtype=np.int64).sum(axis=1)).astype(np.int32)

@@ -22,8 +22,10 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,13 +35,34 @@ from numba.extending import overload
 _JIT = {"nogil": True, "error_model": "numpy"}   # divisors are >= 1 by construction
 
 
+def _sources_digest() -> str:
+    """sha256 of the source of every CPU kernel module (``runtime/cpu_*.py``)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("cpu_*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+_SOURCES = _sources_digest()
+
+
 def _kernel(fn: Callable[..., None]) -> Callable[..., None]:
     """``njit`` with the compiled code cached on disk; where numba finds no writable cache location (it raises
-    at decoration), the kernel is compiled in memory once per process instead."""
+    at decoration), the kernel is compiled in memory once per process instead.
+
+    A kernel inlines helpers of other modules (``cpu_gemv``, ``cpu_attention``, ``cpu_blocks`` and this one), but
+    numba checks a cached kernel only against its own file's time stamp: a cache written before a helper changed
+    would still load. So the cache entry is also keyed on :data:`_SOURCES`, the digest of every kernel module; where
+    numba's cache object does not have the field this relies on, the kernel is compiled in memory instead."""
     try:
-        return njit(cache=True, **_JIT)(fn)
+        disp = njit(cache=True, **_JIT)(fn)
     except RuntimeError:
         return njit(cache=False, **_JIT)(fn)
+    cache_file = getattr(getattr(disp, "_cache", None), "_cache_file", None)
+    if cache_file is None or not hasattr(cache_file, "_source_stamp"):
+        return njit(cache=False, **_JIT)(fn)
+    cache_file._source_stamp = (cache_file._source_stamp, _SOURCES)
+    return disp
 
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1

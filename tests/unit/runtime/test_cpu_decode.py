@@ -192,3 +192,13 @@ def test_attention_block_portable_path_equals_the_vnni_one(monkeypatch: pytest.M
     portable = run(ka._attend_block.py_func)
     assert np.array_equal(fast[0], qq[0].astype(np.int64) @ kq.astype(np.int64).T)
     assert np.array_equal(portable[0], fast[0]) and np.array_equal(portable[1], fast[1])
+
+
+def test_kernel_disk_caches_are_keyed_on_every_kernel_module() -> None:
+    """A kernel inlines helpers from other modules; its disk cache entry must go stale when any of them changes
+    (numba alone checks only the kernel's own file), so its stamp carries the digest of every ``cpu_*.py``."""
+    from kolm_audit.runtime import cpu_attention as ka
+    from kolm_audit.runtime import cpu_kernels as kn
+
+    for kernel in (cd.decode_forward, cg.gemv_rows, ka.cached_attention, kn.quantize_rows):
+        assert kernel._cache._cache_file._source_stamp[1] == kn._sources_digest()
