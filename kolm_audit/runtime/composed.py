@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 Array = Any   # a backend's integer array: np.ndarray (numpy) or torch.Tensor (cpu, cuda)
 
 
@@ -69,16 +71,17 @@ class ComposedOps:
         v = ops.heads(qkv[..., nq + nk:], kv_heads, head_dim)                # [B,nkv,T,D]
         return (ops.rope(q, positions, cos_table, sin_table), ops.rope(k, positions, cos_table, sin_table), v)
 
-    def decode_forward(self, ids: Array, positions: Array, key_valid: Array, keys: Sequence[Array],
+    def decode_forward(self, ids: np.ndarray, positions: np.ndarray, key_valid: np.ndarray, keys: Sequence[Array],
                        values: Sequence[Array], *, tok_emb: Any, layers: Sequence[Any], first_gamma: Array,
                        post_gammas: Sequence[Array], next_gammas: Sequence[Array], lm_head: Any, eps_q32: int,
                        rsqrt_table: Array, heads: int, cos_table: Array, sin_table: Array, scale_mult: int,
                        scale_shift: int, exp_table: Array,
-                       sigmoid_table: Array) -> tuple[Array, list[Array], list[Array]] | None:
+                       sigmoid_table: Array) -> tuple[np.ndarray, list[Array], list[Array]] | None:
         """The forward of a Llama decoding step, where the backend has it as one kernel: the new tokens ``ids``
-        [B, T] at ``positions`` over each layer's cache ``keys[i]``/``values[i]`` [B, Hk, T0, D]; layer ``i`` with
-        ``layers[i]`` (its prepared linears) and norms ``post_gammas[i]``, ``next_gammas[i]`` (the next layer's input
-        norm; the last one: the final norm). Returns ``(logits [B, T, V] Q.16, the grown keys, values)`` — exactly
-        what ``LlamaRuntime._forward`` composes (tested against that composition). ``None``: not offered for these
-        inputs, the model composes the step."""
+        [B, T] at ``positions`` [B, T] with the mask ``key_valid`` [B, 1, T, T0 + T] (host numpy arrays, the step's
+        inputs) over each layer's cache ``keys[i]``/``values[i]`` [B, Hk, T0, D]; layer ``i`` with ``layers[i]``
+        (its prepared linears) and norms ``post_gammas[i]``, ``next_gammas[i]`` (the next layer's input norm; the
+        last one: the final norm). Returns ``(logits [B, T, V] Q.16 on the host, the grown keys, values)`` —
+        exactly what ``LlamaRuntime._forward`` composes (tested against that composition). ``None``: not offered
+        for these inputs, the model composes the step."""
         return None

@@ -410,6 +410,14 @@ class FusedCpuOps(FusedOps):
         setattr(k, KQ8, (torch.from_numpy(kq), torch.from_numpy(mk), torch.from_numpy(ek)))
         return torch.from_numpy(qr), k, torch.from_numpy(vr)
 
+    def _layer_operands(self, layers: Sequence[Any], post: Sequence[Tensor],
+                        nxt: Sequence[Tensor]) -> tuple | None:
+        """:func:`_layer_operands` of a model, made once (kept while the same layer list and norms come back)."""
+        memo = getattr(self, "_stack_memo", None)
+        if memo is None or memo[0] is not layers or memo[1] is not post or memo[2] is not nxt:
+            memo = self._stack_memo = (layers, post, nxt, _layer_operands(layers, post, nxt))
+        return memo[3]
+
     def decode_forward(self, ids: Any, positions: Any, key_valid: Any, keys: Sequence[Tensor],
                        values: Sequence[Tensor], *, tok_emb: tuple[Tensor, ...], layers: Sequence[Any],
                        first_gamma: Tensor, post_gammas: Sequence[Tensor], next_gammas: Sequence[Tensor],
@@ -417,30 +425,31 @@ class FusedCpuOps(FusedOps):
                        sin_table: Tensor, scale_mult: int, scale_shift: int, exp_table: Tensor,
                        sigmoid_table: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]] | None:
         """A decoding step's forward as one kernel (:func:`~kolm_audit.runtime.cpu_decode.decode_forward`) for at
-        most ``_FEW_ROWS`` new token rows; each layer's new keys and values are written into the spare capacity of
-        its :class:`_KVBundle`. ``None`` (the composed forward runs) for anything else: more rows, wider weights,
-        tables outside the fast kernels' bounds."""
-        idn = _host(ids)
+        most ``_FEW_ROWS`` new token rows (host inputs, host logits); each layer's new keys and values are written
+        into the spare capacity of its :class:`_KVBundle`. ``None`` (the composed forward runs) for anything else:
+        more rows, wider weights, tables outside the fast kernels' bounds."""
+        idn = np.ascontiguousarray(ids, dtype=np.int64)
         b, t = idn.shape
         if b * t > _FEW_ROWS or any(a.dtype != torch.int32 for a in (*keys, *values)):
             return None
         exp_pair, sig_pair = _table(exp_table, "softmax"), _table(sigmoid_table, "pair")
         cos, sin = _table(cos_table, "int32"), _table(sin_table, "int32")
-        stack, head = _layer_operands(layers, post_gammas, next_gammas), _gemv_operand(lm_head)
+        stack, head = self._layer_operands(layers, post_gammas, next_gammas), _gemv_operand(lm_head)
         if exp_pair is None or sig_pair is None or cos is None or sin is None or stack is None or head is None:
             return None
         t0 = keys[0].shape[2]
         kvs = [_KVBundle.growing(self, k, v, t) for k, v in zip(keys, values, strict=True)]   # room for T rows
         logits = np.empty((b * t, lm_head.out_features), np.int32)
         kd.decode_forward(idn.reshape(-1), tuple(_host(a) for a in tok_emb), _host(first_gamma), stack,
-                          tuple(kv.buffers for kv in kvs), head, eps_q32, _host(rsqrt_table), _host(positions), cos,
-                          sin, heads, t0, _host(key_valid), scale_mult, scale_shift, exp_pair, sig_pair,
-                          logits)                                       # [R,V] int32 Q.16
+                          tuple(kv.buffers for kv in kvs), head, eps_q32, _host(rsqrt_table),
+                          np.ascontiguousarray(positions, dtype=np.int64), cos, sin, heads, t0,
+                          np.ascontiguousarray(key_valid, dtype=np.bool_), scale_mult, scale_shift, exp_pair,
+                          sig_pair, logits)                             # [R,V] int32 Q.16
         grown = []
         for kv in kvs:
             kv.used = t0 + t
             grown.append(kv.views())
-        return torch.from_numpy(logits.reshape(b, t, -1)), [k for k, _ in grown], [v for _, v in grown]
+        return logits.reshape(b, t, -1), [k for k, _ in grown], [v for _, v in grown]
 
     # ---- kernel hooks -------------------------------------------------------------------------------------
     def _k_quantize(self, x: Tensor, q: Tensor, m: Tensor, e: Tensor) -> None:

@@ -118,6 +118,9 @@ class LlamaRuntime:
         # backend copies of what the forward reads
         self.k_rsqrt, self.k_sigmoid = ops.const(tables.rsqrt), ops.const(tables.sigmoid)
         self.k_cos, self.k_sin, self.k_exp = ops.const(tables.cos), ops.const(tables.sin), ops.const(tables.exp)
+        n = len(layers)                       # per layer: its post-attention norm and the next one (the last: final)
+        self._post_gammas = tuple(gammas[f"model.layers.{i}.post_attention_layernorm"] for i in range(n))
+        self._next_gammas = (*(gammas[f"model.layers.{i}.input_layernorm"] for i in range(1, n)), gammas["model.norm"])
 
     @classmethod
     def from_tensors(cls, *, architecture: Mapping[str, Any], quantization: Mapping[str, Any],
@@ -185,18 +188,16 @@ class LlamaRuntime:
                                gamma=self.gammas[f"model.layers.{i + 1}.input_layernorm"],
                                rsqrt_table=self.k_rsqrt)                          # [B,T,H] sat(x + down), next norm
 
-    def _decode_forward(self, *, ids: Any, pos: Any, mask: Any, cache: KVCache) -> Any:
-        """A decoding step's whole forward at once where the backend offers it (``ops.decode_forward``: the same
-        integers as the composed forward below): logits [B, T, V] Q.16, the cache grown; or ``None``."""
-        n = len(self.layers)
+    def _decode_forward(self, host: dict[str, np.ndarray], cache: KVCache) -> np.ndarray | None:
+        """A decoding step's whole forward at once where the backend offers it (``ops.decode_forward``, on the
+        step's host inputs: the same integers as :meth:`_forward`): logits [B, T, V] Q.16 on the host, the cache
+        grown; or ``None``."""
         done = self.ops.decode_forward(
-            ids, pos, mask, cache.keys, cache.values, tok_emb=self.tok_emb, layers=self.layers,
-            first_gamma=self.gammas["model.layers.0.input_layernorm"],
-            post_gammas=[self.gammas[f"model.layers.{i}.post_attention_layernorm"] for i in range(n)],
-            next_gammas=[self.gammas[f"model.layers.{i}.input_layernorm"] for i in range(1, n)]
-            + [self.gammas["model.norm"]], lm_head=self.lm_head, eps_q32=self.eps, rsqrt_table=self.k_rsqrt,
-            heads=self.nh, cos_table=self.k_cos, sin_table=self.k_sin, scale_mult=self.scale_m,
-            scale_shift=self.scale_s, exp_table=self.k_exp, sigmoid_table=self.k_sigmoid)
+            host["ids"], host["pos"], host["mask"], cache.keys, cache.values, tok_emb=self.tok_emb,
+            layers=self.layers, first_gamma=self.gammas["model.layers.0.input_layernorm"],
+            post_gammas=self._post_gammas, next_gammas=self._next_gammas, lm_head=self.lm_head, eps_q32=self.eps,
+            rsqrt_table=self.k_rsqrt, heads=self.nh, cos_table=self.k_cos, sin_table=self.k_sin,
+            scale_mult=self.scale_m, scale_shift=self.scale_s, exp_table=self.k_exp, sigmoid_table=self.k_sigmoid)
         if done is None:
             return None
         logits, cache.keys, cache.values = done
@@ -207,10 +208,6 @@ class LlamaRuntime:
         """The device part of a step (no host synchronization, so a CUDA graph can capture it): ids [B, T], positions
         [B, T], mask [B, 1, T, width], slot [1] (timeline index of the first new token), key_len [1] = slot + T, all
         backend arrays. Returns logits [B, T|1, V] Q.16 in the backend's arrays."""
-        if cache.capacity is None and len(cache.keys) == len(self.layers):        # a step on a growing cache: the
-            logits = self._decode_forward(ids=ids, pos=pos, mask=mask, cache=cache)   # backend may run it at once
-            if logits is not None:
-                return logits if all_logits else logits[:, -1:, :]                # [B,T|1,V] Q.16
         x = self.ops.embedding(self.tok_emb, ids)                                 # [B,T,H] Q.16
         h = self._norm(x, "model.layers.0.input_layernorm")                       # [B,T,H] Q.16
         for i in range(len(self.layers)):
@@ -246,6 +243,11 @@ class LlamaRuntime:
         Returns logits int64 Q.16: [B, T, V] if ``all_logits`` else [B, V] of the last new token.
         """
         host = self._prepare(ids, new_ok, cache)
+        if cache.capacity is None and len(cache.keys) == len(self.layers):        # a step on a growing cache: the
+            done = self._decode_forward(host, cache)                              # backend may run it at once
+            if done is not None:
+                self._finish(new_ok, cache)
+                return done if all_logits else done[:, -1, :]                     # [B,T|1,V] Q.16
         dev = {name: self.ops.mask(a) if name == "mask" else self.ops.const(a) for name, a in host.items()}
         logits = self._forward(cache=cache, all_logits=all_logits, **dev)         # [B,T|1,V] Q.16 (backend)
         self._finish(new_ok, cache)
