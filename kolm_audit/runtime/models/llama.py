@@ -61,6 +61,7 @@ __all__ = ["LLAMA_MODEL_TYPES", "MAX_POSITIONS", "Generation", "KVCache", "Llama
 
 FINISH_EOS, FINISH_LENGTH, FINISH_CONTEXT = "eos", "length", "context"
 MAX_NEW_TOKENS = 1 << 16
+PREFILL_GROUP = 8             # a prefill of more prompts runs in groups of this many, sorted by length
 
 
 def _linear(tensors: Mapping[str, np.ndarray], prefix: str, scheme: str, shape: tuple[int, int]) -> ref.IntLinear:
@@ -289,6 +290,38 @@ class LlamaRuntime:
         return ids, ok
 
     def _prefill(self, batch: Sequence[Sequence[int]], *, all_logits: bool) -> tuple[np.ndarray, KVCache]:
+        """Logits of the prompts (every position's if ``all_logits``, else the last's) and their KV cache, one
+        left-padded batch. Only the last positions wanted and more than ``PREFILL_GROUP`` prompts: the prompts run
+        in groups of similar length (sorted), so that short prompts are not padded to the longest; the groups'
+        caches are then left-padded into one. The integers are those of the one batch (each request's are the
+        same alone or in any batch; padded keys are masked, so what a cache holds there is never read)."""
+        if all_logits or len(batch) <= PREFILL_GROUP:
+            return self._prefill_padded(batch, all_logits=all_logits)
+        ops = self.ops
+        order = np.argsort([len(seq) for seq in batch], kind="stable")             # [B] shortest first
+        parts = []
+        for lo in range(0, len(batch), PREFILL_GROUP):
+            rows = order[lo:lo + PREFILL_GROUP]
+            parts.append((rows, *self._prefill_padded([batch[i] for i in rows], all_logits=False)))
+        width = max(cache.length for _, _, cache in parts)                        # the longest prompt
+        logits = np.concatenate([lg for _, lg, _ in parts])                       # [B,V] in sorted order
+        key_ok = np.concatenate([np.pad(c.key_ok, ((0, 0), (width - c.length, 0))) for _, _, c in parts])
+        pos = np.concatenate([c.pos for _, _, c in parts])
+        keys, values = [], []
+        for i in range(len(self.layers)):
+            ks, vs = [], []
+            for _, _, c in parts:                                                 # left-pad to the full width
+                kb, vb = ops.kv_buffer(c.keys[i], width), ops.kv_buffer(c.values[i], width)
+                ops.kv_write(kb, vb, c.keys[i], c.values[i], ops.const(np.array([width - c.length])))
+                ks.append(kb)
+                vs.append(vb)
+            keys.append(ops.cat(ks, axis=0))                                      # [B,nkv,W,D] sorted order
+            values.append(ops.cat(vs, axis=0))
+        back = np.argsort(order)                                                  # sorted row of each request
+        cache = KVCache(keys, values, key_ok, pos)                                # sorted order
+        return logits[back], cache.select(back, ops)
+
+    def _prefill_padded(self, batch: Sequence[Sequence[int]], *, all_logits: bool) -> tuple[np.ndarray, KVCache]:
         ids, ok = self._left_pad(batch)
         cache = KVCache(key_ok=np.zeros((len(batch), 0), dtype=bool), pos=np.zeros(len(batch), dtype=np.int64))
         return self._step(ids, ok, cache, all_logits=all_logits), cache

@@ -202,3 +202,21 @@ def test_kernel_disk_caches_are_keyed_on_every_kernel_module() -> None:
 
     for kernel in (cd.decode_forward, cg.gemv_rows, ka.cached_attention, kn.quantize_rows):
         assert kernel._cache._cache_file._source_stamp[1] == kn._sources_digest()
+
+
+def test_steps_after_a_prefill_in_groups_equal_the_reference(pair: tuple[LlamaRuntime, LlamaRuntime, str]) -> None:
+    """Nine prompts (a prefill in two groups, caches merged, without the int8 key memo), then three of them
+    decoded (one-kernel steps on the merged cache) equal the reference."""
+    ref, fast, _ = pair
+    rng = np.random.default_rng(9)
+    prompts = [rng.integers(0, VOCAB, int(n)).tolist() for n in rng.integers(1, 30, 9)]
+    outs = []
+    for rt in (ref, fast):
+        logits, cache = rt._prefill(prompts, all_logits=False)
+        cache = cache.select(np.array([7, 0, 4]), rt.ops)
+        rows = [logits]
+        for tok in (11, 300):
+            rows.append(rt._step(np.full((3, 1), tok), np.ones((3, 1), bool), cache, all_logits=False))
+        outs.append(rows)
+    for got, want in zip(outs[1], outs[0], strict=True):
+        assert np.array_equal(got, want)

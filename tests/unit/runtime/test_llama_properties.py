@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.compile.llama import quantize_llama
-from kolm_audit.runtime.models.llama import LlamaRuntime
+from kolm_audit.runtime.models import llama as llama_model
+from kolm_audit.runtime.models.llama import PREFILL_GROUP, LlamaRuntime
 
 VOCAB, LIMIT = 384, 48
 prompts = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=12)
@@ -41,6 +42,21 @@ def test_each_request_is_the_same_alone_or_in_any_batch(rt: LlamaRuntime, batch:
                                                         extra: list[list[int]], seed: int | None,
                                                         data: st.DataObject) -> None:
     generations_alone_and_batched(rt, batch, extra, seed, data)
+
+
+@settings(max_examples=4, deadline=None)
+@given(batch=st.lists(prompts, min_size=PREFILL_GROUP + 1, max_size=2 * PREFILL_GROUP + 3),
+       seed=st.none() | st.integers(0, 2**53 - 1))
+def test_a_prefill_in_groups_changes_nothing(rt: LlamaRuntime, batch: list[list[int]], seed: int | None) -> None:
+    """More prompts than ``PREFILL_GROUP``: the prefill runs in groups sorted by length and their caches are
+    merged; every generation equals the one of a single padded batch and the request's alone."""
+    kw = {"max_new_tokens": 3, "eos_ids": [2], "seed": seed, "temperature": None if seed is None else 900}
+    grouped = rt.generate(batch, **kw)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(llama_model, "PREFILL_GROUP", 1 << 20)
+        assert rt.generate(batch, **kw) == grouped
+    for seq, got in zip(batch[:4], grouped, strict=False):
+        assert rt.generate([seq], **kw)[0] == got
 
 
 @settings(max_examples=6, deadline=None)
