@@ -120,9 +120,15 @@ def _attend_block(qq: np.ndarray, mq: np.ndarray, eq: np.ndarray, nr: int, kq: n
                 mx = max(mx, s)
         for j in range(ke):
             sc[base + j] = mx - sc[base + j]                 # >= 0; masked keys >= 2^61 (their p is set to 0)
-    for r in range(nr):                                      # exp(-t) Q.30 of the visited keys
-        base = r * tp
-        _pair_lut_row(sc[base:], kend[r], pair, 0, 9, idx[base:], fr[base:], val[base:])
+    visited = 0
+    for r in range(nr):
+        visited += kend[r]
+    if 2 * visited >= nr * tp:                               # exp(-t) Q.30: one pass over the block (unvisited
+        _pair_lut_row(sc, nr * tp, pair, 0, 9, idx, fr, val)  # entries: clamped, unused) when most are visited,
+    else:                                                    # else row by row (a causal prefill)
+        for r in range(nr):
+            base = r * tp
+            _pair_lut_row(sc[base:], kend[r], pair, 0, 9, idx[base:], fr[base:], val[base:])
     for r in range(nr):                                      # P = rdiv(p·2^16, Σp), exact in float64
         base, ke = r * tp, kend[r]
         total = np.int64(0)

@@ -105,7 +105,7 @@ def _gemv_operand(lin: TorchLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 def _layer_operands(layers: Sequence[Any], post: Sequence[Tensor], nxt: Sequence[Tensor]) -> tuple | None:
     """Per layer ``(qkv, o_proj, gate_up, down_proj operands, post-attention gamma, next gamma)`` as host arrays
-    for :func:`~kolm_audit.runtime.cpu_decode.decoder_stack`, or ``None`` when a layer's product is not one int8
+    for :func:`~kolm_audit.runtime.cpu_decode.decode_forward`, or ``None`` when a layer's product is not one int8
     digit."""
     out = []
     for lay, gp, gn in zip(layers, post, nxt, strict=True):
@@ -117,7 +117,7 @@ def _layer_operands(layers: Sequence[Any], post: Sequence[Tensor], nxt: Sequence
 
 
 class _KVBundle:
-    """One layer's KV cache for :meth:`FusedCpuOps.decoder_step`: numpy buffers with spare capacity along time —
+    """One layer's KV cache for :meth:`FusedCpuOps.decode_forward`: numpy buffers with spare capacity along time —
     keys after RoPE ``k`` and values ``v`` int32 [B, Hk, C, D], the keys' §3.3 rows ``kq`` int8 [B, Hk, C, D], ``mk``,
     ``ek`` int64 [B, Hk, C] — of which the first ``used`` rows are written. The key tensor handed to the model (a
     view of ``k``) carries its bundle (``_BUNDLE``), and its ``KQ8`` memo is read from the bundle. Rows below ``used``
@@ -423,7 +423,7 @@ class FusedCpuOps(FusedOps):
                        first_gamma: Tensor, post_gammas: Sequence[Tensor], next_gammas: Sequence[Tensor],
                        lm_head: TorchLinear, eps_q32: int, rsqrt_table: Tensor, heads: int, cos_table: Tensor,
                        sin_table: Tensor, scale_mult: int, scale_shift: int, exp_table: Tensor,
-                       sigmoid_table: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]] | None:
+                       sigmoid_table: Tensor) -> tuple[np.ndarray, list[Tensor], list[Tensor]] | None:
         """A decoding step's forward as one kernel (:func:`~kolm_audit.runtime.cpu_decode.decode_forward`) for at
         most ``_FEW_ROWS`` new token rows (host inputs, host logits); each layer's new keys and values are written
         into the spare capacity of its :class:`_KVBundle`. ``None`` (the composed forward runs) for anything else:
