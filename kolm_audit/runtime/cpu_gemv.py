@@ -36,21 +36,10 @@ from numba.extending import intrinsic
 
 from kolm_audit.runtime.cpu_kernels import _kernel
 
-
-def _has_vnni() -> bool:
-    """Whether this CPU runs ``vpdpbusd`` on 256-bit vectors (what the compiled kernels will be built for)."""
-    feats = llvm.get_host_cpu_features()
-    return bool(feats.get("avxvnni") or (feats.get("avx512vnni") and feats.get("avx512vl")))
-
-
-def _has_vnni512() -> bool:
-    """Whether this CPU runs ``vpdpbusd`` on 512-bit vectors (AVX-512 VNNI)."""
-    feats = llvm.get_host_cpu_features()
-    return bool(feats.get("avx512vnni") and feats.get("avx512bw"))
-
-
-VNNI = _has_vnni()
-WIDE = 64 if VNNI and _has_vnni512() else 32     # bytes per vpdpbusd of the four-row products below
+_FEATS = llvm.get_host_cpu_features()           # what the compiled kernels will be built for
+# vpdpbusd on 256-bit vectors; WIDE: bytes per vpdpbusd of the four-row products (64 with AVX-512 VNNI)
+VNNI = bool(_FEATS.get("avxvnni") or (_FEATS.get("avx512vnni") and _FEATS.get("avx512vl")))
+WIDE = 64 if VNNI and _FEATS.get("avx512vnni") and _FEATS.get("avx512bw") else 32
 
 
 @intrinsic

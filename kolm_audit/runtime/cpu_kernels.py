@@ -160,6 +160,32 @@ def _round_shift(x: int, s: int) -> int:
 
 
 @njit(inline="always")
+def _row_scale(amax: int) -> tuple[int, int, float, float, float]:
+    """The §3.3 scale of a row whose largest magnitude is ``amax``: ``(m, e, ⌊d/2⌋, d, 1/d)`` with ``d = m·2^e``
+    the smallest such step ``>= amax / 127`` (``m < 2^15``), the last three as float64."""
+    d0 = max((amax + 126) // 127, 1)                              # ceil(amax / 127), at least 1
+    ee = max(_bitlen(d0) - 15, 0)
+    mm = (d0 + (np.int64(1) << ee) - 1) >> ee                     # ceil(d0 / 2^e)
+    d = mm << ee
+    df = np.float64(d)
+    return mm, ee, np.float64(d >> 1), df, 1.0 / df
+
+
+@njit(inline="always")
+def _rdiv_q(v: int, half: float, df: float, inv: float) -> float:
+    """``⌊(v + half) / d⌋`` as float64: the product with ``1/d`` and one exact correction (see
+    :func:`_quantize_row`)."""
+    a = np.float64(v) + half
+    q0 = np.floor(a * inv)
+    r = a - q0 * df
+    if r >= df:
+        q0 += 1.0
+    if r < 0:
+        q0 -= 1.0
+    return q0
+
+
+@njit(inline="always")
 def _quantize_row(x: np.ndarray, q: np.ndarray) -> tuple[int, int]:
     """Spec §3.3 of one row ``x`` [K] (|x| <= 2^31) into ``q`` [K] (int8 or an exact float type); returns (m, e).
 
@@ -170,21 +196,9 @@ def _quantize_row(x: np.ndarray, q: np.ndarray) -> tuple[int, int]:
     amax = np.int64(0)
     for j in range(k):
         amax = max(amax, abs(np.int64(x[j])))
-    d0 = max((amax + 126) // 127, 1)                              # ceil(amax / 127), at least 1
-    ee = max(_bitlen(d0) - 15, 0)
-    mm = (d0 + (np.int64(1) << ee) - 1) >> ee                     # ceil(d0 / 2^e)
-    d = mm << ee
-    half, df = np.float64(d >> 1), np.float64(d)
-    inv = 1.0 / df
+    mm, ee, half, df, inv = _row_scale(amax)
     for j in range(k):
-        a = np.float64(x[j]) + half
-        q0 = np.floor(a * inv)
-        r = a - q0 * df
-        if r >= df:
-            q0 += 1.0
-        if r < 0:
-            q0 -= 1.0
-        q[j] = q0
+        q[j] = _rdiv_q(x[j], half, df, inv)
     return mm, ee
 
 
@@ -195,21 +209,9 @@ def _quantize_seg(x: np.ndarray, r: int, c0: int, k: int, q: np.ndarray, qr: int
     amax = np.int64(0)
     for j in range(k):
         amax = max(amax, abs(np.int64(x[r, c0 + j])))
-    d0 = max((amax + 126) // 127, 1)
-    ee = max(_bitlen(d0) - 15, 0)
-    mm = (d0 + (np.int64(1) << ee) - 1) >> ee
-    d = mm << ee
-    half, df = np.float64(d >> 1), np.float64(d)
-    inv = 1.0 / df
+    mm, ee, half, df, inv = _row_scale(amax)
     for j in range(k):
-        a = np.float64(x[r, c0 + j]) + half
-        q0 = np.floor(a * inv)
-        rr = a - q0 * df
-        if rr >= df:
-            q0 += 1.0
-        if rr < 0:
-            q0 -= 1.0
-        q[qr, j] = q0
+        q[qr, j] = _rdiv_q(x[r, c0 + j], half, df, inv)
     return mm, ee
 
 

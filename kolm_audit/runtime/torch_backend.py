@@ -52,28 +52,22 @@ _NEG_SENTINEL = -(1 << 62)
 _FEW_ROWS = 16                  # norms over at most this many rows (decoding) compute row scalars in Python
 
 
-def _grow_time(old: Tensor, t1: int) -> Tensor:
-    """A view ``[..., t0 + t1, ...]`` (axis 2) whose first ``t0`` rows are ``old``'s and whose last ``t1`` rows the
-    caller writes: spare capacity of ``old``'s buffer when ``old`` is that buffer's newest prefix, else a fresh buffer
-    of twice the length. Earlier views stay valid: their elements are never written again, and growing an older view
-    copies instead."""
-    t0 = old.shape[2]
+def _append_time(old: Tensor, new: Tensor) -> Tensor:
+    """``torch.cat([old, new], dim=2)`` with the same values, written into spare capacity of ``old``'s buffer when
+    ``old`` is that buffer's newest prefix (else into a fresh buffer of twice the length). Earlier views stay
+    valid: their elements are never written again, and an append from an older view copies instead."""
+    t0, t1 = old.shape[2], new.shape[2]
     store = getattr(old, "_kolm_store", None)             # (buffer, [used length])
-    if store is None or store[1][0] != t0 or store[0].shape[2] < t0 + t1:
+    if store is None or store[1][0] != t0 or store[0].shape[2] < t0 + t1 or store[0].dtype != new.dtype \
+            or store[0].shape[:2] + store[0].shape[3:] != new.shape[:2] + new.shape[3:]:
         buf = torch.empty((*old.shape[:2], max(16, 2 * (t0 + t1)), *old.shape[3:]), dtype=old.dtype,
                           device=old.device)
         buf[:, :, :t0] = old
         store = (buf, [t0])
+    store[0][:, :, t0:t0 + t1] = new
     store[1][0] = t0 + t1
     out = store[0][:, :, :t0 + t1]
     out._kolm_store = store                               # type: ignore[attr-defined]
-    return out
-
-
-def _append_time(old: Tensor, new: Tensor) -> Tensor:
-    """``torch.cat([old, new], dim=2)`` with the same values, through :func:`_grow_time` (amortized O(new))."""
-    out = _grow_time(old, new.shape[2])
-    out[:, :, old.shape[2]:] = new
     return out
 
 

@@ -130,7 +130,7 @@ def load_linear(tensors: Mapping[str, np.ndarray], prefix: str, *, scheme: str) 
 
 def check_embedding(tensors: Mapping[str, np.ndarray], prefix: str, *, rows: int, dim: int) -> None:
     """Validate an int8 embedding table ``prefix.*`` [rows, dim] at load (ArtifactError naming the tensor)."""
-    need_tensor(tensors, f"{prefix}.weight", "int8", (rows, dim))
+    w = need_tensor(tensors, f"{prefix}.weight", "int8", (rows, dim)).astype(np.int64)
     mult = need_tensor(tensors, f"{prefix}.mult", "int32", (rows,)).astype(np.int64)
     shift = need_tensor(tensors, f"{prefix}.shift", "int32", (rows,)).astype(np.int64)
     if np.any((mult != 0) & ((shift < 0) | (shift > MAX_SHIFT))):
@@ -138,7 +138,6 @@ def check_embedding(tensors: Mapping[str, np.ndarray], prefix: str, *, rows: int
                             expected=f"0..{MAX_SHIFT}")
     # a row is an activation (spec §3.1: int32 range); requantize is monotone in w for a fixed row scale, so the
     # row's extremes come from its smallest and largest weight
-    w = tensors[f"{prefix}.weight"].astype(np.int64)
     if rows and dim:
         live, sh = mult != 0, np.where(mult != 0, shift, 0)
         ends = [np.where(live, fp.requantize(w.min(axis=1), mult, sh), 0),
