@@ -1,4 +1,4 @@
-"""The forward of a Llama decoding step as one numba kernel, for few token rows.
+"""The forward of a Llama decoding step as one numba kernel (up to a batch of token rows).
 
 At one token per request a decoder layer is ~1 M multiply-adds: less time than the ~20 calls from Python it takes
 as separate operations (four matrix products and the kernels between them, the KV cache's appends).
@@ -7,7 +7,7 @@ embedding, the first input norm, every decoder layer, the final norm and the LM 
 ``LlamaRuntime._forward`` composes them from the backend's operations. Each layer (:func:`_decoder_layer`) is these
 steps, in this order:
 
-1. ``qkv = linear(h)`` (§4.2: the exact int8 product of :func:`~kolm_audit.runtime.cpu_gemv._gemv_rows`, epilogue);
+1. ``qkv = linear(h)`` (§4.2: the exact int8 product of :func:`~kolm_audit.runtime.cpu_gemv._matmul_rows`, epilogue);
 2. RoPE of q and k; k (with its §3.3 rows) and v written into the layer's KV cache buffers at rows ``t0 …``;
 3. grouped-query causal attention over the cache (§5.2), the context's §3.3 rows;
 4. ``x1 = sat(x + linear(ctx; o_proj))``, its RMSNorm (post-attention) and §3.3 rows;
@@ -18,7 +18,8 @@ steps, in this order:
 Each step calls the kernel that the separate operations use (:mod:`~kolm_audit.runtime.cpu_blocks`,
 :mod:`~kolm_audit.runtime.cpu_attention`, :mod:`~kolm_audit.runtime.cpu_kernels`, each tested against the
 reference), so only the chaining is new here. A linear layer is a tuple ``(w int8 [N, K], wsum int32 [N], mult,
-shift, bias int64 [N])`` (``wsum``: :func:`~kolm_audit.runtime.cpu_gemv.weight_sums`); the cache is the tuple
+shift, bias int64 [N], wp, psum)`` (``wsum``: :func:`~kolm_audit.runtime.cpu_gemv.weight_sums`; ``wp``, ``psum``:
+:func:`~kolm_audit.runtime.cpu_gemv.pack_weights`); the cache is the tuple
 ``(k int32, kq int8 [B, Hk, C, D], mk, ek int64 [B, Hk, C], v int32 [B, Hk, C, D])`` of buffers with room for
 ``C >= t0 + T`` rows.
 """
@@ -30,7 +31,7 @@ from numba import njit
 
 from kolm_audit.runtime.cpu_attention import cached_attention, rope_append
 from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_norm_quant, epilogue_swiglu_quant, norm_quant
-from kolm_audit.runtime.cpu_gemv import _gemv_rows
+from kolm_audit.runtime.cpu_gemv import _matmul_rows
 from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, linear_epilogue
 
 _EMPTY = np.zeros(0, np.int64)
@@ -51,17 +52,16 @@ def _decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray
     ``he_out``."""
     b, t = pos.shape
     rows, hid = x.shape
-    w_qkv, s_qkv, mult_qkv, shift_qkv, bias_qkv = lin_qkv
-    w_o, s_o, mult_o, shift_o, bias_o = lin_o
-    w_gu, s_gu, mult_gu, shift_gu, bias_gu = lin_gu
-    w_d, s_d, mult_d, shift_d, bias_d = lin_d
+    w_qkv, s_qkv, mult_qkv, shift_qkv, bias_qkv, p_qkv, ps_qkv = lin_qkv
+    w_o, s_o, mult_o, shift_o, bias_o, p_o, ps_o = lin_o
+    w_gu, s_gu, mult_gu, shift_gu, bias_gu, p_gu, ps_gu = lin_gu
+    w_d, s_d, mult_d, shift_d, bias_d, p_d, ps_d = lin_d
     kbuf, kq, mk, ek, vbuf = cache
     nkv, d = kbuf.shape[1], kbuf.shape[3]
     n_qkv, inter = w_qkv.shape[0], w_gu.shape[0] // 2
-    u = np.empty(rows * max(hid, nh * d, inter), np.uint8)                  # product scratch
     # 1. qkv = linear(h)                                                      [R, (nh+2nkv)·D] int32 Q.16
     acc = np.empty((rows, n_qkv), np.int32)
-    _gemv_rows(hq, w_qkv, s_qkv, u, acc)
+    _matmul_rows(hq, w_qkv, s_qkv, p_qkv, ps_qkv, acc)
     qkv = np.empty((rows, n_qkv), np.int32)
     linear_epilogue(acc, hm, he, mult_qkv, shift_qkv, bias_qkv, qkv)
     # 2. RoPE; keys (+ §3.3 rows) and values into cache rows t0 … t0+T-1    q [B, nh, T, D] int32 Q.16
@@ -75,20 +75,20 @@ def _decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray
                      scale_shift, exp_pair, ctx, cq, cm, ce)
     # 4. x1 = sat(x + o_proj(ctx)); h1 = RMSNorm(x1; post)                    [R, H] int32 Q.16 + §3.3 rows
     acc = np.empty((rows, hid), np.int32)
-    _gemv_rows(cq, w_o, s_o, u, acc)
+    _matmul_rows(cq, w_o, s_o, p_o, ps_o, acc)
     x1, h1 = np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32)
     h1q, h1m, h1e = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
     epilogue_norm_quant(acc, cm, ce, mult_o, shift_o, bias_o, x, g_post, _EMPTY, False, eps_q32, rsqrt, x1, h1,
                         h1q, h1m, h1e)
     # 5. m = swiglu(gate_up(h1))                                              [R, I] int32 Q.16 + §3.3 rows
     acc = np.empty((rows, 2 * inter), np.int32)
-    _gemv_rows(h1q, w_gu, s_gu, u, acc)
+    _matmul_rows(h1q, w_gu, s_gu, p_gu, ps_gu, acc)
     mo, mq8 = np.empty((rows, inter), np.int32), np.empty((rows, inter), np.int8)
     mm, me = np.empty(rows, np.int64), np.empty(rows, np.int64)
     epilogue_swiglu_quant(acc, h1m, h1e, mult_gu, shift_gu, bias_gu, sig_pair, mo, mq8, mm, me)
     # 6. x_out = sat(x1 + down_proj(m)); h_out = RMSNorm(x_out; next)         [R, H] int32 Q.16
     acc = np.empty((rows, hid), np.int32)
-    _gemv_rows(mq8, w_d, s_d, u, acc)
+    _matmul_rows(mq8, w_d, s_d, p_d, ps_d, acc)
     epilogue_norm_quant(acc, mm, me, mult_d, shift_d, bias_d, x1, g_next, _EMPTY, False, eps_q32, rsqrt, x_out, h_out,
                         hq_out, hm_out, he_out)
 
@@ -134,7 +134,7 @@ def decode_forward(ids: np.ndarray, emb: tuple, g_first: np.ndarray, layers: tup
     norm_quant(x, g_first, _EMPTY, False, eps_q32, rsqrt, h, hq, hm, he)     # [R,H] RMSNorm + §3.3 rows
     fq, fm, fe = _decoder_stack(x, hq, hm, he, layers, caches, eps_q32, rsqrt, pos, cos, sin, nh, t0, valid,
                                 scale_mult, scale_shift, exp_pair, sig_pair)   # §3.3 rows of the final norm
-    w, wsum, mult, shift, bias = lm_head
+    w, wsum, mult, shift, bias, wp, psum = lm_head
     acc = np.empty((rows, w.shape[0]), np.int32)
-    _gemv_rows(fq, w, wsum, np.empty(rows * hid, np.uint8), acc)            # [R,V] exact Σ q·W
+    _matmul_rows(fq, w, wsum, wp, psum, acc)                                # [R,V] exact Σ q·W
     linear_epilogue(acc, fm, fe, mult, shift, bias, logits)                 # [R,V] int32 Q.16

@@ -53,7 +53,8 @@ _MERGED = "_kolm_merged"        # memo on an attention output [B,H,T,D]: the sam
 KQ8 = "_kolm_kq8"               # memo on a key tensor [B,Hk,T,D]: (int8 rows [B,Hk,T,D], m [B,Hk,T], e [B,Hk,T])
 _BUNDLE = "_kolm_kv"            # on a key tensor of a decoding cache: the _KVBundle it is a view of
 _BLOCK_TQ = 8                   # attention with at most this many query rows per request runs as one kernel
-_FEW_ROWS = 4                   # products of at most this many rows run in a kernel (cpu_gemv), not torch
+_FEW_ROWS = 4                   # a decoding step of at most this many rows runs as one kernel (cpu_decode)
+_GEMM_ROWS = 64                 # products of at most this many rows run in cpu_gemv's packed tiles, not torch
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY2 = np.zeros((0, 0), dtype=np.int64)
 
@@ -89,16 +90,18 @@ def _table(t: Tensor, kind: str) -> np.ndarray | None:
     return getattr(t, key)
 
 
-def _gemv_operand(lin: TorchLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(w int8 [N, K], wsum, mult, shift, bias)`` of a layer whose product is one int8 digit in one chunk (the
-    operand of :mod:`~kolm_audit.runtime.cpu_gemv` and :mod:`~kolm_audit.runtime.cpu_decode`), made once and kept on
-    the weight tensor; ``None`` for other plans (wider weights, chunked K: the torch product runs them)."""
+def _gemv_operand(lin: TorchLinear) -> tuple[np.ndarray, ...] | None:
+    """``(w int8 [N, K], wsum, mult, shift, bias, wp, psum)`` of a layer whose product is one int8 digit in one chunk
+    (the operand of :mod:`~kolm_audit.runtime.cpu_gemv` and :mod:`~kolm_audit.runtime.cpu_decode`: ``wsum`` of
+    :func:`~kolm_audit.runtime.cpu_gemv.weight_sums`, ``wp``, ``psum`` the packed panels of
+    :func:`~kolm_audit.runtime.cpu_gemv.pack_weights`), made once and kept on the weight tensor; ``None`` for other
+    plans (wider weights, chunked K: the torch product runs them)."""
     w = lin.weight
     if not hasattr(w, "_kolm_gemv"):
         found = None
         if lin.plan.digits == 1 and lin.plan.chunks == 1 and w.dtype == torch.int8:
             wn = np.ascontiguousarray(_host(w))
-            found = (wn, kg.weight_sums(wn), _host(lin.mult), _host(lin.shift), _host(lin.bias))
+            found = (wn, kg.weight_sums(wn), _host(lin.mult), _host(lin.shift), _host(lin.bias), *kg.pack_weights(wn))
         w._kolm_gemv = found            # type: ignore[attr-defined]
     return w._kolm_gemv                # type: ignore[attr-defined]
 
@@ -129,21 +132,28 @@ class _KVBundle:
         self.buffers, self.used = buffers, used
 
     @classmethod
+    def empty(cls, b: int, hk: int, d: int, t: int) -> _KVBundle:
+        """A bundle with no rows and room for at least ``t`` (capacity ``max(64, 2·t)``)."""
+        cap = max(64, 2 * t)
+        return cls((np.empty((b, hk, cap, d), np.int32), np.empty((b, hk, cap, d), np.int8),
+                    np.empty((b, hk, cap), np.int64), np.empty((b, hk, cap), np.int64),
+                    np.empty((b, hk, cap, d), np.int32)), 0)
+
+    @classmethod
     def growing(cls, ops: FusedCpuOps, keys: Tensor, values: Tensor, t: int) -> _KVBundle:
         """The bundle to write ``t`` new rows after ``keys``/``values`` [B, Hk, T0, D]: their own when they are its
-        newest rows and it has room, else a fresh one (capacity ``max(64, 2·(T0 + t))``) holding a copy."""
+        newest rows and it has room, else a fresh one (room for ``T0 + t`` rows) holding a copy."""
         t0 = keys.shape[2]
         kv = getattr(keys, _BUNDLE, None)
         if kv is not None and kv.used == t0 and kv.buffers[0].shape[2] >= t0 + t:
             return kv
         b, hk, _, d = keys.shape
-        cap = max(64, 2 * (t0 + t))
-        bufs = (np.empty((b, hk, cap, d), np.int32), np.empty((b, hk, cap, d), np.int8),
-                np.empty((b, hk, cap), np.int64), np.empty((b, hk, cap), np.int64), np.empty((b, hk, cap, d), np.int32))
+        fresh = cls.empty(b, hk, d, t0 + t)
         kq, mk, ek = ops._memo(keys, KQ8)
-        for buf, part in zip(bufs, (keys, kq, mk, ek, values), strict=True):
+        for buf, part in zip(fresh.buffers, (keys, kq, mk, ek, values), strict=True):
             buf[:, :, :t0] = part.numpy()
-        return cls(bufs, t0)
+        fresh.used = t0
+        return fresh
 
     def views(self) -> tuple[Tensor, Tensor]:
         """(keys, values) tensor views of the ``used`` rows, the keys tagged with this bundle."""
@@ -204,10 +214,15 @@ class FusedCpuOps(FusedOps):
             self._par(xn.shape[0], xn.size, lambda lo, hi: kn.quantize_rows(xn[lo:hi], qn[lo:hi], mn[lo:hi],
                                                                             en[lo:hi]))
             q = torch.from_numpy(qn)
-        operand = _gemv_operand(lin) if q.shape[0] <= _FEW_ROWS else None
-        if operand is not None:                                         # few rows: no call into torch
-            acc = np.empty((q.shape[0], lin.out_features), dtype=np.int32)
-            kg.gemv_rows(q.numpy(), operand[0], operand[1], acc)
+        rows = q.shape[0]
+        operand = _gemv_operand(lin) if rows <= (_GEMM_ROWS if kg.GEMM else kg.FEW_ROWS) else None
+        if operand is not None:                                         # no call into torch
+            w, wsum, _, _, _, wp, psum = operand
+            qn, acc = q.numpy(), np.empty((rows, lin.out_features), dtype=np.int32)
+            kind = "tiles" if kg.GEMM and rows > kg.FEW_ROWS else "rows"
+            self.gemm_paths[f"cpu_gemv {kind} K={k}, N={w.shape[0]} (int8, partial sums < 2^31)"] += 1
+            self._par(rows, rows * w.size if rows > kg.FEW_ROWS else 0, lambda lo, hi: kg.matmul_rows(
+                qn[lo:hi], w, wsum, wp, psum, acc[lo:hi]))              # few rows: one thread
             return acc, mn, en                                          # [R,N] int32, exact
         return self.accumulate(q, lin).numpy(), mn, en                  # [R,N] int32 | int64, exact (GEMM plan)
 
@@ -425,12 +440,13 @@ class FusedCpuOps(FusedOps):
                        sin_table: Tensor, scale_mult: int, scale_shift: int, exp_table: Tensor,
                        sigmoid_table: Tensor) -> tuple[np.ndarray, list[Tensor], list[Tensor]] | None:
         """A decoding step's forward as one kernel (:func:`~kolm_audit.runtime.cpu_decode.decode_forward`) for at
-        most ``_FEW_ROWS`` new token rows (host inputs, host logits); each layer's new keys and values are written
-        into the spare capacity of its :class:`_KVBundle`. ``None`` (the composed forward runs) for anything else:
-        more rows, wider weights, tables outside the fast kernels' bounds."""
+        most ``_FEW_ROWS`` new token rows, or ``_GEMM_ROWS`` where :mod:`~kolm_audit.runtime.cpu_gemv` has its packed
+        tiles (host inputs, host logits); each layer's new keys and values are written into the spare capacity of
+        its :class:`_KVBundle`. ``None`` (the composed forward runs) for anything else: more rows, wider weights,
+        tables outside the fast kernels' bounds."""
         idn = np.ascontiguousarray(ids, dtype=np.int64)
         b, t = idn.shape
-        if b * t > _FEW_ROWS or any(a.dtype != torch.int32 for a in (*keys, *values)):
+        if b * t > (_GEMM_ROWS if kg.GEMM else _FEW_ROWS) or any(a.dtype != torch.int32 for a in (*keys, *values)):
             return None
         exp_pair, sig_pair = _table(exp_table, "softmax"), _table(sigmoid_table, "pair")
         cos, sin = _table(cos_table, "int32"), _table(sin_table, "int32")

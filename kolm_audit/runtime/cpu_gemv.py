@@ -1,4 +1,4 @@
-"""Exact int8 matrix-vector products inside numba kernels (few rows: a decoding step).
+"""Exact int8 matrix products inside numba kernels: few rows (a decoding step) and packed tiles (more rows).
 
 A linear layer's product for one token (§4.2: ``acc[n] = Σ_k q[k]·W[n, k]``, ``|q| <= 127``, int8 weights) costs a
 few microseconds of arithmetic, less than a call into torch from Python. :func:`_gemv_rows` computes it inside a
@@ -12,6 +12,13 @@ activation load) through LLVM intrinsics: the activation is offset to
 difference is the exact accumulator. Elsewhere the same sums are integer loops of 16-bit products
 (``|q·W| <= 127·128``). Both give the integers of ``torch._int_mm`` (tested against it).
 
+More rows (a prefill, an encoder's tokens) use :func:`_gemm_rows` on AVX-512 VNNI: the weights packed once
+(:func:`pack_weights`) into panels of ``PANEL`` columns, ``wp[p, k4, c, j] = W[p·PANEL + c, 4·k4 + j]`` (zeros past
+``N`` and ``K``), so that one 64-byte load holds 4 columns of 16 output columns; a tile of ``_MR`` rows × ``PANEL``
+columns keeps its 16 int32 vector accumulators in registers, each ``vpdpbusd`` adding 4 products of a broadcast
+activation quadruple to 16 lanes — no horizontal sums. Same identity and bounds: the zero padding adds nothing, and
+``psum`` is ``128·Σ_k W`` over the whole row.
+
 Example::
 
     >>> import numpy as np
@@ -20,6 +27,12 @@ Example::
     >>> acc = np.empty((1, 2), dtype=np.int32)
     >>> gemv_rows(q, w, weight_sums(w), acc)
     >>> acc.tolist() == (q.astype(np.int32) @ w.astype(np.int32).T).tolist()
+    True
+    >>> wp, psum = pack_weights(w)
+    >>> q8 = np.ones((6, 64), dtype=np.int8)
+    >>> acc = np.empty((6, 2), dtype=np.int32)
+    >>> matmul_rows(q8, w, weight_sums(w), wp, psum, acc)
+    >>> acc.tolist() == (q8.astype(np.int32) @ w.astype(np.int32).T).tolist()
     True
 """
 
@@ -40,6 +53,11 @@ _FEATS = llvm.get_host_cpu_features()           # what the compiled kernels will
 # vpdpbusd on 256-bit vectors; WIDE: bytes per vpdpbusd of the four-row products (64 with AVX-512 VNNI)
 VNNI = bool(_FEATS.get("avxvnni") or (_FEATS.get("avx512vnni") and _FEATS.get("avx512vl")))
 WIDE = 64 if VNNI and _FEATS.get("avx512vnni") and _FEATS.get("avx512bw") else 32
+GEMM = VNNI and WIDE == 64      # the packed tiles of _gemm_rows (AVX-512 VNNI: 32 vector registers)
+FEW_ROWS = 4                    # products of at most this many rows take _gemv_rows (weight rows outermost)
+_MR, _NZ = 4, 4                 # a tile: _MR activation rows × _NZ vectors of 16 int32 columns
+PANEL = _NZ * 16                # output columns of a packed weight panel
+_KC = 256                       # columns of K per block of a panel (16 KiB of weights, in L1 for every row tile)
 
 
 @intrinsic
@@ -113,6 +131,88 @@ def _dot_vnni(typingctx: Any, a: Any, b: Any, ib: Any, k: Any) -> Any:
     return sig, codegen
 
 
+@intrinsic
+def _tile_vnni(typingctx: Any, u: Any, ku: Any, r0: Any, k0: Any, wp: Any, p0: Any, kc: Any, ahead: Any,
+               out: Any, o0: Any) -> Any:
+    """``out[o0 + r·PANEL + c] += Σ_{k < kc} u[(r0 + r)·ku + k0 + k]·W_p[c, k]`` for ``r < _MR``, ``c < PANEL`` (int32
+    lanes, every partial sum bounded as in :func:`_gemv_rows`): ``u`` uint8 rows of ``ku`` bytes, ``wp`` the packed
+    columns ``k0 … k0 + kc`` (``kc`` a multiple of 4) of one panel from byte ``p0``. Per 4 columns: ``_NZ`` weight
+    vectors loaded, one 4-byte broadcast per row, ``_MR·_NZ`` ``vpdpbusd`` into register accumulators; the cache lines
+    ``ahead`` bytes further are prefetched (the next panel while the first tile of rows reads this one; a prefetch
+    never faults)."""
+    sig = types.void(u, ku, r0, k0, wp, p0, kc, ahead, out, o0)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        uarr = context.make_array(signature.args[0])(context, builder, args[0])
+        warr = context.make_array(signature.args[4])(context, builder, args[4])
+        oarr = context.make_array(signature.args[8])(context, builder, args[8])
+        ku, r0, k0, p0, kc, ahead, o0 = args[1], args[2], args[3], args[5], args[6], args[7], args[9]
+        i32, vt = ir.IntType(32), ir.VectorType(ir.IntType(32), 16)
+        dp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
+                                            "llvm.x86.avx512.vpdpbusd.512")
+        i8p = ir.IntType(8).as_pointer()
+        prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                                  "llvm.prefetch.p0i8")
+        outs = [[builder.bitcast(builder.gep(oarr.data, [builder.add(o0, ir.Constant(o0.type, r * PANEL + 16 * z))]),
+                                 vt.as_pointer()) for z in range(_NZ)] for r in range(_MR)]
+        accs = [[cgutils.alloca_once_value(builder, builder.load(outs[r][z], align=4)) for z in range(_NZ)]
+                for r in range(_MR)]
+        rows = [builder.gep(uarr.data, [builder.add(builder.mul(builder.add(r0, ir.Constant(r0.type, r)), ku), k0)])
+                for r in range(_MR)]
+        panel = builder.gep(warr.data, [p0])
+        lane0 = ir.Constant(ir.VectorType(i32, 16), None)                  # shuffle mask: lane 0 everywhere
+        with cgutils.for_range(builder, builder.udiv(kc, ir.Constant(kc.type, 4))) as loop:
+            base = builder.mul(loop.index, ir.Constant(kc.type, 4 * PANEL))
+            ws = [builder.load(builder.bitcast(builder.gep(panel, [builder.add(base, ir.Constant(kc.type, 64 * z))]),
+                                               vt.as_pointer()), align=1) for z in range(_NZ)]
+            for z in range(_NZ):                                           # read, high locality, data
+                builder.call(prefetch, [builder.gep(panel, [builder.add(builder.add(base, ahead),
+                                                                        ir.Constant(kc.type, 64 * z))]),
+                                        ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            off = builder.mul(loop.index, ir.Constant(kc.type, 4))
+            for r in range(_MR):
+                quad = builder.load(builder.bitcast(builder.gep(rows[r], [off]), i32.as_pointer()), align=1)
+                va = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, ir.Undefined), quad,
+                                                                   ir.Constant(i32, 0)),
+                                            ir.Constant(vt, ir.Undefined), lane0)
+                for z in range(_NZ):
+                    builder.store(builder.call(dp, [builder.load(accs[r][z]), va, ws[z]]), accs[r][z])
+        for r in range(_MR):
+            for z in range(_NZ):
+                builder.store(builder.load(accs[r][z]), outs[r][z], align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _gemm_rows(q: np.ndarray, wp: np.ndarray, psum: np.ndarray, acc: np.ndarray) -> None:
+    """``acc[r, n] = Σ_k q[r, k]·W[n, k]`` (exact int32) for int8 ``q`` [R, K] (|q| <= 127) and the packed weights
+    ``wp``, ``psum`` of :func:`pack_weights` (``N = acc.shape[1]``), in tiles of ``_MR`` rows × ``PANEL`` columns
+    (AVX-512 VNNI only: callers check :data:`GEMM`). A panel is the outer loop, read from memory once per call; its
+    columns in blocks of ``_KC`` (a block stays in L1 for every tile of rows), the panel's sums in ``part``."""
+    rows, k = q.shape
+    n = acc.shape[1]
+    kp = k + (-k) % 4
+    rp = rows + (-rows) % _MR
+    u = np.empty(rp * kp, np.uint8)                          # offset rows u = q + 128; pad rows/columns unused
+    for r in range(rows):
+        for c in range(k):
+            u[r * kp + c] = np.uint8(np.int16(q[r, c]) + 128)
+    part = np.empty(rp * PANEL, np.int32)
+    for p in range((n + PANEL - 1) // PANEL):
+        c0 = p * PANEL
+        cn = min(PANEL, n - c0)
+        part[:] = 0
+        for k0 in range(0, kp, _KC):
+            for r0 in range(0, rows, _MR):
+                _tile_vnni(u, kp, r0, k0, wp, c0 * kp + k0 * PANEL, min(_KC, kp - k0), PANEL * kp if r0 == 0 else 0,
+                           part, r0 * PANEL)
+        for r in range(rows):
+            for c in range(cn):
+                acc[r, c0 + c] = part[r * PANEL + c] - psum[c0 + c]
+
+
 @njit(inline="always")
 def _gemv_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, u: np.ndarray, acc: np.ndarray) -> None:
     """``acc[r, n] = Σ_k q[r, k]·w[n, k]`` (exact int32) for int8 ``q`` [R, K] (|q| <= 127) and ``w`` [N, K] (int8,
@@ -153,6 +253,25 @@ def _gemv_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, u: np.ndarray, ac
                 acc[r, j] = s
 
 
+@njit(inline="always")
+def _matmul_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, wp: np.ndarray, psum: np.ndarray,
+                 acc: np.ndarray) -> None:
+    """The exact product of a linear layer, whichever way is faster: :func:`_gemm_rows` for more than ``FEW_ROWS``
+    rows where :data:`GEMM`, else :func:`_gemv_rows` (``w`` [N, K] with ``wsum``; ``wp``, ``psum`` from
+    :func:`pack_weights`)."""
+    if GEMM and q.shape[0] > FEW_ROWS:
+        _gemm_rows(q, wp, psum, acc)
+    else:
+        _gemv_rows(q, w, wsum, np.empty(q.size, np.uint8), acc)
+
+
+@_kernel
+def matmul_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, wp: np.ndarray, psum: np.ndarray,
+                acc: np.ndarray) -> None:
+    """:func:`_matmul_rows` as a kernel (linear layers of the fused CPU backend)."""
+    _matmul_rows(q, w, wsum, wp, psum, acc)
+
+
 @_kernel
 def gemv_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, acc: np.ndarray) -> None:
     """:func:`_gemv_rows` as a kernel (tests, and linear layers of few rows)."""
@@ -166,3 +285,17 @@ def weight_sums(w: np.ndarray) -> np.ndarray:
     if not VNNI:
         return np.zeros(w.shape[0], dtype=np.int32)
     return (128 * np.asarray(w[:, :kw], dtype=np.int64).sum(axis=1)).astype(np.int32)
+
+
+def pack_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(wp, psum)`` for :func:`_gemm_rows`: ``w`` int8 [N, K] as panels ``[ceil(N/PANEL), ceil(K/4), PANEL, 4]``
+    (flat, zeros past ``N`` and ``K``) and ``128·Σ_k w[n, k]`` per row (int32 [N], ``|·| <= K·2^14 < 2^31``); empty
+    arrays where :data:`GEMM` is off (not used there)."""
+    if not GEMM:
+        return np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.int32)
+    n, k = w.shape
+    panels, k4 = -(-n // PANEL), -(-k // 4)
+    padded = np.zeros((panels * PANEL, k4 * 4), dtype=np.int8)
+    padded[:n, :k] = w
+    wp = np.ascontiguousarray(padded.reshape(panels, PANEL, k4, 4).transpose(0, 2, 1, 3)).reshape(-1)
+    return wp, (128 * np.asarray(w, dtype=np.int64).sum(axis=1)).astype(np.int32)

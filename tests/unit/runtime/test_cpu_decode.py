@@ -3,8 +3,9 @@ give the reference's integers.
 
 The products against exact integer matrix products and ``torch._int_mm`` for every remainder of ``K`` modulo 32
 (the ``vpdpbusd`` blocks and the 16-bit tail), weights at -128 and 127, activations at ±127 and zero rows, on the
-VNNI path and on the portable one. The decoder layers of :class:`FusedCpuOps` against the numpy reference through
-the runtime: cached steps and generation at 1–4 rows (the one-kernel path, counted) and 5 (the composed path), a
+VNNI path and on the portable one; the packed tiles of more rows likewise at every remainder of their blocks. The
+decoder layers of :class:`FusedCpuOps` against the numpy reference through the runtime: cached steps and generation
+at 1–6 rows (the one-kernel path, counted; above 4 rows only with the packed tiles), 64 and 65 rows, a
 residual stream at the int32 limits (saturating sums), a cache grown from an older view (copied, the newer one
 untouched), and a scheme whose weights are not one int8 digit (declined).
 """
@@ -85,6 +86,41 @@ def test_gemv_rows_portable_path(monkeypatch: pytest.MonkeyPatch) -> None:
         assert np.array_equal(acc, want) and not cg.weight_sums(w).any()
 
 
+@pytest.mark.skipif(not cg.GEMM, reason="the packed tiles need AVX-512 VNNI")
+@settings(max_examples=60, deadline=None)
+@given(seed=seeds, rows=st.integers(1, 70), n=st.sampled_from([1, 15, 63, 64, 65, 130, 200]),
+       k=st.sampled_from([1, 3, 4, 5, 32, 255, 256, 257, 511, 704, 1408]))
+def test_packed_tiles_equal_the_exact_product_and_int_mm(seed: int, rows: int, n: int, k: int) -> None:
+    """Every remainder of rows mod ``_MR``, of ``N`` mod ``PANEL``, of ``K`` mod 4 and mod ``_KC`` (blocks)."""
+    rng = np.random.default_rng(seed)
+    q, w, want = _gemv_case(rng, rows, n, k)
+    wp, psum = cg.pack_weights(w)
+    acc = np.full((rows, n), 7, np.int32)
+    cg.matmul_rows(q, w, cg.weight_sums(w), wp, psum, acc)
+    assert np.array_equal(acc, want)
+    if k >= 8 and rows > 16:
+        assert np.array_equal(torch._int_mm(torch.from_numpy(q), torch.from_numpy(w).t()).numpy(), want)
+
+
+@pytest.mark.skipif(not cg.GEMM, reason="the packed tiles need AVX-512 VNNI")
+def test_packed_tiles_at_the_largest_sums_and_their_layout() -> None:
+    """``K = 2^14`` columns of ±127·(-128) over 9 rows (two full tiles and one row); and the packed layout
+    ``wp[p, k4, c, j] = W[p·PANEL + c, 4·k4 + j]`` with zeros past ``N`` and ``K``."""
+    k = 1 << 14
+    q, w = np.full((9, k), 127, np.int8), np.full((3, k), -128, np.int8)
+    q[1::2] = -127
+    w[2] = 127
+    acc = np.empty((9, 3), np.int32)
+    cg.matmul_rows(q, w, cg.weight_sums(w), *cg.pack_weights(w), acc)
+    assert np.array_equal(acc, q.astype(np.int64) @ w.astype(np.int64).T)
+    w = np.arange(70 * 6, dtype=np.int64).reshape(70, 6).astype(np.int8)
+    wp, psum = cg.pack_weights(w)
+    panels = wp.reshape(2, 2, cg.PANEL, 4)                               # [ceil(70/64), ceil(6/4), PANEL, 4]
+    assert panels[1, 1, 5, 1] == w[cg.PANEL + 5, 5] and panels[0, 0, 3, 2] == w[3, 2]
+    assert not panels[:, 1, :, 2:].any() and not panels[1, :, 70 - cg.PANEL:].any()
+    assert np.array_equal(psum, 128 * w.astype(np.int64).sum(axis=1))
+
+
 # ---- the decoder layer of a decoding step, through the runtime ------------------------------------------------
 
 @pytest.fixture(scope="module", params=["int8", "nvfp4"])
@@ -108,7 +144,7 @@ def pair(quantized: Any) -> tuple[LlamaRuntime, LlamaRuntime, str]:
 
 
 @settings(max_examples=8, deadline=None)
-@given(data=st.data(), batch=st.integers(1, 5))
+@given(data=st.data(), batch=st.integers(1, 6))
 def test_steps_and_generation_equal_the_reference(pair: tuple[LlamaRuntime, LlamaRuntime, str],
                                                   data: st.DataObject, batch: int) -> None:
     ref, fast, scheme = pair
@@ -120,8 +156,21 @@ def test_steps_and_generation_equal_the_reference(pair: tuple[LlamaRuntime, Llam
         gens = fast.generate(prompts, max_new_tokens=4, eos_ids=[])
     assert np.array_equal(got, ref.cached_logits(prompts[0], cont))
     assert [g.output_ids for g in gens] == [g.output_ids for g in ref.generate(prompts, max_new_tokens=4, eos_ids=[])]
-    one_kernel = len(cont) + (3 if batch <= 4 else 0)                   # cached steps + generation's 3 steps
+    one_kernel = len(cont) + (3 if batch <= (64 if cg.GEMM else 4) else 0)   # cached steps + generation's steps
     assert kernel.call_count == (one_kernel if scheme == "int8" else 0)
+
+
+def test_a_batch_of_more_than_64_rows_is_composed(pair: tuple[LlamaRuntime, LlamaRuntime, str]) -> None:
+    """Steps of 65 rows are not run as one kernel (the composed forward runs) and equal the reference; 64 are."""
+    ref, fast, scheme = pair
+    rng = np.random.default_rng(4)
+    for batch, calls in ((65, 0), (64, 2 if cg.GEMM else 0)):
+        prompts = [rng.integers(0, VOCAB, int(n)).tolist() for n in rng.integers(1, 6, batch)]
+        with mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel:
+            gens = fast.generate(prompts, max_new_tokens=3, eos_ids=[])
+        assert [g.output_ids for g in gens] == [g.output_ids for g in ref.generate(prompts, max_new_tokens=3,
+                                                                                    eos_ids=[])]
+        assert kernel.call_count == (calls if scheme == "int8" else 0)
 
 
 def test_a_residual_stream_at_the_int32_limits_equals_the_reference(quantized: Any) -> None:
