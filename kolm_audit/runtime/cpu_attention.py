@@ -7,7 +7,8 @@ cache). One query row at a time, vectorized across keys:
   dot product (``|Σ| <= D·127² < 2^22``), ``mq·mk <= 2^30`` and the product of both ``< 2^52``, so the §3.2
   requantization takes its ``s >= 32`` form with 32-bit limb products whenever ``S + 16 - eq - ek >= 32`` (every row
   with ``e = 0``, i.e. every real one), else the general form;
-* the score dot products use ``vpdpbusd`` on VNNI CPUs (:mod:`kolm_audit.runtime.cpu_gemv`'s offset identity);
+* the score dot products use ``vpdpbusd`` on VNNI CPUs (:mod:`kolm_audit.runtime.cpu_gemv`'s offset identity), for
+  more than 4 query rows in its packed tiles (the block's keys packed as the weights of a product);
 * the exponentials come from the pair table of ``tables.exp`` (:func:`kolm_audit.runtime.cpu_kernels.pair_table`),
   masked keys get ``p = 0``; the division ``rdiv(p·2^16, Σp)`` is the float64 identity of the spec's "Fast backends"
   (exact while the table lies in ``[0, 2^30]`` with ``T[0] >= 1`` — callers check it — and ``Tk <= 2^16``);
@@ -41,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kolm_audit.runtime.cpu_gemv import VNNI, _dot_vnni
+from kolm_audit.runtime.cpu_gemv import FEW_ROWS, GEMM, VNNI, _dot_vnni, _gemm_fresh
 from kolm_audit.runtime.cpu_kernels import (
     _kernel,
     _mul32,
@@ -74,7 +75,9 @@ def _attend_block(qq: np.ndarray, mq: np.ndarray, eq: np.ndarray, nr: int, kq: n
     loops run over whole rows of the block, and one exponential lookup serves the whole block."""
     d, tp = kq.shape[1], ok.shape[1]
     d32 = d - d % 32 if VNNI else 0
-    if d32:                                                  # Σ_d qq·kq as u·kq - 128·Σ kq (cpu_gemv's identity)
+    if GEMM and nr > FEW_ROWS:                               # Σ_d qq·kq of every row and key in packed tiles
+        _gemm_fresh(qq[:nr], kq[:tp], dots[:nr * tp].reshape(nr, tp))
+    elif d32:                                                # Σ_d qq·kq as u·kq - 128·Σ kq (cpu_gemv's identity)
         kmax = 0
         for r in range(nr):
             kmax = max(kmax, kend[r])

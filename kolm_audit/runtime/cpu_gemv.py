@@ -254,6 +254,16 @@ def _gemv_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, u: np.ndarray, ac
 
 
 @njit(inline="always")
+def _gemm_fresh(q: np.ndarray, w: np.ndarray, acc: np.ndarray) -> None:
+    """:func:`_gemm_rows` of ``q`` [R, K] against ``w`` [N, K] packed here (an attention block's keys)."""
+    n, k = w.shape
+    wp = np.empty(((n + PANEL - 1) // PANEL) * PANEL * (k + (-k) % 4), np.int8)
+    psum = np.empty(n, np.int32)
+    _pack(w, wp, psum)
+    _gemm_rows(q, wp, psum, acc)
+
+
+@njit(inline="always")
 def _matmul_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, wp: np.ndarray, psum: np.ndarray,
                  acc: np.ndarray) -> None:
     """The exact product of a linear layer, whichever way is faster: :func:`_gemm_rows` for more than ``FEW_ROWS``
@@ -287,6 +297,26 @@ def weight_sums(w: np.ndarray) -> np.ndarray:
     return (128 * np.asarray(w[:, :kw], dtype=np.int64).sum(axis=1)).astype(np.int32)
 
 
+@njit(inline="always")
+def _pack(w: np.ndarray, wp: np.ndarray, psum: np.ndarray) -> None:
+    """:func:`pack_weights` into ``wp`` (zeros where the panels pass ``N`` and ``K``) and ``psum``."""
+    n, k = w.shape
+    kp = k + (-k) % 4
+    wp[:] = 0
+    for j in range(n):
+        base = (j // PANEL) * kp * PANEL + (j % PANEL) * 4
+        t = np.int32(0)
+        for c in range(k):
+            wp[base + (c >> 2) * 4 * PANEL + (c & 3)] = w[j, c]
+            t += np.int32(w[j, c])
+        psum[j] = t * 128
+
+
+@_kernel
+def _pack_kernel(w: np.ndarray, wp: np.ndarray, psum: np.ndarray) -> None:
+    _pack(w, wp, psum)
+
+
 def pack_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(wp, psum)`` for :func:`_gemm_rows`: ``w`` int8 [N, K] as panels ``[ceil(N/PANEL), ceil(K/4), PANEL, 4]``
     (flat, zeros past ``N`` and ``K``) and ``128·Σ_k w[n, k]`` per row (int32 [N], ``|·| <= K·2^14 < 2^31``); empty
@@ -294,8 +324,6 @@ def pack_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not GEMM:
         return np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.int32)
     n, k = w.shape
-    panels, k4 = -(-n // PANEL), -(-k // 4)
-    padded = np.zeros((panels * PANEL, k4 * 4), dtype=np.int8)
-    padded[:n, :k] = w
-    wp = np.ascontiguousarray(padded.reshape(panels, PANEL, k4, 4).transpose(0, 2, 1, 3)).reshape(-1)
-    return wp, (128 * np.asarray(w, dtype=np.int64).sum(axis=1)).astype(np.int32)
+    wp, psum = np.empty(-(-n // PANEL) * PANEL * -(-k // 4) * 4, dtype=np.int8), np.empty(n, dtype=np.int32)
+    _pack_kernel(np.ascontiguousarray(w, dtype=np.int8), wp, psum)
+    return wp, psum

@@ -210,16 +210,17 @@ def test_growing_an_older_cache_view_copies(pair: tuple[LlamaRuntime, LlamaRunti
         assert np.array_equal(got, want)
 
 
-def test_attention_block_portable_path_equals_the_vnni_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The attention block's score dot products: ``vpdpbusd`` (compiled here) and the 16-bit product loop of CPUs
-    without VNNI (interpreted) give the same context rows, for a head size with a 16-bit tail (``D = 40``), masked
-    keys and rows that visit fewer keys."""
+@pytest.mark.parametrize("nr", [3, 6])
+def test_attention_block_portable_path_equals_the_vnni_one(monkeypatch: pytest.MonkeyPatch, nr: int) -> None:
+    """The attention block's score dot products: ``vpdpbusd`` (compiled here; 6 query rows: the packed tiles) and
+    the 16-bit product loop of CPUs without VNNI (interpreted) give the same context rows, for a head size with a
+    16-bit tail (``D = 40``), masked keys and rows that visit fewer keys."""
     from kolm_audit.compile.tables import attn_scale, exp_table
     from kolm_audit.runtime import cpu_attention as ka
     from kolm_audit.runtime.cpu_kernels import pair_table
 
     rng = np.random.default_rng(5)
-    nr, tp, d = 3, 9, 40
+    tp, d = 9, 40
     qq, kq = rng.integers(-127, 128, (nr, d)).astype(np.int8), rng.integers(-127, 128, (tp, d)).astype(np.int8)
     qq[0], kq[0] = 127, -127
     mq, mk = rng.integers(1 << 6, 1 << 9, nr), rng.integers(1 << 6, 1 << 9, tp)   # softmax not one-hot
@@ -227,7 +228,7 @@ def test_attention_block_portable_path_equals_the_vnni_one(monkeypatch: pytest.M
     v = rng.integers(-(1 << 20), 1 << 20, (tp, d)).astype(np.int32)
     ok = rng.random((nr, tp)) < 0.7
     ok[:, 0] = True
-    kend = np.array([tp, 5, 1], np.int64)
+    kend = np.array([tp, 5, 1, 7, tp, 2][:nr], np.int64)
     sm, ss = (int(x) for x in attn_scale(d))
     pair = pair_table(exp_table().astype(np.int64))
 
@@ -238,6 +239,7 @@ def test_attention_block_portable_path_equals_the_vnni_one(monkeypatch: pytest.M
 
     fast = run(ka._attend_block)
     monkeypatch.setattr(ka, "VNNI", False)
+    monkeypatch.setattr(ka, "GEMM", False)
     portable = run(ka._attend_block.py_func)
     assert np.array_equal(fast[0], qq[0].astype(np.int64) @ kq.astype(np.int64).T)
     assert np.array_equal(portable[0], fast[0]) and np.array_equal(portable[1], fast[1])
