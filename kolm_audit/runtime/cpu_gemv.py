@@ -10,7 +10,9 @@ activation load) through LLVM intrinsics: the activation is offset to
 ``u = q + 128`` in ``[1, 255]``, and ``Σ_k u·W - 128·Σ_k W = Σ_k q·W``. Every intermediate is an exact int32:
 ``|Σ u·W| <= K·255·128 < 2^31`` and ``|128·Σ W| <= K·128·128 < 2^31`` for ``K <= 2^16`` (spec §4.3), and the
 difference is the exact accumulator. Elsewhere the same sums are integer loops of 16-bit products
-(``|q·W| <= 127·128``). Both give the integers of ``torch._int_mm`` (tested against it).
+(``|q·W| <= 127·128``). Both give the integers of ``torch._int_mm`` (tested against it). On a CPU without the
+instructions the intrinsics emit nothing (the callers' branches never reach them there), so no kernel that inlines
+them asks LLVM for an instruction the target lacks.
 
 More rows (a prefill, an encoder's tokens) use :func:`_gemm_rows` on AVX-512 VNNI: the weights packed once
 (:func:`pack_weights`) into panels of ``PANEL`` columns, ``wp[p, k4, c, j] = W[p·PANEL + c, 4·k4 + j]`` (zeros past
@@ -69,6 +71,8 @@ def _dot4_vnni(typingctx: Any, a: Any, b: Any, ib: Any, stride: Any, k: Any, out
     lanes = WIDE // 4
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        if not VNNI:                                                       # never run there: nothing to emit
+            return context.get_dummy_value()
         aarr = context.make_array(signature.args[0])(context, builder, args[0])
         barr = context.make_array(signature.args[1])(context, builder, args[1])
         oarr = context.make_array(signature.args[5])(context, builder, args[5])
@@ -101,6 +105,8 @@ def _dot_vnni(typingctx: Any, a: Any, b: Any, ib: Any, k: Any) -> Any:
     sig = types.int32(a, b, ib, k)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        if not VNNI:                                                       # never run there: nothing to emit
+            return ir.Constant(ir.IntType(32), 0)
         aarr = context.make_array(signature.args[0])(context, builder, args[0])
         barr = context.make_array(signature.args[1])(context, builder, args[1])
         i32, v8 = ir.IntType(32), ir.VectorType(ir.IntType(32), 8)
@@ -143,6 +149,8 @@ def _tile_vnni(typingctx: Any, u: Any, ku: Any, r0: Any, k0: Any, wp: Any, p0: A
     sig = types.void(u, ku, r0, k0, wp, p0, kc, ahead, out, o0)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        if not GEMM:                                                       # never run there: nothing to emit
+            return context.get_dummy_value()
         uarr = context.make_array(signature.args[0])(context, builder, args[0])
         warr = context.make_array(signature.args[4])(context, builder, args[4])
         oarr = context.make_array(signature.args[8])(context, builder, args[8])

@@ -121,6 +121,31 @@ def test_packed_tiles_at_the_largest_sums_and_their_layout() -> None:
     assert np.array_equal(psum, 128 * w.astype(np.int64).sum(axis=1))
 
 
+def test_the_intrinsics_emit_nothing_without_the_instructions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled for a CPU without VNNI (the flags off), a kernel that inlines the intrinsics asks LLVM for no
+    ``vpdpbusd`` (which would fail instruction selection there); with the flags on (this machine) it does."""
+    import numba
+    from numba import njit
+
+    def ir_of(vnni: bool) -> str:
+        monkeypatch.setattr(cg, "VNNI", vnni)
+        monkeypatch.setattr(cg, "GEMM", vnni)
+
+        @njit
+        def uses_all(u: np.ndarray, w: np.ndarray, out: np.ndarray) -> int:
+            cg._dot4_vnni(u, w, 0, 64, 64, out)
+            cg._tile_vnni(u, 64, 0, 0, w, 0, 64, 0, out, 0)
+            return cg._dot_vnni(u, w, 0, 64)
+
+        args = (np.zeros(256, np.uint8), np.zeros(4096, np.int8), np.zeros(256, np.int32))
+        uses_all.compile(tuple(numba.typeof(a) for a in args))
+        return "\n".join(uses_all.inspect_llvm().values())
+
+    assert "vpdpbusd" not in ir_of(False)
+    if cg.GEMM:
+        assert "vpdpbusd" in ir_of(True)
+
+
 # ---- the decoder layer of a decoding step, through the runtime ------------------------------------------------
 
 @pytest.fixture(scope="module", params=["int8", "nvfp4"])
