@@ -3,8 +3,9 @@
 :class:`~kolm_audit.runtime.torch_backend.TorchOps` on CPU spends most of its time issuing many small int64
 torch operations per layer. Here the element-wise work runs as compiled kernels (numba:
 :mod:`~kolm_audit.runtime.cpu_kernels` one per operation, :mod:`~kolm_audit.runtime.cpu_blocks` several per pass,
-:mod:`~kolm_audit.runtime.cpu_attention` the attention blocks) over the tensors' memory, and only the linear
-layers' matrix products stay in torch (``torch._int_mm``, exact; the glue of the remaining primitives is
+:mod:`~kolm_audit.runtime.cpu_attention` the attention blocks) over the tensors' memory; the linear layers' matrix
+products of at most 64 rows run in :mod:`~kolm_audit.runtime.cpu_gemv` (4 without AVX-512 VNNI), larger ones
+stay in torch (``torch._int_mm``, exact; the glue of the remaining primitives is
 :class:`~kolm_audit.runtime.fused_ops.FusedOps`). The composite operations of the model forwards
 (:class:`~kolm_audit.runtime.composed.ComposedOps`: ``linear_norm``, ``linear_gelu``, ``linear_swiglu``,
 ``qkv_rope``) run as one kernel after the product, and every kernel that feeds a linear layer also hands it
@@ -53,8 +54,9 @@ _MERGED = "_kolm_merged"        # memo on an attention output [B,H,T,D]: the sam
 KQ8 = "_kolm_kq8"               # memo on a key tensor [B,Hk,T,D]: (int8 rows [B,Hk,T,D], m [B,Hk,T], e [B,Hk,T])
 _BUNDLE = "_kolm_kv"            # on a key tensor of a decoding cache: the _KVBundle it is a view of
 _BLOCK_TQ = 8                   # attention with at most this many query rows per request runs as one kernel
-_FEW_ROWS = 4                   # a decoding step of at most this many rows runs as one kernel (cpu_decode)
-_GEMM_ROWS = 64                 # products of at most this many rows run in cpu_gemv's packed tiles, not torch
+_GEMM_ROWS = 64                 # products of 5 to this many rows run in cpu_gemv's packed tiles, not torch
+# products, and Llama decoding steps as one kernel (cpu_decode), of at most this many rows run inside numba
+_KERNEL_ROWS = _GEMM_ROWS if kg.GEMM else kg.FEW_ROWS
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY2 = np.zeros((0, 0), dtype=np.int64)
 
@@ -215,7 +217,7 @@ class FusedCpuOps(FusedOps):
                                                                             en[lo:hi]))
             q = torch.from_numpy(qn)
         rows = q.shape[0]
-        operand = _gemv_operand(lin) if rows <= (_GEMM_ROWS if kg.GEMM else kg.FEW_ROWS) else None
+        operand = _gemv_operand(lin) if rows <= _KERNEL_ROWS else None
         if operand is not None:                                         # no call into torch
             w, wsum, _, _, _, wp, psum = operand
             qn, acc = q.numpy(), np.empty((rows, lin.out_features), dtype=np.int32)
@@ -440,13 +442,13 @@ class FusedCpuOps(FusedOps):
                        sin_table: Tensor, scale_mult: int, scale_shift: int, exp_table: Tensor,
                        sigmoid_table: Tensor) -> tuple[np.ndarray, list[Tensor], list[Tensor]] | None:
         """A decoding step's forward as one kernel (:func:`~kolm_audit.runtime.cpu_decode.decode_forward`) for at
-        most ``_FEW_ROWS`` new token rows, or ``_GEMM_ROWS`` where :mod:`~kolm_audit.runtime.cpu_gemv` has its packed
-        tiles (host inputs, host logits); each layer's new keys and values are written into the spare capacity of
+        most ``_KERNEL_ROWS`` new token rows (64 where :mod:`~kolm_audit.runtime.cpu_gemv` has its packed tiles, else
+        4; host inputs, host logits); each layer's new keys and values are written into the spare capacity of
         its :class:`_KVBundle`. ``None`` (the composed forward runs) for anything else: more rows, wider weights,
         tables outside the fast kernels' bounds."""
         idn = np.ascontiguousarray(ids, dtype=np.int64)
         b, t = idn.shape
-        if b * t > (_GEMM_ROWS if kg.GEMM else _FEW_ROWS) or any(a.dtype != torch.int32 for a in (*keys, *values)):
+        if b * t > _KERNEL_ROWS or any(a.dtype != torch.int32 for a in (*keys, *values)):
             return None
         exp_pair, sig_pair = _table(exp_table, "softmax"), _table(sigmoid_table, "pair")
         cos, sin = _table(cos_table, "int32"), _table(sin_table, "int32")
