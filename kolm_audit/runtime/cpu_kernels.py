@@ -205,7 +205,19 @@ def _quantize_row(x: np.ndarray, q: np.ndarray) -> tuple[int, int]:
 @njit(inline="always")
 def _quantize_seg(x: np.ndarray, r: int, c0: int, k: int, q: np.ndarray, qr: int) -> tuple[int, int]:
     """:func:`_quantize_row` of ``x[r, c0:c0+k]`` into ``q[qr, :k]`` (2-D arrays indexed in place: no array view is
-    made, which in a hot loop would cost reference-count updates)."""
+    made, which in a hot loop would cost reference-count updates). Head sizes 32 and 64 take a copy whose length is
+    a constant, so the short loops carry no runtime remainder handling (BERT attention at 24 tokens, alternated in
+    one process: 149 → 137 µs; Llama's at 64: 995 → 939 µs)."""
+    if k == 32:
+        return _quantize_seg_n(x, r, c0, 32, q, qr)
+    if k == 64:
+        return _quantize_seg_n(x, r, c0, 64, q, qr)
+    return _quantize_seg_n(x, r, c0, k, q, qr)
+
+
+@njit(inline="always")
+def _quantize_seg_n(x: np.ndarray, r: int, c0: int, k: int, q: np.ndarray, qr: int) -> tuple[int, int]:
+    """The body of :func:`_quantize_seg`."""
     amax = np.int64(0)
     for j in range(k):
         amax = max(amax, abs(np.int64(x[r, c0 + j])))

@@ -38,6 +38,7 @@ from _fused_fixtures import (
 
 from kolm_audit.compile import tables as tb
 from kolm_audit.runtime import cpu_fused as cf
+from kolm_audit.runtime import cpu_gemv as kg
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import llama_ops as lo
 from kolm_audit.runtime import reference as ref
@@ -290,6 +291,25 @@ def test_get_ops_cpu_is_fused_when_numba_is_importable_and_plain_when_asked() ->
     assert type(plain) is TorchOps
     assert fused.name == plain.name == "cpu"
 
+
+
+def test_two_threads_split_the_packed_tiles() -> None:
+    """33 rows (the packed tiles of cpu_gemv where the CPU has them) split between two threads: the one-thread
+    integers, the reference's."""
+    rng = np.random.default_rng(34)
+    n, k, rows = 96, 48, 33                                             # 33·96·48 elements of work > _PAR_MIN
+    x = _rows(rng, (rows, k))
+    lin = _layer(rng, n, k, 127, 0, 93)                                  # int8 weights: one digit
+    paths: list[str] = []
+
+    def run(ops: cf.FusedCpuOps) -> np.ndarray:
+        out = _np(ops, ops.linear(ops.const(x), ops.prepare_linear(lin)))
+        paths.extend(ops.gemm_paths)
+        return out
+
+    one, two = _one_and_two_threads(run)
+    assert np.array_equal(one, two) and np.array_equal(one, ref.linear(x, lin))
+    assert all(p.startswith("cpu_gemv tiles" if kg.GEMM else "int_mm") for p in paths) and paths
 
 
 def test_a_forked_child_gets_its_own_thread_pool() -> None:
