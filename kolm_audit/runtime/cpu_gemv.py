@@ -62,6 +62,18 @@ PANEL = _NZ * 16                # output columns of a packed weight panel
 _KC = 256                       # columns of K per block of a panel (16 KiB of weights, in L1 for every row tile)
 
 
+def _data(context: Any, builder: Any, signature: Any, args: Any, i: int) -> Any:
+    """The data pointer of an intrinsic's array argument ``i``."""
+    return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+
+def _vpdpbusd(builder: Any, lanes: int) -> tuple[Any, Any]:
+    """``(<lanes x i32>, the vpdpbusd intrinsic on it)``: ``acc + Σ_4 u8·s8`` per int32 lane."""
+    vt = ir.VectorType(ir.IntType(32), lanes)
+    return vt, cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
+                                              f"llvm.x86.avx512.vpdpbusd.{lanes * 32}")
+
+
 @intrinsic
 def _dot4_vnni(typingctx: Any, a: Any, b: Any, ib: Any, stride: Any, k: Any, out: Any) -> Any:
     """``out[i] = Σ_{c < k} a[c]·b[ib + i·stride + c]`` for ``i < 4`` (``a`` uint8, ``b`` int8, ``k`` a multiple of
@@ -73,18 +85,14 @@ def _dot4_vnni(typingctx: Any, a: Any, b: Any, ib: Any, stride: Any, k: Any, out
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         if not VNNI:                                                       # never run there: nothing to emit
             return context.get_dummy_value()
-        aarr = context.make_array(signature.args[0])(context, builder, args[0])
-        barr = context.make_array(signature.args[1])(context, builder, args[1])
-        oarr = context.make_array(signature.args[5])(context, builder, args[5])
-        i32, vt = ir.IntType(32), ir.VectorType(ir.IntType(32), lanes)
+        pa, pb, po = (_data(context, builder, signature, args, i) for i in (0, 1, 5))
+        i32, (vt, dp) = ir.IntType(32), _vpdpbusd(builder, lanes)
         ib, st, kk = args[2], args[3], args[4]
-        rows = [builder.gep(barr.data, [builder.add(ib, builder.mul(st, ir.Constant(st.type, i)))]) for i in range(4)]
-        dp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
-                                            f"llvm.x86.avx512.vpdpbusd.{WIDE * 8}")
+        rows = [builder.gep(pb, [builder.add(ib, builder.mul(st, ir.Constant(st.type, i)))]) for i in range(4)]
         accs = [cgutils.alloca_once_value(builder, ir.Constant(vt, None)) for _ in range(4)]
         with cgutils.for_range(builder, builder.udiv(kk, ir.Constant(kk.type, WIDE))) as loop:
             off = builder.mul(loop.index, ir.Constant(kk.type, WIDE))
-            va = builder.load(builder.bitcast(builder.gep(aarr.data, [off]), vt.as_pointer()), align=1)
+            va = builder.load(builder.bitcast(builder.gep(pa, [off]), vt.as_pointer()), align=1)
             for i in range(4):
                 vb = builder.load(builder.bitcast(builder.gep(rows[i], [off]), vt.as_pointer()), align=1)
                 builder.store(builder.call(dp, [builder.load(accs[i]), va, vb]), accs[i])
@@ -92,7 +100,7 @@ def _dot4_vnni(typingctx: Any, a: Any, b: Any, ib: Any, stride: Any, k: Any, out
                                                 f"llvm.vector.reduce.add.v{lanes}i32")
         for i in range(4):
             builder.store(builder.call(reduce, [builder.load(accs[i])]),
-                          builder.gep(oarr.data, [ir.Constant(ir.IntType(64), i)]))
+                          builder.gep(po, [ir.Constant(ir.IntType(64), i)]))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -107,12 +115,9 @@ def _dot_vnni(typingctx: Any, a: Any, b: Any, ib: Any, k: Any) -> Any:
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         if not VNNI:                                                       # never run there: nothing to emit
             return ir.Constant(ir.IntType(32), 0)
-        aarr = context.make_array(signature.args[0])(context, builder, args[0])
-        barr = context.make_array(signature.args[1])(context, builder, args[1])
-        i32, v8 = ir.IntType(32), ir.VectorType(ir.IntType(32), 8)
-        pa, pb, kk = aarr.data, builder.gep(barr.data, [args[2]]), args[3]
-        dp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8, v8]),
-                                            "llvm.x86.avx512.vpdpbusd.256")
+        i32, (v8, dp) = ir.IntType(32), _vpdpbusd(builder, 8)
+        pa = _data(context, builder, signature, args, 0)
+        pb, kk = builder.gep(_data(context, builder, signature, args, 1), [args[2]]), args[3]
         accs = [cgutils.alloca_once_value(builder, ir.Constant(v8, None)) for _ in range(4)]
 
         def step(acc: Any, off: Any) -> None:
@@ -151,23 +156,19 @@ def _tile_vnni(typingctx: Any, u: Any, ku: Any, r0: Any, k0: Any, wp: Any, p0: A
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         if not GEMM:                                                       # never run there: nothing to emit
             return context.get_dummy_value()
-        uarr = context.make_array(signature.args[0])(context, builder, args[0])
-        warr = context.make_array(signature.args[4])(context, builder, args[4])
-        oarr = context.make_array(signature.args[8])(context, builder, args[8])
+        pu, pw, po = (_data(context, builder, signature, args, i) for i in (0, 4, 8))
         ku, r0, k0, p0, kc, ahead, o0 = args[1], args[2], args[3], args[5], args[6], args[7], args[9]
-        i32, vt = ir.IntType(32), ir.VectorType(ir.IntType(32), 16)
-        dp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
-                                            "llvm.x86.avx512.vpdpbusd.512")
+        i32, (vt, dp) = ir.IntType(32), _vpdpbusd(builder, 16)
         i8p = ir.IntType(8).as_pointer()
         prefetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
                                                   "llvm.prefetch.p0i8")
-        outs = [[builder.bitcast(builder.gep(oarr.data, [builder.add(o0, ir.Constant(o0.type, r * PANEL + 16 * z))]),
+        outs = [[builder.bitcast(builder.gep(po, [builder.add(o0, ir.Constant(o0.type, r * PANEL + 16 * z))]),
                                  vt.as_pointer()) for z in range(_NZ)] for r in range(_MR)]
         accs = [[cgutils.alloca_once_value(builder, builder.load(outs[r][z], align=4)) for z in range(_NZ)]
                 for r in range(_MR)]
-        rows = [builder.gep(uarr.data, [builder.add(builder.mul(builder.add(r0, ir.Constant(r0.type, r)), ku), k0)])
+        rows = [builder.gep(pu, [builder.add(builder.mul(builder.add(r0, ir.Constant(r0.type, r)), ku), k0)])
                 for r in range(_MR)]
-        panel = builder.gep(warr.data, [p0])
+        panel = builder.gep(pw, [p0])
         lane0 = ir.Constant(ir.VectorType(i32, 16), None)                  # shuffle mask: lane 0 everywhere
         with cgutils.for_range(builder, builder.udiv(kc, ir.Constant(kc.type, 4))) as loop:
             base = builder.mul(loop.index, ir.Constant(kc.type, 4 * PANEL))
