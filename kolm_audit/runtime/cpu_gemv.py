@@ -263,10 +263,16 @@ def _gemv_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, u: np.ndarray, ac
 
 
 @njit(inline="always")
+def _packed_size(n: int, k: int) -> int:
+    """Bytes of :func:`pack_weights`' panels for ``w`` [N, K]: ``ceil(N/PANEL)·PANEL × ceil(K/4)·4``."""
+    return ((n + PANEL - 1) // PANEL) * PANEL * (k + (-k) % 4)
+
+
+@njit(inline="always")
 def _gemm_fresh(q: np.ndarray, w: np.ndarray, acc: np.ndarray) -> None:
     """:func:`_gemm_rows` of ``q`` [R, K] against ``w`` [N, K] packed here (an attention block's keys)."""
     n, k = w.shape
-    wp = np.empty(((n + PANEL - 1) // PANEL) * PANEL * (k + (-k) % 4), np.int8)
+    wp = np.empty(_packed_size(n, k), np.int8)
     psum = np.empty(n, np.int32)
     _pack(w, wp, psum)
     _gemm_rows(q, wp, psum, acc)
@@ -333,6 +339,6 @@ def pack_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not GEMM:
         return np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.int32)
     n, k = w.shape
-    wp, psum = np.empty(-(-n // PANEL) * PANEL * -(-k // 4) * 4, dtype=np.int8), np.empty(n, dtype=np.int32)
+    wp, psum = np.empty(_packed_size(n, k), dtype=np.int8), np.empty(n, dtype=np.int32)
     _pack_kernel(np.ascontiguousarray(w, dtype=np.int8), wp, psum)
     return wp, psum
