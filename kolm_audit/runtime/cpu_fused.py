@@ -9,7 +9,10 @@ stay in torch (``torch._int_mm``, exact; the glue of the remaining primitives is
 :class:`~kolm_audit.runtime.fused_ops.FusedOps`). The composite operations of the model forwards
 (:class:`~kolm_audit.runtime.composed.ComposedOps`: ``linear_norm``, ``linear_gelu``, ``linear_swiglu``,
 ``qkv_rope``) run as one kernel after the product, and every kernel that feeds a linear layer also hands it
-the §3.3 quantization of its rows (a memo on the output), so no quantize pass remains. Rows are independent, so
+the §3.3 quantization of its rows (a memo on the output), so no quantize pass remains. At most 64 rows (4
+without the packed tiles), a whole BERT forward (:meth:`FusedCpuOps.encode_forward`) and a whole Llama decoding step
+(:meth:`FusedCpuOps.decode_forward`; a generation's steps through :meth:`FusedCpuOps.decoder`) run as one kernel
+each. Rows are independent, so
 large inputs are split between ``threads`` worker threads (the kernels release the GIL): the split never changes
 an output.
 
@@ -42,17 +45,18 @@ import torch
 from kolm_audit.runtime import cpu_attention as ka
 from kolm_audit.runtime import cpu_blocks as kb
 from kolm_audit.runtime import cpu_decode as kd
+from kolm_audit.runtime import cpu_encode as ke
 from kolm_audit.runtime import cpu_gemv as kg
 from kolm_audit.runtime import cpu_kernels as kn
 from kolm_audit.runtime.fused_ops import FusedOps
+from kolm_audit.runtime.host_decoder import BUNDLE, KQ8, CpuDecoder, KVBundle
+from kolm_audit.runtime.host_operands import encode_operands, gemv_operand, host, step_operands, table
 from kolm_audit.runtime.torch_matmul import TorchLinear
 
 Tensor = torch.Tensor
 _PAR_MIN = 1 << 16              # elements below which one thread does the whole operation
 _Q8 = "_kolm_q8"                # memo on an output: its §3.3 rows (q int8 [R, K], m [R], e [R]) for the next linear
 _MERGED = "_kolm_merged"        # memo on an attention output [B,H,T,D]: the same values as [B,T,H·D] (with _Q8)
-KQ8 = "_kolm_kq8"               # memo on a key tensor [B,Hk,T,D]: (int8 rows [B,Hk,T,D], m [B,Hk,T], e [B,Hk,T])
-_BUNDLE = "_kolm_kv"            # on a key tensor of a decoding cache: the _KVBundle it is a view of
 _BLOCK_TQ = 8                   # attention with at most this many query rows per request runs as one kernel
 _GEMM_ROWS = 64                 # products of 5 to this many rows run in cpu_gemv's packed tiles, not torch
 # products, and Llama decoding steps as one kernel (cpu_decode), of at most this many rows run inside numba
@@ -61,107 +65,28 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY2 = np.zeros((0, 0), dtype=np.int64)
 
 
-def _host(t: Tensor) -> np.ndarray:
-    """The numpy view of a constant CPU tensor (weights' scales, tables), made once and kept on the tensor."""
-    arr = getattr(t, "_kolm_np", None)
-    if arr is None:
-        arr = t.numpy()
-        t._kolm_np = arr                # type: ignore[attr-defined]
-    return arr
+_IN_KERNEL = "int8, partial sums < 2^31"
 
 
-def _table(t: Tensor, kind: str) -> np.ndarray | None:
-    """A host form of a table tensor for the fast kernels, made once and kept on the tensor, or ``None`` when the
-    table is outside the bounds those kernels rely on (then the general path runs): ``pair`` — the pair table of
-    :func:`~kolm_audit.runtime.cpu_kernels.pair_table`; ``softmax`` — the same for ``tables.exp`` when every entry is
-    in ``[0, 2^30]`` and ``T[0] >= 1`` (the float64 division of §5.2 is then exact and ``Σp >= 1``); ``int32`` — the
-    entries as int32 when they fit (RoPE's 32-bit products)."""
-    key = f"_kolm_{kind}"
-    if not hasattr(t, key):
-        host = _host(t).astype(np.int64)
-        found: np.ndarray | None
-        if kind == "int32":
-            fits = host.size == 0 or (host.min() >= kn.I32_MIN and host.max() <= kn.I32_MAX)
-            found = np.ascontiguousarray(host, dtype=np.int32) if fits else None
-        else:
-            found = kn.pair_table(host)
-            if kind == "softmax" and found is not None and not (host.min() >= 0 and host.max() <= 1 << 30
-                                                                 and host[0] >= 1):
-                found = None
-        setattr(t, key, found)
-    return getattr(t, key)
+def _decode_path(layers: int) -> str:
+    """The ``gemm_paths`` entry of a one-kernel Llama step: its 4 products a layer and the LM head."""
+    return f"cpu_decode one kernel: {4 * layers + 1} products in cpu_gemv ({_IN_KERNEL})"
 
 
-def _gemv_operand(lin: TorchLinear) -> tuple[np.ndarray, ...] | None:
-    """``(w int8 [N, K], wsum, mult, shift, bias, wp, psum)`` of a layer whose product is one int8 digit in one chunk
-    (the operand of :mod:`~kolm_audit.runtime.cpu_gemv` and :mod:`~kolm_audit.runtime.cpu_decode`: ``wsum`` of
-    :func:`~kolm_audit.runtime.cpu_gemv.weight_sums`, ``wp``, ``psum`` the packed panels of
-    :func:`~kolm_audit.runtime.cpu_gemv.pack_weights`), made once and kept on the weight tensor; ``None`` for other
-    plans (wider weights, chunked K: the torch product runs them)."""
-    w = lin.weight
-    if not hasattr(w, "_kolm_gemv"):
-        found = None
-        if lin.plan.digits == 1 and lin.plan.chunks == 1 and w.dtype == torch.int8:
-            wn = np.ascontiguousarray(_host(w))
-            found = (wn, kg.weight_sums(wn), _host(lin.mult), _host(lin.shift), _host(lin.bias), *kg.pack_weights(wn))
-        w._kolm_gemv = found            # type: ignore[attr-defined]
-    return w._kolm_gemv                # type: ignore[attr-defined]
+def _row_groups(bounds: np.ndarray, cap: int) -> list[tuple[int, int]]:
+    """Consecutive requests (``bounds`` [B+1], each at most ``cap`` rows) in groups of at most ``cap`` packed rows:
+    ``(first, end)`` request ranges, in order.
 
-
-def _layer_operands(layers: Sequence[Any], post: Sequence[Tensor], nxt: Sequence[Tensor]) -> tuple | None:
-    """Per layer ``(qkv, o_proj, gate_up, down_proj operands, post-attention gamma, next gamma)`` as host arrays
-    for :func:`~kolm_audit.runtime.cpu_decode.decode_forward`, or ``None`` when a layer's product is not one int8
-    digit."""
-    out = []
-    for lay, gp, gn in zip(layers, post, nxt, strict=True):
-        lins = tuple(_gemv_operand(lay[name]) for name in ("qkv", "o_proj", "gate_up", "down_proj"))
-        if any(op is None for op in lins):
-            return None
-        out.append((*lins, _host(gp), _host(gn)))
-    return tuple(out)
-
-
-class _KVBundle:
-    """One layer's KV cache for :meth:`FusedCpuOps.decode_forward`: numpy buffers with spare capacity along time —
-    keys after RoPE ``k`` and values ``v`` int32 [B, Hk, C, D], the keys' §3.3 rows ``kq`` int8 [B, Hk, C, D], ``mk``,
-    ``ek`` int64 [B, Hk, C] — of which the first ``used`` rows are written. The key tensor handed to the model (a
-    view of ``k``) carries its bundle (``_BUNDLE``), and its ``KQ8`` memo is read from the bundle. Rows below ``used``
-    are never written again, so an older view stays valid; growing a view that is not the newest copies."""
-
-    __slots__ = ("buffers", "used")
-
-    def __init__(self, buffers: tuple[np.ndarray, ...], used: int) -> None:
-        self.buffers, self.used = buffers, used
-
-    @classmethod
-    def empty(cls, b: int, hk: int, d: int, t: int) -> _KVBundle:
-        """A bundle with no rows and room for at least ``t`` (capacity ``max(64, 2·t)``)."""
-        cap = max(64, 2 * t)
-        return cls((np.empty((b, hk, cap, d), np.int32), np.empty((b, hk, cap, d), np.int8),
-                    np.empty((b, hk, cap), np.int64), np.empty((b, hk, cap), np.int64),
-                    np.empty((b, hk, cap, d), np.int32)), 0)
-
-    @classmethod
-    def growing(cls, ops: FusedCpuOps, keys: Tensor, values: Tensor, t: int) -> _KVBundle:
-        """The bundle to write ``t`` new rows after ``keys``/``values`` [B, Hk, T0, D]: their own when they are its
-        newest rows and it has room, else a fresh one (room for ``T0 + t`` rows) holding a copy."""
-        t0 = keys.shape[2]
-        kv = getattr(keys, _BUNDLE, None)
-        if kv is not None and kv.used == t0 and kv.buffers[0].shape[2] >= t0 + t:
-            return kv
-        b, hk, _, d = keys.shape
-        fresh = cls.empty(b, hk, d, t0 + t)
-        kq, mk, ek = ops._memo(keys, KQ8)
-        for buf, part in zip(fresh.buffers, (keys, kq, mk, ek, values), strict=True):
-            buf[:, :, :t0] = part.numpy()
-        fresh.used = t0
-        return fresh
-
-    def views(self) -> tuple[Tensor, Tensor]:
-        """(keys, values) tensor views of the ``used`` rows, the keys tagged with this bundle."""
-        k, v = (torch.from_numpy(self.buffers[i][:, :, :self.used]) for i in (0, 4))
-        setattr(k, _BUNDLE, self)
-        return k, v
+    >>> _row_groups(np.array([0, 40, 65, 70, 134]), 64)
+    [(0, 1), (1, 3), (3, 4)]
+    """
+    groups, first = [], 0
+    for end in range(1, bounds.size):                          # the group holds requests first … end - 1
+        if bounds[end] - bounds[first] > cap:                 # request end - 1 does not fit: it starts the next one
+            groups.append((first, end - 1))
+            first = end - 1
+    groups.append((first, bounds.size - 1))
+    return groups
 
 
 class FusedCpuOps(FusedOps):
@@ -173,6 +98,7 @@ class FusedCpuOps(FusedOps):
         super().__init__(device="cpu", threads=threads, gemm=gemm, max_chunk=max_chunk)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0                   # a forked child gets a pool of its own (its parent's threads are gone)
+        self._operand_memo: dict[Callable[..., tuple | None], tuple] = {}
 
     def _par(self, rows: int, work: int, fn: Callable[[int, int], None]) -> None:
         """``fn(lo, hi)`` over row ranges covering ``[0, rows)``, on up to ``threads`` threads for large work."""
@@ -217,12 +143,12 @@ class FusedCpuOps(FusedOps):
                                                                             en[lo:hi]))
             q = torch.from_numpy(qn)
         rows = q.shape[0]
-        operand = _gemv_operand(lin) if rows <= _KERNEL_ROWS else None
+        operand = gemv_operand(lin) if rows <= _KERNEL_ROWS else None
         if operand is not None:                                         # no call into torch
             w, wsum, _, _, _, wp, psum = operand
             qn, acc = q.numpy(), np.empty((rows, lin.out_features), dtype=np.int32)
             kind = "tiles" if kg.GEMM and rows > kg.FEW_ROWS else "rows"
-            self.gemm_paths[f"cpu_gemv {kind} K={k}, N={w.shape[0]} (int8, partial sums < 2^31)"] += 1
+            self.gemm_paths[f"cpu_gemv {kind} K={k}, N={w.shape[0]} ({_IN_KERNEL})"] += 1
             self._par(rows, rows * w.size if rows > kg.FEW_ROWS else 0, lambda lo, hi: kg.matmul_rows(
                 qn[lo:hi], w, wsum, wp, psum, acc[lo:hi]))              # few rows: one thread
             return acc, mn, en                                          # [R,N] int32, exact
@@ -230,7 +156,7 @@ class FusedCpuOps(FusedOps):
 
     @staticmethod
     def _scales(lin: TorchLinear) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return _host(lin.mult), _host(lin.shift), _host(lin.bias)
+        return host(lin.mult), host(lin.shift), host(lin.bias)
 
     # ---- linear layers and their composites (cpu_blocks) --------------------------------------------------------
     def linear(self, x: Tensor, lin: TorchLinear, *, residual: Tensor | None = None) -> Tensor:
@@ -258,7 +184,7 @@ class FusedCpuOps(FusedOps):
         sn = np.empty(an.shape, dtype=np.int32)                         # [R,H] int32 Q.16 residual sum
         out, on, qn, qm, qe = self._q8_out(an.shape[0], n)              # [R,H] int32 Q.16 norm + §3.3 rows
         mult, shift, bias = self._scales(lin)
-        gn, tn, bn = _host(gamma), _host(rsqrt_table), _EMPTY if beta is None else _host(beta)
+        gn, tn, bn = host(gamma), host(rsqrt_table), _EMPTY if beta is None else host(beta)
         self._par(an.shape[0], an.size * 4, lambda lo, hi: kb.epilogue_norm_quant(
             an[lo:hi], mn[lo:hi], en[lo:hi], mult, shift, bias, rn[lo:hi], gn, bn, beta is not None, eps_q32, tn,
             sn[lo:hi], on[lo:hi], qn[lo:hi], qm[lo:hi], qe[lo:hi]))
@@ -268,7 +194,7 @@ class FusedCpuOps(FusedOps):
     def linear_gelu(self, x: Tensor, lin: TorchLinear, cdf_table: Tensor) -> Tensor:
         """``gelu(linear(x))`` in one pass after the product
         (:func:`~kolm_audit.runtime.cpu_blocks.epilogue_gelu_quant`)."""
-        pair = _table(cdf_table, "pair")
+        pair = table(cdf_table, "pair")
         if pair is None:
             return super().linear_gelu(x, lin, cdf_table)
         n = lin.out_features
@@ -282,7 +208,7 @@ class FusedCpuOps(FusedOps):
     def linear_swiglu(self, x: Tensor, lin: TorchLinear, sigmoid_table: Tensor) -> Tensor:
         """``swiglu`` of the gate|up linear in one pass after the product
         (:func:`~kolm_audit.runtime.cpu_blocks.epilogue_swiglu_quant`)."""
-        pair = _table(sigmoid_table, "pair")
+        pair = table(sigmoid_table, "pair")
         if pair is None:
             return super().linear_swiglu(x, lin, sigmoid_table)
         n = lin.out_features // 2
@@ -301,9 +227,9 @@ class FusedCpuOps(FusedOps):
         idn = np.ascontiguousarray(ids, dtype=np.int64)
         flat = idn.reshape(-1)
         on = np.empty((flat.size, w.shape[1]), dtype=np.int32)
-        an = _EMPTY2 if add is None else _host(add)
+        an = _EMPTY2 if add is None else host(add)
         rows = _EMPTY if add_rows is None else np.ascontiguousarray(add_rows, dtype=np.int64).reshape(-1)
-        kb.embedding_rows(flat, _host(w), _host(mult), _host(shift), an, rows, on)
+        kb.embedding_rows(flat, host(w), host(mult), host(shift), an, rows, on)
         return torch.from_numpy(on).reshape(*idn.shape, w.shape[1])    # [...,H] int32 Q.16
 
     # ---- element-wise primitives with the §3.3 memo ---------------------------------------------------------------
@@ -311,13 +237,13 @@ class FusedCpuOps(FusedOps):
         h = x.shape[-1]
         xn = x.reshape(-1, h).numpy()
         out, on, qn, mn, en = self._q8_out(xn.shape[0], h)
-        gn, tn, bn = _host(gamma), _host(table), _EMPTY if beta is None else _host(beta)
+        gn, tn, bn = host(gamma), host(table), _EMPTY if beta is None else host(beta)
         self._par(xn.shape[0], xn.size, lambda lo, hi: kb.norm_quant(
             xn[lo:hi], gn, bn, beta is not None, eps_q32, tn, on[lo:hi], qn[lo:hi], mn[lo:hi], en[lo:hi]))
         return self._keep_q8(out.reshape(x.shape), qn, mn, en)         # [...,H] int32 Q.16
 
     def gelu(self, x: Tensor, cdf_table: Tensor) -> Tensor:
-        pair = _table(cdf_table, "pair")
+        pair = table(cdf_table, "pair")
         if pair is None or x.dtype != torch.int32:                     # 32-bit products need int32 inputs
             return super().gelu(x, cdf_table)
         n = x.shape[-1]
@@ -328,7 +254,7 @@ class FusedCpuOps(FusedOps):
         return self._keep_q8(out.reshape(x.shape), qn, mn, en)         # [...,N] int32 Q.16
 
     def swiglu(self, gate: Tensor, up: Tensor, sigmoid_table: Tensor) -> Tensor:
-        pair = _table(sigmoid_table, "pair")
+        pair = table(sigmoid_table, "pair")
         if pair is None or gate.dtype != torch.int32 or up.dtype != torch.int32:
             return super().swiglu(gate, up, sigmoid_table)
         n = gate.shape[-1]
@@ -343,7 +269,7 @@ class FusedCpuOps(FusedOps):
                           scale_shift: int, exp_table: Tensor) -> Tensor:
         """The whole §5.2 block of packed requests in one kernel
         (:func:`~kolm_audit.runtime.cpu_attention.packed_attention`); requests are split between threads."""
-        pair = _table(exp_table, "softmax")
+        pair = table(exp_table, "softmax")
         if pair is None:
             return super().segment_attention(qkv, bounds, heads=heads, head_dim=head_dim, scale_mult=scale_mult,
                                              scale_shift=scale_shift, exp_table=exp_table)
@@ -358,7 +284,7 @@ class FusedCpuOps(FusedOps):
         if attr != KQ8:
             return super()._memo(x, attr)
         found = getattr(x, attr, None)
-        kv = getattr(x, _BUNDLE, None)
+        kv = getattr(x, BUNDLE, None)
         if found is None and kv is not None:                           # a decoding cache's keys: from the bundle
             t = x.shape[2]
             found = tuple(torch.from_numpy(kv.buffers[i][:, :, :t]) for i in (1, 2, 3))
@@ -388,7 +314,7 @@ class FusedCpuOps(FusedOps):
         their int8 memo (``KQ8``: made by :meth:`qkv_rope`, carried along by the KV cache), for few query rows
         (decoding) or keys that already have the memo (a Llama prefill); otherwise the torch matrix products of
         :class:`FusedOps`. ``key_len`` (a hint: keys from there on are masked) is not used."""
-        pair = _table(exp_table, "softmax")
+        pair = table(exp_table, "softmax")
         if pair is None or (q.shape[2] > _BLOCK_TQ and getattr(k, KQ8, None) is None):
             return super().attention(q, k, v, key_valid, scale_mult=scale_mult, scale_shift=scale_shift,
                                      exp_table=exp_table, key_len=key_len)
@@ -409,7 +335,7 @@ class FusedCpuOps(FusedOps):
         """The q|k|v linear, then RoPE of q and k in one kernel (:func:`~kolm_audit.runtime.cpu_attention.rope_append`)
         that also quantizes each new key row once (spec §3.3, the ``KQ8`` memo every later decoding step reads; the
         KV cache carries it along): q [B, heads, T, D], k and v [B, kv_heads, T, D] int32 Q.16."""
-        cos, sin = _table(cos_table, "int32"), _table(sin_table, "int32")
+        cos, sin = table(cos_table, "int32"), table(sin_table, "int32")
         if cos is None or sin is None:
             return super().qkv_rope(x, lin, positions, cos_table, sin_table, heads=heads, kv_heads=kv_heads,
                                     head_dim=head_dim)
@@ -427,13 +353,13 @@ class FusedCpuOps(FusedOps):
         setattr(k, KQ8, (torch.from_numpy(kq), torch.from_numpy(mk), torch.from_numpy(ek)))
         return torch.from_numpy(qr), k, torch.from_numpy(vr)
 
-    def _layer_operands(self, layers: Sequence[Any], post: Sequence[Tensor],
-                        nxt: Sequence[Tensor]) -> tuple | None:
-        """:func:`_layer_operands` of a model, made once (kept while the same layer list and norms come back)."""
-        memo = getattr(self, "_stack_memo", None)
-        if memo is None or memo[0] is not layers or memo[1] is not post or memo[2] is not nxt:
-            memo = self._stack_memo = (layers, post, nxt, _layer_operands(layers, post, nxt))
-        return memo[3]
+    def _operands(self, build: Callable[..., tuple | None], consts: tuple[Any, ...]) -> tuple | None:
+        """``build(*consts)`` (host operands of a one-kernel forward, or ``None``), made once per builder and kept
+        while the same objects come back (a model passes the same ones every call: the lookups cost ~15 µs)."""
+        memo = self._operand_memo.get(build)
+        if memo is None or any(a is not b for a, b in zip(memo[0], consts, strict=True)):
+            memo = self._operand_memo[build] = (consts, build(*consts))
+        return memo[1]
 
     def decode_forward(self, ids: Any, positions: Any, key_valid: Any, keys: Sequence[Tensor],
                        values: Sequence[Tensor], *, tok_emb: tuple[Tensor, ...], layers: Sequence[Any],
@@ -444,22 +370,22 @@ class FusedCpuOps(FusedOps):
         """A decoding step's forward as one kernel (:func:`~kolm_audit.runtime.cpu_decode.decode_forward`) for at
         most ``_KERNEL_ROWS`` new token rows (64 where :mod:`~kolm_audit.runtime.cpu_gemv` has its packed tiles, else
         4; host inputs, host logits); each layer's new keys and values are written into the spare capacity of
-        its :class:`_KVBundle`. ``None`` (the composed forward runs) for anything else: more rows, wider weights,
+        its :class:`KVBundle`. ``None`` (the composed forward runs) for anything else: more rows, wider weights,
         tables outside the fast kernels' bounds."""
         idn = np.ascontiguousarray(ids, dtype=np.int64)
         b, t = idn.shape
         if b * t > _KERNEL_ROWS or any(a.dtype != torch.int32 for a in (*keys, *values)):
             return None
-        exp_pair, sig_pair = _table(exp_table, "softmax"), _table(sigmoid_table, "pair")
-        cos, sin = _table(cos_table, "int32"), _table(sin_table, "int32")
-        stack, head = self._layer_operands(layers, post_gammas, next_gammas), _gemv_operand(lm_head)
-        if exp_pair is None or sig_pair is None or cos is None or sin is None or stack is None or head is None:
+        found = self._operands(step_operands, (tok_emb, layers, first_gamma, post_gammas, next_gammas, lm_head,
+                                                rsqrt_table, cos_table, sin_table, exp_table, sigmoid_table))
+        if found is None:
             return None
+        emb, g_first, stack, head, rsqrt, cos, sin, exp_pair, sig_pair = found
         t0 = keys[0].shape[2]
-        kvs = [_KVBundle.growing(self, k, v, t) for k, v in zip(keys, values, strict=True)]   # room for T rows
+        kvs = [KVBundle.growing(self, k, v, t) for k, v in zip(keys, values, strict=True)]   # room for T rows
         logits = np.empty((b * t, lm_head.out_features), np.int32)
-        kd.decode_forward(idn.reshape(-1), tuple(_host(a) for a in tok_emb), _host(first_gamma), stack,
-                          tuple(kv.buffers for kv in kvs), head, eps_q32, _host(rsqrt_table),
+        self.gemm_paths[_decode_path(len(layers))] += 1
+        kd.decode_forward(idn.reshape(-1), emb, g_first, stack, tuple(kv.buffers for kv in kvs), head, eps_q32, rsqrt,
                           np.ascontiguousarray(positions, dtype=np.int64), cos, sin, heads, t0,
                           np.ascontiguousarray(key_valid, dtype=np.bool_), scale_mult, scale_shift, exp_pair,
                           sig_pair, logits)                             # [R,V] int32 Q.16
@@ -469,6 +395,59 @@ class FusedCpuOps(FusedOps):
             grown.append(kv.views())
         return logits.reshape(b, t, -1), [k for k, _ in grown], [v for _, v in grown]
 
+    def decoder(self, keys: Sequence[Tensor], values: Sequence[Tensor], key_ok: np.ndarray, pos: np.ndarray, *,
+                tok_emb: tuple[Tensor, ...], layers: Sequence[Any], first_gamma: Tensor,
+                post_gammas: Sequence[Tensor], next_gammas: Sequence[Tensor], lm_head: TorchLinear, eps_q32: int,
+                rsqrt_table: Tensor, heads: int, cos_table: Tensor, sin_table: Tensor, scale_mult: int,
+                scale_shift: int, exp_table: Tensor, sigmoid_table: Tensor) -> CpuDecoder | None:
+        """A :class:`~kolm_audit.runtime.host_decoder.CpuDecoder` for the one-token steps after a prefill whose
+        cache holds ``keys``/``values`` [B, Hk, T, D] (``key_ok`` [B, T], ``pos`` [B]): the steps of
+        :meth:`decode_forward` with the cache on the host. ``None`` where :meth:`decode_forward` would decline."""
+        if not keys or key_ok.shape[0] > _KERNEL_ROWS or any(a.dtype != torch.int32 for a in (*keys, *values)):
+            return None
+        found = self._operands(step_operands, (tok_emb, layers, first_gamma, post_gammas, next_gammas, lm_head,
+                                                rsqrt_table, cos_table, sin_table, exp_table, sigmoid_table))
+        if found is None:
+            return None
+        kvs = [KVBundle.growing(self, k, v, 1) for k, v in zip(keys, values, strict=True)]
+        return CpuDecoder(operands=found, kvs=kvs, key_ok=key_ok, pos=pos,
+                          scalars=(eps_q32, heads, scale_mult, scale_shift), vocab=lm_head.out_features,
+                          paths=(self.gemm_paths, _decode_path(len(layers))))
+
+    def encode_forward(self, ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, *, word_emb: tuple[Tensor, ...],
+                       pos_type: Tensor, emb_norm: tuple[Tensor, Tensor], layers: Sequence[Any],
+                       layer_norms: Sequence[tuple[Tensor, ...]], eps_q32: int, rsqrt_table: Tensor, heads: int,
+                       head_dim: int, scale_mult: int, scale_shift: int, exp_table: Tensor,
+                       cdf_table: Tensor) -> Tensor | None:
+        """A BERT encoder's forward in one-kernel calls (:func:`~kolm_audit.runtime.cpu_encode.encode_forward`) of
+        the packed rows ``ids`` [N] (``pos`` [N], requests ``bounds`` [B+1]): the final hidden states [N, H] int32
+        Q.16. Consecutive requests go in groups of at most ``_KERNEL_ROWS`` rows, one call each, the groups split
+        between ``threads`` worker threads (a request's rows never leave its group, and attention only combines a
+        request's own rows: the grouping never changes an output). ``None`` (the composed forward runs) for a
+        request of more than ``_KERNEL_ROWS`` tokens, weights that are not one int8 digit, tables outside the fast
+        kernels' bounds."""
+        bn = np.ascontiguousarray(bounds, dtype=np.int64)
+        if bn.size < 2 or int(np.diff(bn).max()) > _KERNEL_ROWS:
+            return None
+        found = self._operands(encode_operands, (word_emb, pos_type, emb_norm, layers, layer_norms, rsqrt_table,
+                                                  exp_table, cdf_table))
+        if found is None:
+            return None
+        emb, add, g_emb, b_emb, stack, rsqrt, exp_pair, cdf_pair = found
+        idn, pn = np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64)
+        out = np.empty((idn.shape[0], emb[0].shape[1]), np.int32)                # [N,H] int32 Q.16
+        groups = _row_groups(bn, _KERNEL_ROWS)
+        self.gemm_paths[f"cpu_encode one kernel: {4 * len(stack)} products in cpu_gemv ({_IN_KERNEL})"] += len(groups)
+
+        def run(lo: int, hi: int) -> None:
+            for first, end in groups[lo:hi]:
+                r0, r1 = bn[first], bn[end]
+                ke.encode_forward(idn[r0:r1], pn[r0:r1], bn[first:end + 1] - r0, emb, add, g_emb, b_emb, stack,
+                                  heads, head_dim, eps_q32, rsqrt, scale_mult, scale_shift, exp_pair, cdf_pair,
+                                  out[r0:r1])
+        self._par(len(groups), out.size * len(stack) * 64, run)
+        return torch.from_numpy(out)                                    # [N,H] int32 Q.16
+
     # ---- kernel hooks -------------------------------------------------------------------------------------
     def _k_quantize(self, x: Tensor, q: Tensor, m: Tensor, e: Tensor) -> None:
         xn, qn, mn, en = x.numpy(), q.numpy(), m.numpy(), e.numpy()
@@ -476,20 +455,20 @@ class FusedCpuOps(FusedOps):
 
     def _k_epilogue(self, acc: Tensor, m: Tensor, e: Tensor, lin: TorchLinear, out: Tensor) -> None:
         an, mn, en, on = acc.numpy(), m.numpy(), e.numpy(), out.numpy()
-        mult, shift, bias = _host(lin.mult), _host(lin.shift), _host(lin.bias)
+        mult, shift, bias = host(lin.mult), host(lin.shift), host(lin.bias)
         self._par(an.shape[0], an.size, lambda lo, hi: kn.linear_epilogue(
             an[lo:hi], mn[lo:hi], en[lo:hi], mult, shift, bias, on[lo:hi]))
 
     def _k_norm(self, x: Tensor, gamma: Tensor, beta: Tensor | None, eps_q32: int, table: Tensor,
                 out: Tensor) -> None:
-        xn, on, gn, tn = x.numpy(), out.numpy(), _host(gamma), _host(table)
-        bn = _EMPTY if beta is None else _host(beta)
+        xn, on, gn, tn = x.numpy(), out.numpy(), host(gamma), host(table)
+        bn = _EMPTY if beta is None else host(beta)
         self._par(xn.shape[0], xn.size, lambda lo, hi: kn.norm(xn[lo:hi], gn, bn, beta is not None, eps_q32, tn,
                                                                on[lo:hi]))
 
     def _k_probs(self, acc: Tensor, mq: Tensor, eq: Tensor, mk: Tensor, ek: Tensor, valid: Tensor, group: int,
                  scale_mult: int, scale_shift: int, table: Tensor, probs: Tensor) -> None:
-        an, pn, tn = acc.numpy(), probs.numpy(), _host(table)
+        an, pn, tn = acc.numpy(), probs.numpy(), host(table)
         mqn, eqn, mkn, ekn, vn = mq.numpy(), eq.numpy(), mk.numpy(), ek.numpy(), valid.numpy()
         self._par(an.shape[0], an.size, lambda lo, hi: kn.attention_probs(
             an[lo:hi], mqn[lo:hi], eqn[lo:hi], mkn[lo:hi], ekn[lo:hi], vn[lo:hi], group, scale_mult, scale_shift,
@@ -500,13 +479,13 @@ class FusedCpuOps(FusedOps):
         self._par(cn.shape[0], cn.size, lambda lo, hi: kn.context_out(cn[lo:hi], group, on[lo:hi]))
 
     def _k_rope(self, x: Tensor, pos: Tensor, cos: Tensor, sin: Tensor, out: Tensor) -> None:
-        xn, on, pn, cn, sn = x.numpy(), out.numpy(), pos.numpy(), _host(cos), _host(sin)
+        xn, on, pn, cn, sn = x.numpy(), out.numpy(), pos.numpy(), host(cos), host(sin)
         self._par(xn.shape[0], xn.size, lambda lo, hi: kn.rope(xn[lo:hi], pn[lo:hi], cn, sn, on[lo:hi]))
 
     def _k_swiglu(self, gate: Tensor, up: Tensor, table: Tensor, out: Tensor) -> None:
-        gn, un, on, tn = gate.numpy(), up.numpy(), out.numpy(), _host(table)
+        gn, un, on, tn = gate.numpy(), up.numpy(), out.numpy(), host(table)
         self._par(gn.shape[0], gn.size, lambda lo, hi: kn.swiglu(gn[lo:hi], un[lo:hi], tn, on[lo:hi]))
 
     def _k_gelu(self, x: Tensor, table: Tensor, out: Tensor) -> None:
-        xn, on, tn = x.numpy(), out.numpy(), _host(table)
+        xn, on, tn = x.numpy(), out.numpy(), host(table)
         self._par(xn.shape[0], xn.size, lambda lo, hi: kn.gelu(xn[lo:hi], tn, on[lo:hi]))

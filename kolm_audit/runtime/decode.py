@@ -2,7 +2,9 @@
 
 Three ways to run the same decode (``docs/runtime-spec-llama.md`` §7, §9), all with the same integers:
 
-* :class:`DynamicSession` — the cache grows by concatenation along time; finished requests are dropped.
+* :class:`DynamicSession` — the cache grows by concatenation along time; finished requests are dropped. Where the
+  backend has a decoder of one-token steps (the fused CPU backend's
+  :class:`~kolm_audit.runtime.host_decoder.CpuDecoder`) it holds the cache after the prefill.
 * :class:`StaticSession` — every layer's keys and values live in a buffer of fixed length (a *length bucket*,
   :func:`length_bucket`) for a batch padded to a *batch bucket* (:func:`batch_bucket`) with dummy requests.
   A step writes its keys at a timeline index (``ops.kv_write``) and attends over the whole buffer with the unfilled
@@ -37,6 +39,13 @@ MIN_LENGTH = 64
 DECODE_MODES = ("dynamic", "static", "graphs")
 
 
+class Decoder(Protocol):
+    """A backend's decoder of one-token steps (``FusedCpuOps.decoder``), holding the cache itself."""
+
+    def step(self, tokens: np.ndarray) -> np.ndarray: ...
+    def select(self, rows: np.ndarray) -> None: ...
+
+
 class LlamaRuntime(Protocol):
     """What a session needs of :class:`kolm_audit.runtime.models.llama.LlamaRuntime` (its step in three parts)."""
 
@@ -51,6 +60,7 @@ class LlamaRuntime(Protocol):
     def _forward(self, *, ids: Any, pos: Any, mask: Any, slot: Any, key_len: Any, cache: KVCache,
                  all_logits: bool) -> Any: ...
     def _finish(self, new_ok: np.ndarray, cache: KVCache) -> None: ...
+    def _decoder(self, cache: KVCache) -> Decoder | None: ...
 
 
 def batch_bucket(b: int) -> int:
@@ -136,21 +146,34 @@ class DynamicSession:
         self.rt = rt
         self.cache = KVCache()
         self.rows = np.zeros(0, dtype=np.int64)                   # request index of each cache row
+        self.decoder: Decoder | None = None                      # the backend's, from the first step on
+        self._asked = False
 
     def prefill(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Logits [B, V] Q.16 of each request's last prompt token."""
         logits, self.cache = self.rt._prefill(batch, all_logits=False)
         self.rows = np.arange(len(batch))
+        self.decoder, self._asked = None, False
         return logits
 
     def step(self, active: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Feed one token per still-active request (``active``: request indices, a subsequence of the previous
-        step's); logits [len(active), V] Q.16."""
+        step's); logits [len(active), V] Q.16. Where the backend has a decoder (``rt._decoder``: the fused CPU
+        backend's keeps the cache on the host) it takes over the cache at the first step."""
         if active.size < self.rows.size:
             keep = np.flatnonzero(np.isin(self.rows, active))
-            self.cache, self.rows = self.cache.select(keep, self.rt.ops), self.rows[keep]
+            if self.decoder is not None:
+                self.decoder.select(keep)
+            else:
+                self.cache = self.cache.select(keep, self.rt.ops)
+            self.rows = self.rows[keep]
+        if not self._asked:
+            self.decoder, self._asked = self.rt._decoder(self.cache), True
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if self.decoder is not None:
+            return self.decoder.step(tokens)
         ok = np.ones((active.size, 1), dtype=bool)
-        return self.rt._step(np.asarray(tokens, dtype=np.int64)[:, None], ok, self.cache, all_logits=False)
+        return self.rt._step(tokens[:, None], ok, self.cache, all_logits=False)
 
 
 class StaticSession:

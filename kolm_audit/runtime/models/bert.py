@@ -150,6 +150,13 @@ class BertRuntime:
         self.scale_m, self.scale_s = tables.scale
         self.k_exp, self.k_rsqrt, self.k_cdf, self.k_tanh = (ops.const(a) for a in (tables.exp, tables.rsqrt,
                                                                                    tables.cdf, tables.tanh))
+        # the constant operands of a one-kernel forward (ops.encode_forward, where the backend has it)
+        self._encode_consts = {
+            "word_emb": word_emb, "pos_type": self.k_pos_type, "emb_norm": norms["embeddings.ln"], "layers": layers,
+            "layer_norms": tuple((*norms[f"layers.{i}.attn_ln"], *norms[f"layers.{i}.ffn_ln"])
+                                 for i in range(len(layers))),
+            "eps_q32": self.eps, "rsqrt_table": self.k_rsqrt, "heads": self.heads, "head_dim": self.head_dim,
+            "scale_mult": self.scale_m, "scale_shift": self.scale_s, "exp_table": self.k_exp, "cdf_table": self.k_cdf}
 
     @classmethod
     def from_tensors(cls, *, architecture: Mapping[str, Any], quantization: Mapping[str, Any],
@@ -250,6 +257,10 @@ class BertRuntime:
         bounds = np.concatenate([[0], np.cumsum(lens)])                         # [B+1] row ranges
         ids = np.concatenate([np.asarray(seq, dtype=np.int64) for seq in batch])   # [N] token ids
         pos = np.arange(bounds[-1]) - np.repeat(bounds[:-1], lens)              # [N] position in own request
+        whole = getattr(ops, "encode_forward", None)                            # the backend's one-kernel forward
+        x = None if whole is None else whole(ids, pos, bounds, **self._encode_consts)   # [N,H] Q.16 | None
+        if x is not None:
+            return x, bounds
         x = ops.embedding(self.word_emb, ids, add=self.k_pos_type, add_rows=pos)   # [N,H] Q.16 sat(word+pos+type 0)
         x = self._ln(x, "embeddings.ln")                                        # [N,H] Q.16
         for i in range(len(self.layers)):

@@ -122,6 +122,13 @@ class LlamaRuntime:
         n = len(layers)                       # per layer: its post-attention norm and the next one (the last: final)
         self._post_gammas = tuple(gammas[f"model.layers.{i}.post_attention_layernorm"] for i in range(n))
         self._next_gammas = (*(gammas[f"model.layers.{i}.input_layernorm"] for i in range(1, n)), gammas["model.norm"])
+        # the constant operands of a one-kernel decoding step (ops.decode_forward, ops.decoder)
+        self._step_consts = {
+            "tok_emb": self.tok_emb, "layers": self.layers, "first_gamma": gammas["model.layers.0.input_layernorm"],
+            "post_gammas": self._post_gammas, "next_gammas": self._next_gammas, "lm_head": self.lm_head,
+            "eps_q32": self.eps, "rsqrt_table": self.k_rsqrt, "heads": self.nh, "cos_table": self.k_cos,
+            "sin_table": self.k_sin, "scale_mult": self.scale_m, "scale_shift": self.scale_s, "exp_table": self.k_exp,
+            "sigmoid_table": self.k_sigmoid}
 
     @classmethod
     def from_tensors(cls, *, architecture: Mapping[str, Any], quantization: Mapping[str, Any],
@@ -193,16 +200,21 @@ class LlamaRuntime:
         """A decoding step's whole forward at once where the backend offers it (``ops.decode_forward``, on the
         step's host inputs: the same integers as :meth:`_forward`): logits [B, T, V] Q.16 on the host, the cache
         grown; or ``None``."""
-        done = self.ops.decode_forward(
-            host["ids"], host["pos"], host["mask"], cache.keys, cache.values, tok_emb=self.tok_emb,
-            layers=self.layers, first_gamma=self.gammas["model.layers.0.input_layernorm"],
-            post_gammas=self._post_gammas, next_gammas=self._next_gammas, lm_head=self.lm_head, eps_q32=self.eps,
-            rsqrt_table=self.k_rsqrt, heads=self.nh, cos_table=self.k_cos, sin_table=self.k_sin,
-            scale_mult=self.scale_m, scale_shift=self.scale_s, exp_table=self.k_exp, sigmoid_table=self.k_sigmoid)
+        done = self.ops.decode_forward(host["ids"], host["pos"], host["mask"], cache.keys, cache.values,
+                                       **self._step_consts)
         if done is None:
             return None
         logits, cache.keys, cache.values = done
         return logits
+
+    def _decoder(self, cache: KVCache) -> Any:
+        """The backend's decoder for the one-token steps after a prefill into the growing ``cache``
+        (``ops.decoder``: the fused CPU backend's :class:`~kolm_audit.runtime.host_decoder.CpuDecoder`, the same
+        integers as :meth:`_step`), or ``None``: the steps then go through :meth:`_step`."""
+        make = getattr(self.ops, "decoder", None)
+        if make is None or cache.capacity is not None or len(cache.keys) != len(self.layers):
+            return None
+        return make(cache.keys, cache.values, cache.key_ok, cache.pos, **self._step_consts)
 
     def _forward(self, *, ids: Any, pos: Any, mask: Any, slot: Any, key_len: Any, cache: KVCache,
                  all_logits: bool) -> Any:
@@ -221,6 +233,11 @@ class LlamaRuntime:
         """Host inputs of a step of new tokens ids int64 [B, T] (new_ok [B, T]: real, else left padding); records the
         new keys in ``cache.key_ok`` and makes room for them."""
         t = ids.shape[1]
+        if t == 1 and cache.capacity is None and new_ok.all():                    # a decoding step, growing cache:
+            cache.key_ok = np.concatenate([cache.key_ok, new_ok], axis=1)         # its query is the newest key, so
+            tk = cache.length                                                     # the causal mask is key_ok itself
+            return {"ids": ids, "pos": cache.pos[:, None], "mask": cache.key_ok[:, None, None, :],
+                    "slot": np.array([tk - 1], dtype=np.int64), "key_len": np.array([tk], dtype=np.int64)}
         pos = cache.pos[:, None] + np.cumsum(new_ok, axis=1) - 1                  # [B,T] per-request positions
         pos = np.maximum(pos, 0)                                                  # padding sits at position 0
         slot = cache.length                                                       # timeline index of the first one
@@ -370,7 +387,9 @@ class LlamaRuntime:
         self.check_ids(batch)
         if not batch:
             return []
-        keys = [request_key(seq) for seq in batch]
+        # the request keys seed the draws of §8.4 (SHA-256 of RFC 8785 bytes, ~85 µs a 64-token prompt); greedy
+        # decoding draws nothing and never reads them
+        keys = [b""] * len(batch) if params.greedy else [request_key(seq) for seq in batch]
         outs: list[list[int]] = [[] for _ in batch]
         reasons: list[str] = [""] * len(batch)
         session = open_session(self, batch=len(batch), max_len=max(map(len, batch)) + max_new_tokens)

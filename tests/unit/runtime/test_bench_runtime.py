@@ -19,7 +19,9 @@ def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -
     assert bench_runtime.main(["--layers", "1", "--hidden", "64", "--vocab", "128", "--batches", "1,2", "--new", "2",
                                "--prompt", "6", "--repeat", "1", "--skip-numpy", "--skip-minilm"]) == 0
     out = capsys.readouterr().out
-    assert out.count("ratio") == 4 and re.search(r"llama gemm paths: (int_mm|cpu_gemv (rows|tiles)) K=", out)
+    paths = re.search(r"llama gemm paths: (.*)", out)
+    assert out.count("ratio") == 4 and paths and re.search(r"(int_mm|cpu_gemv (rows|tiles)) K=", paths[1])
+    assert "cpu_decode one kernel: 5 products" in paths[1]     # the decoding steps (1 layer: 4 products + LM head)
     assert "ours 0/2" in out                                  # alone vs batched: the same integers
 
 

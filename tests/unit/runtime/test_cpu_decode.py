@@ -296,3 +296,42 @@ def test_steps_after_a_prefill_in_groups_equal_the_reference(pair: tuple[LlamaRu
         outs.append(rows)
     for got, want in zip(outs[1], outs[0], strict=True):
         assert np.array_equal(got, want)
+
+
+# ---- the host-side decoder of a generation (host_decoder.CpuDecoder) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def long_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[LlamaRuntime, LlamaRuntime]:
+    """(numpy reference, fused CPU) runtimes of an int8 checkpoint with room for 96 positions."""
+    model = tiny_model(tiny_config(max_pos=96, heads=4, kv_heads=2), seed=5)
+    qm = quantize_llama(read_hf_checkpoint(write_checkpoint(model, tmp_path_factory.mktemp("hf96"))), scheme="int8")
+    ref, fast, _ = _runtimes(qm)
+    return ref, fast
+
+
+def test_the_host_decoder_grows_drops_finished_requests_and_equals_the_reference(
+        long_pair: tuple[LlamaRuntime, LlamaRuntime]) -> None:
+    """Three requests decoded for up to 70 tokens: the caches outgrow their first 64 rows (the bundles copy into
+    larger ones), a request that meets its EOS id leaves the batch (the others' rows are taken), and every output,
+    finish reason and step (one kernel call each) equals the reference's."""
+    ref, fast = long_pair
+    prompts = [[5, 9, 14, 3, 77], [200, 3], [17, 18, 19, 20, 21, 22, 23, 24, 25]]
+    free = ref.generate(prompts, max_new_tokens=70, eos_ids=[])
+    eos = [free[1].output_ids[10]]                                     # request 1 stops by its 11th token
+    want = ref.generate(prompts, max_new_tokens=70, eos_ids=eos)
+    assert min(len(g.output_ids) for g in want) < max(len(g.output_ids) for g in want)   # someone finished early
+    assert max(len(p) + len(g.output_ids) for p, g in zip(prompts, want, strict=True)) > 64
+    with mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel:
+        got = fast.generate(prompts, max_new_tokens=70, eos_ids=eos)
+    assert got == want
+    assert kernel.call_count == max(len(g.output_ids) for g in want) - 1    # one step a new token after the first
+
+
+def test_the_host_decoder_refuses_a_step_of_the_wrong_shape(long_pair: tuple[LlamaRuntime, LlamaRuntime]) -> None:
+    _, fast = long_pair
+    _, cache = fast._prefill([[5, 9], [7]], all_logits=False)
+    decoder = fast._decoder(cache)
+    assert decoder is not None
+    with pytest.raises(ValueError, match=r"one token per request: expected shape \(2,\)"):
+        decoder.step(np.array([1, 2, 3]))
+    assert decoder.step(np.array([1, 2])).shape == (2, VOCAB)

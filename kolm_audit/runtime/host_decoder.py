@@ -1,0 +1,137 @@
+"""The KV cache of the fused CPU backend's one-kernel decoding steps, and a decoder that keeps it on the host.
+
+:func:`~kolm_audit.runtime.cpu_decode.decode_forward` runs a whole decoding step as one compiled call, so at one
+token per request the host work around the call is what is left to save: ~0.15 ms a step (4×256 Llama, measured
+in place) against a ~0.35 ms kernel when the step goes through the model's tensor-level path (the step's host
+inputs, tensor views of every layer's cache handed back to the model, the checks of every operand).
+:class:`CpuDecoder` keeps a session's state between steps as numpy — each layer's :class:`KVBundle`, the real-key
+mask ``key_ok`` [B, T] and the next positions ``pos`` [B] — and passes the kernel exactly the inputs the model's
+path builds (``docs/runtime-spec-llama.md`` §5, §7: a step's query is its newest key, so its causal/padding mask is
+``key_ok`` with the new column; its position is ``pos``; the cache holds ``T`` rows), so the integers are the same.
+
+Example (the state a decoder grows; the model makes decoders through ``FusedCpuOps.decoder``)::
+
+    >>> kv = KVBundle.empty(2, 1, 4, 3)
+    >>> kv.buffers[0].shape, kv.used
+    ((2, 1, 64, 4), 0)
+    >>> kv.room(70) is kv, kv.room(70).buffers[0].shape[2]
+    (False, 140)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+
+from kolm_audit.runtime import cpu_decode as kd
+
+KQ8 = "_kolm_kq8"               # memo on a key tensor [B,Hk,T,D]: (int8 rows [B,Hk,T,D], m [B,Hk,T], e [B,Hk,T])
+BUNDLE = "_kolm_kv"             # on a key tensor of a decoding cache: the KVBundle it is a view of
+
+
+class KVBundle:
+    """One layer's KV cache for the one-kernel decoding step: numpy buffers with spare capacity along time — keys
+    after RoPE ``k`` and values ``v`` int32 [B, Hk, C, D], the keys' §3.3 rows ``kq`` int8 [B, Hk, C, D], ``mk``,
+    ``ek`` int64 [B, Hk, C] — of which the first ``used`` rows are written. A key tensor handed to the model (a view
+    of ``k``, :meth:`views`) carries its bundle (``BUNDLE``). Rows below ``used`` are never written again, so an
+    older view stays valid; growing a view that is not the newest copies."""
+
+    __slots__ = ("buffers", "used")
+
+    def __init__(self, buffers: tuple[np.ndarray, ...], used: int) -> None:
+        self.buffers, self.used = buffers, used
+
+    @classmethod
+    def empty(cls, b: int, hk: int, d: int, t: int) -> KVBundle:
+        """A bundle with no rows and room for at least ``t`` (capacity ``max(64, 2·t)``)."""
+        cap = max(64, 2 * t)
+        return cls((np.empty((b, hk, cap, d), np.int32), np.empty((b, hk, cap, d), np.int8),
+                    np.empty((b, hk, cap), np.int64), np.empty((b, hk, cap), np.int64),
+                    np.empty((b, hk, cap, d), np.int32)), 0)
+
+    @classmethod
+    def growing(cls, ops: Any, keys: torch.Tensor, values: torch.Tensor, t: int) -> KVBundle:
+        """The bundle to write ``t`` new rows after ``keys``/``values`` [B, Hk, T0, D] (int32): their own when they
+        are its newest rows and it has room, else a fresh one (room for ``T0 + t`` rows) holding a copy; the keys'
+        int8 rows come from ``ops._memo(keys, KQ8)``."""
+        t0 = keys.shape[2]
+        kv = getattr(keys, BUNDLE, None)
+        if kv is not None and kv.used == t0 and kv.buffers[0].shape[2] >= t0 + t:
+            return kv
+        b, hk, _, d = keys.shape
+        fresh = cls.empty(b, hk, d, t0 + t)
+        kq, mk, ek = ops._memo(keys, KQ8)
+        for buf, part in zip(fresh.buffers, (keys, kq, mk, ek, values), strict=True):
+            buf[:, :, :t0] = part.numpy()
+        fresh.used = t0
+        return fresh
+
+    def room(self, t: int) -> KVBundle:
+        """This bundle when it has room for ``t`` more rows, else a fresh one (room for ``used + t``) with a copy."""
+        if self.buffers[0].shape[2] >= self.used + t:
+            return self
+        b, hk, _, d = self.buffers[0].shape
+        fresh = KVBundle.empty(b, hk, d, self.used + t)
+        for buf, old in zip(fresh.buffers, self.buffers, strict=True):
+            buf[:, :, :self.used] = old[:, :, :self.used]
+        fresh.used = self.used
+        return fresh
+
+    def take(self, rows: np.ndarray) -> KVBundle:
+        """A bundle of the requests ``rows`` (indices along the batch; copies)."""
+        return KVBundle(tuple(np.ascontiguousarray(buf[rows]) for buf in self.buffers), self.used)
+
+    def views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) tensor views of the ``used`` rows, the keys tagged with this bundle."""
+        k, v = (torch.from_numpy(self.buffers[i][:, :, :self.used]) for i in (0, 4))
+        setattr(k, BUNDLE, self)
+        return k, v
+
+
+class CpuDecoder:
+    """The decoding steps of one batch, one token per request each, on
+    :func:`~kolm_audit.runtime.cpu_decode.decode_forward`, with the state kept on the host between steps.
+
+    ``operands``: the model's constant kernel operands (``host_operands.step_operands``: ``(emb, g_first, stack,
+    head, rsqrt, cos, sin, exp_pair, sig_pair)``); ``kvs``: one :class:`KVBundle` per layer holding the ``T`` rows of
+    the prefill; ``key_ok`` bool [B, T] and ``pos`` int64 [B] as in the model's cache
+    (:class:`~kolm_audit.runtime.decode.KVCache`); ``scalars``: ``(eps_q32, heads, scale_mult, scale_shift)``;
+    ``paths``: the backend's ``gemm_paths`` counter and this step's entry (counted once a step)."""
+
+    def __init__(self, *, operands: tuple, kvs: list[KVBundle], key_ok: np.ndarray, pos: np.ndarray,
+                 scalars: tuple[int, int, int, int], vocab: int, paths: tuple[Counter[str], str]) -> None:
+        self.operands, self.kvs, self.scalars, self.vocab, self.paths = operands, kvs, scalars, vocab, paths
+        self.key_ok = np.ascontiguousarray(key_ok, dtype=np.bool_)                  # [B,T] real keys
+        self.pos = np.ascontiguousarray(pos, dtype=np.int64)                        # [B] next positions
+        if self.key_ok.ndim != 2 or self.pos.shape != self.key_ok.shape[:1] or any(
+                kv.used != self.key_ok.shape[1] or kv.buffers[0].shape[0] != self.pos.shape[0] for kv in kvs):
+            raise ValueError("decoder state: key_ok [B, T], pos [B] and bundles of B requests and T rows")
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Logits int32 [B, V] Q.16 of one new token per request (``tokens`` int64 [B]); every layer's cache grows
+        by its key and value."""
+        b, t0 = self.key_ok.shape
+        ids = np.ascontiguousarray(tokens, dtype=np.int64)
+        if ids.shape != (b,):
+            raise ValueError(f"a step takes one token per request: expected shape ({b},), got {ids.shape}")
+        self.kvs = [kv.room(1) for kv in self.kvs]
+        self.key_ok = np.concatenate([self.key_ok, np.ones((b, 1), dtype=np.bool_)], axis=1)   # [B,T+1]
+        emb, g_first, stack, head, rsqrt, cos, sin, exp_pair, sig_pair = self.operands
+        eps_q32, heads, scale_mult, scale_shift = self.scalars
+        logits = np.empty((b, self.vocab), np.int32)
+        kd.decode_forward(ids, emb, g_first, stack, tuple(kv.buffers for kv in self.kvs), head, eps_q32, rsqrt,
+                          self.pos[:, None], cos, sin, heads, t0, self.key_ok[:, None, None, :], scale_mult,
+                          scale_shift, exp_pair, sig_pair, logits)                  # [B,V] int32 Q.16
+        for kv in self.kvs:
+            kv.used = t0 + 1
+        self.pos = self.pos + 1
+        self.paths[0][self.paths[1]] += 1
+        return logits
+
+    def select(self, rows: np.ndarray) -> None:
+        """Keep the requests ``rows`` (indices into the current batch, increasing); the others are dropped."""
+        self.kvs = [kv.take(rows) for kv in self.kvs]
+        self.key_ok, self.pos = self.key_ok[rows], self.pos[rows]
