@@ -21,6 +21,7 @@ Example (the state a decoder grows; the model makes decoders through ``FusedCpuO
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -99,11 +100,16 @@ class CpuDecoder:
     head, rsqrt, cos, sin, exp_pair, sig_pair)``); ``kvs``: one :class:`KVBundle` per layer holding the ``T`` rows of
     the prefill; ``key_ok`` bool [B, T] and ``pos`` int64 [B] as in the model's cache
     (:class:`~kolm_audit.runtime.decode.KVCache`); ``scalars``: ``(eps_q32, heads, scale_mult, scale_shift)``;
-    ``paths``: the backend's ``gemm_paths`` counter and this step's entry (counted once a step)."""
+    ``paths``: the backend's ``gemm_paths`` counter and this step's entry (counted once a step); ``par``: how the
+    backend splits rows between its threads (``par(rows, work, fn)`` calls ``fn(lo, hi)`` over ranges covering
+    ``[0, rows)``): the requests of a step are independent, so each range is one kernel call on its rows."""
 
     def __init__(self, *, operands: tuple, kvs: list[KVBundle], key_ok: np.ndarray, pos: np.ndarray,
-                 scalars: tuple[int, int, int, int], vocab: int, paths: tuple[Counter[str], str]) -> None:
+                 scalars: tuple[int, int, int, int], vocab: int, paths: tuple[Counter[str], str],
+                 par: Callable[[int, int, Callable[[int, int], None]], None]) -> None:
         self.operands, self.kvs, self.scalars, self.vocab, self.paths = operands, kvs, scalars, vocab, paths
+        self.par = par
+        self.weight_bytes = sum(a.nbytes for a in _arrays(operands))              # a step's work per request
         self.key_ok = np.ascontiguousarray(key_ok, dtype=np.bool_)                  # [B,T] real keys
         self.pos = np.ascontiguousarray(pos, dtype=np.int64)                        # [B] next positions
         if self.key_ok.ndim != 2 or self.pos.shape != self.key_ok.shape[:1] or any(
@@ -122,9 +128,14 @@ class CpuDecoder:
         emb, g_first, stack, head, rsqrt, cos, sin, exp_pair, sig_pair = self.operands
         eps_q32, heads, scale_mult, scale_shift = self.scalars
         logits = np.empty((b, self.vocab), np.int32)
-        kd.decode_forward(ids, emb, g_first, stack, tuple(kv.buffers for kv in self.kvs), head, eps_q32, rsqrt,
-                          self.pos[:, None], cos, sin, heads, t0, self.key_ok[:, None, None, :], scale_mult,
-                          scale_shift, exp_pair, sig_pair, logits)                  # [B,V] int32 Q.16
+        pos, valid, bufs = self.pos[:, None], self.key_ok[:, None, None, :], tuple(kv.buffers for kv in self.kvs)
+
+        def run(lo: int, hi: int) -> None:                                          # requests lo … hi - 1
+            caches = bufs if hi - lo == b else tuple(tuple(a[lo:hi] for a in kv) for kv in bufs)
+            kd.decode_forward(ids[lo:hi], emb, g_first, stack, caches,
+                              head, eps_q32, rsqrt, pos[lo:hi], cos, sin, heads, t0, valid[lo:hi], scale_mult,
+                              scale_shift, exp_pair, sig_pair, logits[lo:hi])       # [hi-lo,V] int32 Q.16
+        self.par(b, b * self.weight_bytes, run)
         for kv in self.kvs:
             kv.used = t0 + 1
         self.pos = self.pos + 1
@@ -135,3 +146,10 @@ class CpuDecoder:
         """Keep the requests ``rows`` (indices into the current batch, increasing); the others are dropped."""
         self.kvs = [kv.take(rows) for kv in self.kvs]
         self.key_ok, self.pos = self.key_ok[rows], self.pos[rows]
+
+
+def _arrays(x: Any) -> list[np.ndarray]:
+    """The arrays of a nested tuple."""
+    if isinstance(x, np.ndarray):
+        return [x]
+    return [a for item in x for a in _arrays(item)] if isinstance(x, tuple) else []

@@ -157,9 +157,10 @@ def quantized(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 
 def _runtimes(qm: Any, tensors: dict[str, np.ndarray] | None = None) -> tuple[LlamaRuntime, LlamaRuntime, str]:
-    """(numpy reference, fused CPU) runtimes of ``qm`` (or of ``tensors`` in its place), and its scheme."""
+    """(numpy reference, fused CPU on one thread: kernel calls are counted) runtimes of ``qm`` (or of ``tensors`` in
+    its place), and its scheme."""
     kw = {"architecture": qm.architecture, "quantization": qm.quantization, "tensors": tensors or qm.tensors}
-    return (LlamaRuntime.from_tensors(**kw), LlamaRuntime.from_tensors(**kw, ops=FusedCpuOps()),
+    return (LlamaRuntime.from_tensors(**kw), LlamaRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=1)),
             qm.quantization["scheme"])
 
 
@@ -335,3 +336,20 @@ def test_the_host_decoder_refuses_a_step_of_the_wrong_shape(long_pair: tuple[Lla
     with pytest.raises(ValueError, match=r"one token per request: expected shape \(2,\)"):
         decoder.step(np.array([1, 2, 3]))
     assert decoder.step(np.array([1, 2])).shape == (2, VOCAB)
+
+
+def test_the_host_decoder_splits_a_steps_requests_between_two_threads(quantized: Any) -> None:
+    """Six requests on two worker threads: each step is two kernel calls (three requests each, in parallel), and
+    the generation equals the reference's."""
+    ref, _, scheme = _runtimes(quantized)
+    kw = {"architecture": quantized.architecture, "quantization": quantized.quantization,
+          "tensors": quantized.tensors}
+    two = LlamaRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=2))
+    rng = np.random.default_rng(13)
+    prompts = [rng.integers(0, VOCAB, int(n)).tolist() for n in rng.integers(1, 20, 6)]
+    with mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel:
+        got = two.generate(prompts, max_new_tokens=5, eos_ids=[])
+    assert got == ref.generate(prompts, max_new_tokens=5, eos_ids=[])
+    if scheme == "int8":
+        assert kernel.call_count == 2 * 4                                       # 4 steps after the prefill
+        assert sorted({c.args[0].shape[0] for c in kernel.call_args_list}) == [3]
