@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from kolm_audit.runtime.cpu_gemv import _matmul_rows
 from kolm_audit.runtime.cpu_kernels import (
     _epilogue_row,
     _kernel,
@@ -167,6 +168,21 @@ def epilogue_swiglu_quant(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: n
         _epilogue_row(acc[r], m[r], e[r], mult, shift, bias, smin, smax, y)
         _swiglu_row(y[:n], y[n:], pair, idx, fr, val, out[r])
         qm[r], qe[r] = _quantize_row(out[r], q[r])
+
+
+@njit(inline="always")
+def product_norm_quant(q: np.ndarray, qm: np.ndarray, qe: np.ndarray, lin: tuple, res: np.ndarray,
+                       gamma: np.ndarray, beta: np.ndarray, center: bool, eps_q32: int, table: np.ndarray,
+                       out_s: np.ndarray, out_y: np.ndarray, q_out: np.ndarray, m_out: np.ndarray,
+                       e_out: np.ndarray) -> None:
+    """A linear layer on the §3.3 rows ``q`` [R, K] int8, ``qm``, ``qe`` — the exact product of
+    :func:`~kolm_audit.runtime.cpu_gemv._matmul_rows` with ``lin = (w, wsum, mult, shift, bias, wp, psum)`` — then
+    :func:`epilogue_norm_quant` with the residual ``res`` (a layer's output: the residual stream and its norm)."""
+    w, wsum, mult, shift, bias, wp, psum = lin
+    acc = np.empty((q.shape[0], w.shape[0]), np.int32)
+    _matmul_rows(q, w, wsum, wp, psum, acc)                                   # [R,N] exact Σ q·W
+    epilogue_norm_quant(acc, qm, qe, mult, shift, bias, res, gamma, beta, center, eps_q32, table, out_s, out_y,
+                        q_out, m_out, e_out)
 
 
 @_kernel

@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit
 
 from kolm_audit.runtime.cpu_attention import cached_attention, rope_append
-from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_norm_quant, epilogue_swiglu_quant, norm_quant
+from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_swiglu_quant, norm_quant, product_norm_quant
 from kolm_audit.runtime.cpu_gemv import _matmul_rows
 from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, linear_epilogue
 
@@ -53,9 +53,7 @@ def _decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray
     b, t = pos.shape
     rows, hid = x.shape
     w_qkv, s_qkv, mult_qkv, shift_qkv, bias_qkv, p_qkv, ps_qkv = lin_qkv
-    w_o, s_o, mult_o, shift_o, bias_o, p_o, ps_o = lin_o
     w_gu, s_gu, mult_gu, shift_gu, bias_gu, p_gu, ps_gu = lin_gu
-    w_d, s_d, mult_d, shift_d, bias_d, p_d, ps_d = lin_d
     kbuf, kq, mk, ek, vbuf = cache
     nkv, d = kbuf.shape[1], kbuf.shape[3]
     n_qkv, inter = w_qkv.shape[0], w_gu.shape[0] // 2
@@ -74,12 +72,9 @@ def _decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray
     cached_attention(qr, kq[:, :, :tk], mk[:, :, :tk], ek[:, :, :tk], vbuf[:, :, :tk], valid, scale_mult,
                      scale_shift, exp_pair, ctx, cq, cm, ce)
     # 4. x1 = sat(x + o_proj(ctx)); h1 = RMSNorm(x1; post)                    [R, H] int32 Q.16 + §3.3 rows
-    acc = np.empty((rows, hid), np.int32)
-    _matmul_rows(cq, w_o, s_o, p_o, ps_o, acc)
     x1, h1 = np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32)
     h1q, h1m, h1e = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
-    epilogue_norm_quant(acc, cm, ce, mult_o, shift_o, bias_o, x, g_post, _EMPTY, False, eps_q32, rsqrt, x1, h1,
-                        h1q, h1m, h1e)
+    product_norm_quant(cq, cm, ce, lin_o, x, g_post, _EMPTY, False, eps_q32, rsqrt, x1, h1, h1q, h1m, h1e)
     # 5. m = swiglu(gate_up(h1))                                              [R, I] int32 Q.16 + §3.3 rows
     acc = np.empty((rows, 2 * inter), np.int32)
     _matmul_rows(h1q, w_gu, s_gu, p_gu, ps_gu, acc)
@@ -87,10 +82,8 @@ def _decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray
     mm, me = np.empty(rows, np.int64), np.empty(rows, np.int64)
     epilogue_swiglu_quant(acc, h1m, h1e, mult_gu, shift_gu, bias_gu, sig_pair, mo, mq8, mm, me)
     # 6. x_out = sat(x1 + down_proj(m)); h_out = RMSNorm(x_out; next)         [R, H] int32 Q.16
-    acc = np.empty((rows, hid), np.int32)
-    _matmul_rows(mq8, w_d, s_d, p_d, ps_d, acc)
-    epilogue_norm_quant(acc, mm, me, mult_d, shift_d, bias_d, x1, g_next, _EMPTY, False, eps_q32, rsqrt, x_out, h_out,
-                        hq_out, hm_out, he_out)
+    product_norm_quant(mq8, mm, me, lin_d, x1, g_next, _EMPTY, False, eps_q32, rsqrt, x_out, h_out, hq_out, hm_out,
+                       he_out)
 
 
 @njit(**_JIT)

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit
 
 from kolm_audit.runtime.cpu_attention import packed_attention
-from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_gelu_quant, epilogue_norm_quant, norm_quant
+from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_gelu_quant, norm_quant, product_norm_quant
 from kolm_audit.runtime.cpu_gemv import _matmul_rows
 from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, linear_epilogue
 
@@ -39,9 +39,7 @@ def _encoder_layer(x: np.ndarray, xq: np.ndarray, xm: np.ndarray, xe: np.ndarray
     ``q_out``, ``m_out``, ``e_out``."""
     lin_qkv, lin_o, lin_up, lin_down, g_attn, b_attn, g_ffn, b_ffn = layer
     w_qkv, s_qkv, mult_qkv, shift_qkv, bias_qkv, p_qkv, ps_qkv = lin_qkv
-    w_o, s_o, mult_o, shift_o, bias_o, p_o, ps_o = lin_o
     w_up, s_up, mult_up, shift_up, bias_up, p_up, ps_up = lin_up
-    w_dn, s_dn, mult_dn, shift_dn, bias_dn, p_dn, ps_dn = lin_down
     rows, hid = x.shape
     inter = w_up.shape[0]
     # 1. qkv = linear(x)                                                      [N, 3H] int32 Q.16
@@ -54,12 +52,9 @@ def _encoder_layer(x: np.ndarray, xq: np.ndarray, xm: np.ndarray, xe: np.ndarray
     cm, ce = np.empty(rows, np.int64), np.empty(rows, np.int64)
     packed_attention(qkv, bounds, nh, d, scale_mult, scale_shift, exp_pair, ctx, cq, cm, ce)
     # 3. x1 = LN(sat(x + attn.o(ctx)))                                        [N, H] int32 Q.16 + §3.3 rows
-    acc = np.empty((rows, hid), np.int32)
-    _matmul_rows(cq, w_o, s_o, p_o, ps_o, acc)
     s, x1 = np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32)
     x1q, x1m, x1e = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
-    epilogue_norm_quant(acc, cm, ce, mult_o, shift_o, bias_o, x, g_attn, b_attn, True, eps_q32, rsqrt, s, x1, x1q,
-                        x1m, x1e)
+    product_norm_quant(cq, cm, ce, lin_o, x, g_attn, b_attn, True, eps_q32, rsqrt, s, x1, x1q, x1m, x1e)
     # 4. f = gelu(ffn.up(x1))                                                 [N, I] int32 Q.16 + §3.3 rows
     acc = np.empty((rows, inter), np.int32)
     _matmul_rows(x1q, w_up, s_up, p_up, ps_up, acc)
@@ -67,10 +62,7 @@ def _encoder_layer(x: np.ndarray, xq: np.ndarray, xm: np.ndarray, xe: np.ndarray
     fm, fe = np.empty(rows, np.int64), np.empty(rows, np.int64)
     epilogue_gelu_quant(acc, x1m, x1e, mult_up, shift_up, bias_up, cdf_pair, f, fq, fm, fe)
     # 5. x_out = LN(sat(x1 + ffn.down(f)))                                    [N, H] int32 Q.16 + §3.3 rows
-    acc = np.empty((rows, hid), np.int32)
-    _matmul_rows(fq, w_dn, s_dn, p_dn, ps_dn, acc)
-    epilogue_norm_quant(acc, fm, fe, mult_dn, shift_dn, bias_dn, x1, g_ffn, b_ffn, True, eps_q32, rsqrt, s, x_out,
-                        q_out, m_out, e_out)
+    product_norm_quant(fq, fm, fe, lin_down, x1, g_ffn, b_ffn, True, eps_q32, rsqrt, s, x_out, q_out, m_out, e_out)
 
 
 @_kernel
