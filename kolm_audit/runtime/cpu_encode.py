@@ -73,7 +73,7 @@ def encode_forward(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, emb: tu
     """The packed rows of every request ``ids`` [N] (request ``s`` owns rows ``bounds[s]:bounds[s+1]``; ``pos``
     [N] each row's position in its request) through the embedding (``emb`` = ``(w int8 [V, H], mult, shift)``
     plus the rows ``add[pos]`` of position + token type 0, §3.1), its LayerNorm (``g_emb``, ``b_emb``) and every
-    layer of ``layers``; writes the final hidden states [N, H] int32 Q.16 into ``out``."""
+    layer of ``layers`` (at least one); writes the final hidden states [N, H] int32 Q.16 into ``out``."""
     rows, hid = ids.shape[0], emb[0].shape[1]
     x = np.empty((rows, hid), np.int32)
     embedding_rows(ids, emb[0], emb[1], emb[2], add, pos, x)                 # [N,H] sat(word + pos + type)
@@ -86,5 +86,3 @@ def encode_forward(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, emb: tu
         _encoder_layer(xa, qa, ma, ea, layers[i], bounds, nh, d, eps_q32, rsqrt, scale_mult, scale_shift, exp_pair,
                        cdf_pair, xb, qb, mb, eb)
         xa, qa, ma, ea, qb, mb, eb = xb, qb, mb, eb, qa, ma, ea
-    if len(layers) == 0:
-        out[:] = xa

@@ -361,6 +361,15 @@ class FusedCpuOps(FusedOps):
             memo = self._operand_memo[build] = (consts, build(*consts))
         return memo[1]
 
+    def _step_ready(self, rows: int, keys: Sequence[Tensor], values: Sequence[Tensor],
+                    consts: tuple[Any, ...]) -> tuple | None:
+        """:func:`~kolm_audit.runtime.host_operands.step_operands` of ``consts`` when a step of ``rows`` token rows
+        over this cache can run as one kernel (at most ``_KERNEL_ROWS`` rows, every layer's keys and values int32),
+        else ``None``."""
+        if not keys or rows > _KERNEL_ROWS or any(a.dtype != torch.int32 for a in (*keys, *values)):
+            return None
+        return self._operands(step_operands, consts)
+
     def decode_forward(self, ids: Any, positions: Any, key_valid: Any, keys: Sequence[Tensor],
                        values: Sequence[Tensor], *, tok_emb: tuple[Tensor, ...], layers: Sequence[Any],
                        first_gamma: Tensor, post_gammas: Sequence[Tensor], next_gammas: Sequence[Tensor],
@@ -374,10 +383,9 @@ class FusedCpuOps(FusedOps):
         tables outside the fast kernels' bounds."""
         idn = np.ascontiguousarray(ids, dtype=np.int64)
         b, t = idn.shape
-        if b * t > _KERNEL_ROWS or any(a.dtype != torch.int32 for a in (*keys, *values)):
-            return None
-        found = self._operands(step_operands, (tok_emb, layers, first_gamma, post_gammas, next_gammas, lm_head,
-                                                rsqrt_table, cos_table, sin_table, exp_table, sigmoid_table))
+        found = self._step_ready(b * t, keys, values, (tok_emb, layers, first_gamma, post_gammas, next_gammas,
+                                                       lm_head, rsqrt_table, cos_table, sin_table, exp_table,
+                                                       sigmoid_table))
         if found is None:
             return None
         emb, g_first, stack, head, rsqrt, cos, sin, exp_pair, sig_pair = found
@@ -403,10 +411,9 @@ class FusedCpuOps(FusedOps):
         """A :class:`~kolm_audit.runtime.host_decoder.CpuDecoder` for the one-token steps after a prefill whose
         cache holds ``keys``/``values`` [B, Hk, T, D] (``key_ok`` [B, T], ``pos`` [B]): the steps of
         :meth:`decode_forward` with the cache on the host. ``None`` where :meth:`decode_forward` would decline."""
-        if not keys or key_ok.shape[0] > _KERNEL_ROWS or any(a.dtype != torch.int32 for a in (*keys, *values)):
-            return None
-        found = self._operands(step_operands, (tok_emb, layers, first_gamma, post_gammas, next_gammas, lm_head,
-                                                rsqrt_table, cos_table, sin_table, exp_table, sigmoid_table))
+        found = self._step_ready(key_ok.shape[0], keys, values, (tok_emb, layers, first_gamma, post_gammas,
+                                                                  next_gammas, lm_head, rsqrt_table, cos_table,
+                                                                  sin_table, exp_table, sigmoid_table))
         if found is None:
             return None
         kvs = [KVBundle.growing(self, k, v, 1) for k, v in zip(keys, values, strict=True)]
@@ -445,7 +452,8 @@ class FusedCpuOps(FusedOps):
                 ke.encode_forward(idn[r0:r1], pn[r0:r1], bn[first:end + 1] - r0, emb, add, g_emb, b_emb, stack,
                                   heads, head_dim, eps_q32, rsqrt, scale_mult, scale_shift, exp_pair, cdf_pair,
                                   out[r0:r1])
-        self._par(len(groups), out.size * len(stack) * 64, run)
+        macs = idn.shape[0] * sum(lin[0].size for layer in stack for lin in layer[:4])   # the products' work
+        self._par(len(groups), macs, run)
         return torch.from_numpy(out)                                    # [N,H] int32 Q.16
 
     # ---- kernel hooks -------------------------------------------------------------------------------------

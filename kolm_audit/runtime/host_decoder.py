@@ -62,23 +62,24 @@ class KVBundle:
         kv = getattr(keys, BUNDLE, None)
         if kv is not None and kv.used == t0 and kv.buffers[0].shape[2] >= t0 + t:
             return kv
-        b, hk, _, d = keys.shape
-        fresh = cls.empty(b, hk, d, t0 + t)
         kq, mk, ek = ops._memo(keys, KQ8)
-        for buf, part in zip(fresh.buffers, (keys, kq, mk, ek, values), strict=True):
-            buf[:, :, :t0] = part.numpy()
-        fresh.used = t0
-        return fresh
+        return cls._holding(tuple(part.numpy() for part in (keys, kq, mk, ek, values)), t0, t)
 
     def room(self, t: int) -> KVBundle:
         """This bundle when it has room for ``t`` more rows, else a fresh one (room for ``used + t``) with a copy."""
         if self.buffers[0].shape[2] >= self.used + t:
             return self
-        b, hk, _, d = self.buffers[0].shape
-        fresh = KVBundle.empty(b, hk, d, self.used + t)
-        for buf, old in zip(fresh.buffers, self.buffers, strict=True):
-            buf[:, :, :self.used] = old[:, :, :self.used]
-        fresh.used = self.used
+        return KVBundle._holding(self.buffers, self.used, t)
+
+    @classmethod
+    def _holding(cls, parts: tuple[np.ndarray, ...], used: int, t: int) -> KVBundle:
+        """A fresh bundle with room for ``used + t`` rows holding the first ``used`` rows of ``parts`` (``k``, ``kq``,
+        ``mk``, ``ek``, ``v`` arrays of the buffers' layout)."""
+        b, hk, _, d = parts[0].shape
+        fresh = cls.empty(b, hk, d, used + t)
+        for buf, part in zip(fresh.buffers, parts, strict=True):
+            buf[:, :, :used] = part[:, :, :used]
+        fresh.used = used
         return fresh
 
     def take(self, rows: np.ndarray) -> KVBundle:

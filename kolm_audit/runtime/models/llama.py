@@ -233,11 +233,6 @@ class LlamaRuntime:
         """Host inputs of a step of new tokens ids int64 [B, T] (new_ok [B, T]: real, else left padding); records the
         new keys in ``cache.key_ok`` and makes room for them."""
         t = ids.shape[1]
-        if t == 1 and cache.capacity is None and new_ok.all():                    # a decoding step, growing cache:
-            cache.key_ok = np.concatenate([cache.key_ok, new_ok], axis=1)         # its query is the newest key, so
-            tk = cache.length                                                     # the causal mask is key_ok itself
-            return {"ids": ids, "pos": cache.pos[:, None], "mask": cache.key_ok[:, None, None, :],
-                    "slot": np.array([tk - 1], dtype=np.int64), "key_len": np.array([tk], dtype=np.int64)}
         pos = cache.pos[:, None] + np.cumsum(new_ok, axis=1) - 1                  # [B,T] per-request positions
         pos = np.maximum(pos, 0)                                                  # padding sits at position 0
         slot = cache.length                                                       # timeline index of the first one

@@ -16,14 +16,13 @@ from kolm_audit.runtime.decode import (
     DynamicSession,
     GraphPool,
     GraphSession,
-    KVCache,
     StaticSession,
     batch_bucket,
     length_bucket,
     open_session,
 )
 from kolm_audit.runtime.models.llama import LlamaRuntime
-from kolm_audit.runtime.ops import NumpyOps, get_ops
+from kolm_audit.runtime.ops import get_ops
 
 pytest.importorskip("torch")
 
@@ -139,25 +138,3 @@ def test_a_graph_session_off_cuda_is_never_opened() -> None:
 def test_the_default_decode_mode_follows_the_backend() -> None:
     assert _runtime("tiny-llama-int8", "numpy", True, "dynamic").decode == "dynamic"
     assert getattr(get_ops("cpu", fused=False), "decode", "dynamic") == "dynamic"
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.data())
-def test_a_decoding_steps_inputs_on_a_growing_cache_are_the_general_masks_and_positions(data: st.DataObject) -> None:
-    """``_prepare``'s shortcut for one new real token per request on a growing cache (the mask is ``key_ok`` itself)
-    gives the arrays of the general causal/padding construction, run here on a static cache of the same width."""
-    b = data.draw(st.integers(1, 4))
-    hist = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=b, max_size=b), max_size=20)),
-                    dtype=bool).reshape(-1, b).T                                  # [B, L] real keys so far
-    pos = np.array(data.draw(st.lists(st.integers(0, 100), min_size=b, max_size=b)), dtype=np.int64)
-    ids = np.array(data.draw(st.lists(st.integers(0, 50), min_size=b, max_size=b)), dtype=np.int64)[:, None]
-    ok = np.ones((b, 1), dtype=bool)
-    rt = type("Rt", (), {"ops": NumpyOps()})()
-    grow = KVCache(key_ok=hist.copy(), pos=pos.copy())
-    fixed = KVCache(key_ok=hist.copy(), pos=pos.copy(), capacity=hist.shape[1] + 1)   # width = the new length
-    fast, general = LlamaRuntime._prepare(rt, ids, ok, grow), LlamaRuntime._prepare(rt, ids, ok, fixed)
-    assert sorted(fast) == sorted(general)
-    for name in fast:
-        assert fast[name].shape == general[name].shape, name
-        assert np.array_equal(fast[name], general[name]), name
-    assert np.array_equal(grow.key_ok, fixed.key_ok)
