@@ -72,7 +72,8 @@ class ComposedOps:
         return (ops.rope(q, positions, cos_table, sin_table), ops.rope(k, positions, cos_table, sin_table), v)
 
     def decode_forward(self, ids: np.ndarray, positions: np.ndarray, key_valid: np.ndarray, keys: Sequence[Array],
-                       values: Sequence[Array], *, tok_emb: Any, layers: Sequence[Any], first_gamma: Array,
+                       values: Sequence[Array], *, last: bool = False, tok_emb: Any, layers: Sequence[Any],
+                       first_gamma: Array,
                        post_gammas: Sequence[Array], next_gammas: Sequence[Array], lm_head: Any, eps_q32: int,
                        rsqrt_table: Array, heads: int, cos_table: Array, sin_table: Array, scale_mult: int,
                        scale_shift: int, exp_table: Array,
@@ -81,7 +82,8 @@ class ComposedOps:
         [B, T] at ``positions`` [B, T] with the mask ``key_valid`` [B, 1, T, T0 + T] (host numpy arrays, the step's
         inputs) over each layer's cache ``keys[i]``/``values[i]`` [B, Hk, T0, D]; layer ``i`` with ``layers[i]``
         (its prepared linears) and norms ``post_gammas[i]``, ``next_gammas[i]`` (the next layer's input norm; the
-        last one: the final norm). Returns ``(logits [B, T, V] Q.16 on the host, the grown keys, values)`` —
+        last one: the final norm); ``keys`` empty for a prefill. Returns ``(logits [B, T, V] Q.16 on the host —
+        with ``last`` [B, 1, V], each request's last position only — the grown keys, values)`` —
         exactly what ``LlamaRuntime._forward`` composes (tested against that composition). ``None``: not offered
         for these inputs, the model composes the step."""
         return None

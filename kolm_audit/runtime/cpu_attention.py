@@ -163,12 +163,12 @@ def _scratch(rows: int, tp: int, d: int) -> tuple:
             np.empty(n, np.int64), np.empty(n, np.float64), np.empty((rows, d), np.int64))
 
 
-@_kernel
-def packed_attention(qkv: np.ndarray, bounds: np.ndarray, nh: int, d: int, scale_mult: int, scale_shift: int,
-                     pair: np.ndarray, out: np.ndarray, q8: np.ndarray, qm: np.ndarray, qe: np.ndarray) -> None:
-    """§5.2 for packed requests: ``qkv`` [N, 3·nh·d] (int32 range) holds q|k|v of every token, request ``s`` owns rows
-    ``bounds[s]:bounds[s+1]`` (``bounds`` [S+1], absolute row numbers) and attends to all of its own keys. Writes
-    the context [N, nh·d] into ``out`` and its §3.3 rows into ``q8``, ``qm``, ``qe``."""
+@njit(inline="always")
+def packed_heads(qkv: np.ndarray, bounds: np.ndarray, nh: int, d: int, h0: int, h1: int, scale_mult: int,
+                 scale_shift: int, pair: np.ndarray, out: np.ndarray) -> None:
+    """§5.2 of the heads ``h0 … h1 - 1`` for packed requests: ``qkv`` [N, 3·nh·d] (int32 range) holds q|k|v of
+    every token, request ``s`` owns rows ``bounds[s]:bounds[s+1]`` (``bounds`` [S+1], absolute row numbers) and
+    attends to all of its own keys. Writes those heads' columns of the context [N, nh·d] into ``out``."""
     hid = nh * d
     tmax = 1
     for s in range(bounds.shape[0] - 1):
@@ -185,7 +185,7 @@ def packed_attention(qkv: np.ndarray, bounds: np.ndarray, nh: int, d: int, scale
             kend[r] = t
             for j in range(tmax):
                 ok[r, j] = j < t
-        for h in range(nh):
+        for h in range(h0, h1):
             c0 = h * d
             ekmax = np.int64(0)
             for i in range(t):
@@ -201,8 +201,52 @@ def packed_attention(qkv: np.ndarray, bounds: np.ndarray, nh: int, d: int, scale
                 for r in range(nr):
                     for c in range(d):
                         out[a + r0 + r, c0 + c] = res[r, c]
-        for i in range(a, a + t):
-            qm[i], qe[i] = _quantize_row(out[i], q8[i])
+
+
+@_kernel
+def packed_attention(qkv: np.ndarray, bounds: np.ndarray, nh: int, d: int, scale_mult: int, scale_shift: int,
+                     pair: np.ndarray, out: np.ndarray, q8: np.ndarray, qm: np.ndarray, qe: np.ndarray) -> None:
+    """§5.2 for packed requests (:func:`packed_heads` of every head): the context [N, nh·d] into ``out`` and its
+    §3.3 rows into ``q8``, ``qm``, ``qe``."""
+    packed_heads(qkv, bounds, nh, d, 0, nh, scale_mult, scale_shift, pair, out)
+    for i in range(bounds[0], bounds[bounds.shape[0] - 1]):
+        qm[i], qe[i] = _quantize_row(out[i], q8[i])
+
+
+@njit(inline="always")
+def rope_rows(qkv: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, nh: int, nkv: int, t0: int,
+              r0: int, r1: int, q_out: np.ndarray, k_out: np.ndarray, kq: np.ndarray, mk: np.ndarray, ek: np.ndarray,
+              v_out: np.ndarray) -> None:
+    """:func:`rope_append` of the rows ``r0 … r1 - 1`` of ``qkv`` [B, T, (nh + 2·nkv)·D] (row ``r`` is request
+    ``r // T``, new token ``r % T``)."""
+    t = qkv.shape[1]
+    d = q_out.shape[3]
+    half = d // 2
+    nq, nk = nh * d, nkv * d
+    o = np.empty((1, d), np.int32)
+    q1 = np.empty((1, d), np.int8)
+    for r in range(r0, r1):
+        bi, ti = r // t, r % t
+        p = pos[bi, ti]
+        for h in range(nh + nkv):
+            c0 = h * d
+            for j in range(half):
+                xa, xb = qkv[bi, ti, c0 + j], qkv[bi, ti, c0 + j + half]
+                o[0, j] = _sat((_mul32(xa, cos[p, j]) - _mul32(xb, sin[p, j]) + (1 << 29)) >> 30)
+                o[0, j + half] = _sat((_mul32(xb, cos[p, j]) + _mul32(xa, sin[p, j]) + (1 << 29)) >> 30)
+            if h < nh:
+                for c in range(d):
+                    q_out[bi, h, ti, c] = o[0, c]
+            else:
+                kh, tt = h - nh, t0 + ti
+                for c in range(d):
+                    k_out[bi, kh, tt, c] = o[0, c]
+                mk[bi, kh, tt], ek[bi, kh, tt] = _quantize_seg(o, 0, 0, d, q1, 0)
+                for c in range(d):
+                    kq[bi, kh, tt, c] = q1[0, c]
+        for kh in range(nkv):
+            for c in range(d):
+                v_out[bi, kh, t0 + ti, c] = qkv[bi, ti, nq + nk + kh * d + c]
 
 
 @_kernel
@@ -213,45 +257,14 @@ def rope_append(qkv: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarr
     int32 range) at positions ``pos`` [B, T]; writes the rotated queries into ``q_out`` [B, nh, T, D], the rotated
     keys into ``k_out[:, :, t0 + t]`` with their §3.3 rows into ``kq``/``mk``/``ek`` (same index), the values into
     ``v_out[:, :, t0 + t]``. ``sat(rnd((x_a·cos - x_b·sin) / 2^30))``: 32-bit factors, ``|Σ| < 2^62``."""
-    b, t, _ = qkv.shape
-    d = q_out.shape[3]
-    half = d // 2
-    nq, nk = nh * d, nkv * d
-    o = np.empty((1, d), np.int32)
-    q1 = np.empty((1, d), np.int8)
-    for bi in range(b):
-        for ti in range(t):
-            p = pos[bi, ti]
-            for h in range(nh + nkv):
-                c0 = h * d
-                for j in range(half):
-                    xa, xb = qkv[bi, ti, c0 + j], qkv[bi, ti, c0 + j + half]
-                    o[0, j] = _sat((_mul32(xa, cos[p, j]) - _mul32(xb, sin[p, j]) + (1 << 29)) >> 30)
-                    o[0, j + half] = _sat((_mul32(xb, cos[p, j]) + _mul32(xa, sin[p, j]) + (1 << 29)) >> 30)
-                if h < nh:
-                    for c in range(d):
-                        q_out[bi, h, ti, c] = o[0, c]
-                else:
-                    kh, tt = h - nh, t0 + ti
-                    for c in range(d):
-                        k_out[bi, kh, tt, c] = o[0, c]
-                    mk[bi, kh, tt], ek[bi, kh, tt] = _quantize_seg(o, 0, 0, d, q1, 0)
-                    for c in range(d):
-                        kq[bi, kh, tt, c] = q1[0, c]
-            for kh in range(nkv):
-                for c in range(d):
-                    v_out[bi, kh, t0 + ti, c] = qkv[bi, ti, nq + nk + kh * d + c]
+    rope_rows(qkv, pos, cos, sin, nh, nkv, t0, 0, qkv.shape[0] * qkv.shape[1], q_out, k_out, kq, mk, ek, v_out)
 
 
-@_kernel
-def cached_attention(q: np.ndarray, kq: np.ndarray, mk: np.ndarray, ek: np.ndarray, v: np.ndarray, valid: np.ndarray,
-                     scale_mult: int, scale_shift: int, pair: np.ndarray, out: np.ndarray, q8: np.ndarray,
-                     qm: np.ndarray, qe: np.ndarray) -> None:
-    """§5.2 with grouped-query heads over a KV cache: ``q`` [B, Hq, Tq, D] (int32 range), keys as their quantized
-    rows ``kq`` [B, Hk, >= Tk, D] int8 with ``mk``/``ek`` [B, Hk, >= Tk], values ``v`` [B, Hk, >= Tk, D], ``valid``
-    [B, 1|Hq, 1|Tq, Tk] (``Tk`` = its last dimension; every query row has a valid key). Query head ``h`` reads KV
-    head ``h // (Hq / Hk)``: the ``(Hq / Hk)·Tq`` query rows of a KV head form one block. Writes the context
-    [B, Tq, Hq·D] into ``out`` and its §3.3 rows (row ``b·Tq + t``) into ``q8``, ``qm``, ``qe``."""
+@njit(inline="always")
+def cached_heads(q: np.ndarray, kq: np.ndarray, mk: np.ndarray, ek: np.ndarray, v: np.ndarray, valid: np.ndarray,
+                 scale_mult: int, scale_shift: int, pair: np.ndarray, h0: int, h1: int, out: np.ndarray) -> None:
+    """:func:`cached_attention` of the query heads ``h0 … h1 - 1`` into their columns of ``out`` [B, Tq, Hq·D]
+    (no §3.3 rows)."""
     b, hq, tq, d = q.shape
     hk, tk = kq.shape[1], valid.shape[3]
     group = hq // hk
@@ -264,13 +277,16 @@ def cached_attention(q: np.ndarray, kq: np.ndarray, mk: np.ndarray, ek: np.ndarr
     for bi in range(b):
         ob = out[bi]
         for kh in range(hk):
+            g0, g1 = max(h0 - kh * group, 0), min(h1 - kh * group, group)    # this KV head's query heads in range
+            if g0 >= g1:
+                continue
             ekmax = np.int64(0)
             for j in range(tk):
                 ekmax = max(ekmax, ek[bi, kh, j])
-            for g in range(group):                           # block row r = g·Tq + t: query head kh·group + g
+            for g in range(g0, g1):                          # block row r = (g - g0)·Tq + t: query head kh·group + g
                 h = kh * group + g
                 for t in range(tq):
-                    r = g * tq + t
+                    r = (g - g0) * tq + t
                     mq[r], eq[r] = _quantize_seg(q[bi, h], t, 0, d, qq, r)
                     last = 0
                     for j in range(tk):
@@ -280,14 +296,29 @@ def cached_attention(q: np.ndarray, kq: np.ndarray, mk: np.ndarray, ek: np.ndarr
                             last = j + 1
                     kend[r] = last                           # keys past the last valid one are not visited
             kqh, mkh, ekh, vh = kq[bi, kh], mk[bi, kh], ek[bi, kh], v[bi, kh]
-            for r0 in range(0, nrows, rows):
-                nr = min(rows, nrows - r0)
+            brows = (g1 - g0) * tq
+            for r0 in range(0, brows, rows):
+                nr = min(rows, brows - r0)
                 _attend_block(qq[r0:], mq[r0:], eq[r0:], nr, kqh, mkh, ekh, ekmax, vh, ok[r0:], kend[r0:],
                               scale_mult, scale_shift, pair, dots, sc, idx, fr, val, pf, res)
                 for r in range(nr):
                     g, t = divmod(r0 + r, tq)
                     for c in range(d):
-                        ob[t, (kh * group + g) * d + c] = res[r, c]
+                        ob[t, (kh * group + g0 + g) * d + c] = res[r, c]
+
+
+@_kernel
+def cached_attention(q: np.ndarray, kq: np.ndarray, mk: np.ndarray, ek: np.ndarray, v: np.ndarray, valid: np.ndarray,
+                     scale_mult: int, scale_shift: int, pair: np.ndarray, out: np.ndarray, q8: np.ndarray,
+                     qm: np.ndarray, qe: np.ndarray) -> None:
+    """§5.2 with grouped-query heads over a KV cache: ``q`` [B, Hq, Tq, D] (int32 range), keys as their quantized
+    rows ``kq`` [B, Hk, >= Tk, D] int8 with ``mk``/``ek`` [B, Hk, >= Tk], values ``v`` [B, Hk, >= Tk, D], ``valid``
+    [B, 1|Hq, 1|Tq, Tk] (``Tk`` = its last dimension; every query row has a valid key). Query head ``h`` reads KV
+    head ``h // (Hq / Hk)``: the ``(Hq / Hk)·Tq`` query rows of a KV head form one block. Writes the context
+    [B, Tq, Hq·D] into ``out`` and its §3.3 rows (row ``b·Tq + t``) into ``q8``, ``qm``, ``qe``."""
+    b, hq, tq, _ = q.shape
+    cached_heads(q, kq, mk, ek, v, valid, scale_mult, scale_shift, pair, 0, hq, out)
+    for bi in range(b):
         for t in range(tq):
             row = bi * tq + t
-            qm[row], qe[row] = _quantize_row(ob[t], q8[row])
+            qm[row], qe[row] = _quantize_row(out[bi, t], q8[row])

@@ -29,105 +29,118 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kolm_audit.runtime.cpu_attention import cached_attention, rope_append
+from kolm_audit.runtime.cpu_attention import cached_heads, rope_rows
 from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_swiglu_quant, norm_quant, product_norm_quant
 from kolm_audit.runtime.cpu_gemv import _matmul_rows
-from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, linear_epilogue
+from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, _quantize_row, linear_epilogue
+from kolm_audit.runtime.cpu_sync import barrier, share
 
 _EMPTY = np.zeros(0, np.int64)
 _EMPTY2 = np.zeros((0, 0), np.int64)
 
 
 @njit(**_JIT)
-def _decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray, lin_qkv: tuple, lin_o: tuple,
-                   lin_gu: tuple, lin_d: tuple, g_post: np.ndarray, g_next: np.ndarray, eps_q32: int,
+def _decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray, layer: tuple, eps_q32: int,
                    rsqrt: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, nh: int, t0: int,
                    cache: tuple, valid: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray,
-                   sig_pair: np.ndarray, x_out: np.ndarray, h_out: np.ndarray, hq_out: np.ndarray,
-                   hm_out: np.ndarray, he_out: np.ndarray) -> None:
-    """One decoder layer for the ``B·T`` rows of ``x`` [B·T, H] (int32 Q.16, the residual stream) whose input
-    RMSNorm has the §3.3 rows ``hq`` [B·T, H] int8, ``hm``, ``he`` [B·T]; positions ``pos`` [B, T]; the cache holds
-    ``t0`` rows; ``valid`` [B, 1, T, t0 + T] (causal and padding mask). Writes the layer's output into ``x_out``
-    [B·T, H], its RMSNorm with ``g_next`` into ``h_out`` and that norm's §3.3 rows into ``hq_out``, ``hm_out``,
-    ``he_out``."""
+                   sig_pair: np.ndarray, split: tuple, shared: tuple, x_out: np.ndarray, h_out: np.ndarray,
+                   hq_out: np.ndarray, hm_out: np.ndarray, he_out: np.ndarray) -> None:
+    """One decoder layer ``layer = (lin_qkv, lin_o, lin_gu, lin_d, g_post, g_next)`` for the part ``split = (part,
+    parts, sync, k)`` (barriers ``k``, ``k + 1``) of the ``B·T`` rows: its rows ``r0 … r1 - 1`` are ``x`` [n, H]
+    (int32 Q.16, the residual stream) whose input RMSNorm has the §3.3 rows ``hq`` [n, H] int8, ``hm``, ``he`` [n];
+    positions ``pos`` [B, T]; the cache holds ``t0`` rows; ``valid`` [B, 1, T, t0 + T] (causal and padding mask).
+    ``shared = (qkv [B·T, (nh+2nkv)·D], q [B, nh, T, D], ctx [B, T, nh·D])`` int32 are written by every part. Writes
+    the part's rows of the layer's output into ``x_out`` [n, H], of its RMSNorm with ``g_next`` into ``h_out`` and
+    that norm's §3.3 rows into ``hq_out``, ``hm_out``, ``he_out``."""
     b, t = pos.shape
     rows, hid = x.shape
+    lin_qkv, lin_o, lin_gu, lin_d, g_post, g_next = layer
     w_qkv, s_qkv, mult_qkv, shift_qkv, bias_qkv, p_qkv, ps_qkv = lin_qkv
     w_gu, s_gu, mult_gu, shift_gu, bias_gu, p_gu, ps_gu = lin_gu
     kbuf, kq, mk, ek, vbuf = cache
+    part, parts, sync, k = split
+    qkv, qr, ctx = shared
     nkv, d = kbuf.shape[1], kbuf.shape[3]
     n_qkv, inter = w_qkv.shape[0], w_gu.shape[0] // 2
-    # 1. qkv = linear(h)                                                      [R, (nh+2nkv)·D] int32 Q.16
+    r0, r1 = share(b * t, part, parts)
+    h0, h1 = share(nh, part, parts)
+    # 1. qkv = linear(h)                                                      [n, (nh+2nkv)·D] int32 Q.16
     acc = np.empty((rows, n_qkv), np.int32)
     _matmul_rows(hq, w_qkv, s_qkv, p_qkv, ps_qkv, acc)
-    qkv = np.empty((rows, n_qkv), np.int32)
-    linear_epilogue(acc, hm, he, mult_qkv, shift_qkv, bias_qkv, qkv)
-    # 2. RoPE; keys (+ §3.3 rows) and values into cache rows t0 … t0+T-1    q [B, nh, T, D] int32 Q.16
-    qr = np.empty((b, nh, t, d), np.int32)
-    rope_append(qkv.reshape(b, t, n_qkv), pos, cos, sin, nh, nkv, t0, qr, kbuf, kq, mk, ek, vbuf)
-    # 3. attention over the t0 + T keys                                       ctx [B, T, nh·D] int32 Q.16 + §3.3 rows
+    linear_epilogue(acc, hm, he, mult_qkv, shift_qkv, bias_qkv, qkv[r0:r1])
+    # 2. RoPE; keys (+ §3.3 rows) and values into cache rows t0 …           q [B, nh, T, D] int32 Q.16
+    rope_rows(qkv.reshape(b, t, n_qkv), pos, cos, sin, nh, nkv, t0, r0, r1, qr, kbuf, kq, mk, ek, vbuf)
+    barrier(sync, part, parts, k)                                            # every new key and query is written
+    # 3. attention over the t0 + T keys                                       ctx [B, T, nh·D] (the part's heads)
     tk = t0 + t
-    ctx = np.empty((b, t, nh * d), np.int32)
+    cached_heads(qr, kq[:, :, :tk], mk[:, :, :tk], ek[:, :, :tk], vbuf[:, :, :tk], valid, scale_mult, scale_shift,
+                 exp_pair, h0, h1, ctx)
+    barrier(sync, part, parts, k + 1)                                        # every head of ctx is written
+    flat = ctx.reshape(b * t, nh * d)
     cq, cm, ce = np.empty((rows, nh * d), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
-    cached_attention(qr, kq[:, :, :tk], mk[:, :, :tk], ek[:, :, :tk], vbuf[:, :, :tk], valid, scale_mult,
-                     scale_shift, exp_pair, ctx, cq, cm, ce)
-    # 4. x1 = sat(x + o_proj(ctx)); h1 = RMSNorm(x1; post)                    [R, H] int32 Q.16 + §3.3 rows
+    for r in range(rows):                                                    # [n, nh·D] §3.3 rows of the context
+        cm[r], ce[r] = _quantize_row(flat[r0 + r], cq[r])
+    # 4. x1 = sat(x + o_proj(ctx)); h1 = RMSNorm(x1; post)                    [n, H] int32 Q.16 + §3.3 rows
     x1, h1 = np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32)
     h1q, h1m, h1e = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
     product_norm_quant(cq, cm, ce, lin_o, x, g_post, _EMPTY, False, eps_q32, rsqrt, x1, h1, h1q, h1m, h1e)
-    # 5. m = swiglu(gate_up(h1))                                              [R, I] int32 Q.16 + §3.3 rows
+    # 5. m = swiglu(gate_up(h1))                                              [n, I] int32 Q.16 + §3.3 rows
     acc = np.empty((rows, 2 * inter), np.int32)
     _matmul_rows(h1q, w_gu, s_gu, p_gu, ps_gu, acc)
     mo, mq8 = np.empty((rows, inter), np.int32), np.empty((rows, inter), np.int8)
     mm, me = np.empty(rows, np.int64), np.empty(rows, np.int64)
     epilogue_swiglu_quant(acc, h1m, h1e, mult_gu, shift_gu, bias_gu, sig_pair, mo, mq8, mm, me)
-    # 6. x_out = sat(x1 + down_proj(m)); h_out = RMSNorm(x_out; next)         [R, H] int32 Q.16
+    # 6. x_out = sat(x1 + down_proj(m)); h_out = RMSNorm(x_out; next)         [n, H] int32 Q.16
     product_norm_quant(mq8, mm, me, lin_d, x1, g_next, _EMPTY, False, eps_q32, rsqrt, x_out, h_out, hq_out, hm_out,
                        he_out)
-
-
-@njit(**_JIT)
-def _decoder_stack(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray, layers: tuple, caches: tuple,
-                   eps_q32: int, rsqrt: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, nh: int,
-                   t0: int, valid: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray,
-                   sig_pair: np.ndarray) -> tuple:
-    """Every decoder layer (:func:`_decoder_layer`) from the residual rows ``x`` [R, H] and the §3.3 rows of their
-    first input norm; ``layers[i]`` is ``(lin_qkv, lin_o, lin_gu, lin_d, g_post, g_next)`` (``g_next`` of the last
-    layer: the final norm) and ``caches[i]`` its KV cache buffers. Returns the §3.3 rows ``(q, m, e)`` of the final
-    norm of the last layer's output."""
-    rows, hid = x.shape
-    xa, xb = x, np.empty((rows, hid), np.int32)                              # residual stream, in and out
-    hb = np.empty((rows, hid), np.int32)                                     # a layer's output norm
-    qa, ma, ea = hq, hm, he                                                  # §3.3 rows of the layer's input norm
-    qb, mb, eb = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
-    for i in range(len(layers)):
-        lin_qkv, lin_o, lin_gu, lin_d, g_post, g_next = layers[i]
-        _decoder_layer(xa, qa, ma, ea, lin_qkv, lin_o, lin_gu, lin_d, g_post, g_next, eps_q32, rsqrt, pos, cos, sin,
-                       nh, t0, caches[i], valid, scale_mult, scale_shift, exp_pair, sig_pair, xb, hb, qb, mb, eb)
-        xa, xb = xb, np.empty((rows, hid), np.int32)
-        qa, ma, ea = qb, mb, eb
-        qb, mb, eb = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
-    return qa, ma, ea
 
 
 @_kernel
 def decode_forward(ids: np.ndarray, emb: tuple, g_first: np.ndarray, layers: tuple, caches: tuple, lm_head: tuple,
                    eps_q32: int, rsqrt: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, nh: int,
                    t0: int, valid: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray,
-                   sig_pair: np.ndarray, logits: np.ndarray) -> None:
+                   sig_pair: np.ndarray, last: bool, part: int, parts: int, sync: np.ndarray, shared: tuple,
+                   logits: np.ndarray) -> None:
     """A decoding step's forward: the new tokens ``ids`` [R] (``R = B·T``, request-major) at positions ``pos``
     [B, T] over caches of ``t0`` rows; ``emb`` = ``(w int8 [V, H], mult, shift)`` (§3.1), ``g_first`` the first
-    input norm, ``layers``/``caches`` as in :func:`_decoder_stack`, ``lm_head`` a linear tuple. Writes the logits
-    [R, V] int32 Q.16 and each layer's new keys and values into its cache."""
+    input norm, ``layers[i]`` = ``(lin_qkv, lin_o, lin_gu, lin_d, g_post, g_next)`` (``g_next`` of the last layer:
+    the final norm) and ``caches[i]`` its KV cache buffers, ``lm_head`` a linear tuple. Writes the logits int32
+    Q.16 — [R, V], or with ``last`` [B, V] of each request's last new token only — and each layer's new keys and
+    values into its cache.
+
+    The call computes part ``part`` of ``parts`` (:mod:`~kolm_audit.runtime.cpu_sync`: one thread each, all running
+    at once, ``sync`` their zeroed flags): its rows of every product and element-wise step, its query heads of every
+    attention; ``shared`` = ``(qkv, q, ctx)`` are the buffers all parts write (:func:`_decoder_layer`)."""
     rows, hid = ids.shape[0], emb[0].shape[1]
-    x = np.empty((rows, hid), np.int32)
-    embedding_rows(ids, emb[0], emb[1], emb[2], _EMPTY2, _EMPTY, x)         # [R,H] int32 Q.16 §3.1
-    h = np.empty((rows, hid), np.int32)
-    hq, hm, he = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
-    norm_quant(x, g_first, _EMPTY, False, eps_q32, rsqrt, h, hq, hm, he)     # [R,H] RMSNorm + §3.3 rows
-    fq, fm, fe = _decoder_stack(x, hq, hm, he, layers, caches, eps_q32, rsqrt, pos, cos, sin, nh, t0, valid,
-                                scale_mult, scale_shift, exp_pair, sig_pair)   # §3.3 rows of the final norm
+    b, t = pos.shape
+    r0, r1 = share(rows, part, parts)
+    n = r1 - r0
+    x = np.empty((n, hid), np.int32)
+    embedding_rows(ids[r0:r1], emb[0], emb[1], emb[2], _EMPTY2, _EMPTY, x)  # [n,H] int32 Q.16 §3.1
+    h = np.empty((n, hid), np.int32)
+    qa, ma, ea = np.empty((n, hid), np.int8), np.empty(n, np.int64), np.empty(n, np.int64)
+    norm_quant(x, g_first, _EMPTY, False, eps_q32, rsqrt, h, qa, ma, ea)     # [n,H] RMSNorm + §3.3 rows
+    xb = np.empty((n, hid), np.int32)
+    qb, mb, eb = np.empty((n, hid), np.int8), np.empty(n, np.int64), np.empty(n, np.int64)
+    for i in range(len(layers)):                                             # x: residual stream; q, m, e: norm rows
+        _decoder_layer(x, qa, ma, ea, layers[i], eps_q32, rsqrt, pos, cos, sin, nh, t0, caches[i], valid, scale_mult,
+                       scale_shift, exp_pair, sig_pair, (part, parts, sync, 2 * i + 1), shared, xb, h, qb, mb, eb)
+        x, xb = xb, x
+        qa, ma, ea, qb, mb, eb = qb, mb, eb, qa, ma, ea
     w, wsum, mult, shift, bias, wp, psum = lm_head
-    acc = np.empty((rows, w.shape[0]), np.int32)
-    _matmul_rows(fq, w, wsum, wp, psum, acc)                                # [R,V] exact Σ q·W
-    linear_epilogue(acc, fm, fe, mult, shift, bias, logits)                 # [R,V] int32 Q.16
+    if last:                                                                 # the part's rows among the last ones
+        keep = np.array([bi * t + t - 1 for bi in range(b) if r0 <= bi * t + t - 1 < r1], np.int64)
+        out = logits[keep // t]
+        if keep.shape[0] == 0:
+            return
+        sq, sm, se = qa[keep - r0], ma[keep - r0], ea[keep - r0]
+    else:
+        keep = np.arange(r0, r1)
+        out = logits[r0:r1]
+        sq, sm, se = qa, ma, ea
+    acc = np.empty((keep.shape[0], w.shape[0]), np.int32)
+    _matmul_rows(sq, w, wsum, wp, psum, acc)                                 # [k,V] exact Σ q·W
+    linear_epilogue(acc, sm, se, mult, shift, bias, out)                     # [k,V] int32 Q.16
+    if last:
+        for j in range(keep.shape[0]):
+            logits[keep[j] // t] = out[j]

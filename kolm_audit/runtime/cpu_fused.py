@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -48,6 +49,7 @@ from kolm_audit.runtime import cpu_decode as kd
 from kolm_audit.runtime import cpu_encode as ke
 from kolm_audit.runtime import cpu_gemv as kg
 from kolm_audit.runtime import cpu_kernels as kn
+from kolm_audit.runtime import cpu_sync as ks
 from kolm_audit.runtime.fused_ops import FusedOps
 from kolm_audit.runtime.host_decoder import BUNDLE, KQ8, CpuDecoder, KVBundle
 from kolm_audit.runtime.host_operands import encode_operands, gemv_operand, host, step_operands, table
@@ -61,6 +63,7 @@ _BLOCK_TQ = 8                   # attention with at most this many query rows pe
 _GEMM_ROWS = 64                 # products of 5 to this many rows run in cpu_gemv's packed tiles, not torch
 # products, and Llama decoding steps as one kernel (cpu_decode), of at most this many rows run inside numba
 _KERNEL_ROWS = _GEMM_ROWS if kg.GEMM else kg.FEW_ROWS
+_WORKER = "kolm-cpu"           # name prefix of the worker threads
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY2 = np.zeros((0, 0), dtype=np.int64)
 
@@ -98,6 +101,7 @@ class FusedCpuOps(FusedOps):
         super().__init__(device="cpu", threads=threads, gemm=gemm, max_chunk=max_chunk)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0                   # a forked child gets a pool of its own (its parent's threads are gone)
+        self._split_lock = threading.Lock()
         self._operand_memo: dict[Callable[..., tuple | None], tuple] = {}
 
     def _par(self, rows: int, work: int, fn: Callable[[int, int], None]) -> None:
@@ -106,14 +110,39 @@ class FusedCpuOps(FusedOps):
         if n <= 1 or work < _PAR_MIN:
             fn(0, rows)
             return
-        if self._pool is None or self._pool_pid != os.getpid():
-            self._pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="kolm-cpu")
-            self._pool_pid = os.getpid()
         step = -(-rows // n)
-        futures = [self._pool.submit(fn, lo, min(lo + step, rows)) for lo in range(step, rows, step)]
+        futures = [self._workers().submit(fn, lo, min(lo + step, rows)) for lo in range(step, rows, step)]
         fn(0, step)
         for f in futures:
             f.result()
+
+    def _workers(self) -> ThreadPoolExecutor:
+        """The worker threads (``threads - 1`` of them; a forked child makes its own)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(max_workers=max(1, (self.threads or 1) - 1), thread_name_prefix=_WORKER)
+            self._pool_pid = os.getpid()
+        return self._pool
+
+    def _parts(self, rows: int, work: int) -> int:
+        """How many threads run one kernel call together (:mod:`~kolm_audit.runtime.cpu_sync`): all of them for
+        large enough work, but one below ``_PAR_MIN`` or from a worker thread (its partners could be queued behind
+        the job it runs)."""
+        n = min(self.threads or 1, rows)
+        if n <= 1 or work < _PAR_MIN or threading.current_thread().name.startswith(_WORKER):
+            return 1
+        return n
+
+    def _together(self, parts: int, fn: Callable[[int], None]) -> None:
+        """``fn(part)`` for every part at the same time (part 0 on this thread; ``parts`` from :meth:`_parts`). One
+        such call at a time: two callers' parts interleaved in the queue could each hold a worker waiting at a
+        barrier for a partner queued behind the other's."""
+        with self._split_lock:
+            futures = [self._workers().submit(fn, part) for part in range(1, parts)]
+            try:
+                fn(0)
+            finally:
+                for f in futures:
+                    f.result()
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _q8_out(self, rows: int, n: int) -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -364,23 +393,26 @@ class FusedCpuOps(FusedOps):
     def _step_ready(self, rows: int, keys: Sequence[Tensor], values: Sequence[Tensor],
                     consts: tuple[Any, ...]) -> tuple | None:
         """:func:`~kolm_audit.runtime.host_operands.step_operands` of ``consts`` when a step of ``rows`` token rows
-        over this cache can run as one kernel (at most ``_KERNEL_ROWS`` rows, every layer's keys and values int32),
-        else ``None``."""
-        if not keys or rows > _KERNEL_ROWS or any(a.dtype != torch.int32 for a in (*keys, *values)):
+        over this cache (none yet: a prefill) can run as one kernel (at most ``_KERNEL_ROWS`` rows, every layer's
+        keys and values int32), else ``None``."""
+        if rows > _KERNEL_ROWS or any(a.dtype != torch.int32 for a in (*keys, *values)):
             return None
         return self._operands(step_operands, consts)
 
     def decode_forward(self, ids: Any, positions: Any, key_valid: Any, keys: Sequence[Tensor],
-                       values: Sequence[Tensor], *, tok_emb: tuple[Tensor, ...], layers: Sequence[Any],
-                       first_gamma: Tensor, post_gammas: Sequence[Tensor], next_gammas: Sequence[Tensor],
-                       lm_head: TorchLinear, eps_q32: int, rsqrt_table: Tensor, heads: int, cos_table: Tensor,
-                       sin_table: Tensor, scale_mult: int, scale_shift: int, exp_table: Tensor,
+                       values: Sequence[Tensor], *, last: bool = False, tok_emb: tuple[Tensor, ...],
+                       layers: Sequence[Any], first_gamma: Tensor, post_gammas: Sequence[Tensor],
+                       next_gammas: Sequence[Tensor], lm_head: TorchLinear, eps_q32: int, rsqrt_table: Tensor,
+                       heads: int, cos_table: Tensor, sin_table: Tensor, scale_mult: int, scale_shift: int,
+                       exp_table: Tensor,
                        sigmoid_table: Tensor) -> tuple[np.ndarray, list[Tensor], list[Tensor]] | None:
         """A decoding step's forward as one kernel (:func:`~kolm_audit.runtime.cpu_decode.decode_forward`) for at
         most ``_KERNEL_ROWS`` new token rows (64 where :mod:`~kolm_audit.runtime.cpu_gemv` has its packed tiles, else
-        4; host inputs, host logits); each layer's new keys and values are written into the spare capacity of
-        its :class:`KVBundle`. ``None`` (the composed forward runs) for anything else: more rows, wider weights,
-        tables outside the fast kernels' bounds."""
+        4; host inputs, host logits — with ``last`` only each request's last position's); each layer's new keys and
+        values are written into the spare capacity of its :class:`KVBundle`. A prefill (no cache yet) runs here
+        only where its rows are split between threads (:meth:`_parts`; on one thread the composed prefill is as
+        fast). ``None`` (the composed forward runs) for anything else: more rows, wider weights, tables outside
+        the fast kernels' bounds."""
         idn = np.ascontiguousarray(ids, dtype=np.int64)
         b, t = idn.shape
         found = self._step_ready(b * t, keys, values, (tok_emb, layers, first_gamma, post_gammas, next_gammas,
@@ -389,19 +421,27 @@ class FusedCpuOps(FusedOps):
         if found is None:
             return None
         emb, g_first, stack, head, rsqrt, cos, sin, exp_pair, sig_pair = found
-        t0 = keys[0].shape[2]
-        kvs = [KVBundle.growing(self, k, v, t) for k, v in zip(keys, values, strict=True)]   # room for T rows
-        logits = np.empty((b * t, lm_head.out_features), np.int32)
+        n_qkv, d = stack[0][0][0].shape[0], 2 * cos.shape[1]
+        parts = self._parts(b * t, b * t * sum(lin[0].size for layer in stack for lin in layer[:4]))
+        if not keys and parts == 1:
+            return None
+        t0 = keys[0].shape[2] if keys else 0
+        kvs = ([KVBundle.growing(self, k, v, t) for k, v in zip(keys, values, strict=True)] if keys else
+               [KVBundle.empty(b, (n_qkv // d - heads) // 2, d, t) for _ in stack])   # room for T rows
+        logits = np.empty((b if last else b * t, lm_head.out_features), np.int32)
+        shared = (np.empty((b * t, n_qkv), np.int32), np.empty((b, heads, t, d), np.int32),
+                  np.empty((b, t, heads * d), np.int32))
+        pos, valid = np.ascontiguousarray(positions, dtype=np.int64), np.ascontiguousarray(key_valid, dtype=np.bool_)
+        caches, sync = tuple(kv.buffers for kv in kvs), ks.sync_flags(parts)
         self.gemm_paths[_decode_path(len(layers))] += 1
-        kd.decode_forward(idn.reshape(-1), emb, g_first, stack, tuple(kv.buffers for kv in kvs), head, eps_q32, rsqrt,
-                          np.ascontiguousarray(positions, dtype=np.int64), cos, sin, heads, t0,
-                          np.ascontiguousarray(key_valid, dtype=np.bool_), scale_mult, scale_shift, exp_pair,
-                          sig_pair, logits)                             # [R,V] int32 Q.16
+        self._together(parts, lambda part: kd.decode_forward(
+            idn.reshape(-1), emb, g_first, stack, caches, head, eps_q32, rsqrt, pos, cos, sin, heads, t0, valid,
+            scale_mult, scale_shift, exp_pair, sig_pair, last, part, parts, sync, shared, logits))   # int32 Q.16
         grown = []
         for kv in kvs:
             kv.used = t0 + t
             grown.append(kv.views())
-        return logits.reshape(b, t, -1), [k for k, _ in grown], [v for _, v in grown]
+        return logits.reshape(b, 1 if last else t, -1), [k for k, _ in grown], [v for _, v in grown]
 
     def decoder(self, keys: Sequence[Tensor], values: Sequence[Tensor], key_ok: np.ndarray, pos: np.ndarray, *,
                 tok_emb: tuple[Tensor, ...], layers: Sequence[Any], first_gamma: Tensor,
@@ -411,6 +451,8 @@ class FusedCpuOps(FusedOps):
         """A :class:`~kolm_audit.runtime.host_decoder.CpuDecoder` for the one-token steps after a prefill whose
         cache holds ``keys``/``values`` [B, Hk, T, D] (``key_ok`` [B, T], ``pos`` [B]): the steps of
         :meth:`decode_forward` with the cache on the host. ``None`` where :meth:`decode_forward` would decline."""
+        if not keys:
+            return None
         found = self._step_ready(key_ok.shape[0], keys, values, (tok_emb, layers, first_gamma, post_gammas,
                                                                   next_gammas, lm_head, rsqrt_table, cos_table,
                                                                   sin_table, exp_table, sigmoid_table))
@@ -442,18 +484,26 @@ class FusedCpuOps(FusedOps):
             return None
         emb, add, g_emb, b_emb, stack, rsqrt, exp_pair, cdf_pair = found
         idn, pn = np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64)
-        out = np.empty((idn.shape[0], emb[0].shape[1]), np.int32)                # [N,H] int32 Q.16
+        rows, hid = idn.shape[0], emb[0].shape[1]
+        out = np.empty((rows, hid), np.int32)                                    # [N,H] int32 Q.16
+        qkv, ctx = np.empty((rows, 3 * hid), np.int32), np.empty((rows, hid), np.int32)   # shared by a call's parts
         groups = _row_groups(bn, _KERNEL_ROWS)
         self.gemm_paths[f"cpu_encode one kernel: {4 * len(stack)} products in cpu_gemv ({_IN_KERNEL})"] += len(groups)
 
-        def run(lo: int, hi: int) -> None:
-            for first, end in groups[lo:hi]:
-                r0, r1 = bn[first], bn[end]
-                ke.encode_forward(idn[r0:r1], pn[r0:r1], bn[first:end + 1] - r0, emb, add, g_emb, b_emb, stack,
-                                  heads, head_dim, eps_q32, rsqrt, scale_mult, scale_shift, exp_pair, cdf_pair,
-                                  out[r0:r1])
-        macs = idn.shape[0] * sum(lin[0].size for layer in stack for lin in layer[:4])   # the products' work
-        self._par(len(groups), macs, run)
+        def call(first: int, end: int, part: int, parts: int, sync: np.ndarray) -> None:
+            r0, r1 = bn[first], bn[end]
+            ke.encode_forward(idn[r0:r1], pn[r0:r1], bn[first:end + 1] - r0, emb, add, g_emb, b_emb, stack, heads,
+                              head_dim, eps_q32, rsqrt, scale_mult, scale_shift, exp_pair, cdf_pair, part, parts,
+                              sync, qkv[r0:r1], ctx[r0:r1], out[r0:r1])
+
+        macs = rows * sum(lin[0].size for layer in stack for lin in layer[:4])   # the products' work
+        parts = self._parts(rows, macs) if len(groups) == 1 else 1
+        if parts > 1:                                       # one group: its rows and heads split between threads
+            sync = ks.sync_flags(parts)
+            self._together(parts, lambda part: call(0, len(bn) - 1, part, parts, sync))
+        else:
+            lone = ks.sync_flags(1)
+            self._par(len(groups), macs, lambda lo, hi: [call(first, end, 0, 1, lone) for first, end in groups[lo:hi]])
         return torch.from_numpy(out)                                    # [N,H] int32 Q.16
 
     # ---- kernel hooks -------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch
 
 from kolm_audit.runtime import cpu_decode as kd
 
+_LONE = np.zeros(8, np.int64)  # the barrier flags of a kernel call that is not split (never written)
 KQ8 = "_kolm_kq8"               # memo on a key tensor [B,Hk,T,D]: (int8 rows [B,Hk,T,D], m [B,Hk,T], e [B,Hk,T])
 BUNDLE = "_kolm_kv"             # on a key tensor of a decoding cache: the KVBundle it is a view of
 
@@ -131,11 +132,15 @@ class CpuDecoder:
         logits = np.empty((b, self.vocab), np.int32)
         pos, valid, bufs = self.pos[:, None], self.key_ok[:, None, None, :], tuple(kv.buffers for kv in self.kvs)
 
+        n_qkv, d = stack[0][0][0].shape[0], 2 * cos.shape[1]
+
         def run(lo: int, hi: int) -> None:                                          # requests lo … hi - 1
             caches = bufs if hi - lo == b else tuple(tuple(a[lo:hi] for a in kv) for kv in bufs)
-            kd.decode_forward(ids[lo:hi], emb, g_first, stack, caches,
-                              head, eps_q32, rsqrt, pos[lo:hi], cos, sin, heads, t0, valid[lo:hi], scale_mult,
-                              scale_shift, exp_pair, sig_pair, logits[lo:hi])       # [hi-lo,V] int32 Q.16
+            shared = (np.empty((hi - lo, n_qkv), np.int32), np.empty((hi - lo, heads, 1, d), np.int32),
+                      np.empty((hi - lo, 1, heads * d), np.int32))
+            kd.decode_forward(ids[lo:hi], emb, g_first, stack, caches, head, eps_q32, rsqrt, pos[lo:hi], cos, sin,
+                              heads, t0, valid[lo:hi], scale_mult, scale_shift, exp_pair, sig_pair, True, 0, 1, _LONE,
+                              shared, logits[lo:hi])                                # [hi-lo,V] int32 Q.16
         self.par(b, b * self.weight_bytes, run)
         for kv in self.kvs:
             kv.used = t0 + 1

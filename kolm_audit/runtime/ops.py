@@ -84,7 +84,8 @@ class Ops(Protocol):
     def qkv_rope(self, x: Array, lin: Any, positions: Array, cos_table: Array, sin_table: Array, *, heads: int,
                  kv_heads: int, head_dim: int) -> tuple[Array, Array, Array]: ...
     def decode_forward(self, ids: np.ndarray, positions: np.ndarray, key_valid: np.ndarray, keys: Sequence[Array],
-                       values: Sequence[Array], *, tok_emb: Any, layers: Sequence[Any], first_gamma: Array,
+                       values: Sequence[Array], *, last: bool = False, tok_emb: Any, layers: Sequence[Any],
+                       first_gamma: Array,
                        post_gammas: Sequence[Array], next_gammas: Sequence[Array], lm_head: Any, eps_q32: int,
                        rsqrt_table: Array, heads: int, cos_table: Array, sin_table: Array, scale_mult: int,
                        scale_shift: int, exp_table: Array,

@@ -196,12 +196,12 @@ class LlamaRuntime:
                                gamma=self.gammas[f"model.layers.{i + 1}.input_layernorm"],
                                rsqrt_table=self.k_rsqrt)                          # [B,T,H] sat(x + down), next norm
 
-    def _decode_forward(self, host: dict[str, np.ndarray], cache: KVCache) -> np.ndarray | None:
-        """A decoding step's whole forward at once where the backend offers it (``ops.decode_forward``, on the
-        step's host inputs: the same integers as :meth:`_forward`): logits [B, T, V] Q.16 on the host, the cache
-        grown; or ``None``."""
+    def _decode_forward(self, host: dict[str, np.ndarray], cache: KVCache, *, all_logits: bool) -> np.ndarray | None:
+        """A decoding step's (or a prefill's) whole forward at once where the backend offers it
+        (``ops.decode_forward``, on the step's host inputs: the same integers as :meth:`_forward`): logits
+        [B, T|1, V] Q.16 on the host, the cache grown; or ``None``."""
         done = self.ops.decode_forward(host["ids"], host["pos"], host["mask"], cache.keys, cache.values,
-                                       **self._step_consts)
+                                       last=not all_logits, **self._step_consts)
         if done is None:
             return None
         logits, cache.keys, cache.values = done
@@ -256,8 +256,8 @@ class LlamaRuntime:
         Returns logits int64 Q.16: [B, T, V] if ``all_logits`` else [B, V] of the last new token.
         """
         host = self._prepare(ids, new_ok, cache)
-        if cache.capacity is None and len(cache.keys) == len(self.layers):        # a step on a growing cache: the
-            done = self._decode_forward(host, cache)                              # backend may run it at once
+        if cache.capacity is None and len(cache.keys) in (0, len(self.layers)):   # a growing cache (or none yet):
+            done = self._decode_forward(host, cache, all_logits=all_logits)       # the backend may run it at once
             if done is not None:
                 self._finish(new_ok, cache)
                 return done if all_logits else done[:, -1, :]                     # [B,T|1,V] Q.16

@@ -7,7 +7,8 @@ VNNI path and on the portable one; the packed tiles of more rows likewise at eve
 decoder layers of :class:`FusedCpuOps` against the numpy reference through the runtime: cached steps and generation
 at 1–6 rows (the one-kernel path, counted; above 4 rows only with the packed tiles), 64 and 65 rows, a
 residual stream at the int32 limits (saturating sums), a cache grown from an older view (copied, the newer one
-untouched), and a scheme whose weights are not one int8 digit (declined).
+untouched), a prefill split between 2 and 3 threads (one kernel call per part), and a scheme whose weights are
+not one int8 digit (declined).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from _llama_fixtures import tiny_config, tiny_model, write_checkpoint
 from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.compile.llama import quantize_llama
 from kolm_audit.runtime import cpu_decode as cd
+from kolm_audit.runtime import cpu_fused as cf
 from kolm_audit.runtime import cpu_gemv as cg
 from kolm_audit.runtime.cpu_fused import FusedCpuOps
 from kolm_audit.runtime.decode import KVCache
+from kolm_audit.runtime.host_decoder import KVBundle
 from kolm_audit.runtime.models.llama import LlamaRuntime
 
 VOCAB, LIMIT = 384, 64
@@ -353,3 +356,50 @@ def test_the_host_decoder_splits_a_steps_requests_between_two_threads(quantized:
     if scheme == "int8":
         assert kernel.call_count == 2 * 4                                       # 4 steps after the prefill
         assert sorted({c.args[0].shape[0] for c in kernel.call_args_list}) == [3]
+
+
+@settings(max_examples=8, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 3), threads=st.sampled_from([2, 3]))
+def test_a_prefill_split_between_threads_equals_the_reference(quantized: Any, data: st.DataObject, batch: int,
+                                                              threads: int) -> None:
+    """A prefill of at most 60 rows on 2 or 3 threads: one kernel call per part, run at once (``cpu_sync``
+    barriers; every prefill split, however small), each part its rows and query heads (4 heads: with 3 parts one
+    has a single head; 2 KV heads); the logits of every position (``logits``) and the generation after it (only
+    the last position's logits, ``last``) equal the reference's."""
+    ref, _, scheme = _runtimes(quantized)
+    kw = {"architecture": quantized.architecture, "quantization": quantized.quantization,
+          "tensors": quantized.tensors}
+    fast = LlamaRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=threads))
+    prompts = data.draw(st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=20), min_size=batch,
+                                 max_size=batch))
+    with mock.patch.object(cf, "_PAR_MIN", 0), \
+            mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel:
+        got = fast.logits(prompts)
+        calls = kernel.call_args_list[:]
+        gens = fast.generate(prompts, max_new_tokens=3, eos_ids=[])
+    assert all(np.array_equal(a, b) for a, b in zip(got, ref.logits(prompts), strict=True))
+    assert [g.output_ids for g in gens] == [g.output_ids for g in ref.generate(prompts, max_new_tokens=3, eos_ids=[])]
+    if scheme == "int8" and cg.GEMM:
+        rows = batch * max(map(len, prompts))                                   # left-padded
+        parts = min(threads, rows)
+        assert sorted(c.args[19] for c in calls) == list(range(parts)) if parts > 1 else not calls
+        assert all(c.args[18] is False for c in calls)                          # every position's logits
+
+
+def test_a_split_prefill_hands_the_cache_to_the_decoder(quantized: Any) -> None:
+    """After a prefill split between two threads, the host decoder continues on the bundles it wrote (no copy) and
+    the cached logits of a continuation equal the reference's."""
+    ref, _, scheme = _runtimes(quantized)
+    kw = {"architecture": quantized.architecture, "quantization": quantized.quantization,
+          "tensors": quantized.tensors}
+    fast = LlamaRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=2))
+    rng = np.random.default_rng(17)
+    prompt, cont = rng.integers(0, VOCAB, 40).tolist(), rng.integers(0, VOCAB, 6).tolist()
+    with mock.patch.object(cf, "_PAR_MIN", 0), \
+            mock.patch.object(KVBundle, "_holding", wraps=KVBundle._holding) as copies, \
+            mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel:
+        got = fast.cached_logits(prompt, cont)
+    assert np.array_equal(got, ref.cached_logits(prompt, cont))
+    if scheme == "int8" and cg.GEMM:
+        assert kernel.call_count == 2 + len(cont)                               # two parts, then one call a step
+        assert copies.call_count == 0

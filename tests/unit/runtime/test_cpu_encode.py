@@ -1,7 +1,8 @@
 """The one-kernel BERT encoder (``cpu_encode.encode_forward``) gives the reference's integers.
 
 Through the runtime, against :class:`NumpyOps`: packed batches of 1–5 requests (kernel calls counted), requests
-grouped into calls of at most 64 rows on one and two threads, a request of 65 rows (composed), hidden states of every
+grouped into calls of at most 64 rows on one and two threads, one group split into parts run by 2 and 3 threads
+together, a request of 65 rows (composed), hidden states of every
 position and classification logits, embeddings scaled to the int32 limits (saturating sums), and schemes whose
 weights are not one int8 digit (declined: the composed forward runs).
 """
@@ -23,6 +24,7 @@ from _bert_fixtures import tiny_config, tiny_model, tiny_vocab, write_checkpoint
 from kolm_audit.compile import quantize_checkpoint
 from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.runtime import cpu_encode as ce
+from kolm_audit.runtime import cpu_fused as cf
 from kolm_audit.runtime import cpu_gemv as cg
 from kolm_audit.runtime.cpu_fused import FusedCpuOps, _row_groups
 from kolm_audit.runtime.models.bert import BertRuntime
@@ -42,7 +44,8 @@ def _runtimes(qm: Any, tensors: dict[str, np.ndarray] | None = None) -> tuple[Be
     """(numpy reference, fused CPU) runtimes of ``qm`` (or of ``tensors`` in its place), and its scheme."""
     kw = {"architecture": qm.architecture, "quantization": qm.quantization, "task": qm.task,
           "tensors": tensors or qm.tensors}
-    return BertRuntime.from_tensors(**kw), BertRuntime.from_tensors(**kw, ops=FusedCpuOps()), qm.quantization["scheme"]
+    return (BertRuntime.from_tensors(**kw), BertRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=1)),
+            qm.quantization["scheme"])
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +110,28 @@ def test_groups_split_between_two_threads_give_the_one_thread_integers(quantized
     assert all(np.array_equal(a, c) and np.array_equal(b, c) for a, b, c in zip(got_one, got_two, want, strict=True))
     if scheme == "int8" and cg.GEMM:
         assert kernel.call_count >= 2 * sum(map(len, batch)) // 64                  # ≥ 64-row groups, twice
+
+
+@settings(max_examples=8, deadline=None)
+@given(batch=st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=12), min_size=1, max_size=4),
+       threads=st.sampled_from([2, 3]))
+def test_one_group_split_into_parts_gives_the_reference_integers(quantized: Any, batch: list[list[int]],
+                                                                 threads: int) -> None:
+    """One group (at most 48 rows) run by 2 or 3 threads at once, each computing its rows and heads
+    (``cpu_sync`` barriers between them; every call split, however small): one kernel call per part, the
+    reference's hidden states. Parts may get no rows or no heads (1 row, 3 threads)."""
+    ref, _, scheme = _runtimes(quantized)
+    kw = {"architecture": quantized.architecture, "quantization": quantized.quantization, "task": quantized.task,
+          "tensors": quantized.tensors}
+    fast = BertRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=threads))
+    with mock.patch.object(cf, "_PAR_MIN", 0), \
+            mock.patch.object(ce, "encode_forward", wraps=ce.encode_forward) as kernel:
+        got = fast.encode(batch)[0]
+    assert np.array_equal(got, ref.encode(batch)[0])
+    rows = sum(map(len, batch))
+    if _groups(scheme, [len(seq) for seq in batch]) == 1:
+        assert kernel.call_count == min(threads, rows)
+        assert sorted(c.args[16] for c in kernel.call_args_list) == list(range(min(threads, rows)))
 
 
 def test_embeddings_at_the_int32_limits_equal_the_reference(quantized: Any) -> None:

@@ -1,0 +1,126 @@
+"""A spin barrier between the threads that run one kernel together (numba), for the one-kernel forwards' splits.
+
+A one-kernel forward (:mod:`~kolm_audit.runtime.cpu_encode`) can be run by several threads at once, each calling
+the same kernel with its own ``part``: each computes its share of a step (its rows of a product, its heads of
+the attention) into buffers all parts share, and waits at :func:`barrier` before a step that reads another part's
+share. Which part computes which value never changes a value (every kernel step is exact integer arithmetic on
+independent rows or heads), so a split changes no output.
+
+The barrier is a flag per part, each on its own 64-byte line of an int64 array ``sync`` (``[parts · 8]``, zero at
+the start of a call): part ``p`` arriving at barrier ``k`` (1, 2, … in order) stores ``k`` in its flag with
+release ordering, then spins until every flag is at least ``k``, reading them with acquire ordering (LLVM atomics:
+the compiler may neither hoist the read out of the loop nor move the shared buffers' stores past the flag's
+store; on x86 both are plain moves). A part that has waited long gives its core away (``sched_yield``) so that a
+partner descheduled on a loaded machine can run. Parts must all be running at the same time (one thread each):
+a part waiting for a partner that is not scheduled to run would wait forever.
+
+Example::
+
+    >>> import numpy as np, threading
+    >>> from numba import njit
+    >>> @njit(nogil=True)
+    ... def swap(sync, part, box):
+    ...     box[part] = part + 10
+    ...     barrier(sync, part, 2, 1)
+    ...     return box[1 - part]
+    >>> sync, box, got = np.zeros(16, np.int64), np.zeros(2, np.int64), [0, 0]
+    >>> def run(p): got[p] = swap(sync, p, box)
+    >>> th = threading.Thread(target=run, args=(1,)); th.start(); run(0); th.join()
+    >>> got
+    [11, 10]
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+LINE = 8                            # int64 slots per flag: one 64-byte cache line each
+_SPINS = 256                        # pauses before a waiting part yields its core
+_X86 = llvm.get_process_triple().split("-")[0] in ("x86_64", "i386", "i686")
+_YIELD = sys.platform.startswith("linux")
+
+
+def sync_flags(parts: int) -> np.ndarray:
+    """The zeroed flags of one call split into ``parts``."""
+    return np.zeros(parts * LINE, np.int64)
+
+
+def _slot(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+    """The address of ``sync[i]`` for an intrinsic ``(sync, i, …)``."""
+    aryty = signature.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+
+
+@intrinsic
+def _load_acquire(typingctx: Any, sync: Any, i: Any) -> Any:
+    """``sync[i]`` read with acquire ordering."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.load_atomic(_slot(context, builder, signature, args), "acquire", 8)
+    return types.int64(sync, i), codegen
+
+
+@intrinsic
+def _store_release(typingctx: Any, sync: Any, i: Any, v: Any) -> Any:
+    """``sync[i] = v`` with release ordering."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(value, _slot(context, builder, signature, args), "release", 8)
+        return context.get_dummy_value()
+    return types.void(sync, i, v), codegen
+
+
+@intrinsic
+def _pause(typingctx: Any) -> Any:
+    """The spin-wait hint (x86 ``pause``; nothing elsewhere)."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        if _X86:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def _yield(typingctx: Any) -> Any:
+    """``sched_yield()`` (Linux; nothing elsewhere)."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        if _YIELD:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@njit(inline="always")
+def barrier(sync: np.ndarray, part: int, parts: int, k: int) -> None:
+    """Part ``part`` of ``parts`` arrives at barrier ``k`` and returns once every part has (``k`` counts from 1 in
+    each call; one part alone returns at once)."""
+    if parts <= 1:
+        return
+    _store_release(sync, part * LINE, k)
+    for other in range(parts):
+        spins = 0
+        while _load_acquire(sync, other * LINE) < k:
+            _pause()
+            spins += 1
+            if spins >= _SPINS:
+                _yield()
+                spins = 0
+
+
+
+@njit(inline="always")
+def share(n: int, part: int, parts: int) -> tuple[int, int]:
+    """The range of ``[0, n)`` that part ``part`` of ``parts`` computes (consecutive ranges in part order, sizes
+    differing by one at most)."""
+    return part * n // parts, (part + 1) * n // parts
