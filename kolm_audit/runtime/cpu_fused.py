@@ -132,17 +132,30 @@ class FusedCpuOps(FusedOps):
             return 1
         return n
 
-    def _together(self, parts: int, fn: Callable[[int], None]) -> None:
-        """``fn(part)`` for every part at the same time (part 0 on this thread; ``parts`` from :meth:`_parts`). One
-        such call at a time: two callers' parts interleaved in the queue could each hold a worker waiting at a
-        barrier for a partner queued behind the other's."""
-        with self._split_lock:
-            futures = [self._workers().submit(fn, part) for part in range(1, parts)]
+    def _together(self, parts: int, fn: Callable[[int, np.ndarray], None]) -> None:
+        """``fn(part, sync)`` for every part at the same time (part 0 on this thread; ``parts`` from :meth:`_parts`;
+        ``sync`` the call's fresh barrier flags). One such call at a time: two callers' parts interleaved in the
+        queue could each hold a worker waiting at a barrier for a partner queued behind the other's. A part that
+        fails releases every barrier (:func:`~kolm_audit.runtime.cpu_sync.release`), so that the others finish
+        (their outputs are then garbage) and its error is raised here."""
+        sync = ks.sync_flags(parts)
+
+        def guarded(part: int) -> None:
             try:
-                fn(0)
+                fn(part, sync)
+            except BaseException:
+                ks.release(sync)
+                raise
+
+        with self._split_lock:
+            futures = [self._workers().submit(guarded, part) for part in range(1, parts)]
+            try:
+                guarded(0)
             finally:
                 for f in futures:
-                    f.result()
+                    f.exception()                       # waits; an error of its own is raised below
+            for f in futures:
+                f.result()
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _q8_out(self, rows: int, n: int) -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -432,9 +445,9 @@ class FusedCpuOps(FusedOps):
         shared = (np.empty((b * t, n_qkv), np.int32), np.empty((b, heads, t, d), np.int32),
                   np.empty((b, t, heads * d), np.int32))
         pos, valid = np.ascontiguousarray(positions, dtype=np.int64), np.ascontiguousarray(key_valid, dtype=np.bool_)
-        caches, sync = tuple(kv.buffers for kv in kvs), ks.sync_flags(parts)
+        caches = tuple(kv.buffers for kv in kvs)
         self.gemm_paths[_decode_path(len(layers))] += 1
-        self._together(parts, lambda part: kd.decode_forward(
+        self._together(parts, lambda part, sync: kd.decode_forward(
             idn.reshape(-1), emb, g_first, stack, caches, head, eps_q32, rsqrt, pos, cos, sin, heads, t0, valid,
             scale_mult, scale_shift, exp_pair, sig_pair, last, part, parts, sync, shared, logits))   # int32 Q.16
         grown = []
@@ -499,8 +512,7 @@ class FusedCpuOps(FusedOps):
         macs = rows * sum(lin[0].size for layer in stack for lin in layer[:4])   # the products' work
         parts = self._parts(rows, macs) if len(groups) == 1 else 1
         if parts > 1:                                       # one group: its rows and heads split between threads
-            sync = ks.sync_flags(parts)
-            self._together(parts, lambda part: call(0, len(bn) - 1, part, parts, sync))
+            self._together(parts, lambda part, sync: call(0, len(bn) - 1, part, parts, sync))
         else:
             lone = ks.sync_flags(1)
             self._par(len(groups), macs, lambda lo, hi: [call(first, end, 0, 1, lone) for first, end in groups[lo:hi]])

@@ -12,7 +12,8 @@ release ordering, then spins until every flag is at least ``k``, reading them wi
 the compiler may neither hoist the read out of the loop nor move the shared buffers' stores past the flag's
 store; on x86 both are plain moves). A part that has waited long gives its core away (``sched_yield``) so that a
 partner descheduled on a loaded machine can run. Parts must all be running at the same time (one thread each):
-a part waiting for a partner that is not scheduled to run would wait forever.
+a part waiting for a partner that is not scheduled to run would wait forever, and one that fails must
+:func:`release` the others.
 
 Example::
 
@@ -51,6 +52,12 @@ _YIELD = sys.platform.startswith("linux")
 def sync_flags(parts: int) -> np.ndarray:
     """The zeroed flags of one call split into ``parts``."""
     return np.zeros(parts * LINE, np.int64)
+
+
+def release(sync: np.ndarray) -> None:
+    """Let every part pass every barrier of ``sync`` (a part failed: the others run to their end instead of
+    waiting for it forever; their outputs are not used)."""
+    sync[:] = np.iinfo(np.int64).max
 
 
 def _slot(context: Any, builder: Any, signature: Any, args: Any) -> Any:

@@ -111,7 +111,8 @@ class CpuDecoder:
                  par: Callable[[int, int, Callable[[int, int], None]], None]) -> None:
         self.operands, self.kvs, self.scalars, self.vocab, self.paths = operands, kvs, scalars, vocab, paths
         self.par = par
-        self.weight_bytes = sum(a.nbytes for a in _arrays(operands))              # a step's work per request
+        stack, head = operands[2], operands[3]                              # a step's work per request: its weights
+        self.weight_bytes = sum(lin[0].nbytes for layer in stack for lin in layer[:4]) + head[0].nbytes
         self.key_ok = np.ascontiguousarray(key_ok, dtype=np.bool_)                  # [B,T] real keys
         self.pos = np.ascontiguousarray(pos, dtype=np.int64)                        # [B] next positions
         if self.key_ok.ndim != 2 or self.pos.shape != self.key_ok.shape[:1] or any(
@@ -153,9 +154,3 @@ class CpuDecoder:
         self.kvs = [kv.take(rows) for kv in self.kvs]
         self.key_ok, self.pos = self.key_ok[rows], self.pos[rows]
 
-
-def _arrays(x: Any) -> list[np.ndarray]:
-    """The arrays of a nested tuple."""
-    if isinstance(x, np.ndarray):
-        return [x]
-    return [a for item in x for a in _arrays(item)] if isinstance(x, tuple) else []
