@@ -15,6 +15,11 @@ steps, in this order:
 6. ``x2 = sat(x1 + linear(m; down_proj))``, its RMSNorm with ``g_next`` (the next layer's input norm; after the
    last layer the final norm, ``model.norm``) and §3.3 rows.
 
+The same kernel runs a prefill of at most 64 rows split between threads (the caches start empty; with ``last``
+only each request's last position goes through the LM head): each thread calls it with its own part
+(:mod:`~kolm_audit.runtime.cpu_sync`), computing its rows of every step but the attention (after the RoPE, every
+part's new keys must be in the cache: a barrier) and its query heads of the attention (a barrier after it).
+
 Each step calls the kernel that the separate operations use (:mod:`~kolm_audit.runtime.cpu_blocks`,
 :mod:`~kolm_audit.runtime.cpu_attention`, :mod:`~kolm_audit.runtime.cpu_kernels`, each tested against the
 reference), so only the chaining is new here. A linear layer is a tuple ``(w int8 [N, K], wsum int32 [N], mult,

@@ -13,8 +13,9 @@ the §3.3 quantization of its rows (a memo on the output), so no quantize pass r
 without the packed tiles), a whole BERT forward (:meth:`FusedCpuOps.encode_forward`) and a whole Llama decoding step
 (:meth:`FusedCpuOps.decode_forward`; a generation's steps through :meth:`FusedCpuOps.decoder`) run as one kernel
 each. Rows are independent, so
-large inputs are split between ``threads`` worker threads (the kernels release the GIL): the split never changes
-an output.
+large inputs are split between ``threads`` worker threads (the kernels release the GIL), and a one-kernel forward
+of a single sentence or prompt is run by the threads together, each computing its part
+(:mod:`~kolm_audit.runtime.cpu_sync`): no split changes an output.
 
 ``get_ops("cpu")`` returns this backend when numba is installed (the ``torch`` extra), else plain
 :class:`TorchOps`; both are tested on every conformance vector.

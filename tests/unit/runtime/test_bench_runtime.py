@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
@@ -20,9 +21,23 @@ def test_the_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -
                                "--prompt", "6", "--repeat", "1", "--skip-numpy", "--skip-minilm"]) == 0
     out = capsys.readouterr().out
     paths = re.search(r"llama gemm paths: (.*)", out)
-    assert out.count("ratio") == 4 and paths and re.search(r"(int_mm|cpu_gemv (rows|tiles)) K=", paths[1])
+    assert out.count("ratio") == 4 and paths
     assert "cpu_decode one kernel: 5 products" in paths[1]     # the decoding steps (1 layer: 4 products + LM head)
     assert "ours 0/2" in out                                  # alone vs batched: the same integers
+
+
+def test_the_benchmark_reports_the_composed_products_on_one_thread(capsys: pytest.CaptureFixture[str]) -> None:
+    """On one thread the prefill is composed (on several it runs as one split kernel): its products' paths are
+    reported with their shapes."""
+    threads = torch.get_num_threads()
+    try:
+        assert bench_runtime.main(["--layers", "1", "--hidden", "64", "--vocab", "128", "--batches", "2", "--new",
+                                   "2", "--prompt", "6", "--repeat", "1", "--skip-numpy", "--skip-minilm",
+                                   "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)                        # the bench sets torch's threads for the process
+    paths = re.search(r"llama gemm paths: (.*)", capsys.readouterr().out)
+    assert paths and re.search(r"(int_mm|cpu_gemv (rows|tiles)) K=", paths[1])
 
 
 def test_the_1b_preset_is_the_issue_configuration(capsys: pytest.CaptureFixture[str]) -> None:
