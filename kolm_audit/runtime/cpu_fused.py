@@ -118,10 +118,12 @@ class FusedCpuOps(FusedOps):
             f.result()
 
     def _workers(self) -> ThreadPoolExecutor:
-        """The worker threads (``threads - 1`` of them; a forked child makes its own)."""
+        """The worker threads (``threads - 1`` of them; a forked child makes its own, and its own split lock: the
+        parent's may have been held by a thread the child does not have)."""
         if self._pool is None or self._pool_pid != os.getpid():
             self._pool = ThreadPoolExecutor(max_workers=max(1, (self.threads or 1) - 1), thread_name_prefix=_WORKER)
             self._pool_pid = os.getpid()
+            self._split_lock = threading.Lock()
         return self._pool
 
     def _parts(self, rows: int, work: int) -> int:
@@ -148,8 +150,9 @@ class FusedCpuOps(FusedOps):
                 ks.release(sync)
                 raise
 
+        pool = self._workers()
         with self._split_lock:
-            futures = [self._workers().submit(guarded, part) for part in range(1, parts)]
+            futures = [pool.submit(guarded, part) for part in range(1, parts)]
             try:
                 guarded(0)
             finally:
