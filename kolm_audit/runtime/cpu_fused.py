@@ -503,7 +503,8 @@ class FusedCpuOps(FusedOps):
         idn, pn = np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64)
         rows, hid = idn.shape[0], emb[0].shape[1]
         out = np.empty((rows, hid), np.int32)                                    # [N,H] int32 Q.16
-        qkv, ctx = np.empty((rows, 3 * hid), np.int32), np.empty((rows, hid), np.int32)   # shared by a call's parts
+        qkv = np.empty((rows, stack[0][0][0].shape[0]), np.int32)               # [N,3H] shared by a call's parts
+        ctx = np.empty((rows, hid), np.int32)                                    # [N,H] likewise
         groups = _row_groups(bn, _KERNEL_ROWS)
         self.gemm_paths[f"cpu_encode one kernel: {4 * len(stack)} products in cpu_gemv ({_IN_KERNEL})"] += len(groups)
 
@@ -517,9 +518,13 @@ class FusedCpuOps(FusedOps):
         parts = self._parts(rows, macs) if len(groups) == 1 else 1
         if parts > 1:                                       # one group: its rows and heads split between threads
             self._together(parts, lambda part, sync: call(0, len(bn) - 1, part, parts, sync))
-        else:
-            lone = ks.sync_flags(1)
-            self._par(len(groups), macs, lambda lo, hi: [call(first, end, 0, 1, lone) for first, end in groups[lo:hi]])
+            return torch.from_numpy(out)                                # [N,H] int32 Q.16
+        lone = ks.sync_flags(1)
+
+        def run(lo: int, hi: int) -> None:                  # groups lo … hi - 1, one call each
+            for first, end in groups[lo:hi]:
+                call(first, end, 0, 1, lone)
+        self._par(len(groups), macs, run)
         return torch.from_numpy(out)                                    # [N,H] int32 Q.16
 
     # ---- kernel hooks -------------------------------------------------------------------------------------
