@@ -15,7 +15,7 @@ without the packed tiles), a whole BERT forward (:meth:`FusedCpuOps.encode_forwa
 each. Rows are independent, so
 large inputs are split between ``threads`` worker threads (the kernels release the GIL), and a one-kernel forward
 of a single sentence or prompt is run by the threads together, each computing its part
-(:mod:`~kolm_audit.runtime.cpu_sync`): no split changes an output.
+(:mod:`~kolm_audit.runtime.host_threads`, :mod:`~kolm_audit.runtime.cpu_sync`): no split changes an output.
 
 ``get_ops("cpu")`` returns this backend when numba is installed (the ``torch`` extra), else plain
 :class:`TorchOps`; both are tested on every conformance vector.
@@ -35,10 +35,7 @@ Example::
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -54,17 +51,16 @@ from kolm_audit.runtime import cpu_sync as ks
 from kolm_audit.runtime.fused_ops import FusedOps
 from kolm_audit.runtime.host_decoder import BUNDLE, KQ8, CpuDecoder, KVBundle
 from kolm_audit.runtime.host_operands import encode_operands, gemv_operand, host, step_operands, table
+from kolm_audit.runtime.host_threads import Workers
 from kolm_audit.runtime.torch_matmul import TorchLinear
 
 Tensor = torch.Tensor
-_PAR_MIN = 1 << 16              # elements below which one thread does the whole operation
 _Q8 = "_kolm_q8"                # memo on an output: its §3.3 rows (q int8 [R, K], m [R], e [R]) for the next linear
 _MERGED = "_kolm_merged"        # memo on an attention output [B,H,T,D]: the same values as [B,T,H·D] (with _Q8)
 _BLOCK_TQ = 8                   # attention with at most this many query rows per request runs as one kernel
 _GEMM_ROWS = 64                 # products of 5 to this many rows run in cpu_gemv's packed tiles, not torch
 # products, and Llama decoding steps as one kernel (cpu_decode), of at most this many rows run inside numba
 _KERNEL_ROWS = _GEMM_ROWS if kg.GEMM else kg.FEW_ROWS
-_WORKER = "kolm-cpu"           # name prefix of the worker threads
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY2 = np.zeros((0, 0), dtype=np.int64)
 
@@ -100,66 +96,9 @@ class FusedCpuOps(FusedOps):
 
     def __init__(self, *, threads: int | None = None, gemm: str = "auto", max_chunk: int | None = None) -> None:
         super().__init__(device="cpu", threads=threads, gemm=gemm, max_chunk=max_chunk)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = 0                   # a forked child gets a pool of its own (its parent's threads are gone)
-        self._split_lock = threading.Lock()
+        self._workers = Workers(self.threads or 1)
+        self._par = self._workers.par
         self._operand_memo: dict[Callable[..., tuple | None], tuple] = {}
-
-    def _par(self, rows: int, work: int, fn: Callable[[int, int], None]) -> None:
-        """``fn(lo, hi)`` over row ranges covering ``[0, rows)``, on up to ``threads`` threads for large work."""
-        n = min(self.threads or 1, rows)
-        if n <= 1 or work < _PAR_MIN:
-            fn(0, rows)
-            return
-        step = -(-rows // n)
-        futures = [self._workers().submit(fn, lo, min(lo + step, rows)) for lo in range(step, rows, step)]
-        fn(0, step)
-        for f in futures:
-            f.result()
-
-    def _workers(self) -> ThreadPoolExecutor:
-        """The worker threads (``threads - 1`` of them; a forked child makes its own, and its own split lock: the
-        parent's may have been held by a thread the child does not have)."""
-        if self._pool is None or self._pool_pid != os.getpid():
-            self._pool = ThreadPoolExecutor(max_workers=max(1, (self.threads or 1) - 1), thread_name_prefix=_WORKER)
-            self._pool_pid = os.getpid()
-            self._split_lock = threading.Lock()
-        return self._pool
-
-    def _parts(self, rows: int, work: int) -> int:
-        """How many threads run one kernel call together (:mod:`~kolm_audit.runtime.cpu_sync`): all of them for
-        large enough work, but one below ``_PAR_MIN`` or from a worker thread (its partners could be queued behind
-        the job it runs)."""
-        n = min(self.threads or 1, rows)
-        if n <= 1 or work < _PAR_MIN or threading.current_thread().name.startswith(_WORKER):
-            return 1
-        return n
-
-    def _together(self, parts: int, fn: Callable[[int, np.ndarray], None]) -> None:
-        """``fn(part, sync)`` for every part at the same time (part 0 on this thread; ``parts`` from :meth:`_parts`;
-        ``sync`` the call's fresh barrier flags). One such call at a time: two callers' parts interleaved in the
-        queue could each hold a worker waiting at a barrier for a partner queued behind the other's. A part that
-        fails releases every barrier (:func:`~kolm_audit.runtime.cpu_sync.release`), so that the others finish
-        (their outputs are then garbage) and its error is raised here."""
-        sync = ks.sync_flags(parts)
-
-        def guarded(part: int) -> None:
-            try:
-                fn(part, sync)
-            except BaseException:
-                ks.release(sync)
-                raise
-
-        pool = self._workers()
-        with self._split_lock:
-            futures = [pool.submit(guarded, part) for part in range(1, parts)]
-            try:
-                guarded(0)
-            finally:
-                for f in futures:
-                    f.exception()                       # waits; an error of its own is raised below
-            for f in futures:
-                f.result()
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _q8_out(self, rows: int, n: int) -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -427,7 +366,7 @@ class FusedCpuOps(FusedOps):
         most ``_KERNEL_ROWS`` new token rows (64 where :mod:`~kolm_audit.runtime.cpu_gemv` has its packed tiles, else
         4; host inputs, host logits — with ``last`` only each request's last position's); each layer's new keys and
         values are written into the spare capacity of its :class:`KVBundle`. A prefill (no cache yet) runs here
-        only where its rows are split between threads (:meth:`_parts`; on one thread the composed prefill is as
+        only where its rows are split between threads (``Workers.parts``; on one thread the composed prefill is as
         fast). ``None`` (the composed forward runs) for anything else: more rows, wider weights, tables outside
         the fast kernels' bounds."""
         idn = np.ascontiguousarray(ids, dtype=np.int64)
@@ -439,7 +378,7 @@ class FusedCpuOps(FusedOps):
             return None
         emb, g_first, stack, head, rsqrt, cos, sin, exp_pair, sig_pair = found
         n_qkv, d = stack[0][0][0].shape[0], 2 * cos.shape[1]
-        parts = self._parts(b * t, b * t * sum(lin[0].size for layer in stack for lin in layer[:4]))
+        parts = self._workers.parts(b * t, b * t * sum(lin[0].size for layer in stack for lin in layer[:4]))
         if not keys and parts == 1:
             return None
         t0 = keys[0].shape[2] if keys else 0
@@ -451,7 +390,7 @@ class FusedCpuOps(FusedOps):
         pos, valid = np.ascontiguousarray(positions, dtype=np.int64), np.ascontiguousarray(key_valid, dtype=np.bool_)
         caches = tuple(kv.buffers for kv in kvs)
         self.gemm_paths[_decode_path(len(layers))] += 1
-        self._together(parts, lambda part, sync: kd.decode_forward(
+        self._workers.together(parts, lambda part, sync: kd.decode_forward(
             idn.reshape(-1), emb, g_first, stack, caches, head, eps_q32, rsqrt, pos, cos, sin, heads, t0, valid,
             scale_mult, scale_shift, exp_pair, sig_pair, last, part, parts, sync, shared, logits))   # int32 Q.16
         grown = []
@@ -515,9 +454,9 @@ class FusedCpuOps(FusedOps):
                               sync, qkv[r0:r1], ctx[r0:r1], out[r0:r1])
 
         macs = rows * sum(lin[0].size for layer in stack for lin in layer[:4])   # the products' work
-        parts = self._parts(rows, macs) if len(groups) == 1 else 1
+        parts = self._workers.parts(rows, macs) if len(groups) == 1 else 1
         if parts > 1:                                       # one group: its rows and heads split between threads
-            self._together(parts, lambda part, sync: call(0, len(bn) - 1, part, parts, sync))
+            self._workers.together(parts, lambda part, sync: call(0, len(bn) - 1, part, parts, sync))
             return torch.from_numpy(out)                                # [N,H] int32 Q.16
         lone = ks.sync_flags(1)
 

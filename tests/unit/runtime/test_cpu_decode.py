@@ -30,8 +30,8 @@ from _llama_fixtures import tiny_config, tiny_model, write_checkpoint
 from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.compile.llama import quantize_llama
 from kolm_audit.runtime import cpu_decode as cd
-from kolm_audit.runtime import cpu_fused as cf
 from kolm_audit.runtime import cpu_gemv as cg
+from kolm_audit.runtime import host_threads as ht
 from kolm_audit.runtime.cpu_fused import FusedCpuOps
 from kolm_audit.runtime.decode import KVCache
 from kolm_audit.runtime.host_decoder import KVBundle
@@ -372,7 +372,7 @@ def test_a_prefill_split_between_threads_equals_the_reference(quantized: Any, da
     fast = LlamaRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=threads))
     prompts = data.draw(st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=20), min_size=batch,
                                  max_size=batch))
-    with mock.patch.object(cf, "_PAR_MIN", 0), \
+    with mock.patch.object(ht, "PAR_MIN", 0), \
             mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel:
         got = fast.logits(prompts)
         calls = kernel.call_args_list[:]
@@ -395,7 +395,7 @@ def test_a_split_prefill_hands_the_cache_to_the_decoder(quantized: Any) -> None:
     fast = LlamaRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=2))
     rng = np.random.default_rng(17)
     prompt, cont = rng.integers(0, VOCAB, 40).tolist(), rng.integers(0, VOCAB, 6).tolist()
-    with mock.patch.object(cf, "_PAR_MIN", 0), \
+    with mock.patch.object(ht, "PAR_MIN", 0), \
             mock.patch.object(KVBundle, "_holding", wraps=KVBundle._holding) as copies, \
             mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel:
         got = fast.cached_logits(prompt, cont)

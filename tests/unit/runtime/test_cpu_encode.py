@@ -24,8 +24,8 @@ from _bert_fixtures import tiny_config, tiny_model, tiny_vocab, write_checkpoint
 from kolm_audit.compile import quantize_checkpoint
 from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.runtime import cpu_encode as ce
-from kolm_audit.runtime import cpu_fused as cf
 from kolm_audit.runtime import cpu_gemv as cg
+from kolm_audit.runtime import host_threads as ht
 from kolm_audit.runtime.cpu_fused import FusedCpuOps, _row_groups
 from kolm_audit.runtime.models.bert import BertRuntime
 
@@ -124,7 +124,7 @@ def test_one_group_split_into_parts_gives_the_reference_integers(quantized: Any,
     kw = {"architecture": quantized.architecture, "quantization": quantized.quantization, "task": quantized.task,
           "tensors": quantized.tensors}
     fast = BertRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=threads))
-    with mock.patch.object(cf, "_PAR_MIN", 0), \
+    with mock.patch.object(ht, "PAR_MIN", 0), \
             mock.patch.object(ce, "encode_forward", wraps=ce.encode_forward) as kernel:
         got = fast.encode(batch)[0]
     assert np.array_equal(got, ref.encode(batch)[0])

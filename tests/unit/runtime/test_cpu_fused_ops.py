@@ -40,6 +40,7 @@ from kolm_audit.compile import tables as tb
 from kolm_audit.runtime import cpu_fused as cf
 from kolm_audit.runtime import cpu_gemv as kg
 from kolm_audit.runtime import fixedpoint as fp
+from kolm_audit.runtime import host_threads as ht
 from kolm_audit.runtime import llama_ops as lo
 from kolm_audit.runtime import reference as ref
 from kolm_audit.runtime.ops import get_ops
@@ -221,8 +222,8 @@ def test_fused_ops_on_non_contiguous_inputs() -> None:
 
 
 def _split_rows(per_row: int) -> int:
-    """An odd row count whose work is at least 1.5 · _PAR_MIN elements, so two threads each get rows."""
-    return (3 * cf._PAR_MIN // (2 * per_row)) | 1
+    """An odd row count whose work is at least 1.5 · PAR_MIN elements, so two threads each get rows."""
+    return (3 * ht.PAR_MIN // (2 * per_row)) | 1
 
 
 def _one_and_two_threads(run: Callable[[cf.FusedCpuOps], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -230,7 +231,7 @@ def _one_and_two_threads(run: Callable[[cf.FusedCpuOps], np.ndarray]) -> tuple[n
         one = run(_fused(threads=1))
         two_ops = _fused(threads=2)
         two = run(two_ops)
-    assert two_ops._pool is not None                                          # the work really was split
+    assert two_ops._workers.pool is not None                                          # the work really was split
     return one, two
 
 
@@ -267,8 +268,8 @@ def test_two_threads_give_the_one_thread_integers() -> None:
 def test_two_threads_give_the_one_thread_attention_and_rope() -> None:
     rng = np.random.default_rng(34)
     b, hq, hk, d = 3, 4, 2, 64                                                # split over the batch axis
-    t = max(16, int(np.ceil(np.sqrt(1.5 * cf._PAR_MIN / (b * hq)))))         # scores: b·hq·t² >= 1.5·_PAR_MIN
-    assert b * hq * t * min(t, d) >= cf._PAR_MIN
+    t = max(16, int(np.ceil(np.sqrt(1.5 * ht.PAR_MIN / (b * hq)))))         # scores: b·hq·t² >= 1.5·PAR_MIN
+    assert b * hq * t * min(t, d) >= ht.PAR_MIN
     q, k, v, valid = _attn_inputs(rng, b, hq, hk, t, t, d, "causal")
     sm, ss = (int(a) for a in tb.attn_scale(d))
     kw = {"scale_mult": sm, "scale_shift": ss}
@@ -297,7 +298,7 @@ def test_two_threads_split_the_packed_tiles() -> None:
     """33 rows (the packed tiles of cpu_gemv where the CPU has them) split between two threads: the one-thread
     integers, the reference's."""
     rng = np.random.default_rng(34)
-    n, k, rows = 96, 48, 33                                             # 33·96·48 elements of work > _PAR_MIN
+    n, k, rows = 96, 48, 33                                             # 33·96·48 elements of work > PAR_MIN
     x = _rows(rng, (rows, k))
     lin = _layer(rng, n, k, 127, 0, 93)                                  # int8 weights: one digit
     paths: list[str] = []
@@ -326,7 +327,7 @@ def test_a_forked_child_gets_its_own_thread_pool() -> None:
                                      rsqrt_table=ops.const(RSQRT)))
 
     want = norm()
-    assert ops._pool is not None                                       # the parent split the rows
+    assert ops._workers.pool is not None                                       # the parent split the rows
     ctx = multiprocessing.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=lambda: send.send(norm()))              # fork: the closure is not pickled

@@ -8,6 +8,7 @@ part's error instead of waiting; :func:`share` covers ``[0, n)`` in order.
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -68,13 +69,14 @@ def test_a_released_call_lets_a_part_pass_barriers_its_partner_never_reaches() -
 def test_share_covers_the_range_in_order(n: int, parts: int) -> None:
     ranges = [share(n, p, parts) for p in range(parts)]
     assert ranges[0][0] == 0 and ranges[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert max(hi - lo for lo, hi in ranges) - min(hi - lo for lo, hi in ranges) <= 1
 
 
 def test_a_failing_part_releases_its_partners_and_its_error_is_raised() -> None:
-    """``FusedCpuOps._together``: part 1 fails before it reaches a barrier; part 0 (waiting there) is released
-    and runs to its end, and the call raises part 1's error instead of waiting forever. Then a call that works."""
+    """``Workers.together`` (a ``FusedCpuOps``'): part 1 fails before it reaches a barrier; part 0 (waiting there)
+    is released and runs to its end, and the call raises part 1's error instead of waiting forever. Then a call
+    that works."""
     from kolm_audit.runtime.cpu_fused import FusedCpuOps
 
     ops = FusedCpuOps(threads=2)
@@ -86,6 +88,6 @@ def test_a_failing_part_releases_its_partners_and_its_error_is_raised() -> None:
         _exchange(sync, part, 2, box, 20, seen)
 
     with pytest.raises(ValueError, match="part 1 failed"):
-        ops._together(2, fn)
-    ops._together(2, lambda part, sync: _exchange(sync, part, 2, box, 20, seen))
+        ops._workers.together(2, fn)
+    ops._workers.together(2, lambda part, sync: _exchange(sync, part, 2, box, 20, seen))
     assert seen[1, -1].tolist() == [38, 39]
