@@ -52,6 +52,7 @@ from kolm_audit.runtime.cpu_kernels import (
     _requantize,
     _requantize_hi,
     _sat,
+    quantize_rows,
 )
 
 _NEG = -(1 << 62)
@@ -209,8 +210,8 @@ def packed_attention(qkv: np.ndarray, bounds: np.ndarray, nh: int, d: int, scale
     """§5.2 for packed requests (:func:`packed_heads` of every head): the context [N, nh·d] into ``out`` and its
     §3.3 rows into ``q8``, ``qm``, ``qe``."""
     packed_heads(qkv, bounds, nh, d, 0, nh, scale_mult, scale_shift, pair, out)
-    for i in range(bounds[0], bounds[bounds.shape[0] - 1]):
-        qm[i], qe[i] = _quantize_row(out[i], q8[i])
+    a, z = bounds[0], bounds[bounds.shape[0] - 1]
+    quantize_rows(out[a:z], q8[a:z], qm[a:z], qe[a:z])
 
 
 @njit(inline="always")

@@ -37,7 +37,7 @@ from numba import njit
 from kolm_audit.runtime.cpu_attention import cached_heads, rope_rows
 from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_swiglu_quant, norm_quant, product_norm_quant
 from kolm_audit.runtime.cpu_gemv import _matmul_rows
-from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, _quantize_row, linear_epilogue
+from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, linear_epilogue, quantize_rows
 from kolm_audit.runtime.cpu_sync import barrier, share
 
 _EMPTY = np.zeros(0, np.int64)
@@ -81,10 +81,8 @@ def _decoder_layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray
     cached_heads(qr, kq[:, :, :tk], mk[:, :, :tk], ek[:, :, :tk], vbuf[:, :, :tk], valid, scale_mult, scale_shift,
                  exp_pair, h0, h1, ctx)
     barrier(sync, part, parts, k + 1)                                        # every head of ctx is written
-    flat = ctx.reshape(b * t, nh * d)
     cq, cm, ce = np.empty((rows, nh * d), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
-    for r in range(rows):                                                    # [n, nh·D] §3.3 rows of the context
-        cm[r], ce[r] = _quantize_row(flat[r0 + r], cq[r])
+    quantize_rows(ctx.reshape(b * t, nh * d)[r0:r1], cq, cm, ce)             # [n, nh·D] §3.3 rows of the context
     # 4. x1 = sat(x + o_proj(ctx)); h1 = RMSNorm(x1; post)                    [n, H] int32 Q.16 + §3.3 rows
     x1, h1 = np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32)
     h1q, h1m, h1e = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
@@ -133,7 +131,8 @@ def decode_forward(ids: np.ndarray, emb: tuple, g_first: np.ndarray, layers: tup
         x, xb = xb, x
         qa, ma, ea, qb, mb, eb = qb, mb, eb, qa, ma, ea
     w, wsum, mult, shift, bias, wp, psum = lm_head
-    if last:                                                                 # the part's rows among the last ones
+    gather = last and t > 1                  # only each request's last row (with one row each, every row is one)
+    if gather:                                                               # the part's rows among the last ones
         keep = np.array([bi * t + t - 1 for bi in range(b) if r0 <= bi * t + t - 1 < r1], np.int64)
         out = logits[keep // t]
         if keep.shape[0] == 0:
@@ -146,6 +145,6 @@ def decode_forward(ids: np.ndarray, emb: tuple, g_first: np.ndarray, layers: tup
     acc = np.empty((keep.shape[0], w.shape[0]), np.int32)
     _matmul_rows(sq, w, wsum, wp, psum, acc)                                 # [k,V] exact Σ q·W
     linear_epilogue(acc, sm, se, mult, shift, bias, out)                     # [k,V] int32 Q.16
-    if last:
+    if gather:
         for j in range(keep.shape[0]):
             logits[keep[j] // t] = out[j]

@@ -32,7 +32,7 @@ from numba import njit
 from kolm_audit.runtime.cpu_attention import packed_heads
 from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_gelu_quant, norm_quant, product_norm_quant
 from kolm_audit.runtime.cpu_gemv import _matmul_rows
-from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, _quantize_row, linear_epilogue
+from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, linear_epilogue, quantize_rows
 from kolm_audit.runtime.cpu_sync import barrier, share
 
 
@@ -63,8 +63,7 @@ def _encoder_layer(x: np.ndarray, xq: np.ndarray, xm: np.ndarray, xe: np.ndarray
     packed_heads(qkv, bounds, nh, d, h0, h1, scale_mult, scale_shift, exp_pair, ctx)
     barrier(sync, part, parts, k + 1)                                        # every head of ctx is written
     cq, cm, ce = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)
-    for r in range(rows):                                                    # [n, H] §3.3 rows of the context
-        cm[r], ce[r] = _quantize_row(ctx[r0 + r], cq[r])
+    quantize_rows(ctx[r0:r1], cq, cm, ce)                                    # [n, H] §3.3 rows of the context
     # 3. x1 = LN(sat(x + attn.o(ctx)))                                        [n, H] int32 Q.16 + §3.3 rows
     s, x1 = np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32)
     x1q, x1m, x1e = np.empty((rows, hid), np.int8), np.empty(rows, np.int64), np.empty(rows, np.int64)

@@ -49,7 +49,7 @@ from kolm_audit.runtime import cpu_gemv as kg
 from kolm_audit.runtime import cpu_kernels as kn
 from kolm_audit.runtime import cpu_sync as ks
 from kolm_audit.runtime.fused_ops import FusedOps
-from kolm_audit.runtime.host_decoder import BUNDLE, KQ8, CpuDecoder, KVBundle
+from kolm_audit.runtime.host_decoder import BUNDLE, KQ8, CpuDecoder, KVBundle, step_buffers
 from kolm_audit.runtime.host_operands import encode_operands, gemv_operand, host, step_operands, table
 from kolm_audit.runtime.host_threads import Workers
 from kolm_audit.runtime.torch_matmul import TorchLinear
@@ -377,16 +377,15 @@ class FusedCpuOps(FusedOps):
         if found is None:
             return None
         emb, g_first, stack, head, rsqrt, cos, sin, exp_pair, sig_pair = found
-        n_qkv, d = stack[0][0][0].shape[0], 2 * cos.shape[1]
         parts = self._workers.parts(b * t, b * t * sum(lin[0].size for layer in stack for lin in layer[:4]))
         if not keys and parts == 1:
             return None
         t0 = keys[0].shape[2] if keys else 0
+        shared = step_buffers(found, heads, b, t)                  # (qkv [R, (nh+2nkv)·D], q [B, nh, T, D], ctx)
+        d = shared[1].shape[3]
         kvs = ([KVBundle.growing(self, k, v, t) for k, v in zip(keys, values, strict=True)] if keys else
-               [KVBundle.empty(b, (n_qkv // d - heads) // 2, d, t) for _ in stack])   # room for T rows
+               [KVBundle.empty(b, (shared[0].shape[1] // d - heads) // 2, d, t) for _ in stack])   # room for T rows
         logits = np.empty((b if last else b * t, lm_head.out_features), np.int32)
-        shared = (np.empty((b * t, n_qkv), np.int32), np.empty((b, heads, t, d), np.int32),
-                  np.empty((b, t, heads * d), np.int32))
         pos, valid = np.ascontiguousarray(positions, dtype=np.int64), np.ascontiguousarray(key_valid, dtype=np.bool_)
         caches = tuple(kv.buffers for kv in kvs)
         self.gemm_paths[_decode_path(len(layers))] += 1
@@ -458,11 +457,10 @@ class FusedCpuOps(FusedOps):
         if parts > 1:                                       # one group: its rows and heads split between threads
             self._workers.together(parts, lambda part, sync: call(0, len(bn) - 1, part, parts, sync))
             return torch.from_numpy(out)                                # [N,H] int32 Q.16
-        lone = ks.sync_flags(1)
 
         def run(lo: int, hi: int) -> None:                  # groups lo … hi - 1, one call each
             for first, end in groups[lo:hi]:
-                call(first, end, 0, 1, lone)
+                call(first, end, 0, 1, ks.ALONE)
         self._par(len(groups), macs, run)
         return torch.from_numpy(out)                                    # [N,H] int32 Q.16
 

@@ -54,6 +54,9 @@ def sync_flags(parts: int) -> np.ndarray:
     return np.zeros(parts * LINE, np.int64)
 
 
+ALONE = sync_flags(1)               # the flags of a call that is not split (one part never writes them)
+
+
 def release(sync: np.ndarray) -> None:
     """Let every part pass every barrier of ``sync`` (a part failed: the others run to their end instead of
     waiting for it forever; their outputs are not used)."""
@@ -123,7 +126,6 @@ def barrier(sync: np.ndarray, part: int, parts: int, k: int) -> None:
             if spins >= _SPINS:
                 _yield()
                 spins = 0
-
 
 
 @njit(inline="always")

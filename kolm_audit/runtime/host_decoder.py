@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from kolm_audit.runtime import cpu_decode as kd
+from kolm_audit.runtime import cpu_sync as ks
 
-_LONE = np.zeros(8, np.int64)  # the barrier flags of a kernel call that is not split (never written)
 KQ8 = "_kolm_kq8"               # memo on a key tensor [B,Hk,T,D]: (int8 rows [B,Hk,T,D], m [B,Hk,T], e [B,Hk,T])
 BUNDLE = "_kolm_kv"             # on a key tensor of a decoding cache: the KVBundle it is a view of
 
@@ -133,15 +133,12 @@ class CpuDecoder:
         logits = np.empty((b, self.vocab), np.int32)
         pos, valid, bufs = self.pos[:, None], self.key_ok[:, None, None, :], tuple(kv.buffers for kv in self.kvs)
 
-        n_qkv, d = stack[0][0][0].shape[0], 2 * cos.shape[1]
-
         def run(lo: int, hi: int) -> None:                                          # requests lo … hi - 1
             caches = bufs if hi - lo == b else tuple(tuple(a[lo:hi] for a in kv) for kv in bufs)
-            shared = (np.empty((hi - lo, n_qkv), np.int32), np.empty((hi - lo, heads, 1, d), np.int32),
-                      np.empty((hi - lo, 1, heads * d), np.int32))
             kd.decode_forward(ids[lo:hi], emb, g_first, stack, caches, head, eps_q32, rsqrt, pos[lo:hi], cos, sin,
-                              heads, t0, valid[lo:hi], scale_mult, scale_shift, exp_pair, sig_pair, True, 0, 1, _LONE,
-                              shared, logits[lo:hi])                                # [hi-lo,V] int32 Q.16
+                              heads, t0, valid[lo:hi], scale_mult, scale_shift, exp_pair, sig_pair, True, 0, 1,
+                              ks.ALONE, step_buffers(self.operands, heads, hi - lo, 1),
+                              logits[lo:hi])                                        # [hi-lo,V] int32 Q.16
         self.par(b, b * self.weight_bytes, run)
         for kv in self.kvs:
             kv.used = t0 + 1
@@ -153,4 +150,13 @@ class CpuDecoder:
         """Keep the requests ``rows`` (indices into the current batch, increasing); the others are dropped."""
         self.kvs = [kv.take(rows) for kv in self.kvs]
         self.key_ok, self.pos = self.key_ok[rows], self.pos[rows]
+
+
+def step_buffers(operands: tuple, heads: int, b: int, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The buffers the parts of one :func:`~kolm_audit.runtime.cpu_decode.decode_forward` call share for ``b``
+    requests of ``t`` new tokens (``operands`` as for :class:`CpuDecoder`): ``(qkv [B·T, (nh+2nkv)·D], q
+    [B, nh, T, D], ctx [B, T, nh·D])`` int32."""
+    n_qkv, d = operands[2][0][0][0].shape[0], 2 * operands[5].shape[1]          # q|k|v width; head size (RoPE)
+    return (np.empty((b * t, n_qkv), np.int32), np.empty((b, heads, t, d), np.int32),
+            np.empty((b, t, heads * d), np.int32))
 
