@@ -416,7 +416,7 @@ class FusedCpuOps(FusedOps):
         kvs = [KVBundle.growing(self, k, v, 1) for k, v in zip(keys, values, strict=True)]
         return CpuDecoder(operands=found, kvs=kvs, key_ok=key_ok, pos=pos,
                           scalars=(eps_q32, heads, scale_mult, scale_shift), vocab=lm_head.out_features,
-                          paths=(self.gemm_paths, _decode_path(len(layers))), par=self._par)
+                          paths=(self.gemm_paths, _decode_path(len(layers))), workers=self._workers)
 
     def encode_forward(self, ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, *, word_emb: tuple[Tensor, ...],
                        pos_type: Tensor, emb_norm: tuple[Tensor, Tensor], layers: Sequence[Any],

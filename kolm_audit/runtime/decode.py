@@ -44,6 +44,7 @@ class Decoder(Protocol):
 
     def step(self, tokens: np.ndarray) -> np.ndarray: ...
     def select(self, rows: np.ndarray) -> None: ...
+    def close(self) -> None: ...
 
 
 class LlamaRuntime(Protocol):
@@ -139,8 +140,22 @@ class KVCache:
         return self.keys[i], self.values[i]
 
 
-class DynamicSession:
-    """Prefill, then one step per generated token with a growing cache; finished requests are dropped."""
+class _Session:
+    """A session is used as a context manager: its end releases what its steps hold (:meth:`close`)."""
+
+    def close(self) -> None:
+        """Release what the steps hold (the base holds nothing beyond memory)."""
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DynamicSession(_Session):
+    """Prefill, then one step per generated token with a growing cache; finished requests are dropped. Its
+    :meth:`close` closes the backend's decoder (the fused CPU backend's may keep a thread waiting for steps)."""
 
     def __init__(self, rt: LlamaRuntime) -> None:
         self.rt = rt
@@ -151,10 +166,16 @@ class DynamicSession:
 
     def prefill(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Logits [B, V] Q.16 of each request's last prompt token."""
+        self.close()
         logits, self.cache = self.rt._prefill(batch, all_logits=False)
         self.rows = np.arange(len(batch))
-        self.decoder, self._asked = None, False
+        self._asked = False
         return logits
+
+    def close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()
+            self.decoder = None
 
     def step(self, active: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Feed one token per still-active request (``active``: request indices, a subsequence of the previous
@@ -176,7 +197,7 @@ class DynamicSession:
         return self.rt._step(tokens[:, None], ok, self.cache, all_logits=False)
 
 
-class StaticSession:
+class StaticSession(_Session):
     """Prefill and steps over static buffers: ``batch_bucket(B)`` rows (dummy requests after the real ones) and
     ``length_bucket(max_len)`` timeline positions. Finished requests stay as dummies (their new keys are masked)."""
 

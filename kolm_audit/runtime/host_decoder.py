@@ -21,7 +21,6 @@ Example (the state a decoder grows; the model makes decoders through ``FusedCpuO
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,9 @@ import torch
 
 from kolm_audit.runtime import cpu_decode as kd
 from kolm_audit.runtime import cpu_sync as ks
+from kolm_audit.runtime.cpu_gemv import FEW_ROWS
+from kolm_audit.runtime.host_crew import StepCrew
+from kolm_audit.runtime.host_threads import Workers
 
 KQ8 = "_kolm_kq8"               # memo on a key tensor [B,Hk,T,D]: (int8 rows [B,Hk,T,D], m [B,Hk,T], e [B,Hk,T])
 BUNDLE = "_kolm_kv"             # on a key tensor of a decoding cache: the KVBundle it is a view of
@@ -102,15 +104,18 @@ class CpuDecoder:
     head, rsqrt, cos, sin, exp_pair, sig_pair)``); ``kvs``: one :class:`KVBundle` per layer holding the ``T`` rows of
     the prefill; ``key_ok`` bool [B, T] and ``pos`` int64 [B] as in the model's cache
     (:class:`~kolm_audit.runtime.decode.KVCache`); ``scalars``: ``(eps_q32, heads, scale_mult, scale_shift)``;
-    ``paths``: the backend's ``gemm_paths`` counter and this step's entry (counted once a step); ``par``: how the
-    backend splits rows between its threads (``par(rows, work, fn)`` calls ``fn(lo, hi)`` over ranges covering
-    ``[0, rows)``): the requests of a step are independent, so each range is one kernel call on its rows."""
+    ``paths``: the backend's ``gemm_paths`` counter and this step's entry (counted once a step); ``workers``: the
+    backend's threads. The requests of a step are independent: many are split between the threads by request
+    (``workers.par``), one kernel call each; at most ``FEW_ROWS`` are split by output columns, every thread on every
+    request (:mod:`~kolm_audit.runtime.cpu_step`), the partner thread kept in its kernel between steps
+    (:class:`~kolm_audit.runtime.host_crew.StepCrew`) until :meth:`close`."""
 
     def __init__(self, *, operands: tuple, kvs: list[KVBundle], key_ok: np.ndarray, pos: np.ndarray,
                  scalars: tuple[int, int, int, int], vocab: int, paths: tuple[Counter[str], str],
-                 par: Callable[[int, int, Callable[[int, int], None]], None]) -> None:
+                 workers: Workers) -> None:
         self.operands, self.kvs, self.scalars, self.vocab, self.paths = operands, kvs, scalars, vocab, paths
-        self.par = par
+        self.workers = workers
+        self.crew: StepCrew | None = None
         stack, head = operands[2], operands[3]                              # a step's work per request: its weights
         self.weight_bytes = sum(lin[0].nbytes for layer in stack for lin in layer[:4]) + head[0].nbytes
         self.key_ok = np.ascontiguousarray(key_ok, dtype=np.bool_)                  # [B,T] real keys
@@ -128,6 +133,19 @@ class CpuDecoder:
             raise ValueError(f"a step takes one token per request: expected shape ({b},), got {ids.shape}")
         self.kvs = [kv.room(1) for kv in self.kvs]
         self.key_ok = np.concatenate([self.key_ok, np.ones((b, 1), dtype=np.bool_)], axis=1)   # [B,T+1]
+        if b <= FEW_ROWS and self.workers.parts(2, b * self.weight_bytes) > 1:
+            logits = self._split_step(ids)
+        else:
+            logits = self._rows_step(ids, t0)
+        for kv in self.kvs:
+            kv.used = t0 + 1
+        self.pos = self.pos + 1
+        self.paths[0][self.paths[1]] += 1
+        return logits
+
+    def _rows_step(self, ids: np.ndarray, t0: int) -> np.ndarray:
+        """The step's logits [B, V], the requests split between the threads (one kernel call each)."""
+        b = ids.shape[0]
         emb, g_first, stack, head, rsqrt, cos, sin, exp_pair, sig_pair = self.operands
         eps_q32, heads, scale_mult, scale_shift = self.scalars
         logits = np.empty((b, self.vocab), np.int32)
@@ -139,15 +157,32 @@ class CpuDecoder:
                               heads, t0, valid[lo:hi], scale_mult, scale_shift, exp_pair, sig_pair, True, 0, 1,
                               ks.ALONE, step_buffers(self.operands, heads, hi - lo, 1),
                               logits[lo:hi])                                        # [hi-lo,V] int32 Q.16
-        self.par(b, b * self.weight_bytes, run)
-        for kv in self.kvs:
-            kv.used = t0 + 1
-        self.pos = self.pos + 1
-        self.paths[0][self.paths[1]] += 1
+        self.workers.par(b, b * self.weight_bytes, run)
         return logits
+
+    def _split_step(self, ids: np.ndarray) -> np.ndarray:
+        """The step's logits [B, V], every request split between two threads by output columns (the crew's)."""
+        b = ids.shape[0]
+        caches = tuple(kv.buffers for kv in self.kvs)
+        if self.crew is None or not self.crew.fits(caches, b):
+            self.close()
+            stack, heads = self.operands[2], self.scalars[1]
+            hid, inter = self.operands[0][0].shape[1], stack[0][2][0].shape[0] // 2
+            shared = (*step_buffers(self.operands, heads, b, 1), np.empty((b, hid), np.int32),
+                      np.empty((b, inter), np.int32), np.empty((b, hid), np.int32), np.empty((b, hid), np.int32))
+            self.crew = StepCrew(operands=self.operands, scalars=self.scalars, caches=caches, b=b, vocab=self.vocab,
+                                 shared=shared)
+        return self.crew.step(ids, self.pos, self.key_ok)
+
+    def close(self) -> None:
+        """Stop the partner thread of split steps, if one runs (the next split step starts another)."""
+        if self.crew is not None:
+            self.crew.stop()
+            self.crew = None
 
     def select(self, rows: np.ndarray) -> None:
         """Keep the requests ``rows`` (indices into the current batch, increasing); the others are dropped."""
+        self.close()
         self.kvs = [kv.take(rows) for kv in self.kvs]
         self.key_ok, self.pos = self.key_ok[rows], self.pos[rows]
 

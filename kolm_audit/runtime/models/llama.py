@@ -352,11 +352,11 @@ class LlamaRuntime:
         position ``len(prompt) - 1 + j`` (spec §7: the cache changes nothing).
         """
         self.check_ids([list(prompt) + list(continuation)])
-        session = open_session(self, batch=1, max_len=len(prompt) + len(continuation))
-        rows = [session.prefill([prompt])[0]]                                     # [V] Q.16
-        one = np.zeros(1, dtype=np.int64)
-        for tok in continuation:
-            rows.append(session.step(one, np.array([tok], dtype=np.int64))[0])    # [V] Q.16
+        with open_session(self, batch=1, max_len=len(prompt) + len(continuation)) as session:
+            rows = [session.prefill([prompt])[0]]                                 # [V] Q.16
+            one = np.zeros(1, dtype=np.int64)
+            for tok in continuation:
+                rows.append(session.step(one, np.array([tok], dtype=np.int64))[0])   # [V] Q.16
         return np.stack(rows).astype(np.int32)
 
     def generate(self, batch: Sequence[Sequence[int]], *, max_new_tokens: int, seed: int | None = None,
@@ -387,28 +387,28 @@ class LlamaRuntime:
         keys = [b""] * len(batch) if params.greedy else [request_key(seq) for seq in batch]
         outs: list[list[int]] = [[] for _ in batch]
         reasons: list[str] = [""] * len(batch)
-        session = open_session(self, batch=len(batch), max_len=max(map(len, batch)) + max_new_tokens)
-        logits = session.prefill(batch)                                           # [B,V] Q.16
-        active = np.arange(len(batch))                                            # [B'] request index per row
-        while active.size:
-            nxt = np.zeros(active.size, dtype=np.int64)                           # [B'] chosen tokens
-            keep = np.zeros(active.size, dtype=bool)                              # [B'] still going?
-            for row, r in enumerate(active.tolist()):
-                tok = select_token(logits[row], params=params, key=keys[r], step=len(outs[r]), exp_table=self.exp)
-                outs[r].append(tok)
-                nxt[row] = tok
-                if tok in eos:
-                    reasons[r] = FINISH_EOS
-                elif len(outs[r]) >= max_new_tokens:
-                    reasons[r] = FINISH_LENGTH
-                elif len(batch[r]) + len(outs[r]) >= self.limit:
-                    reasons[r] = FINISH_CONTEXT
-                else:
-                    keep[row] = True
-            if not keep.any():
-                break
-            active, nxt = active[keep], nxt[keep]                                 # finished requests leave
-            logits = session.step(active, nxt)                                    # [B',V] Q.16
+        with open_session(self, batch=len(batch), max_len=max(map(len, batch)) + max_new_tokens) as session:
+            logits = session.prefill(batch)                                           # [B,V] Q.16
+            active = np.arange(len(batch))                                            # [B'] request index per row
+            while active.size:
+                nxt = np.zeros(active.size, dtype=np.int64)                           # [B'] chosen tokens
+                keep = np.zeros(active.size, dtype=bool)                              # [B'] still going?
+                for row, r in enumerate(active.tolist()):
+                    tok = select_token(logits[row], params=params, key=keys[r], step=len(outs[r]), exp_table=self.exp)
+                    outs[r].append(tok)
+                    nxt[row] = tok
+                    if tok in eos:
+                        reasons[r] = FINISH_EOS
+                    elif len(outs[r]) >= max_new_tokens:
+                        reasons[r] = FINISH_LENGTH
+                    elif len(batch[r]) + len(outs[r]) >= self.limit:
+                        reasons[r] = FINISH_CONTEXT
+                    else:
+                        keep[row] = True
+                if not keep.any():
+                    break
+                active, nxt = active[keep], nxt[keep]                                 # finished requests leave
+                logits = session.step(active, nxt)                                    # [B',V] Q.16
         return [Generation(tuple(o), reason) for o, reason in zip(outs, reasons, strict=True)]
 
 

@@ -1,0 +1,108 @@
+"""The partner thread of a decoder's split steps: one :func:`~kolm_audit.runtime.cpu_step.step_loop` call that lasts
+as long as the buffers it was started with.
+
+A thread pool's worker sleeps between jobs and wakes ~0.1 ms after it is handed one on this VM, longer than a small
+model's whole decoding step; a :class:`StepCrew` keeps its partner inside one kernel call that waits for the next
+step in a mailbox (:mod:`~kolm_audit.runtime.cpu_step`). It owns the step's host inputs (tokens, positions, real
+keys), the buffers both parts write and the logits, so that the partner's kernel sees them all step after step.
+The caller stops it (:meth:`StepCrew.stop`) when the steps end or its buffers change; a crew that is dropped
+instead is stopped when it is collected. If either part fails, every barrier is released (the other part runs to
+the end of its step), the crew stops and the step raises (the partner's own error is printed by its thread); a
+stopped crew runs nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+
+import numpy as np
+
+from kolm_audit.runtime import cpu_step as cs
+from kolm_audit.runtime import cpu_sync as ks
+from kolm_audit.runtime.host_threads import NAME
+
+
+class StepCrew:
+    """A partner thread running part 1 of every step of ``b`` requests over ``caches`` (one tuple of buffers per
+    layer, capacity ``C`` rows); ``operands``, ``scalars`` as for the decoder."""
+
+    def __init__(self, *, operands: tuple, scalars: tuple[int, int, int, int], caches: tuple, b: int, vocab: int,
+                 shared: tuple[np.ndarray, ...]) -> None:
+        emb, g_first, stack, head, rsqrt, cos, sin, exp_pair, sig_pair = operands
+        eps_q32, heads, scale_mult, scale_shift = scalars
+        cap = caches[0][0].shape[2]
+        self.caches, self.parts, self.seq = caches, 2, 0
+        self.ids = np.zeros(b, np.int64)                                     # [B] the step's tokens
+        self.pos = np.zeros((b, 1), np.int64)                                # [B,1] their positions
+        self.key_ok = np.zeros((b, 1, 1, cap), np.bool_)                     # [B,1,1,C] real keys
+        self.logits = np.empty((b, vocab), np.int32)                         # [B,V] int32 Q.16
+        self.shared = shared
+        self.sync, self.box = ks.sync_flags(self.parts), cs.mailbox()
+        self._host = (emb, g_first, stack, caches, head, eps_q32, rsqrt, cos, sin, heads)
+        self._tables = (scale_mult, scale_shift, exp_pair, sig_pair)
+        args = (self.ids, emb, g_first, stack, caches, head, eps_q32, rsqrt, self.pos, cos, sin, heads, self.key_ok,
+                *self._tables, 1, self.parts, self.sync, self.box, 0, False, self.shared, self.logits)
+        self._failed: list[bool] = []                                       # set by the partner before it releases
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=StepCrew._run, args=(args, self.sync, self._failed),
+                                        name=f"{NAME}-step", daemon=True)           # holds no reference to self
+        self._stopped = False
+        self._finalizer = weakref.finalize(self, StepCrew._halt, self.box, self._thread)
+        self._thread.start()
+
+    @staticmethod
+    def _run(args: tuple, sync: np.ndarray, failed: list[bool]) -> None:
+        done = False
+        try:
+            cs.step_loop(*args)
+            done = True
+        finally:
+            if not done:                                 # the host's part passes every barrier; its step then fails
+                failed.append(True)
+                ks.release(sync)
+
+    @staticmethod
+    def _halt(box: np.ndarray, thread: threading.Thread) -> None:
+        box[cs.STOP] = 1
+        if thread is not threading.current_thread():
+            thread.join()
+
+    def fits(self, caches: tuple, b: int) -> bool:
+        """Whether this crew can run a step of ``b`` requests over ``caches``: the same buffers it started with, in
+        the process that started it (a forked child has no partner thread)."""
+        return (not self._stopped and self._pid == os.getpid() and b == self.ids.shape[0]
+                and all(a is c for old, new in zip(self.caches, caches, strict=True)
+                        for a, c in zip(old, new, strict=True)))
+
+    def step(self, ids: np.ndarray, pos: np.ndarray, key_ok: np.ndarray) -> np.ndarray:
+        """Logits [B, V] int32 Q.16 of one step (``ids`` [B], ``pos`` [B], ``key_ok`` [B, t0 + 1] with the new
+        key): part 0 here, part 1 on the partner; each layer's new cache row written."""
+        if self._stopped:
+            raise RuntimeError("this step crew was stopped")
+        t0 = key_ok.shape[1] - 1
+        self.ids[:] = ids
+        self.pos[:, 0] = pos
+        self.key_ok[:, 0, 0, :t0 + 1] = key_ok
+        seq = self.seq + 1
+        cs.post(self.box, t0, seq)
+        emb, g_first, stack, caches, head, eps_q32, rsqrt, cos, sin, heads = self._host
+        try:
+            cs.step_loop(self.ids, emb, g_first, stack, caches, head, eps_q32, rsqrt, self.pos, cos, sin, heads,
+                         self.key_ok, *self._tables, 0, self.parts, self.sync, self.box, seq - 1, True, self.shared,
+                         self.logits)
+        except BaseException:
+            ks.release(self.sync)                                            # the partner finishes its step
+            self.stop()
+            raise
+        self.seq = seq
+        if self._failed:
+            self.stop()
+            raise RuntimeError("the partner thread of a split decoding step failed (its error was printed)")
+        return self.logits.copy()
+
+    def stop(self) -> None:
+        """End the partner's loop and wait for it (its current step, if any, first)."""
+        self._stopped = True
+        self._finalizer()

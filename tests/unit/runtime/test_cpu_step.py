@@ -1,0 +1,123 @@
+"""Decoding steps split between two threads by output columns (``cpu_step``) with the partner kept in its kernel
+between steps (``host_crew.StepCrew``) give the reference's integers, and the partner never outlives its steps.
+
+Through the runtime on two threads (every step split: ``PAR_MIN`` 0): generation at 1–4 requests and cached
+logits equal the numpy reference's, one host call of the step kernel a step; a generation that outgrows the
+caches' first 64 rows (the crew restarts on the new buffers) and drops a finished request (likewise); at the end
+of a session, when a decoder is dropped, and when either part fails, the partner thread ends (a failure raises).
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+
+from _llama_fixtures import tiny_config, tiny_model, write_checkpoint
+
+from kolm_audit.compile.hf import read_hf_checkpoint
+from kolm_audit.compile.llama import quantize_llama
+from kolm_audit.runtime import cpu_step as cs
+from kolm_audit.runtime import host_decoder as hd
+from kolm_audit.runtime import host_threads as ht
+from kolm_audit.runtime.cpu_fused import FusedCpuOps
+from kolm_audit.runtime.models.llama import LlamaRuntime
+
+VOCAB = 384
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[LlamaRuntime, LlamaRuntime]:
+    """(numpy reference, fused CPU on two threads) runtimes of a grouped-query int8 checkpoint (96 positions)."""
+    model = tiny_model(tiny_config(max_pos=96, heads=4, kv_heads=2), seed=23)
+    qm = quantize_llama(read_hf_checkpoint(write_checkpoint(model, tmp_path_factory.mktemp("hf"))), scheme="int8")
+    kw = {"architecture": qm.architecture, "quantization": qm.quantization, "tensors": qm.tensors}
+    return LlamaRuntime.from_tensors(**kw), LlamaRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=2))
+
+
+@pytest.fixture(autouse=True)
+def split_everything() -> Any:
+    with mock.patch.object(ht, "PAR_MIN", 0):
+        yield
+
+
+def _partners() -> list[threading.Thread]:
+    return [th for th in threading.enumerate() if th.name == f"{ht.NAME}-step"]
+
+
+@settings(max_examples=8, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 4))
+def test_split_steps_equal_the_reference(pair: tuple[LlamaRuntime, LlamaRuntime], data: st.DataObject,
+                                         batch: int) -> None:
+    ref, fast = pair
+    prompts = data.draw(st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=20), min_size=batch,
+                                 max_size=batch))
+    cont = data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=5))
+    with mock.patch.object(cs, "step_loop", wraps=cs.step_loop) as kernel:
+        got = fast.cached_logits(prompts[0], cont)
+        gens = fast.generate(prompts, max_new_tokens=4, eos_ids=[])
+    assert np.array_equal(got, ref.cached_logits(prompts[0], cont))
+    assert [g.output_ids for g in gens] == [g.output_ids for g in ref.generate(prompts, max_new_tokens=4, eos_ids=[])]
+    host = [c for c in kernel.call_args_list if c.args[17] == 0]                # part 0: the host's, one a step
+    assert len(host) == len(cont) + 3 and all(c.args[22] is True for c in host)
+    assert not _partners()                                                      # the sessions stopped theirs
+
+
+def test_split_steps_outgrow_the_cache_and_drop_finished_requests(pair: tuple[LlamaRuntime, LlamaRuntime]) -> None:
+    """Three requests for up to 70 tokens: the caches outgrow 64 rows and request 1 meets its EOS id; the crew
+    restarts on the new buffers and the smaller batch; every output equals the reference's."""
+    ref, fast = pair
+    prompts = [[5, 9, 14, 3, 77], [200, 3], [17, 18, 19, 20, 21, 22, 23, 24, 25]]
+    eos = [ref.generate(prompts, max_new_tokens=70, eos_ids=[])[1].output_ids[10]]
+    want = ref.generate(prompts, max_new_tokens=70, eos_ids=eos)
+    assert min(len(g.output_ids) for g in want) < max(len(g.output_ids) for g in want)
+    with mock.patch.object(hd, "StepCrew", wraps=hd.StepCrew) as crews:
+        got = fast.generate(prompts, max_new_tokens=70, eos_ids=eos)
+    assert got == want
+    assert crews.call_count >= 2
+    assert not _partners()
+
+
+def _decoder(fast: LlamaRuntime) -> Any:
+    _, cache = fast._prefill([[5, 9, 11], [7]], all_logits=False)
+    decoder = fast._decoder(cache)
+    assert decoder is not None
+    return decoder
+
+
+def test_a_dropped_decoder_stops_its_partner(pair: tuple[LlamaRuntime, LlamaRuntime]) -> None:
+    decoder = _decoder(pair[1])
+    assert decoder.step(np.array([1, 2])).shape == (2, VOCAB)
+    assert len(_partners()) == 1
+    del decoder
+    gc.collect()
+    assert not _partners()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")   # the partner's, printed
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_failing_part_fails_the_step_and_ends_the_partner(pair: tuple[LlamaRuntime, LlamaRuntime],
+                                                            failing: int) -> None:
+    """Part ``failing`` raises before its step: the other part passes every barrier (released), the step raises
+    (the host's own error, or that its partner failed) and the partner thread ends."""
+    decoder = _decoder(pair[1])
+    real = cs.step_loop
+
+    def step_loop(*args: Any) -> None:
+        if args[17] == failing:
+            raise MemoryError("no room")
+        real(*args)
+
+    with mock.patch.object(cs, "step_loop", step_loop), \
+            pytest.raises(MemoryError if failing == 0 else RuntimeError, match=r"no room|partner thread"):
+        decoder.step(np.array([1, 2]))
+    assert not _partners()
+    decoder.close()
