@@ -38,12 +38,12 @@ class StepCrew:
         self.pos = np.zeros((b, 1), np.int64)                                # [B,1] their positions
         self.key_ok = np.zeros((b, 1, 1, cap), np.bool_)                     # [B,1,1,C] real keys
         self.logits = np.empty((b, vocab), np.int32)                         # [B,V] int32 Q.16
-        self.shared = shared
         self.sync, self.box = ks.sync_flags(self.parts), cs.mailbox()
-        self._host = (emb, g_first, stack, caches, head, eps_q32, rsqrt, cos, sin, heads)
-        self._tables = (scale_mult, scale_shift, exp_pair, sig_pair)
-        args = (self.ids, emb, g_first, stack, caches, head, eps_q32, rsqrt, self.pos, cos, sin, heads, self.key_ok,
-                *self._tables, 1, self.parts, self.sync, self.box, 0, False, self.shared, self.logits)
+        # step_loop's arguments before and after (part, parts, sync, box, seen, once): the same for both parts
+        self._head = (self.ids, emb, g_first, stack, caches, head, eps_q32, rsqrt, self.pos, cos, sin, heads,
+                      self.key_ok, scale_mult, scale_shift, exp_pair, sig_pair)
+        self._tail = (shared, self.logits)
+        args = self._args(1, 0, False)
         self._failed: list[bool] = []                                       # set by the partner before it releases
         self._pid = os.getpid()
         self._thread = threading.Thread(target=StepCrew._run, args=(args, self.sync, self._failed),
@@ -51,6 +51,10 @@ class StepCrew:
         self._stopped = False
         self._finalizer = weakref.finalize(self, StepCrew._halt, self.box, self._thread)
         self._thread.start()
+
+    def _args(self, part: int, seen: int, once: bool) -> tuple:
+        """step_loop's arguments for ``part``: every step after ``seen``, or only the next one (``once``)."""
+        return (*self._head, part, self.parts, self.sync, self.box, seen, once, *self._tail)
 
     @staticmethod
     def _run(args: tuple, sync: np.ndarray, failed: list[bool]) -> None:
@@ -87,11 +91,8 @@ class StepCrew:
         self.key_ok[:, 0, 0, :t0 + 1] = key_ok
         seq = self.seq + 1
         cs.post(self.box, t0, seq)
-        emb, g_first, stack, caches, head, eps_q32, rsqrt, cos, sin, heads = self._host
         try:
-            cs.step_loop(self.ids, emb, g_first, stack, caches, head, eps_q32, rsqrt, self.pos, cos, sin, heads,
-                         self.key_ok, *self._tables, 0, self.parts, self.sync, self.box, seq - 1, True, self.shared,
-                         self.logits)
+            cs.step_loop(*self._args(0, seq - 1, True))
         except BaseException:
             ks.release(self.sync)                                            # the partner finishes its step
             self.stop()
