@@ -18,9 +18,11 @@ changes it), with six barriers a layer (:mod:`~kolm_audit.runtime.cpu_sync`):
 The LM head's columns end the step, then a last barrier. A thread woken for every step would start ~0.1 ms late
 (this VM), more than a small model's step: so a partner runs :func:`step_loop` for a whole generation — it waits
 for the host to post a step in a mailbox (``box``), runs its part and waits again, until it is told to stop. The
-host runs part 0 of each step itself, through the same kernel told to run one step (one kernel to compile: ~50 s
-on this VM). The barrier flags only grow: step ``s`` (counted from 1) uses barriers ``(s - 1)·step_barriers(L) + 1
-…``.
+host runs part 0 of each step itself, through the same kernel told how many steps to run (one kernel to compile:
+~50 s on this VM): one, or in greedy decoding several, each row's next token chosen in the kernel and the next
+step posted from there — a call from Python costs ~25 µs of argument handling (4×256 Llama; ~50 µs at 8×512)
+and the host's work around a step as much again, against a ~150 µs step. The barrier flags only grow: step ``s``
+(counted from 1) uses barriers ``(s - 1)·step_barriers(L) + 1 …``.
 
 Mailbox ``box`` (int64, one cache line a slot, :data:`~kolm_audit.runtime.cpu_sync.LINE`): ``box[SEQ]`` the
 number of the latest posted step (stored last, with release ordering), ``box[T0]`` its cache length, ``box[STOP]``
@@ -49,12 +51,30 @@ def mailbox() -> np.ndarray:
     return np.zeros(3 * LINE, np.int64)
 
 
+@njit(inline="always")
+def _post(box: np.ndarray, t0: int, seq: int) -> None:
+    box[T0] = t0
+    _store_release(box, SEQ, seq)
+
+
 @_kernel
 def post(box: np.ndarray, t0: int, seq: int) -> None:
     """Post step ``seq`` over a cache of ``t0`` rows (its inputs written before; the number stored last, with
     release ordering)."""
-    box[T0] = t0
-    _store_release(box, SEQ, seq)
+    _post(box, t0, seq)
+
+
+@njit(inline="always")
+def _greedy(row: np.ndarray) -> int:
+    """The index of the largest value of ``row`` [V], ties to the lowest (``docs/runtime-spec-llama.md`` §8: greedy
+    decoding): the maximum in one vectorized pass, then its first index."""
+    best = row[0]
+    for j in range(row.shape[0]):
+        best = max(best, row[j])
+    for j in range(row.shape[0]):
+        if row[j] == best:
+            return j
+    return 0
 
 
 @njit(inline="always")
@@ -185,14 +205,20 @@ def _step(ids: np.ndarray, emb: tuple, g_first: np.ndarray, layers: tuple, cache
 def step_loop(ids: np.ndarray, emb: tuple, g_first: np.ndarray, layers: tuple, caches: tuple, lm_head: tuple,
               eps_q32: int, rsqrt: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, nh: int,
               key_ok: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray, sig_pair: np.ndarray,
-              part: int, parts: int, sync: np.ndarray, box: np.ndarray, seen: int, once: bool, shared: tuple,
-              logits: np.ndarray) -> None:
-    """Part ``part`` of every step the host posts in ``box`` after step ``seen`` (module docstring), until
-    ``box[STOP]`` — or of the next one only (``once``: the host's own part, after it posted the step). A step's
-    tokens are ``ids`` [B], positions ``pos`` [B, 1] and real keys ``key_ok`` [B, 1, 1, C] (its first ``t0 + 1``
-    columns), all written by the host before it posts the step. Writes the part's columns of the logits [B, V] and
-    (part 0) each layer's new cache row; a step returns once every part has finished it."""
+              part: int, parts: int, sync: np.ndarray, box: np.ndarray, seen: int, steps: int, eos: np.ndarray,
+              shared: tuple, logits: np.ndarray, chosen: np.ndarray) -> int:
+    """Part ``part`` of the steps posted in ``box`` after step ``seen`` (module docstring). ``steps`` 0: every step
+    until ``box[STOP]`` (the partner). ``steps >= 1``: the host's part of the step it posted and, greedy
+    (``docs/runtime-spec-llama.md`` §8: a row's next token is its largest logit, ties to the lowest id), of up to
+    ``steps - 1`` more that it posts itself: after each step every row's token goes into ``chosen[s]`` [B] and, unless
+    that was step ``steps`` or a token is one of ``eos``, is the row's next input — one position on, one more real
+    key. A step's tokens are ``ids`` [B], positions ``pos`` [B, 1] and real keys ``key_ok`` [B, 1, 1, C] (its first
+    ``t0 + 1`` columns), written before the step is posted. Writes the part's columns of the logits [B, V] and
+    (part 0) each layer's new cache row; a step returns once every part has finished it. Returns the steps run
+    (the host's)."""
     per = step_barriers(len(layers))
+    rows = ids.shape[0]
+    done = 0
     while True:
         spins = 0
         while _load_acquire(box, SEQ) == seen and _load_acquire(box, STOP) == 0:
@@ -202,11 +228,25 @@ def step_loop(ids: np.ndarray, emb: tuple, g_first: np.ndarray, layers: tuple, c
                 _yield()
                 spins = 0
         if _load_acquire(box, STOP) != 0:
-            return
+            return done
         seen = _load_acquire(box, SEQ)
         t0 = _load_acquire(box, T0)
         _step(ids, emb, g_first, layers, caches, lm_head, eps_q32, rsqrt, pos, cos, sin, nh, t0,
               key_ok[:, :, :, :t0 + 1], scale_mult, scale_shift, exp_pair, sig_pair, part, parts, sync,
               (seen - 1) * per, shared, logits)
-        if once:
-            return
+        if steps == 0:
+            continue
+        stop = done + 1 == steps
+        for r in range(rows):
+            tok = _greedy(logits[r])
+            chosen[done, r] = tok
+            for e in eos:
+                stop = stop or tok == e
+        done += 1
+        if stop:
+            return done
+        for r in range(rows):                                                # the next step's inputs, then post it
+            ids[r] = chosen[done - 1, r]
+            pos[r, 0] += 1
+            key_ok[r, 0, 0, t0 + 1] = True
+        _post(box, t0 + 1, seen + 1)

@@ -33,6 +33,7 @@ from typing import Any, Protocol, Self
 import numpy as np
 
 from kolm_audit.runtime.ops import NumpyOps, Ops
+from kolm_audit.runtime.sampling import greedy_token
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MIN_LENGTH = 64
@@ -43,6 +44,7 @@ class Decoder(Protocol):
     """A backend's decoder of one-token steps (``FusedCpuOps.decoder``), holding the cache itself."""
 
     def step(self, tokens: np.ndarray) -> np.ndarray: ...
+    def greedy(self, tokens: np.ndarray, steps: int, eos: np.ndarray) -> np.ndarray | None: ...
     def select(self, rows: np.ndarray) -> None: ...
     def close(self) -> None: ...
 
@@ -141,7 +143,22 @@ class KVCache:
 
 
 class _Session:
-    """A session is used as a context manager: its end releases what its steps hold (:meth:`close`)."""
+    """A session is used as a context manager: its end releases what its steps hold (:meth:`close`). Each kind has
+    ``step(active, tokens) -> logits [len(active), V]``, one token per request still ``active``."""
+
+    def greedy(self, active: np.ndarray, tokens: np.ndarray, steps: int, eos: np.ndarray) -> np.ndarray:
+        """Up to ``steps`` steps of greedy decoding (``docs/runtime-spec-llama.md`` §8: each request's next token is
+        its largest logit, ties to the lowest id) from ``tokens`` of the requests ``active``; they end after a step
+        in which a request's token is one of ``eos``. The tokens chosen after each step run, int64 [s, len(active)]
+        (``1 <= s <= steps``)."""
+        chosen = []
+        for _ in range(steps):
+            logits = self.step(active, tokens)                        # type: ignore[attr-defined]  # [B',V] Q.16
+            tokens = np.array([greedy_token(row) for row in logits], dtype=np.int64)
+            chosen.append(tokens)
+            if np.isin(tokens, eos).any():
+                break
+        return np.stack(chosen)
 
     def close(self) -> None:
         """Release what the steps hold (the base holds nothing beyond memory)."""
@@ -181,6 +198,24 @@ class DynamicSession(_Session):
         """Feed one token per still-active request (``active``: request indices, a subsequence of the previous
         step's); logits [len(active), V] Q.16. Where the backend has a decoder (``rt._decoder``: the fused CPU
         backend's keeps the cache on the host) it takes over the cache at the first step."""
+        self._follow(active)
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if self.decoder is not None:
+            return self.decoder.step(tokens)
+        ok = np.ones((active.size, 1), dtype=bool)
+        return self.rt._step(tokens[:, None], ok, self.cache, all_logits=False)
+
+    def greedy(self, active: np.ndarray, tokens: np.ndarray, steps: int, eos: np.ndarray) -> np.ndarray:
+        """:meth:`_Session.greedy`, in one call of the backend's decoder where it can (``CpuDecoder.greedy``)."""
+        self._follow(active)
+        if self.decoder is not None:
+            chosen = self.decoder.greedy(np.asarray(tokens, dtype=np.int64), steps, np.asarray(eos, dtype=np.int64))
+            if chosen is not None:
+                return chosen
+        return super().greedy(active, tokens, steps, eos)
+
+    def _follow(self, active: np.ndarray) -> None:
+        """Drop the requests no longer ``active``; hand the cache to the backend's decoder at the first step."""
         if active.size < self.rows.size:
             keep = np.flatnonzero(np.isin(self.rows, active))
             if self.decoder is not None:
@@ -190,11 +225,6 @@ class DynamicSession(_Session):
             self.rows = self.rows[keep]
         if not self._asked:
             self.decoder, self._asked = self.rt._decoder(self.cache), True
-        tokens = np.asarray(tokens, dtype=np.int64)
-        if self.decoder is not None:
-            return self.decoder.step(tokens)
-        ok = np.ones((active.size, 1), dtype=bool)
-        return self.rt._step(tokens[:, None], ok, self.cache, all_logits=False)
 
 
 class StaticSession(_Session):

@@ -5,6 +5,8 @@ A thread pool's worker sleeps between jobs and wakes ~0.1 ms after it is handed 
 model's whole decoding step; a :class:`StepCrew` keeps its partner inside one kernel call that waits for the next
 step in a mailbox (:mod:`~kolm_audit.runtime.cpu_step`). It owns the step's host inputs (tokens, positions, real
 keys), the buffers both parts write and the logits, so that the partner's kernel sees them all step after step.
+The host runs its part one step a call (:meth:`StepCrew.step`), or in greedy decoding many (:meth:`StepCrew.greedy`:
+the kernel chooses each next token and posts the next step itself).
 The caller stops it (:meth:`StepCrew.stop`) when the steps end or its buffers change; a crew that is dropped
 instead is stopped when it is collected. If either part fails, every barrier is released (the other part runs to
 the end of its step), the crew stops and the step raises (the partner's own error is printed by its thread); a
@@ -23,6 +25,8 @@ from kolm_audit.runtime import cpu_step as cs
 from kolm_audit.runtime import cpu_sync as ks
 from kolm_audit.runtime.host_threads import NAME
 
+_NO_EOS = np.zeros(0, np.int64)
+
 
 class StepCrew:
     """A partner thread running part 1 of every step of ``b`` requests over ``caches`` (one tuple of buffers per
@@ -38,12 +42,13 @@ class StepCrew:
         self.pos = np.zeros((b, 1), np.int64)                                # [B,1] their positions
         self.key_ok = np.zeros((b, 1, 1, cap), np.bool_)                     # [B,1,1,C] real keys
         self.logits = np.empty((b, vocab), np.int32)                         # [B,V] int32 Q.16
+        self.chosen = np.empty((cap, b), np.int64)                           # [C,B] tokens of greedy steps
         self.sync, self.box = ks.sync_flags(self.parts), cs.mailbox()
-        # step_loop's arguments before and after (part, parts, sync, box, seen, once): the same for both parts
+        # step_loop's arguments before and after (part, parts, sync, box, seen, steps, eos): the same for both parts
         self._head = (self.ids, emb, g_first, stack, caches, head, eps_q32, rsqrt, self.pos, cos, sin, heads,
                       self.key_ok, scale_mult, scale_shift, exp_pair, sig_pair)
-        self._tail = (shared, self.logits)
-        args = self._args(1, 0, False)
+        self._tail = (shared, self.logits, self.chosen)
+        args = self._args(1, 0, 0, _NO_EOS)
         self._failed: list[bool] = []                                       # set by the partner before it releases
         self._pid = os.getpid()
         self._thread = threading.Thread(target=StepCrew._run, args=(args, self.sync, self._failed),
@@ -52,9 +57,10 @@ class StepCrew:
         self._finalizer = weakref.finalize(self, StepCrew._halt, self.box, self._thread)
         self._thread.start()
 
-    def _args(self, part: int, seen: int, once: bool) -> tuple:
-        """step_loop's arguments for ``part``: every step after ``seen``, or only the next one (``once``)."""
-        return (*self._head, part, self.parts, self.sync, self.box, seen, once, *self._tail)
+    def _args(self, part: int, seen: int, steps: int, eos: np.ndarray) -> tuple:
+        """step_loop's arguments for ``part``: every step after ``seen`` (``steps`` 0), or the next ``steps`` at most
+        (greedy after the first; ``eos`` int64 ends them)."""
+        return (*self._head, part, self.parts, self.sync, self.box, seen, steps, eos, *self._tail)
 
     @staticmethod
     def _run(args: tuple, sync: np.ndarray, failed: list[bool]) -> None:
@@ -83,25 +89,39 @@ class StepCrew:
     def step(self, ids: np.ndarray, pos: np.ndarray, key_ok: np.ndarray) -> np.ndarray:
         """Logits [B, V] int32 Q.16 of one step (``ids`` [B], ``pos`` [B], ``key_ok`` [B, t0 + 1] with the new
         key): part 0 here, part 1 on the partner; each layer's new cache row written."""
+        self._host(ids, pos, key_ok, 1, _NO_EOS)
+        return self.logits.copy()
+
+    def greedy(self, ids: np.ndarray, pos: np.ndarray, key_ok: np.ndarray, steps: int, eos: np.ndarray
+               ) -> np.ndarray:
+        """Up to ``steps`` greedy steps from ``ids`` (arguments as for :meth:`step`; the caches must have room for
+        ``steps`` rows), the next step's tokens chosen in the kernel; they end after a step in which a request's
+        token is one of ``eos`` (int64). Returns the tokens chosen after each step run, int64 [s, B]."""
+        if not 1 <= steps <= self.chosen.shape[0] - key_ok.shape[1] + 1:
+            raise ValueError(f"greedy steps: 1 … {self.chosen.shape[0] - key_ok.shape[1] + 1} fit, asked {steps}")
+        done = self._host(ids, pos, key_ok, steps, np.ascontiguousarray(eos, dtype=np.int64))
+        return self.chosen[:done].copy()
+
+    def _host(self, ids: np.ndarray, pos: np.ndarray, key_ok: np.ndarray, steps: int, eos: np.ndarray) -> int:
+        """Post the first step and run the host's part of ``steps`` at most; returns the steps run."""
         if self._stopped:
             raise RuntimeError("this step crew was stopped")
         t0 = key_ok.shape[1] - 1
         self.ids[:] = ids
         self.pos[:, 0] = pos
         self.key_ok[:, 0, 0, :t0 + 1] = key_ok
-        seq = self.seq + 1
-        cs.post(self.box, t0, seq)
+        cs.post(self.box, t0, self.seq + 1)
         try:
-            cs.step_loop(*self._args(0, seq - 1, True))
+            done = cs.step_loop(*self._args(0, self.seq, steps, eos))
         except BaseException:
             ks.release(self.sync)                                            # the partner finishes its step
             self.stop()
             raise
-        self.seq = seq
+        self.seq += done
         if self._failed:
             self.stop()
             raise RuntimeError("the partner thread of a split decoding step failed (its error was printed)")
-        return self.logits.copy()
+        return done
 
     def stop(self) -> None:
         """End the partner's loop and wait for it (its current step, if any, first)."""

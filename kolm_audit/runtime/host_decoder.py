@@ -127,29 +127,57 @@ class CpuDecoder:
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """Logits int32 [B, V] Q.16 of one new token per request (``tokens`` int64 [B]); every layer's cache grows
         by its key and value."""
+        ids = self._tokens(tokens)
         b, t0 = self.key_ok.shape
-        ids = np.ascontiguousarray(tokens, dtype=np.int64)
-        if ids.shape != (b,):
-            raise ValueError(f"a step takes one token per request: expected shape ({b},), got {ids.shape}")
         self.kvs = [kv.room(1) for kv in self.kvs]
-        self.key_ok = np.concatenate([self.key_ok, np.ones((b, 1), dtype=np.bool_)], axis=1)   # [B,T+1]
-        if b <= FEW_ROWS and self.workers.parts(2, b * self.weight_bytes) > 1:
-            logits = self._split_step(ids)
-        else:
-            logits = self._rows_step(ids, t0)
-        for kv in self.kvs:
-            kv.used = t0 + 1
-        self.pos = self.pos + 1
-        self.paths[0][self.paths[1]] += 1
+        key_ok = np.concatenate([self.key_ok, np.ones((b, 1), dtype=np.bool_)], axis=1)       # [B,T+1]
+        split = self._splits(b)
+        logits = self._crew(b).step(ids, self.pos, key_ok) if split else self._rows_step(ids, t0, key_ok)
+        self._grown(key_ok)
         return logits
 
-    def _rows_step(self, ids: np.ndarray, t0: int) -> np.ndarray:
-        """The step's logits [B, V], the requests split between the threads (one kernel call each)."""
+    def greedy(self, tokens: np.ndarray, steps: int, eos: np.ndarray) -> np.ndarray | None:
+        """Up to ``steps`` steps of greedy decoding from ``tokens`` (int64 [B]) run in one kernel call, each step's
+        tokens chosen there (the largest logit, ties to the lowest id); they end after a step in which a request's
+        token is one of ``eos``. The tokens chosen after each step run, int64 [s, B]; ``None`` where the steps are
+        not split between threads (one kernel call a step is all there is: the session runs them)."""
+        ids = self._tokens(tokens)
+        b = ids.shape[0]
+        if not self._splits(b):
+            return None
+        self.kvs = [kv.room(steps) for kv in self.kvs]
+        key_ok = np.concatenate([self.key_ok, np.ones((b, 1), dtype=np.bool_)], axis=1)       # [B,T+1]
+        chosen = self._crew(b).greedy(ids, self.pos, key_ok, steps, eos)                      # [s,B]
+        self._grown(np.concatenate([self.key_ok, np.ones((b, chosen.shape[0]), dtype=np.bool_)], axis=1))
+        return chosen
+
+    def _tokens(self, tokens: np.ndarray) -> np.ndarray:
+        ids = np.ascontiguousarray(tokens, dtype=np.int64)
+        if ids.shape != self.pos.shape:
+            raise ValueError(f"a step takes one token per request: expected shape {self.pos.shape}, got {ids.shape}")
+        return ids
+
+    def _splits(self, b: int) -> bool:
+        """Whether a step of ``b`` requests is split between two threads by output columns."""
+        return b <= FEW_ROWS and self.workers.parts(2, b * self.weight_bytes) > 1
+
+    def _grown(self, key_ok: np.ndarray) -> None:
+        """The state after the steps that made the real keys ``key_ok`` [B, T + s]: ``s`` more rows in every cache,
+        positions ``s`` on."""
+        steps = key_ok.shape[1] - self.key_ok.shape[1]
+        for kv in self.kvs:
+            kv.used = key_ok.shape[1]
+        self.key_ok, self.pos = key_ok, self.pos + steps
+        self.paths[0][self.paths[1]] += steps
+
+    def _rows_step(self, ids: np.ndarray, t0: int, key_ok: np.ndarray) -> np.ndarray:
+        """The step's logits [B, V] (``key_ok`` [B, t0 + 1] with the new keys), the requests split between the
+        threads (one kernel call each)."""
         b = ids.shape[0]
         emb, g_first, stack, head, rsqrt, cos, sin, exp_pair, sig_pair = self.operands
         eps_q32, heads, scale_mult, scale_shift = self.scalars
         logits = np.empty((b, self.vocab), np.int32)
-        pos, valid, bufs = self.pos[:, None], self.key_ok[:, None, None, :], tuple(kv.buffers for kv in self.kvs)
+        pos, valid, bufs = self.pos[:, None], key_ok[:, None, None, :], tuple(kv.buffers for kv in self.kvs)
 
         def run(lo: int, hi: int) -> None:                                          # requests lo … hi - 1
             caches = bufs if hi - lo == b else tuple(tuple(a[lo:hi] for a in kv) for kv in bufs)
@@ -160,9 +188,8 @@ class CpuDecoder:
         self.workers.par(b, b * self.weight_bytes, run)
         return logits
 
-    def _split_step(self, ids: np.ndarray) -> np.ndarray:
-        """The step's logits [B, V], every request split between two threads by output columns (the crew's)."""
-        b = ids.shape[0]
+    def _crew(self, b: int) -> StepCrew:
+        """The partner of split steps over the current caches, started (again) when they or the batch changed."""
         caches = tuple(kv.buffers for kv in self.kvs)
         if self.crew is None or not self.crew.fits(caches, b):
             self.close()
@@ -172,7 +199,7 @@ class CpuDecoder:
                       np.empty((b, inter), np.int32), np.empty((b, hid), np.int32), np.empty((b, hid), np.int32))
             self.crew = StepCrew(operands=self.operands, scalars=self.scalars, caches=caches, b=b, vocab=self.vocab,
                                  shared=shared)
-        return self.crew.step(ids, self.pos, self.key_ok)
+        return self.crew
 
     def close(self) -> None:
         """Stop the partner thread of split steps, if one runs (the next split step starts another)."""

@@ -390,13 +390,13 @@ class LlamaRuntime:
         with open_session(self, batch=len(batch), max_len=max(map(len, batch)) + max_new_tokens) as session:
             logits = session.prefill(batch)                                           # [B,V] Q.16
             active = np.arange(len(batch))                                            # [B'] request index per row
-            while active.size:
-                nxt = np.zeros(active.size, dtype=np.int64)                           # [B'] chosen tokens
+            chosen = [select_token(logits[row], params=params, key=keys[r], step=0, exp_table=self.exp)
+                      for row, r in enumerate(active.tolist())]                       # [B'] each row's next token
+            while True:
                 keep = np.zeros(active.size, dtype=bool)                              # [B'] still going?
                 for row, r in enumerate(active.tolist()):
-                    tok = select_token(logits[row], params=params, key=keys[r], step=len(outs[r]), exp_table=self.exp)
+                    tok = int(chosen[row])
                     outs[r].append(tok)
-                    nxt[row] = tok
                     if tok in eos:
                         reasons[r] = FINISH_EOS
                     elif len(outs[r]) >= max_new_tokens:
@@ -407,8 +407,21 @@ class LlamaRuntime:
                         keep[row] = True
                 if not keep.any():
                     break
-                active, nxt = active[keep], nxt[keep]                                 # finished requests leave
-                logits = session.step(active, nxt)                                    # [B',V] Q.16
+                active, nxt = active[keep], np.asarray(chosen, dtype=np.int64)[keep]  # finished requests leave
+                if params.greedy:
+                    # the steps before a request can stop on its length: none of the first s - 1 tokens of the
+                    # run ends one (nor is an EOS id: the run ends after the first step that chose one)
+                    steps = min(min(max_new_tokens, self.limit - len(batch[r])) - len(outs[r])
+                                for r in active.tolist())
+                    run = session.greedy(active, nxt, steps, np.array(eos, dtype=np.int64))   # [s,B'] ids
+                    for toks in run[:-1]:
+                        for row, r in enumerate(active.tolist()):
+                            outs[r].append(int(toks[row]))
+                    chosen = run[-1]
+                else:
+                    logits = session.step(active, nxt)                                # [B',V] Q.16
+                    chosen = [select_token(logits[row], params=params, key=keys[r], step=len(outs[r]),
+                                           exp_table=self.exp) for row, r in enumerate(active.tolist())]
         return [Generation(tuple(o), reason) for o, reason in zip(outs, reasons, strict=True)]
 
 

@@ -66,19 +66,21 @@ def test_split_steps_equal_the_reference(pair: tuple[LlamaRuntime, LlamaRuntime]
         gens = fast.generate(prompts, max_new_tokens=4, eos_ids=[])
     assert np.array_equal(got, ref.cached_logits(prompts[0], cont))
     assert [g.output_ids for g in gens] == [g.output_ids for g in ref.generate(prompts, max_new_tokens=4, eos_ids=[])]
-    host = [c for c in kernel.call_args_list if c.args[17] == 0]                # part 0: the host's, one a step
-    assert len(host) == len(cont) + 3 and all(c.args[22] is True for c in host)
+    host = [c.args[22] for c in kernel.call_args_list if c.args[17] == 0]      # part 0: the host's, steps asked
+    assert host == [1] * len(cont) + [3]               # one call a cached step; the greedy tokens after the first: one
     assert not _partners()                                                      # the sessions stopped theirs
 
 
 def test_split_steps_outgrow_the_cache_and_drop_finished_requests(pair: tuple[LlamaRuntime, LlamaRuntime]) -> None:
-    """Three requests for up to 70 tokens: the caches outgrow 64 rows and request 1 meets its EOS id; the crew
-    restarts on the new buffers and the smaller batch; every output equals the reference's."""
+    """Three requests for up to 70 tokens: the caches need more than their first 64 rows and request 0 meets its EOS
+    id after a few steps; the crew restarts on the smaller batch; every output equals the reference's."""
     ref, fast = pair
     prompts = [[5, 9, 14, 3, 77], [200, 3], [17, 18, 19, 20, 21, 22, 23, 24, 25]]
-    eos = [ref.generate(prompts, max_new_tokens=70, eos_ids=[])[1].output_ids[10]]
+    outs = [g.output_ids for g in ref.generate(prompts, max_new_tokens=70, eos_ids=[])]
+    eos = [next(t for k, t in enumerate(outs[0]) if k >= 3 and t not in outs[0][:k] and t not in outs[1][:k + 1]
+                and t not in outs[2][:k + 1])]                         # request 0's alone, after a few steps
     want = ref.generate(prompts, max_new_tokens=70, eos_ids=eos)
-    assert min(len(g.output_ids) for g in want) < max(len(g.output_ids) for g in want)
+    assert 3 < len(want[0].output_ids) < min(len(want[1].output_ids), len(want[2].output_ids))
     with mock.patch.object(hd, "StepCrew", wraps=hd.StepCrew) as crews:
         got = fast.generate(prompts, max_new_tokens=70, eos_ids=eos)
     assert got == want
@@ -91,6 +93,41 @@ def _decoder(fast: LlamaRuntime) -> Any:
     decoder = fast._decoder(cache)
     assert decoder is not None
     return decoder
+
+
+@settings(max_examples=6, deadline=None)
+@given(data=st.data())
+def test_greedy_steps_in_one_call_equal_steps_one_at_a_time(pair: tuple[LlamaRuntime, LlamaRuntime],
+                                                           data: st.DataObject) -> None:
+    """``CpuDecoder.greedy``: one host call of the step kernel runs the steps, choosing each row's next token itself
+    (the largest logit, lowest id on ties); it ends after ``steps`` or after the first step that chose an EOS id,
+    and leaves the decoder where as many single steps would (the next step's logits are equal)."""
+    tokens, steps = np.array([3, 250]), data.draw(st.integers(1, 12))
+    one = _decoder(pair[1])
+    want = []
+    for _ in range(steps):
+        tokens = np.argmax(one.step(tokens), axis=1)
+        want.append(tokens)
+    eos = np.array(data.draw(st.lists(st.sampled_from(np.concatenate(want).tolist()), max_size=2)), np.int64)
+    stop = next((i + 1 for i, row in enumerate(want) if np.isin(row, eos).any()), steps)
+    run = _decoder(pair[1])
+    with mock.patch.object(cs, "step_loop", wraps=cs.step_loop) as kernel:
+        got = run.greedy(np.array([3, 250]), steps, eos)
+    assert np.array_equal(got, np.stack(want[:stop]))
+    assert [c.args[22] for c in kernel.call_args_list if c.args[17] == 0] == [steps]
+    more = _decoder(pair[1])
+    for row in [np.array([3, 250]), *want[:stop - 1]]:
+        more.step(row)
+    assert np.array_equal(more.step(want[stop - 1]), run.step(got[-1]))
+    for decoder in (one, run, more):
+        decoder.close()
+    assert not _partners()
+
+
+@settings(max_examples=50, deadline=None)
+@given(row=st.lists(st.integers(-3, 3), min_size=1, max_size=300))
+def test_the_kernels_greedy_choice_is_the_first_largest(row: list[int]) -> None:
+    assert cs._greedy(np.array(row, np.int32)) == int(np.argmax(row))
 
 
 def test_a_dropped_decoder_stops_its_partner(pair: tuple[LlamaRuntime, LlamaRuntime]) -> None:
@@ -111,10 +148,10 @@ def test_a_failing_part_fails_the_step_and_ends_the_partner(pair: tuple[LlamaRun
     decoder = _decoder(pair[1])
     real = cs.step_loop
 
-    def step_loop(*args: Any) -> None:
+    def step_loop(*args: Any) -> int:
         if args[17] == failing:
             raise MemoryError("no room")
-        real(*args)
+        return real(*args)
 
     with mock.patch.object(cs, "step_loop", step_loop), \
             pytest.raises(MemoryError if failing == 0 else RuntimeError, match=r"no room|partner thread"):
