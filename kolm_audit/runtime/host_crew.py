@@ -29,15 +29,18 @@ _NO_EOS = np.zeros(0, np.int64)
 
 
 class StepCrew:
-    """A partner thread running part 1 of every step of ``b`` requests over ``caches`` (one tuple of buffers per
-    layer, capacity ``C`` rows); ``operands``, ``scalars`` as for the decoder."""
+    """The steps of ``b`` requests over ``caches`` (one tuple of buffers per layer, capacity ``C`` rows) in ``parts``
+    (1 or 2): with 2, a partner thread runs part 1 of every step; with 1 the host runs each step whole (a greedy
+    run still in one call). ``operands``, ``scalars`` as for the decoder."""
 
     def __init__(self, *, operands: tuple, scalars: tuple[int, int, int, int], caches: tuple, b: int, vocab: int,
-                 shared: tuple[np.ndarray, ...]) -> None:
+                 shared: tuple[np.ndarray, ...], parts: int = 2) -> None:
+        if parts not in (1, 2):
+            raise ValueError(f"a step crew runs a step in 1 or 2 parts, not {parts}")
         emb, g_first, stack, head, rsqrt, cos, sin, exp_pair, sig_pair = operands
         eps_q32, heads, scale_mult, scale_shift = scalars
         cap = caches[0][0].shape[2]
-        self.caches, self.parts, self.seq = caches, 2, 0
+        self.caches, self.parts, self.seq = caches, parts, 0
         self.ids = np.zeros(b, np.int64)                                     # [B] the step's tokens
         self.pos = np.zeros((b, 1), np.int64)                                # [B,1] their positions
         self.key_ok = np.zeros((b, 1, 1, cap), np.bool_)                     # [B,1,1,C] real keys
@@ -48,14 +51,16 @@ class StepCrew:
         self._head = (self.ids, emb, g_first, stack, caches, head, eps_q32, rsqrt, self.pos, cos, sin, heads,
                       self.key_ok, scale_mult, scale_shift, exp_pair, sig_pair)
         self._tail = (shared, self.logits, self.chosen)
-        args = self._args(1, 0, 0, _NO_EOS)
         self._failed: list[bool] = []                                       # set by the partner before it releases
         self._pid = os.getpid()
-        self._thread = threading.Thread(target=StepCrew._run, args=(args, self.sync, self._failed),
-                                        name=f"{NAME}-step", daemon=True)           # holds no reference to self
         self._stopped = False
-        self._finalizer = weakref.finalize(self, StepCrew._halt, self.box, self._thread)
-        self._thread.start()
+        self._finalizer: weakref.finalize | None = None
+        if parts == 2:
+            thread = threading.Thread(target=StepCrew._run, args=(self._args(1, 0, 0, _NO_EOS), self.sync,
+                                                                   self._failed),
+                                      name=f"{NAME}-step", daemon=True)             # holds no reference to self
+            self._finalizer = weakref.finalize(self, StepCrew._halt, self.box, thread)
+            thread.start()
 
     def _args(self, part: int, seen: int, steps: int, eos: np.ndarray) -> tuple:
         """step_loop's arguments for ``part``: every step after ``seen`` (``steps`` 0), or the next ``steps`` at most
@@ -79,10 +84,10 @@ class StepCrew:
         if thread is not threading.current_thread():
             thread.join()
 
-    def fits(self, caches: tuple, b: int) -> bool:
-        """Whether this crew can run a step of ``b`` requests over ``caches``: the same buffers it started with, in
-        the process that started it (a forked child has no partner thread)."""
-        return (not self._stopped and self._pid == os.getpid() and b == self.ids.shape[0]
+    def fits(self, caches: tuple, b: int, parts: int) -> bool:
+        """Whether this crew can run a step of ``b`` requests over ``caches`` in ``parts``: the same buffers it
+        started with, in the process that started it (a forked child has no partner thread)."""
+        return (not self._stopped and self._pid == os.getpid() and b == self.ids.shape[0] and parts == self.parts
                 and all(a is c for old, new in zip(self.caches, caches, strict=True)
                         for a, c in zip(old, new, strict=True)))
 
@@ -126,4 +131,5 @@ class StepCrew:
     def stop(self) -> None:
         """End the partner's loop and wait for it (its current step, if any, first)."""
         self._stopped = True
-        self._finalizer()
+        if self._finalizer is not None:
+            self._finalizer()

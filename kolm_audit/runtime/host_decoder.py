@@ -108,7 +108,8 @@ class CpuDecoder:
     backend's threads. The requests of a step are independent: many are split between the threads by request
     (``workers.par``), one kernel call each; at most ``FEW_ROWS`` are split by output columns, every thread on every
     request (:mod:`~kolm_audit.runtime.cpu_step`), the partner thread kept in its kernel between steps
-    (:class:`~kolm_audit.runtime.host_crew.StepCrew`) until :meth:`close`."""
+    (:class:`~kolm_audit.runtime.host_crew.StepCrew`) until :meth:`close`. Greedy runs of at most ``FEW_ROWS``
+    requests (:meth:`greedy`) go through that kernel in one call, on one thread too."""
 
     def __init__(self, *, operands: tuple, kvs: list[KVBundle], key_ok: np.ndarray, pos: np.ndarray,
                  scalars: tuple[int, int, int, int], vocab: int, paths: tuple[Counter[str], str],
@@ -131,23 +132,24 @@ class CpuDecoder:
         b, t0 = self.key_ok.shape
         self.kvs = [kv.room(1) for kv in self.kvs]
         key_ok = np.concatenate([self.key_ok, np.ones((b, 1), dtype=np.bool_)], axis=1)       # [B,T+1]
-        split = self._splits(b)
-        logits = self._crew(b).step(ids, self.pos, key_ok) if split else self._rows_step(ids, t0, key_ok)
+        split = self._parts(b) == 2
+        logits = self._crew(b, 2).step(ids, self.pos, key_ok) if split else self._rows_step(ids, t0, key_ok)
         self._grown(key_ok)
         return logits
 
     def greedy(self, tokens: np.ndarray, steps: int, eos: np.ndarray) -> np.ndarray | None:
         """Up to ``steps`` steps of greedy decoding from ``tokens`` (int64 [B]) run in one kernel call, each step's
         tokens chosen there (the largest logit, ties to the lowest id); they end after a step in which a request's
-        token is one of ``eos``. The tokens chosen after each step run, int64 [s, B]; ``None`` where the steps are
-        not split between threads (one kernel call a step is all there is: the session runs them)."""
+        token is one of ``eos``. The tokens chosen after each step run, int64 [s, B]; ``None`` for more than
+        ``FEW_ROWS`` requests (their steps are split by request: the session runs them one at a time)."""
         ids = self._tokens(tokens)
         b = ids.shape[0]
-        if not self._splits(b):
+        parts = self._parts(b)
+        if not parts:
             return None
         self.kvs = [kv.room(steps) for kv in self.kvs]
         key_ok = np.concatenate([self.key_ok, np.ones((b, 1), dtype=np.bool_)], axis=1)       # [B,T+1]
-        chosen = self._crew(b).greedy(ids, self.pos, key_ok, steps, eos)                      # [s,B]
+        chosen = self._crew(b, parts).greedy(ids, self.pos, key_ok, steps, eos)               # [s,B]
         self._grown(np.concatenate([self.key_ok, np.ones((b, chosen.shape[0]), dtype=np.bool_)], axis=1))
         return chosen
 
@@ -157,9 +159,10 @@ class CpuDecoder:
             raise ValueError(f"a step takes one token per request: expected shape {self.pos.shape}, got {ids.shape}")
         return ids
 
-    def _splits(self, b: int) -> bool:
-        """Whether a step of ``b`` requests is split between two threads by output columns."""
-        return b <= FEW_ROWS and self.workers.parts(2, b * self.weight_bytes) > 1
+    def _parts(self, b: int) -> int:
+        """In how many parts a step of ``b`` requests runs through the crew's kernel: 2 (split between two threads
+        by output columns) or 1 for at most ``FEW_ROWS`` requests, 0 (split by request instead) for more."""
+        return self.workers.parts(2, b * self.weight_bytes) if b <= FEW_ROWS else 0
 
     def _grown(self, key_ok: np.ndarray) -> None:
         """The state after the steps that made the real keys ``key_ok`` [B, T + s]: ``s`` more rows in every cache,
@@ -188,17 +191,18 @@ class CpuDecoder:
         self.workers.par(b, b * self.weight_bytes, run)
         return logits
 
-    def _crew(self, b: int) -> StepCrew:
-        """The partner of split steps over the current caches, started (again) when they or the batch changed."""
+    def _crew(self, b: int, parts: int) -> StepCrew:
+        """The crew of steps in ``parts`` over the current caches, started (again) when they, the batch or the parts
+        changed."""
         caches = tuple(kv.buffers for kv in self.kvs)
-        if self.crew is None or not self.crew.fits(caches, b):
+        if self.crew is None or not self.crew.fits(caches, b, parts):
             self.close()
             stack, heads = self.operands[2], self.scalars[1]
             hid, inter = self.operands[0][0].shape[1], stack[0][2][0].shape[0] // 2
             shared = (*step_buffers(self.operands, heads, b, 1), np.empty((b, hid), np.int32),
                       np.empty((b, inter), np.int32), np.empty((b, hid), np.int32), np.empty((b, hid), np.int32))
             self.crew = StepCrew(operands=self.operands, scalars=self.scalars, caches=caches, b=b, vocab=self.vocab,
-                                 shared=shared)
+                                 shared=shared, parts=parts)
         return self.crew
 
     def close(self) -> None:

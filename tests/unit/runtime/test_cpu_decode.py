@@ -31,6 +31,7 @@ from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.compile.llama import quantize_llama
 from kolm_audit.runtime import cpu_decode as cd
 from kolm_audit.runtime import cpu_gemv as cg
+from kolm_audit.runtime import cpu_step as cs
 from kolm_audit.runtime import host_threads as ht
 from kolm_audit.runtime.cpu_fused import FusedCpuOps
 from kolm_audit.runtime.decode import KVCache
@@ -180,13 +181,17 @@ def test_steps_and_generation_equal_the_reference(pair: tuple[LlamaRuntime, Llam
     prompts = data.draw(st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=20), min_size=batch,
                                  max_size=batch))
     cont = data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=5))
-    with mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel:
+    with mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel, \
+            mock.patch.object(cs, "step_loop", wraps=cs.step_loop) as greedy:
         got = fast.cached_logits(prompts[0], cont)
         gens = fast.generate(prompts, max_new_tokens=4, eos_ids=[])
     assert np.array_equal(got, ref.cached_logits(prompts[0], cont))
     assert [g.output_ids for g in gens] == [g.output_ids for g in ref.generate(prompts, max_new_tokens=4, eos_ids=[])]
-    one_kernel = len(cont) + (3 if batch <= (64 if cg.GEMM else 4) else 0)   # cached steps + generation's steps
+    # cached steps one call each; the generation's 3 steps in one call of cpu_step's kernel for at most FEW_ROWS
+    # requests, else one call each (as one kernel up to 64 rows)
+    one_kernel = len(cont) + (3 if cg.FEW_ROWS < batch <= (64 if cg.GEMM else 4) else 0)
     assert kernel.call_count == (one_kernel if scheme == "int8" else 0)
+    assert greedy.call_count == (1 if scheme == "int8" and batch <= cg.FEW_ROWS else 0)
 
 
 def test_a_batch_of_more_than_64_rows_is_composed(pair: tuple[LlamaRuntime, LlamaRuntime, str]) -> None:
@@ -315,18 +320,20 @@ def long_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[LlamaRuntime, L
 
 def test_the_host_decoder_grows_drops_finished_requests_and_equals_the_reference(
         long_pair: tuple[LlamaRuntime, LlamaRuntime]) -> None:
-    """Three requests decoded for up to 70 tokens: the caches outgrow their first 64 rows (the bundles copy into
+    """Three requests sampled for up to 70 tokens (sampling takes one step a call; greedy runs go through
+    ``cpu_step``'s kernel, ``test_cpu_step.py``): the caches outgrow their first 64 rows (the bundles copy into
     larger ones), a request that meets its EOS id leaves the batch (the others' rows are taken), and every output,
     finish reason and step (one kernel call each) equals the reference's."""
     ref, fast = long_pair
     prompts = [[5, 9, 14, 3, 77], [200, 3], [17, 18, 19, 20, 21, 22, 23, 24, 25]]
-    free = ref.generate(prompts, max_new_tokens=70, eos_ids=[])
+    sampled = {"seed": 11, "temperature": 800, "top_k": 40}
+    free = ref.generate(prompts, max_new_tokens=70, eos_ids=[], **sampled)
     eos = [free[1].output_ids[10]]                                     # request 1 stops by its 11th token
-    want = ref.generate(prompts, max_new_tokens=70, eos_ids=eos)
+    want = ref.generate(prompts, max_new_tokens=70, eos_ids=eos, **sampled)
     assert min(len(g.output_ids) for g in want) < max(len(g.output_ids) for g in want)   # someone finished early
     assert max(len(p) + len(g.output_ids) for p, g in zip(prompts, want, strict=True)) > 64
     with mock.patch.object(cd, "decode_forward", wraps=cd.decode_forward) as kernel:
-        got = fast.generate(prompts, max_new_tokens=70, eos_ids=eos)
+        got = fast.generate(prompts, max_new_tokens=70, eos_ids=eos, **sampled)
     assert got == want
     assert kernel.call_count == max(len(g.output_ids) for g in want) - 1    # one step a new token after the first
 

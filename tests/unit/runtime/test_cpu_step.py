@@ -35,12 +35,17 @@ VOCAB = 384
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[LlamaRuntime, LlamaRuntime]:
-    """(numpy reference, fused CPU on two threads) runtimes of a grouped-query int8 checkpoint (96 positions)."""
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A grouped-query int8 checkpoint (96 positions): the keyword arguments of ``LlamaRuntime.from_tensors``."""
     model = tiny_model(tiny_config(max_pos=96, heads=4, kv_heads=2), seed=23)
     qm = quantize_llama(read_hf_checkpoint(write_checkpoint(model, tmp_path_factory.mktemp("hf"))), scheme="int8")
-    kw = {"architecture": qm.architecture, "quantization": qm.quantization, "tensors": qm.tensors}
-    return LlamaRuntime.from_tensors(**kw), LlamaRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=2))
+    return {"architecture": qm.architecture, "quantization": qm.quantization, "tensors": qm.tensors}
+
+
+@pytest.fixture(scope="module")
+def pair(artifact: dict[str, Any]) -> tuple[LlamaRuntime, LlamaRuntime]:
+    """(numpy reference, fused CPU on two threads) runtimes of the checkpoint."""
+    return LlamaRuntime.from_tensors(**artifact), LlamaRuntime.from_tensors(**artifact, ops=FusedCpuOps(threads=2))
 
 
 @pytest.fixture(autouse=True)
@@ -122,6 +127,22 @@ def test_greedy_steps_in_one_call_equal_steps_one_at_a_time(pair: tuple[LlamaRun
     for decoder in (one, run, more):
         decoder.close()
     assert not _partners()
+
+
+def test_greedy_runs_on_one_thread_in_one_call(pair: tuple[LlamaRuntime, LlamaRuntime],
+                                               artifact: dict[str, Any]) -> None:
+    """On one thread a greedy generation of at most ``FEW_ROWS`` requests runs its steps in one call of the step
+    kernel too (one part, no partner thread), and equals the reference; sampling takes one call a step."""
+    one = LlamaRuntime.from_tensors(**artifact, ops=FusedCpuOps(threads=1))
+    prompts = [[5, 9, 14, 3, 77], [200, 3]]
+    with mock.patch.object(cs, "step_loop", wraps=cs.step_loop) as kernel:
+        got = one.generate(prompts, max_new_tokens=12, eos_ids=[])
+        assert not _partners()
+    assert got == pair[0].generate(prompts, max_new_tokens=12, eos_ids=[])
+    assert [(c.args[17], c.args[18], c.args[22]) for c in kernel.call_args_list] == [(0, 1, 11)]
+    sampled = {"seed": 7, "temperature": 900, "top_k": 20}
+    assert (one.generate(prompts, max_new_tokens=5, eos_ids=[], **sampled)
+            == pair[0].generate(prompts, max_new_tokens=5, eos_ids=[], **sampled))
 
 
 @settings(max_examples=50, deadline=None)
