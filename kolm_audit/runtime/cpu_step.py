@@ -38,7 +38,7 @@ from kolm_audit.runtime.cpu_attention import cached_heads, rope_rows
 from kolm_audit.runtime.cpu_blocks import _swiglu_row, embedding_rows, norm_quant
 from kolm_audit.runtime.cpu_gemv import _gemv_rows
 from kolm_audit.runtime.cpu_kernels import _JIT, _epilogue_row, _kernel, _sat, quantize_rows
-from kolm_audit.runtime.cpu_sync import LINE, _load_acquire, _pause, _store_release, _yield, barrier, share
+from kolm_audit.runtime.cpu_sync import LINE, _backoff, _load_acquire, _store_release, barrier, share
 
 SEQ, T0, STOP = 0, LINE, 2 * LINE       # mailbox slots
 _EMPTY = np.zeros(0, np.int64)
@@ -107,6 +107,15 @@ def _product(q: np.ndarray, qm: np.ndarray, qe: np.ndarray, lin: tuple, c0: int,
         _epilogue_row(acc[r], qm[r], qe[r], sm, ss, sb, smin, smax, y[r])
 
 
+@njit(inline="always")
+def _residual_cols(res: np.ndarray, y: np.ndarray, c0: int, c1: int, out: np.ndarray) -> None:
+    """``out[r, c] = sat(res[r, c] + y[r, c - c0])`` for the columns ``c0 … c1 - 1`` of every row (a residual add,
+    §4.2 then Llama §3: the product's columns of this part)."""
+    for r in range(out.shape[0]):
+        for j in range(c1 - c0):
+            out[r, c0 + j] = _sat(np.int64(res[r, c0 + j]) + y[r, j])
+
+
 @njit(**_JIT)
 def _layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray, layer: tuple, cache: tuple,
            eps_q32: int, rsqrt: np.ndarray, pos: np.ndarray, cos: np.ndarray, sin: np.ndarray, nh: int, t0: int,
@@ -148,9 +157,7 @@ def _layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray, layer:
     # 4. x1 = sat(x + o_proj(ctx)), the part's columns; RMSNorm(x1; post)      [R, H] int32 Q.16
     c0, c1 = _cols(hid, part, parts)
     _product(cq, cm, ce, lin_o, c0, c1, u, y)
-    for r in range(rows):
-        for j in range(c1 - c0):
-            x1[r, c0 + j] = _sat(np.int64(x[r, c0 + j]) + y[r, j])
+    _residual_cols(x, y, c0, c1, x1)
     barrier(sync, part, parts, k + 4)
     norm_quant(x1, g_post, _EMPTY, False, eps_q32, rsqrt, h, hq, hm, he)      # [R,H] + §3.3 rows (every part)
     # 5. m = swiglu(gate, up), the part's columns of both                      [R, I] int32 Q.16 (shared)
@@ -165,9 +172,7 @@ def _layer(x: np.ndarray, hq: np.ndarray, hm: np.ndarray, he: np.ndarray, layer:
     # 6. x_out = sat(x1 + down_proj(m)), the part's columns; RMSNorm(·; next)  [R, H] int32 Q.16
     c0, c1 = _cols(hid, part, parts)
     _product(mq, mm, me, lin_d, c0, c1, u, y)
-    for r in range(rows):
-        for j in range(c1 - c0):
-            x_out[r, c0 + j] = _sat(np.int64(x1[r, c0 + j]) + y[r, j])
+    _residual_cols(x1, y, c0, c1, x_out)
     barrier(sync, part, parts, k + 6)
     norm_quant(x_out, g_next, _EMPTY, False, eps_q32, rsqrt, h, hq, hm, he)
 
@@ -222,11 +227,7 @@ def step_loop(ids: np.ndarray, emb: tuple, g_first: np.ndarray, layers: tuple, c
     while True:
         spins = 0
         while _load_acquire(box, SEQ) == seen and _load_acquire(box, STOP) == 0:
-            _pause()
-            spins += 1
-            if spins >= 256:
-                _yield()
-                spins = 0
+            spins = _backoff(spins)
         if _load_acquire(box, STOP) != 0:
             return done
         seen = _load_acquire(box, SEQ)

@@ -112,6 +112,17 @@ def _yield(typingctx: Any) -> Any:
 
 
 @njit(inline="always")
+def _backoff(spins: int) -> int:
+    """One round of a spin wait that has run ``spins`` rounds: a ``pause``, and every :data:`_SPINS` rounds the core
+    given away; returns the new count."""
+    _pause()
+    if spins + 1 < _SPINS:
+        return spins + 1
+    _yield()
+    return 0
+
+
+@njit(inline="always")
 def barrier(sync: np.ndarray, part: int, parts: int, k: int) -> None:
     """Part ``part`` of ``parts`` arrives at barrier ``k`` and returns once every part has (``k`` counts from 1 in
     each call; one part alone returns at once)."""
@@ -121,11 +132,7 @@ def barrier(sync: np.ndarray, part: int, parts: int, k: int) -> None:
     for other in range(parts):
         spins = 0
         while _load_acquire(sync, other * LINE) < k:
-            _pause()
-            spins += 1
-            if spins >= _SPINS:
-                _yield()
-                spins = 0
+            spins = _backoff(spins)
 
 
 @njit(inline="always")
