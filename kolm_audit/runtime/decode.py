@@ -209,7 +209,7 @@ class DynamicSession(_Session):
         """:meth:`_Session.greedy`, in one call of the backend's decoder where it can (``CpuDecoder.greedy``)."""
         self._follow(active)
         if self.decoder is not None:
-            chosen = self.decoder.greedy(np.asarray(tokens, dtype=np.int64), steps, np.asarray(eos, dtype=np.int64))
+            chosen = self.decoder.greedy(tokens, steps, eos)
             if chosen is not None:
                 return chosen
         return super().greedy(active, tokens, steps, eos)
