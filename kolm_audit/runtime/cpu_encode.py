@@ -21,7 +21,17 @@ One sentence is also too little work to split between threads by requests, so a 
 one thread each (:mod:`~kolm_audit.runtime.cpu_sync`): a part computes its share of the rows of every step but the
 attention, where it computes its share of the heads over every row. Only the attention reads other parts' rows
 (q|k|v) and only the steps after it other parts' heads (the context), so a layer has two barriers: after step 1
-and after step 2.
+and after step 2; a last one ends the forward.
+
+The host runs part 0 (:func:`encode_forward`); the other parts are *partners* that wait for the next forward
+inside one kernel call (:func:`encode_partner`, :class:`~kolm_audit.runtime.host_crew.EncodeCrew`): a pool thread
+woken for each call started ~0.1 ms after the host on this VM, with one sentence's forward ~2 ms. A partner spins
+(``pause``, and its core given away every few hundred rounds) and leaves after ``idle`` rounds without work, so a
+crew costs a core only while calls come close together. Mailbox ``box`` (int64): ``box[STOP]`` nonzero ends every
+partner; ``box[ROWS]``, ``box[REQUESTS]`` the posted forward's size; partner ``p``'s line ``p`` holds ``JOB``, the
+number of the forward it is to run (forward ``s`` uses barriers ``(s - 1)·forward_barriers(L) + 1 …``) or
+:data:`GONE` once it left — the host posts and a leaving partner marks itself with one compare-and-swap each, so a
+forward is never posted to a partner that has gone — and ``DONE``, the last forward it ran.
 """
 
 from __future__ import annotations
@@ -33,7 +43,11 @@ from kolm_audit.runtime.cpu_attention import packed_heads
 from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_gelu_quant, norm_quant, product_norm_quant
 from kolm_audit.runtime.cpu_gemv import _matmul_rows
 from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, linear_epilogue, quantize_rows
-from kolm_audit.runtime.cpu_sync import barrier, share
+from kolm_audit.runtime.cpu_sync import LINE, _backoff, _load_acquire, _store_release, _swap_if, barrier, share
+
+STOP, ROWS, REQUESTS = 0, 1, 2     # mailbox slots of its first line (the host's) …
+JOB, DONE = 0, 1                    # … and of partner p's line p: the forward it is to run, the last it ran
+GONE = -1                           # a partner's JOB once it has left
 
 
 @njit(**_JIT)
@@ -78,20 +92,18 @@ def _encoder_layer(x: np.ndarray, xq: np.ndarray, xm: np.ndarray, xe: np.ndarray
     product_norm_quant(fq, fm, fe, lin_down, x1, g_ffn, b_ffn, True, eps_q32, rsqrt, s, x_out, q_out, m_out, e_out)
 
 
-@_kernel
-def encode_forward(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, emb: tuple, add: np.ndarray,
-                   g_emb: np.ndarray, b_emb: np.ndarray, layers: tuple, nh: int, d: int, eps_q32: int,
-                   rsqrt: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray, cdf_pair: np.ndarray,
-                   part: int, parts: int, sync: np.ndarray, qkv: np.ndarray, ctx: np.ndarray,
-                   out: np.ndarray) -> None:
-    """The packed rows of every request ``ids`` [N] (request ``s`` owns rows ``bounds[s]:bounds[s+1]``; ``pos``
-    [N] each row's position in its request) through the embedding (``emb`` = ``(w int8 [V, H], mult, shift)``
-    plus the rows ``add[pos]`` of position + token type 0, §3.1), its LayerNorm (``g_emb``, ``b_emb``) and every
-    layer of ``layers`` (at least one); writes the final hidden states [N, H] int32 Q.16 into ``out``.
+@njit
+def forward_barriers(layers: int) -> int:
+    """The barriers of one split forward of ``layers`` layers: two a layer and one at its end."""
+    return 2 * layers + 1
 
-    The call computes part ``part`` of ``parts`` (:mod:`~kolm_audit.runtime.cpu_sync`: one thread each, all
-    running at once, ``sync`` their zeroed flags): its rows of every product and element-wise step, its heads of
-    every attention; ``qkv`` [N, 3H] and ``ctx`` [N, H] int32 are the buffers all parts share, ``out`` its rows."""
+
+@njit(inline="always")
+def _forward(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, emb: tuple, add: np.ndarray, g_emb: np.ndarray,
+             b_emb: np.ndarray, layers: tuple, nh: int, d: int, eps_q32: int, rsqrt: np.ndarray, scale_mult: int,
+             scale_shift: int, exp_pair: np.ndarray, cdf_pair: np.ndarray, part: int, parts: int, sync: np.ndarray,
+             k0: int, qkv: np.ndarray, ctx: np.ndarray, out: np.ndarray) -> None:
+    """The body of :func:`encode_forward` (its barriers ``k0 + 1 … k0 + forward_barriers(L)``)."""
     rows, hid = ids.shape[0], emb[0].shape[1]
     r0, r1 = share(rows, part, parts)
     n = r1 - r0
@@ -104,5 +116,85 @@ def encode_forward(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, emb: tu
     for i in range(len(layers)):
         xb = out[r0:r1] if i == len(layers) - 1 else np.empty((n, hid), np.int32)
         _encoder_layer(xa, qa, ma, ea, layers[i], bounds, nh, d, eps_q32, rsqrt, scale_mult, scale_shift, exp_pair,
-                       cdf_pair, (part, parts, sync, 2 * i + 1), qkv, ctx, xb, qb, mb, eb)
+                       cdf_pair, (part, parts, sync, k0 + 2 * i + 1), qkv, ctx, xb, qb, mb, eb)
         xa, qa, ma, ea, qb, mb, eb = xb, qb, mb, eb, qa, ma, ea
+    barrier(sync, part, parts, k0 + forward_barriers(len(layers)))         # every part's rows of out are written
+
+
+@_kernel
+def encode_forward(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, emb: tuple, add: np.ndarray,
+                   g_emb: np.ndarray, b_emb: np.ndarray, layers: tuple, nh: int, d: int, eps_q32: int,
+                   rsqrt: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray, cdf_pair: np.ndarray,
+                   part: int, parts: int, sync: np.ndarray, k0: int, qkv: np.ndarray, ctx: np.ndarray,
+                   out: np.ndarray) -> None:
+    """The packed rows of every request ``ids`` [N] (request ``s`` owns rows ``bounds[s]:bounds[s+1]``; ``pos``
+    [N] each row's position in its request) through the embedding (``emb`` = ``(w int8 [V, H], mult, shift)``
+    plus the rows ``add[pos]`` of position + token type 0, §3.1), its LayerNorm (``g_emb``, ``b_emb``) and every
+    layer of ``layers`` (at least one); writes the final hidden states [N, H] int32 Q.16 into ``out``.
+
+    The call computes part ``part`` of ``parts`` (:mod:`~kolm_audit.runtime.cpu_sync`: one thread each, all
+    running at once, ``sync`` their flags, every one at most ``k0``): its rows of every product and element-wise
+    step, its heads of every attention; ``qkv`` [N, 3H] and ``ctx`` [N, H] int32 are the buffers all parts share,
+    ``out`` its rows. It returns once every part has written its rows."""
+    _forward(ids, pos, bounds, emb, add, g_emb, b_emb, layers, nh, d, eps_q32, rsqrt, scale_mult, scale_shift,
+             exp_pair, cdf_pair, part, parts, sync, k0, qkv, ctx, out)
+
+
+def mailbox(parts: int) -> np.ndarray:
+    """The mailbox of a crew of ``parts`` (:func:`encode_partner`): no forward posted, every partner gone."""
+    box = np.zeros(parts * LINE, np.int64)
+    box[LINE::LINE] = GONE
+    return box
+
+
+@njit(inline="always")
+def _job(part: int) -> int:
+    return part * LINE + JOB
+
+
+def done(box: np.ndarray, part: int) -> int:
+    """The last forward partner ``part`` ran (0: none yet)."""
+    return int(box[part * LINE + DONE])
+
+
+@_kernel
+def post(box: np.ndarray, parts: int, rows: int, requests: int, seq: int, gone: np.ndarray) -> None:
+    """Post forward ``seq`` (its ``rows`` rows of ``requests`` requests written to the crew's inputs before) to the
+    partners 1 … ``parts - 1`` waiting for forward ``seq - 1``. ``gone[p]`` is set where partner ``p`` had left
+    (its slot then holds ``seq`` for the thread that replaces it)."""
+    box[ROWS] = rows
+    box[REQUESTS] = requests
+    for p in range(1, parts):
+        gone[p] = _swap_if(box, _job(p), seq - 1, seq) == GONE
+        if gone[p]:
+            _store_release(box, _job(p), seq)
+
+
+@_kernel
+def encode_partner(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, emb: tuple, add: np.ndarray,
+                   g_emb: np.ndarray, b_emb: np.ndarray, layers: tuple, nh: int, d: int, eps_q32: int,
+                   rsqrt: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray, cdf_pair: np.ndarray,
+                   part: int, parts: int, sync: np.ndarray, box: np.ndarray, seen: int, idle: int, qkv: np.ndarray,
+                   ctx: np.ndarray, out: np.ndarray) -> int:
+    """Part ``part`` (>= 1) of every forward posted in ``box`` after forward ``seen`` (:func:`post`; forward ``s``
+    runs on the first ``box[ROWS]`` rows of the crew's inputs and buffers with barriers from ``(s - 1)·
+    forward_barriers(L) + 1``), waiting for each in a spin loop, until ``box[STOP]`` or until ``idle`` rounds of the
+    loop pass with no forward posted: the partner then leaves (its slot set to :data:`GONE` unless a forward came in
+    that instant, which it runs). Returns the forwards run."""
+    per = forward_barriers(len(layers))
+    runs = 0
+    while True:
+        spins, rounds = 0, 0
+        while _load_acquire(box, _job(part)) == seen and _load_acquire(box, STOP) == 0:
+            rounds += 1
+            if rounds >= idle and _swap_if(box, _job(part), seen, GONE) == seen:
+                return runs
+            spins = _backoff(spins)
+        if _load_acquire(box, STOP) != 0:
+            return runs
+        seen = _load_acquire(box, _job(part))
+        n, b = box[ROWS], box[REQUESTS]
+        _forward(ids[:n], pos[:n], bounds[:b + 1], emb, add, g_emb, b_emb, layers, nh, d, eps_q32, rsqrt, scale_mult,
+                 scale_shift, exp_pair, cdf_pair, part, parts, sync, (seen - 1) * per, qkv[:n], ctx[:n], out[:n])
+        _store_release(box, part * LINE + DONE, seen)
+        runs += 1

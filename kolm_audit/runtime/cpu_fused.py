@@ -49,6 +49,7 @@ from kolm_audit.runtime import cpu_gemv as kg
 from kolm_audit.runtime import cpu_kernels as kn
 from kolm_audit.runtime import cpu_sync as ks
 from kolm_audit.runtime.fused_ops import FusedOps
+from kolm_audit.runtime.host_crew import EncodeCrew
 from kolm_audit.runtime.host_decoder import BUNDLE, KQ8, CpuDecoder, KVBundle, step_buffers
 from kolm_audit.runtime.host_operands import encode_operands, gemv_operand, host, step_operands, table
 from kolm_audit.runtime.host_threads import Workers
@@ -99,6 +100,7 @@ class FusedCpuOps(FusedOps):
         self._workers = Workers(self.threads or 1)
         self._par = self._workers.par
         self._operand_memo: dict[Callable[..., tuple | None], tuple] = {}
+        self._encode_crew: EncodeCrew | None = None                     # one-group BERT forwards split in parts
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _q8_out(self, rows: int, n: int) -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -427,7 +429,9 @@ class FusedCpuOps(FusedOps):
         the packed rows ``ids`` [N] (``pos`` [N], requests ``bounds`` [B+1]): the final hidden states [N, H] int32
         Q.16. Consecutive requests go in groups of at most ``_KERNEL_ROWS`` rows, one call each, the groups split
         between ``threads`` worker threads (a request's rows never leave its group, and attention only combines a
-        request's own rows: the grouping never changes an output). ``None`` (the composed forward runs) for a
+        request's own rows: the grouping never changes an output); a single group is split into parts instead, run
+        by an :class:`~kolm_audit.runtime.host_crew.EncodeCrew` (part 0 on this thread, the others on partner
+        threads waiting for the next call). ``None`` (the composed forward runs) for a
         request of more than ``_KERNEL_ROWS`` tokens, weights that are not one int8 digit, tables outside the fast
         kernels' bounds."""
         bn = np.ascontiguousarray(bounds, dtype=np.int64)
@@ -440,27 +444,29 @@ class FusedCpuOps(FusedOps):
         emb, add, g_emb, b_emb, stack, rsqrt, exp_pair, cdf_pair = found
         idn, pn = np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64)
         rows, hid = idn.shape[0], emb[0].shape[1]
-        out = np.empty((rows, hid), np.int32)                                    # [N,H] int32 Q.16
-        qkv = np.empty((rows, stack[0][0][0].shape[0]), np.int32)               # [N,3H] shared by a call's parts
-        ctx = np.empty((rows, hid), np.int32)                                    # [N,H] likewise
         groups = _row_groups(bn, _KERNEL_ROWS)
         self.gemm_paths[f"cpu_encode one kernel: {4 * len(stack)} products in cpu_gemv ({_IN_KERNEL})"] += len(groups)
-
-        def call(first: int, end: int, part: int, parts: int, sync: np.ndarray) -> None:
-            r0, r1 = bn[first], bn[end]
-            ke.encode_forward(idn[r0:r1], pn[r0:r1], bn[first:end + 1] - r0, emb, add, g_emb, b_emb, stack, heads,
-                              head_dim, eps_q32, rsqrt, scale_mult, scale_shift, exp_pair, cdf_pair, part, parts,
-                              sync, qkv[r0:r1], ctx[r0:r1], out[r0:r1])
-
         macs = rows * sum(lin[0].size for layer in stack for lin in layer[:4])   # the products' work
         parts = self._workers.parts(rows, macs) if len(groups) == 1 else 1
         if parts > 1:                                       # one group: its rows and heads split between threads
-            self._workers.together(parts, lambda part, sync: call(0, len(bn) - 1, part, parts, sync))
-            return torch.from_numpy(out)                                # [N,H] int32 Q.16
+            crew = self._encode_crew
+            if crew is None or not crew.fits(found, parts):
+                if crew is not None:
+                    crew.stop()
+                crew = self._encode_crew = EncodeCrew(operands=found, parts=parts, rows=_KERNEL_ROWS, scalars=(
+                    heads, head_dim, eps_q32, scale_mult, scale_shift))
+            return torch.from_numpy(crew.run(idn, pn, bn))              # [N,H] int32 Q.16
+
+        out = np.empty((rows, hid), np.int32)                                    # [N,H] int32 Q.16
+        qkv = np.empty((rows, stack[0][0][0].shape[0]), np.int32)               # [N,3H] a call's scratch
+        ctx = np.empty((rows, hid), np.int32)                                    # [N,H] likewise
 
         def run(lo: int, hi: int) -> None:                  # groups lo … hi - 1, one call each
             for first, end in groups[lo:hi]:
-                call(first, end, 0, 1, ks.ALONE)
+                r0, r1 = bn[first], bn[end]
+                ke.encode_forward(idn[r0:r1], pn[r0:r1], bn[first:end + 1] - r0, emb, add, g_emb, b_emb, stack,
+                                  heads, head_dim, eps_q32, rsqrt, scale_mult, scale_shift, exp_pair, cdf_pair, 0, 1,
+                                  ks.ALONE, 0, qkv[r0:r1], ctx[r0:r1], out[r0:r1])
         self._par(len(groups), macs, run)
         return torch.from_numpy(out)                                    # [N,H] int32 Q.16
 

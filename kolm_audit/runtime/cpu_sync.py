@@ -89,6 +89,19 @@ def _store_release(typingctx: Any, sync: Any, i: Any, v: Any) -> Any:
 
 
 @intrinsic
+def _swap_if(typingctx: Any, sync: Any, i: Any, expected: Any, v: Any) -> Any:
+    """``sync[i] = v`` if it holds ``expected``, as one atomic step (sequentially consistent compare-and-swap: the
+    stores before it are visible to a thread that reads the new value with acquire ordering); returns the value it
+    held."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        old = context.cast(builder, args[2], signature.args[2], types.int64)
+        value = context.cast(builder, args[3], signature.args[3], types.int64)
+        pair = builder.cmpxchg(_slot(context, builder, signature, args), old, value, "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 0)
+    return types.int64(sync, i, expected, v), codegen
+
+
+@intrinsic
 def _pause(typingctx: Any) -> Any:
     """The spin-wait hint (x86 ``pause``; nothing elsewhere)."""
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:

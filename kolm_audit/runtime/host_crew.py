@@ -1,5 +1,6 @@
-"""The partner thread of a decoder's split steps: one :func:`~kolm_audit.runtime.cpu_step.step_loop` call that lasts
-as long as the buffers it was started with.
+"""Partner threads that stay inside one kernel call between the split calls they serve: a decoder's steps
+(:class:`StepCrew`, one :func:`~kolm_audit.runtime.cpu_step.step_loop` call that lasts as long as the buffers it was
+started with) and one-sentence BERT forwards (:class:`EncodeCrew`, partners that leave when calls stop coming).
 
 A thread pool's worker sleeps between jobs and wakes ~0.1 ms after it is handed one on this VM, longer than a small
 model's whole decoding step; a :class:`StepCrew` keeps its partner inside one kernel call that waits for the next
@@ -21,6 +22,7 @@ import weakref
 
 import numpy as np
 
+from kolm_audit.runtime import cpu_encode as ce
 from kolm_audit.runtime import cpu_step as cs
 from kolm_audit.runtime import cpu_sync as ks
 from kolm_audit.runtime.host_threads import NAME
@@ -133,3 +135,113 @@ class StepCrew:
         self._stopped = True
         if self._finalizer is not None:
             self._finalizer()
+
+
+IDLE = 1 << 17                  # rounds a BERT partner waits for the next forward before it leaves (~2.6 ms here:
+                                # ~20 ns a round on this VM)
+
+
+class EncodeCrew:
+    """One-group BERT forwards (:func:`~kolm_audit.runtime.cpu_encode.encode_forward`) split into ``parts`` (>= 2):
+    part 0 on the calling thread, each other part on a partner thread that waits for the next forward inside
+    :func:`~kolm_audit.runtime.cpu_encode.encode_partner` and leaves after ``idle`` rounds of its wait without one;
+    a forward posted to a partner that has left starts a new thread for it (``idle`` defaults to :data:`IDLE`).
+    ``operands`` and ``scalars`` (heads,
+    head size, ε, scale multiplier and shift) as for the kernel; the crew holds the inputs and buffers of up to
+    ``rows`` packed rows. One forward at a time (a lock); a failing part fails the forward and stops the crew, as
+    :meth:`stop` does; a crew that is dropped is stopped when it is collected."""
+
+    def __init__(self, *, operands: tuple, scalars: tuple[int, int, int, int, int], parts: int, rows: int,
+                 idle: int | None = None) -> None:
+        if parts < 2:
+            raise ValueError(f"an encode crew splits a forward into at least 2 parts, not {parts}")
+        emb, add, g_emb, b_emb, stack, rsqrt, exp_pair, cdf_pair = operands
+        heads, head_dim, eps_q32, scale_mult, scale_shift = scalars
+        hid = emb[0].shape[1]
+        self.operands, self.parts, self.rows = operands, parts, rows
+        self.idle = IDLE if idle is None else idle
+        self.seq, self.started = 0, 0                        # forwards posted; partner threads started
+        self.ids, self.pos = np.zeros(rows, np.int64), np.zeros(rows, np.int64)          # [R] tokens, positions
+        self.bounds = np.zeros(rows + 1, np.int64)                                         # [B+1] requests' rows
+        self.qkv = np.empty((rows, stack[0][0][0].shape[0]), np.int32)                    # [R,3H] shared
+        self.ctx, self.out = np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32)   # [R,H] shared
+        self.sync, self.box = ks.sync_flags(parts), ce.mailbox(parts)
+        self._head = (emb, add, g_emb, b_emb, stack, heads, head_dim, eps_q32, rsqrt, scale_mult, scale_shift,
+                      exp_pair, cdf_pair)
+        self._per = ce.forward_barriers(len(stack))
+        self._gone = np.zeros(parts, np.bool_)
+        self._threads: list[threading.Thread] = []
+        self._failed: list[bool] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._stopped = False
+        self._finalizer = weakref.finalize(self, EncodeCrew._halt, self.box, self._threads)
+
+    def fits(self, operands: tuple, parts: int) -> bool:
+        """Whether this crew runs forwards of ``operands`` in ``parts``, in the process that made it (a forked child
+        has none of its threads)."""
+        return not self._stopped and self._pid == os.getpid() and parts == self.parts and operands is self.operands
+
+    def run(self, ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+        """The final hidden states [N, H] int32 Q.16 of the packed rows ``ids`` [N] (``pos`` [N], requests ``bounds``
+        [B+1] from 0, ``N <= rows``), every part run."""
+        n, b = ids.shape[0], bounds.shape[0] - 1
+        if n > self.rows:
+            raise ValueError(f"an encode crew of {self.rows} rows was given {n}")
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("this encode crew was stopped")
+            self.ids[:n], self.pos[:n], self.bounds[:b + 1] = ids, pos, bounds
+            self.seq += 1
+            ce.post(self.box, self.parts, n, b, self.seq, self._gone)
+            self._threads[:] = [t for t in self._threads if t.is_alive()]
+            for part in np.flatnonzero(self._gone):
+                self._start(int(part))
+            try:
+                ce.encode_forward(self.ids[:n], self.pos[:n], self.bounds[:b + 1], *self._head, 0, self.parts,
+                                  self.sync, (self.seq - 1) * self._per, self.qkv[:n], self.ctx[:n], self.out[:n])
+            except BaseException:
+                ks.release(self.sync)                        # the partners finish this forward
+                self._stop()
+                raise
+            if self._failed:
+                self._stop()
+                raise RuntimeError("a partner thread of a split BERT forward failed (its error was printed)")
+            return self.out[:n].copy()
+
+    def _start(self, part: int) -> None:
+        """A thread for partner ``part``, its first forward the one just posted."""
+        args = (self.ids, self.pos, self.bounds, *self._head, part, self.parts, self.sync, self.box, self.seq - 1,
+                self.idle, self.qkv, self.ctx, self.out)
+        thread = threading.Thread(target=EncodeCrew._run, args=(args, self.sync, self._failed),
+                                  name=f"{NAME}-encode-{part}", daemon=True)        # holds no reference to self
+        self._threads.append(thread)
+        self.started += 1
+        thread.start()
+
+    @staticmethod
+    def _run(args: tuple, sync: np.ndarray, failed: list[bool]) -> None:
+        done = False
+        try:
+            ce.encode_partner(*args)
+            done = True
+        finally:
+            if not done:                                     # the host passes every barrier; its forward then fails
+                failed.append(True)
+                ks.release(sync)
+
+    @staticmethod
+    def _halt(box: np.ndarray, threads: list[threading.Thread]) -> None:
+        box[ce.STOP] = 1
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+    def _stop(self) -> None:
+        self._stopped = True
+        self._finalizer()
+
+    def stop(self) -> None:
+        """End every partner's loop and wait for them (a forward under way first)."""
+        with self._lock:
+            self._stop()

@@ -2,13 +2,16 @@
 
 Through the runtime, against :class:`NumpyOps`: packed batches of 1–5 requests (kernel calls counted), requests
 grouped into calls of at most 64 rows on one and two threads, one group split into parts run by 2 and 3 threads
-together, a request of 65 rows (composed), hidden states of every
+together (the host's part and partner threads of an ``EncodeCrew``: partners that stay between calls, leave when
+calls stop coming and come back, and end when a part fails), a request of 65 rows (composed), hidden states of every
 position and classification logits, embeddings scaled to the int32 limits (saturating sums), and schemes whose
 weights are not one int8 digit (declined: the composed forward runs).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 from unittest import mock
 
@@ -25,6 +28,8 @@ from kolm_audit.compile import quantize_checkpoint
 from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.runtime import cpu_encode as ce
 from kolm_audit.runtime import cpu_gemv as cg
+from kolm_audit.runtime import cpu_sync as ks
+from kolm_audit.runtime import host_crew as hc
 from kolm_audit.runtime import host_threads as ht
 from kolm_audit.runtime.cpu_fused import FusedCpuOps, _row_groups
 from kolm_audit.runtime.models.bert import BertRuntime
@@ -40,10 +45,13 @@ def quantized(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
                                scheme=request.param)
 
 
+def _kw(qm: Any) -> dict[str, Any]:
+    return {"architecture": qm.architecture, "quantization": qm.quantization, "task": qm.task, "tensors": qm.tensors}
+
+
 def _runtimes(qm: Any, tensors: dict[str, np.ndarray] | None = None) -> tuple[BertRuntime, BertRuntime, str]:
     """(numpy reference, fused CPU) runtimes of ``qm`` (or of ``tensors`` in its place), and its scheme."""
-    kw = {"architecture": qm.architecture, "quantization": qm.quantization, "task": qm.task,
-          "tensors": tensors or qm.tensors}
+    kw = {**_kw(qm), "tensors": tensors or qm.tensors}
     return (BertRuntime.from_tensors(**kw), BertRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=1)),
             qm.quantization["scheme"])
 
@@ -99,9 +107,7 @@ def test_groups_split_between_two_threads_give_the_one_thread_integers(quantized
     """32 requests of 1–30 rows (many groups) on one and on two worker threads: the same integers as the
     reference, whichever thread ran a group."""
     ref, one, scheme = _runtimes(quantized)
-    kw = {"architecture": quantized.architecture, "quantization": quantized.quantization, "task": quantized.task,
-          "tensors": quantized.tensors}
-    two = BertRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=2))
+    two = BertRuntime.from_tensors(**_kw(quantized), ops=FusedCpuOps(threads=2))
     rng = np.random.default_rng(21)
     batch = [rng.integers(0, VOCAB, int(n)).tolist() for n in rng.integers(1, 31, 32)]
     with mock.patch.object(ce, "encode_forward", wraps=ce.encode_forward) as kernel:
@@ -118,20 +124,92 @@ def test_groups_split_between_two_threads_give_the_one_thread_integers(quantized
 def test_one_group_split_into_parts_gives_the_reference_integers(quantized: Any, batch: list[list[int]],
                                                                  threads: int) -> None:
     """One group (at most 48 rows) run by 2 or 3 threads at once, each computing its rows and heads
-    (``cpu_sync`` barriers between them; every call split, however small): one kernel call per part, the
-    reference's hidden states. Parts may get no rows or no heads (1 row, 3 threads)."""
+    (``cpu_sync`` barriers between them; every call split, however small): part 0 in one kernel call on this
+    thread, each other part once on its partner thread, the reference's hidden states (a single row is not
+    split)."""
     ref, _, scheme = _runtimes(quantized)
-    kw = {"architecture": quantized.architecture, "quantization": quantized.quantization, "task": quantized.task,
-          "tensors": quantized.tensors}
-    fast = BertRuntime.from_tensors(**kw, ops=FusedCpuOps(threads=threads))
+    fast = BertRuntime.from_tensors(**_kw(quantized), ops=FusedCpuOps(threads=threads))
     with mock.patch.object(ht, "PAR_MIN", 0), \
             mock.patch.object(ce, "encode_forward", wraps=ce.encode_forward) as kernel:
         got = fast.encode(batch)[0]
     assert np.array_equal(got, ref.encode(batch)[0])
-    rows = sum(map(len, batch))
+    parts = min(threads, sum(map(len, batch)))
     if _groups(scheme, [len(seq) for seq in batch]) == 1:
-        assert kernel.call_count == min(threads, rows)
-        assert sorted(c.args[16] for c in kernel.call_args_list) == list(range(min(threads, rows)))
+        assert kernel.call_count == 1 and kernel.call_args.args[16] == 0
+        crew = fast.ops._encode_crew
+        if parts > 1:
+            assert crew.parts == parts and [ce.done(crew.box, p) for p in range(1, parts)] == [1] * (parts - 1)
+            crew.stop()
+        else:
+            assert crew is None
+
+
+def _partners() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(f"{ht.NAME}-encode")]
+
+
+def _wait_for_no_partner() -> None:
+    deadline = time.monotonic() + 10
+    while _partners() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _partners()
+
+
+@pytest.mark.parametrize("idle", [1, 1 << 40])
+def test_partners_stay_between_calls_or_leave_and_come_back(quantized: Any, idle: int) -> None:
+    """Five one-sentence forwards on two threads. With partners that wait ``1 << 40`` rounds between calls (hours):
+    one partner thread runs all five, and stopping the crew ends it. With partners that leave after one round:
+    they come back for later calls (a thread started for each forward posted after one left) and are gone
+    after the last. Every forward gives the reference's hidden states."""
+    ref, _, scheme = _runtimes(quantized)
+    if scheme != "int8" or not cg.GEMM:
+        pytest.skip("one-kernel forwards of this size need the int8 scheme and the packed tiles")
+    fast = BertRuntime.from_tensors(**_kw(quantized), ops=FusedCpuOps(threads=2))
+    rng = np.random.default_rng(5)
+    batches = [[rng.integers(0, VOCAB, int(n)).tolist()] for n in rng.integers(8, 30, 5)]
+    with mock.patch.object(ht, "PAR_MIN", 0), mock.patch.object(hc, "IDLE", idle):
+        got = [fast.encode(batch)[0] for batch in batches]
+    crew = fast.ops._encode_crew
+    assert all(np.array_equal(g, ref.encode(batch)[0]) for g, batch in zip(got, batches, strict=True))
+    assert crew.seq == 5 and ce.done(crew.box, 1) == 5
+    if idle > 1:
+        assert crew.started == 1 and _partners()
+        crew.stop()
+        assert not _partners()
+    else:
+        assert 2 <= crew.started <= 5
+        _wait_for_no_partner()
+        assert crew.box[ks.LINE + ce.JOB] == ce.GONE
+        crew.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")   # the partner's, printed
+@pytest.mark.parametrize("failing", ["host", "partner"])
+def test_a_failing_part_fails_the_forward_and_ends_the_partner(quantized: Any, failing: str) -> None:
+    """A part raises before its forward: the other passes every barrier (released), the forward raises (the host's
+    own error, or that its partner failed), the crew is stopped and its partner ends; the next call makes a new
+    crew and gives the reference's integers."""
+    ref, _, scheme = _runtimes(quantized)
+    if scheme != "int8" or not cg.GEMM:
+        pytest.skip("one-kernel forwards of this size need the int8 scheme and the packed tiles")
+    fast = BertRuntime.from_tensors(**_kw(quantized), ops=FusedCpuOps(threads=2))
+    batch = [[3, 1, 4, 1, 5, 9, 2, 6]]
+
+    def fail(*args: Any) -> None:
+        raise MemoryError("no room")
+
+    name = "encode_forward" if failing == "host" else "encode_partner"
+    with mock.patch.object(ht, "PAR_MIN", 0), mock.patch.object(ce, name, fail), \
+            pytest.raises(MemoryError if failing == "host" else RuntimeError, match=r"no room|partner thread"):
+        fast.encode(batch)
+    crew = fast.ops._encode_crew
+    _wait_for_no_partner()
+    with mock.patch.object(ht, "PAR_MIN", 0):
+        got = fast.encode(batch)[0]
+    assert fast.ops._encode_crew is not crew and np.array_equal(got, ref.encode(batch)[0])
+    fast.ops._encode_crew.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        crew.run(np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([0, 1]))
 
 
 def test_embeddings_at_the_int32_limits_equal_the_reference(quantized: Any) -> None:
