@@ -26,12 +26,14 @@ and after step 2; a last one ends the forward.
 The host runs part 0 (:func:`encode_forward`); the other parts are *partners* that wait for the next forward
 inside one kernel call (:func:`encode_partner`, :class:`~kolm_audit.runtime.host_crew.EncodeCrew`): a pool thread
 woken for each call started ~0.1 ms after the host on this VM, with one sentence's forward ~2 ms. A partner spins
-(``pause``, and its core given away every few hundred rounds) and leaves after ``idle`` rounds without work, so a
-crew costs a core only while calls come close together. Mailbox ``box`` (int64): ``box[STOP]`` nonzero ends every
+(``pause``, and its core given away every few hundred rounds) and leaves after ``idle`` ns without work, or when
+the host sends it away (:func:`dismiss`, before work the pool's threads do), so a crew costs a core only while
+calls come close together. Mailbox ``box`` (int64): ``box[STOP]`` nonzero ends every
 partner; ``box[ROWS]``, ``box[REQUESTS]`` the posted forward's size; partner ``p``'s line ``p`` holds ``JOB``, the
-number of the forward it is to run (forward ``s`` uses barriers ``(s - 1)·forward_barriers(L) + 1 …``) or
-:data:`GONE` once it left — the host posts and a leaving partner marks itself with one compare-and-swap each, so a
-forward is never posted to a partner that has gone — and ``DONE``, the last forward it ran.
+number of the forward it is to run (forward ``s`` uses barriers ``(s - 1)·forward_barriers(L) + 1 …``),
+:data:`LEAVE` when the host sent it away or :data:`GONE` once it left — the host posts and a leaving partner marks
+itself with one compare-and-swap each, so a forward is never posted to a partner that has gone nor run by two —
+and ``DONE``, the last forward it ran.
 """
 
 from __future__ import annotations
@@ -43,11 +45,21 @@ from kolm_audit.runtime.cpu_attention import packed_heads
 from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_gelu_quant, norm_quant, product_norm_quant
 from kolm_audit.runtime.cpu_gemv import _matmul_rows
 from kolm_audit.runtime.cpu_kernels import _JIT, _kernel, linear_epilogue, quantize_rows
-from kolm_audit.runtime.cpu_sync import LINE, _backoff, _load_acquire, _store_release, _swap_if, barrier, share
+from kolm_audit.runtime.cpu_sync import (
+    LINE,
+    _backoff,
+    _clock_ns,
+    _load_acquire,
+    _store_release,
+    _swap_if,
+    barrier,
+    share,
+    waited_ns,
+)
 
 STOP, ROWS, REQUESTS = 0, 1, 2     # mailbox slots of its first line (the host's) …
 JOB, DONE = 0, 1                    # … and of partner p's line p: the forward it is to run, the last it ran
-GONE = -1                           # a partner's JOB once it has left
+GONE, LEAVE = -1, -2                # a partner's JOB once it has left; once the host has sent it away
 
 
 @njit(**_JIT)
@@ -165,9 +177,21 @@ def post(box: np.ndarray, parts: int, rows: int, requests: int, seq: int, gone: 
     box[ROWS] = rows
     box[REQUESTS] = requests
     for p in range(1, parts):
-        gone[p] = _swap_if(box, _job(p), seq - 1, seq) == GONE
+        held = _swap_if(box, _job(p), seq - 1, seq)
+        if held == LEAVE:                                    # sent away: kept if it has not left yet
+            held = _swap_if(box, _job(p), LEAVE, seq)
+        gone[p] = held == GONE
         if gone[p]:
             _store_release(box, _job(p), seq)
+
+
+@_kernel
+def dismiss(box: np.ndarray, parts: int, seq: int) -> None:
+    """Send away the partners waiting for the forward after ``seq``: their JOB becomes :data:`LEAVE`, which a partner
+    turns into :data:`GONE` as it leaves (one already gone is left as it is). A forward posted before it left keeps
+    it (:func:`post` swaps ``LEAVE`` for the forward's number)."""
+    for p in range(1, parts):
+        _swap_if(box, _job(p), seq, LEAVE)
 
 
 @_kernel
@@ -178,21 +202,27 @@ def encode_partner(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, emb: tu
                    ctx: np.ndarray, out: np.ndarray) -> int:
     """Part ``part`` (>= 1) of every forward posted in ``box`` after forward ``seen`` (:func:`post`; forward ``s``
     runs on the first ``box[ROWS]`` rows of the crew's inputs and buffers with barriers from ``(s - 1)·
-    forward_barriers(L) + 1``), waiting for each in a spin loop, until ``box[STOP]`` or until ``idle`` rounds of the
-    loop pass with no forward posted: the partner then leaves (its slot set to :data:`GONE` unless a forward came in
-    that instant, which it runs). Returns the forwards run."""
+    forward_barriers(L) + 1``), waiting for each in a spin loop, until ``box[STOP]``, until ``idle`` ns pass with no
+    forward posted (looked at whenever the loop gives its core away) or until the host sends it away
+    (:func:`dismiss`): the partner then leaves, its JOB set to :data:`GONE` unless a forward came in that instant,
+    which it runs. Returns the forwards run."""
     per = forward_barriers(len(layers))
     runs = 0
     while True:
-        spins, rounds = 0, 0
+        spins, yields, since = 0, 0, _clock_ns()
         while _load_acquire(box, _job(part)) == seen and _load_acquire(box, STOP) == 0:
-            rounds += 1
-            if rounds >= idle and _swap_if(box, _job(part), seen, GONE) == seen:
-                return runs
             spins = _backoff(spins)
+            if spins == 0:                                   # it gave its core away: time to look at the clock
+                yields += 1
+                if waited_ns(since, yields) >= idle and _swap_if(box, _job(part), seen, GONE) == seen:
+                    return runs
+        seen = _load_acquire(box, _job(part))
         if _load_acquire(box, STOP) != 0:
             return runs
-        seen = _load_acquire(box, _job(part))
+        if seen == LEAVE:                                    # sent away, unless a forward was posted since
+            if _swap_if(box, _job(part), LEAVE, GONE) == LEAVE:
+                return runs
+            seen = _load_acquire(box, _job(part))
         n, b = box[ROWS], box[REQUESTS]
         _forward(ids[:n], pos[:n], bounds[:b + 1], emb, add, g_emb, b_emb, layers, nh, d, eps_q32, rsqrt, scale_mult,
                  scale_shift, exp_pair, cdf_pair, part, parts, sync, (seen - 1) * per, qkv[:n], ctx[:n], out[:n])

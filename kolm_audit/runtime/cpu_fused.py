@@ -457,6 +457,8 @@ class FusedCpuOps(FusedOps):
                     heads, head_dim, eps_q32, scale_mult, scale_shift))
             return torch.from_numpy(crew.run(idn, pn, bn))              # [N,H] int32 Q.16
 
+        if self._encode_crew is not None:
+            self._encode_crew.dismiss()                     # its spinning partners would slow the pool's threads
         out = np.empty((rows, hid), np.int32)                                    # [N,H] int32 Q.16
         qkv = np.empty((rows, stack[0][0][0].shape[0]), np.int32)               # [N,3H] a call's scratch
         ctx = np.empty((rows, hid), np.int32)                                    # [N,H] likewise

@@ -23,14 +23,15 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 _JIT = {"nogil": True, "error_model": "numpy"}   # divisors are >= 1 by construction
 
@@ -112,10 +113,22 @@ def _times_m_numba(a: Any, m: Any) -> Callable[[Any, Any], int]:
     return wide
 
 
+@intrinsic
+def _leading_zeros(typingctx: Any, v: Any) -> Any:
+    """The leading zero bits of the int64 ``v`` (64 for 0): LLVM's ``ctlz`` (one ``lzcnt``)."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        i64 = ir.IntType(64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.ctlz.i64")
+        return builder.call(fn, [context.cast(builder, args[0], signature.args[0], types.int64),
+                                 ir.Constant(ir.IntType(1), 0)])
+    return types.int64(v), codegen
+
+
 @njit(inline="always")
 def _bitlen(v: int) -> int:
-    """``bits(v)`` for ``0 <= v < 2^53``: the binary exponent of ``v`` as a float64 (exact there; ``bits(0) = 0``)."""
-    return math.frexp(np.float64(v))[1]
+    """``bits(v)`` for ``0 <= v < 2^63`` (``bits(0) = 0``): 64 less the leading zeros (a float64's exponent, as
+    ``math.frexp`` gives it, costs a library call)."""
+    return 64 - _leading_zeros(v)
 
 
 @njit(inline="always")
@@ -193,10 +206,12 @@ def _quantize_row(x: np.ndarray, q: np.ndarray) -> tuple[int, int]:
     ``1/d`` and one exact correction: the product is within ``2^32 · 2^-51`` of ``a/d``, so its floor ``q0`` is
     ``⌊a/d⌋`` or one off, and ``r = a - q0·d`` (exact in float64: integers below 2^34) says which."""
     k = x.shape[0]
-    amax = np.int64(0)
-    for j in range(k):
-        amax = max(amax, abs(np.int64(x[j])))
-    mm, ee, half, df, inv = _row_scale(amax)
+    if k == 0:
+        return 1, 0
+    hi = lo = x[0]
+    for j in range(k):                                   # max and min in the row's own type: twice the lanes of
+        hi, lo = max(hi, x[j]), min(lo, x[j])            # an int64 |x|
+    mm, ee, half, df, inv = _row_scale(max(np.int64(hi), -np.int64(lo), 0))
     for j in range(k):
         q[j] = _rdiv_q(x[j], half, df, inv)
     return mm, ee
@@ -218,10 +233,12 @@ def _quantize_seg(x: np.ndarray, r: int, c0: int, k: int, q: np.ndarray, qr: int
 @njit(inline="always")
 def _quantize_seg_n(x: np.ndarray, r: int, c0: int, k: int, q: np.ndarray, qr: int) -> tuple[int, int]:
     """The body of :func:`_quantize_seg`."""
-    amax = np.int64(0)
+    if k == 0:
+        return 1, 0
+    hi = lo = x[r, c0]
     for j in range(k):
-        amax = max(amax, abs(np.int64(x[r, c0 + j])))
-    mm, ee, half, df, inv = _row_scale(amax)
+        hi, lo = max(hi, x[r, c0 + j]), min(lo, x[r, c0 + j])
+    mm, ee, half, df, inv = _row_scale(max(np.int64(hi), -np.int64(lo), 0))
     for j in range(k):
         q[qr, j] = _rdiv_q(x[r, c0 + j], half, df, inv)
     return mm, ee

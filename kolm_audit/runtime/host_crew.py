@@ -137,15 +137,15 @@ class StepCrew:
             self._finalizer()
 
 
-IDLE = 1 << 17                  # rounds a BERT partner waits for the next forward before it leaves (~2.6 ms here:
-                                # ~20 ns a round on this VM)
+IDLE = 2_000_000                # ns a BERT partner waits for the next forward before it leaves
 
 
 class EncodeCrew:
     """One-group BERT forwards (:func:`~kolm_audit.runtime.cpu_encode.encode_forward`) split into ``parts`` (>= 2):
     part 0 on the calling thread, each other part on a partner thread that waits for the next forward inside
-    :func:`~kolm_audit.runtime.cpu_encode.encode_partner` and leaves after ``idle`` rounds of its wait without one;
-    a forward posted to a partner that has left starts a new thread for it (``idle`` defaults to :data:`IDLE`).
+    :func:`~kolm_audit.runtime.cpu_encode.encode_partner` and leaves after ``idle`` ns without one (default
+    :data:`IDLE`) or when sent away (:meth:`dismiss`); a forward posted to a partner that has left starts a new
+    thread for it.
     ``operands`` and ``scalars`` (heads,
     head size, ε, scale multiplier and shift) as for the kernel; the crew holds the inputs and buffers of up to
     ``rows`` packed rows. One forward at a time (a lock); a failing part fails the forward and stops the crew, as
@@ -208,6 +208,13 @@ class EncodeCrew:
                 self._stop()
                 raise RuntimeError("a partner thread of a split BERT forward failed (its error was printed)")
             return self.out[:n].copy()
+
+    def dismiss(self) -> None:
+        """Send the waiting partners away (before work of the thread pool, whose threads they would compete with
+        for the cores); the next forward brings them back."""
+        with self._lock:
+            if not self._stopped and self._pid == os.getpid():
+                ce.dismiss(self.box, self.parts, self.seq)
 
     def _start(self, part: int) -> None:
         """A thread for partner ``part``, its first forward the one just posted."""

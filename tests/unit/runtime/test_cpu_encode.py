@@ -155,12 +155,12 @@ def _wait_for_no_partner() -> None:
     assert not _partners()
 
 
-@pytest.mark.parametrize("idle", [1, 1 << 40])
+@pytest.mark.parametrize("idle", [1, 1 << 50])
 def test_partners_stay_between_calls_or_leave_and_come_back(quantized: Any, idle: int) -> None:
-    """Five one-sentence forwards on two threads. With partners that wait ``1 << 40`` rounds between calls (hours):
-    one partner thread runs all five, and stopping the crew ends it. With partners that leave after one round:
-    they come back for later calls (a thread started for each forward posted after one left) and are gone
-    after the last. Every forward gives the reference's hidden states."""
+    """Five one-sentence forwards on two threads. With partners that wait ``2^50`` ns between calls (13 days): one
+    partner thread runs all five, and stopping the crew ends it. With partners that leave after 1 ns: they come
+    back for later calls (a thread started for each forward posted after one left) and are gone after the last.
+    Every forward gives the reference's hidden states."""
     ref, _, scheme = _runtimes(quantized)
     if scheme != "int8" or not cg.GEMM:
         pytest.skip("one-kernel forwards of this size need the int8 scheme and the packed tiles")
@@ -232,3 +232,42 @@ def test_embeddings_at_the_int32_limits_equal_the_reference(quantized: Any) -> N
         got = fast.encode(batch)[0]
     assert np.array_equal(got, ref.encode(batch)[0])
     assert kernel.call_count == _calls(scheme, 8)
+
+
+def test_partners_sent_away_before_pool_work_come_back(quantized: Any) -> None:
+    """A one-sentence forward (its partner stays: ``2^50`` ns), then a batch of three groups (the pool's threads run
+    it): the partner is sent away first and leaves; the next one-sentence forward starts a new one. Every forward
+    gives the reference's integers."""
+    ref, _, scheme = _runtimes(quantized)
+    if scheme != "int8" or not cg.GEMM:
+        pytest.skip("one-kernel forwards of this size need the int8 scheme and the packed tiles")
+    fast = BertRuntime.from_tensors(**_kw(quantized), ops=FusedCpuOps(threads=2))
+    rng = np.random.default_rng(6)
+    one, many = [rng.integers(0, VOCAB, 20).tolist()], [rng.integers(0, VOCAB, 50).tolist() for _ in range(3)]
+    with mock.patch.object(ht, "PAR_MIN", 0), mock.patch.object(hc, "IDLE", 1 << 50):
+        got = [fast.encode(one)[0]]
+        crew = fast.ops._encode_crew
+        assert crew.started == 1 and _partners()
+        got.append(fast.encode(many)[0])
+        _wait_for_no_partner()
+        got.append(fast.encode(one)[0])
+    assert fast.ops._encode_crew is crew and crew.started == 2 and ce.done(crew.box, 1) == 2
+    for g, batch in zip(got, [one, many, one], strict=True):
+        assert np.array_equal(g, ref.encode(batch)[0])
+    crew.stop()
+    assert not _partners()
+
+
+@pytest.mark.parametrize(("held", "gone"), [(0, False), (ce.LEAVE, False), (ce.GONE, True)])
+def test_a_post_reaches_a_waiting_or_sent_away_partner_and_reports_a_gone_one(held: int, gone: bool) -> None:
+    """``post`` of forward 1 to a partner whose JOB holds 0 (waiting), LEAVE (sent away, not yet left: kept) or GONE
+    (left: reported, its JOB set for the thread that replaces it); ``dismiss`` sends away only a partner waiting
+    for the forward after the given one."""
+    box, seen = ce.mailbox(2), np.zeros(2, np.bool_)
+    box[ks.LINE + ce.JOB] = held
+    ce.post(box, 2, 7, 1, 1, seen)
+    assert box[ks.LINE + ce.JOB] == 1 and bool(seen[1]) is gone and (box[ce.ROWS], box[ce.REQUESTS]) == (7, 1)
+    ce.dismiss(box, 2, 0)
+    assert box[ks.LINE + ce.JOB] == 1
+    ce.dismiss(box, 2, 1)
+    assert box[ks.LINE + ce.JOB] == ce.LEAVE
