@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,6 +29,19 @@ from kolm_audit.runtime import cpu_sync as ks
 from kolm_audit.runtime.host_threads import NAME
 
 _NO_EOS = np.zeros(0, np.int64)
+
+
+def _partner(kernel: Callable[..., object], args: tuple, sync: np.ndarray, failed: list[bool]) -> None:
+    """A partner thread's life: ``kernel(*args)``; if it fails, ``failed`` says so and every barrier of ``sync`` is
+    released (the host's part passes them; its call then fails)."""
+    done = False
+    try:
+        kernel(*args)
+        done = True
+    finally:
+        if not done:
+            failed.append(True)
+            ks.release(sync)
 
 
 class StepCrew:
@@ -58,8 +72,8 @@ class StepCrew:
         self._stopped = False
         self._finalizer: weakref.finalize | None = None
         if parts == 2:
-            thread = threading.Thread(target=StepCrew._run, args=(self._args(1, 0, 0, _NO_EOS), self.sync,
-                                                                   self._failed),
+            thread = threading.Thread(target=_partner, args=(cs.step_loop, self._args(1, 0, 0, _NO_EOS), self.sync,
+                                                             self._failed),
                                       name=f"{NAME}-step", daemon=True)             # holds no reference to self
             self._finalizer = weakref.finalize(self, StepCrew._halt, self.box, thread)
             thread.start()
@@ -68,17 +82,6 @@ class StepCrew:
         """step_loop's arguments for ``part``: every step after ``seen`` (``steps`` 0), or the next ``steps`` at most
         (greedy after the first; ``eos`` int64 ends them)."""
         return (*self._head, part, self.parts, self.sync, self.box, seen, steps, eos, *self._tail)
-
-    @staticmethod
-    def _run(args: tuple, sync: np.ndarray, failed: list[bool]) -> None:
-        done = False
-        try:
-            cs.step_loop(*args)
-            done = True
-        finally:
-            if not done:                                 # the host's part passes every barrier; its step then fails
-                failed.append(True)
-                ks.release(sync)
 
     @staticmethod
     def _halt(box: np.ndarray, thread: threading.Thread) -> None:
@@ -145,11 +148,10 @@ class EncodeCrew:
     part 0 on the calling thread, each other part on a partner thread that waits for the next forward inside
     :func:`~kolm_audit.runtime.cpu_encode.encode_partner` and leaves after ``idle`` ns without one (default
     :data:`IDLE`) or when sent away (:meth:`dismiss`); a forward posted to a partner that has left starts a new
-    thread for it.
-    ``operands`` and ``scalars`` (heads,
-    head size, ε, scale multiplier and shift) as for the kernel; the crew holds the inputs and buffers of up to
-    ``rows`` packed rows. One forward at a time (a lock); a failing part fails the forward and stops the crew, as
-    :meth:`stop` does; a crew that is dropped is stopped when it is collected."""
+    thread for it. ``operands`` and ``scalars`` (heads, head size, ε, scale multiplier and shift) as for the kernel;
+    the crew holds the inputs and buffers of up to ``rows`` packed rows. One forward at a time (a lock); a failing
+    part fails the forward and stops the crew, as :meth:`stop` does; a crew that is dropped is stopped when it is
+    collected."""
 
     def __init__(self, *, operands: tuple, scalars: tuple[int, int, int, int, int], parts: int, rows: int,
                  idle: int | None = None) -> None:
@@ -220,22 +222,11 @@ class EncodeCrew:
         """A thread for partner ``part``, its first forward the one just posted."""
         args = (self.ids, self.pos, self.bounds, *self._head, part, self.parts, self.sync, self.box, self.seq - 1,
                 self.idle, self.qkv, self.ctx, self.out)
-        thread = threading.Thread(target=EncodeCrew._run, args=(args, self.sync, self._failed),
+        thread = threading.Thread(target=_partner, args=(ce.encode_partner, args, self.sync, self._failed),
                                   name=f"{NAME}-encode-{part}", daemon=True)        # holds no reference to self
         self._threads.append(thread)
         self.started += 1
         thread.start()
-
-    @staticmethod
-    def _run(args: tuple, sync: np.ndarray, failed: list[bool]) -> None:
-        done = False
-        try:
-            ce.encode_partner(*args)
-            done = True
-        finally:
-            if not done:                                     # the host passes every barrier; its forward then fails
-                failed.append(True)
-                ks.release(sync)
 
     @staticmethod
     def _halt(box: np.ndarray, threads: list[threading.Thread]) -> None:
