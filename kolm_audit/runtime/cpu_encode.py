@@ -28,12 +28,13 @@ inside one kernel call (:func:`encode_partner`, :class:`~kolm_audit.runtime.host
 woken for each call started ~0.1 ms after the host on this VM, with one sentence's forward ~2 ms. A partner spins
 (``pause``, and its core given away every few hundred rounds) and leaves after ``idle`` ns without work, or when
 the host sends it away (:func:`dismiss`, before work the pool's threads do), so a crew costs a core only while
-calls come close together. Mailbox ``box`` (int64): ``box[STOP]`` nonzero ends every
-partner; ``box[ROWS]``, ``box[REQUESTS]`` the posted forward's size; partner ``p``'s line ``p`` holds ``JOB``, the
-number of the forward it is to run (forward ``s`` uses barriers ``(s - 1)·forward_barriers(L) + 1 …``),
-:data:`LEAVE` when the host sent it away or :data:`GONE` once it left — the host posts and a leaving partner marks
-itself with one compare-and-swap each, so a forward is never posted to a partner that has gone nor run by two —
-and ``DONE``, the last forward it ran.
+calls come close together.
+
+Mailbox ``box`` (int64): ``box[STOP]`` nonzero ends every partner; ``box[ROWS]``, ``box[REQUESTS]`` the posted
+forward's size; partner ``p``'s line ``p`` holds ``JOB`` — the number of the forward it is to run (forward ``s``
+uses barriers ``(s - 1)·forward_barriers(L) + 1 …``), :data:`LEAVE` when the host sent it away or :data:`GONE`
+once it left — and ``DONE``, the last forward it ran. The host posts and a leaving partner marks itself with one
+compare-and-swap each, so a forward is never posted to a partner that has gone nor run by two.
 """
 
 from __future__ import annotations
