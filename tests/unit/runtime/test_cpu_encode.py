@@ -137,8 +137,8 @@ def test_one_group_split_into_parts_gives_the_reference_integers(quantized: Any,
     if _groups(scheme, [len(seq) for seq in batch]) == 1:
         assert kernel.call_count == 1 and kernel.call_args.args[16] == 0
         crew = fast.ops._encode_crew
-        if parts > 1:
-            assert crew.parts == parts and [ce.done(crew.box, p) for p in range(1, parts)] == [1] * (parts - 1)
+        if parts > 1:                                # a partner marks its forward done just after the last barrier
+            assert crew.parts == parts and _eventually(lambda: all(ce.done(crew.box, p) == 1 for p in range(1, parts)))
             crew.stop()
         else:
             assert crew is None
@@ -148,38 +148,46 @@ def _partners() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith(f"{ht.NAME}-encode")]
 
 
+def _eventually(done: Any, seconds: float = 20) -> bool:
+    """Whether ``done()`` becomes true within ``seconds`` (threads on a loaded machine may run late)."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return bool(done())
+
+
 def _wait_for_no_partner() -> None:
-    deadline = time.monotonic() + 10
-    while _partners() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not _partners()
+    assert _eventually(lambda: not _partners())
 
 
 @pytest.mark.parametrize("idle", [1, 1 << 50])
 def test_partners_stay_between_calls_or_leave_and_come_back(quantized: Any, idle: int) -> None:
     """Five one-sentence forwards on two threads. With partners that wait ``2^50`` ns between calls (13 days): one
-    partner thread runs all five, and stopping the crew ends it. With partners that leave after 1 ns: they come
-    back for later calls (a thread started for each forward posted after one left) and are gone after the last.
-    Every forward gives the reference's hidden states."""
+    partner loop runs all five, and stopping the crew ends it. With partners that leave after 1 ns (each call waits
+    until it has left): every forward starts a new loop, and none is left after the last. Every forward gives the
+    reference's hidden states."""
     ref, _, scheme = _runtimes(quantized)
     if scheme != "int8" or not cg.GEMM:
         pytest.skip("one-kernel forwards of this size need the int8 scheme and the packed tiles")
     fast = BertRuntime.from_tensors(**_kw(quantized), ops=FusedCpuOps(threads=2))
     rng = np.random.default_rng(5)
     batches = [[rng.integers(0, VOCAB, int(n)).tolist()] for n in rng.integers(8, 30, 5)]
+    got = []
     with mock.patch.object(ht, "PAR_MIN", 0), mock.patch.object(hc, "IDLE", idle):
-        got = [fast.encode(batch)[0] for batch in batches]
+        for batch in batches:
+            got.append(fast.encode(batch)[0])
+            box = fast.ops._encode_crew.box
+            assert idle > 1 or _eventually(lambda box=box: box[ks.LINE + ce.JOB] == ce.GONE)
     crew = fast.ops._encode_crew
     assert all(np.array_equal(g, ref.encode(batch)[0]) for g, batch in zip(got, batches, strict=True))
-    assert crew.seq == 5 and ce.done(crew.box, 1) == 5
+    assert crew.seq == 5 and _eventually(lambda: ce.done(crew.box, 1) == 5)
     if idle > 1:
         assert crew.started == 1 and _partners()
         crew.stop()
         assert not _partners()
     else:
-        assert 2 <= crew.started <= 5
+        assert crew.started == 5
         _wait_for_no_partner()
-        assert crew.box[ks.LINE + ce.JOB] == ce.GONE
         crew.stop()
 
 
@@ -251,7 +259,7 @@ def test_partners_sent_away_before_pool_work_come_back(quantized: Any) -> None:
         got.append(fast.encode(many)[0])
         _wait_for_no_partner()
         got.append(fast.encode(one)[0])
-    assert fast.ops._encode_crew is crew and crew.started == 2 and ce.done(crew.box, 1) == 2
+    assert fast.ops._encode_crew is crew and crew.started == 2 and _eventually(lambda: ce.done(crew.box, 1) == 2)
     for g, batch in zip(got, [one, many, one], strict=True):
         assert np.array_equal(g, ref.encode(batch)[0])
     crew.stop()
