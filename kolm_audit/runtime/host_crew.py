@@ -12,6 +12,9 @@ The caller stops it (:meth:`StepCrew.stop`) when the steps end or its buffers ch
 instead is stopped when it is collected. If either part fails, every barrier is released (the other part runs to
 the end of its step), the crew stops and the step raises (the partner's own error is printed by its thread); a
 stopped crew runs nothing more.
+
+Both crews' partner loops run on lent daemon threads that wait for the next loop between them (:class:`_Lenders`):
+starting a thread per generation cost more than waking a waiting one.
 """
 
 from __future__ import annotations
