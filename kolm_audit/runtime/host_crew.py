@@ -198,11 +198,11 @@ class EncodeCrew:
     """One-group BERT forwards (:func:`~kolm_audit.runtime.cpu_encode.encode_forward`) split into ``parts`` (>= 2):
     part 0 on the calling thread, each other part on a partner thread that waits for the next forward inside
     :func:`~kolm_audit.runtime.cpu_encode.encode_partner` and leaves after ``idle`` ns without one (default
-    :data:`IDLE`) or when sent away (:meth:`dismiss`); a forward posted to a partner that has left starts a new
-    thread for it. ``operands`` and ``scalars`` (heads, head size, ε, scale multiplier and shift) as for the kernel;
-    the crew holds the inputs and buffers of up to ``rows`` packed rows. One forward at a time (a lock); a failing
-    part fails the forward and stops the crew, as :meth:`stop` does; a crew that is dropped is stopped when it is
-    collected."""
+    :data:`IDLE`) or when sent away (:meth:`dismiss`); a forward posted to a partner that has left lends it a
+    thread again (:class:`_Lenders`). ``operands`` and ``scalars`` (heads, head size, ε, scale multiplier and
+    shift) as for the kernel; the crew holds the inputs and buffers of up to ``rows`` packed rows. One forward at a
+    time (a lock); a failing part fails the forward and stops the crew, as :meth:`stop` does; a crew that is
+    dropped is stopped when it is collected."""
 
     def __init__(self, *, operands: tuple, scalars: tuple[int, int, int, int, int], parts: int, rows: int,
                  idle: int | None = None) -> None:
