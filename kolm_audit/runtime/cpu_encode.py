@@ -153,6 +153,24 @@ def encode_forward(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, emb: tu
              exp_pair, cdf_pair, part, parts, sync, k0, qkv, ctx, out)
 
 
+@_kernel
+def mean_pool(x: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> None:
+    """§6.3 mean pooling of the packed rows ``x`` [N, H] (int32 Q.16) of requests ``bounds`` [B+1]: ``out[b]`` (int64
+    [B, H] Q.16) is ``rdiv(Σ rows of request b, its rows)``, ``rdiv(a, n) = ⌊a/n⌋ + (2·(a mod n) >= n)`` (a sum of
+    at most 2^16 rows of |x| <= 2^31 stays below 2^47)."""
+    hid = x.shape[1]
+    for b in range(bounds.size - 1):
+        n = bounds[b + 1] - bounds[b]
+        acc = out[b]
+        acc[:] = 0
+        for r in range(bounds[b], bounds[b + 1]):
+            for j in range(hid):
+                acc[j] += x[r, j]
+        for j in range(hid):
+            q = acc[j] // n                                                      # floor division
+            acc[j] = q + (2 * (acc[j] - q * n) >= n)
+
+
 def mailbox(parts: int) -> np.ndarray:
     """The mailbox of a crew of ``parts`` (:func:`encode_partner`): no forward posted, every partner gone."""
     box = np.zeros(parts * LINE, np.int64)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from kolm_audit.errors import UnsupportedModel
+from kolm_audit.errors import RuntimeInputError, UnsupportedModel
 from kolm_audit.runtime.ops import Ops
 
 FAMILIES = ("bert", "llama")
@@ -29,6 +29,32 @@ class Generation(NamedTuple):
 
     output_ids: tuple[int, ...]
     finish_reason: str            # "eos" | "length" (max_new_tokens) | "context" (max_position_embeddings)
+
+
+def check_token_ids(batch: Sequence[Sequence[int]], *, limit: int, vocab: int, field_name: str = "inputs") -> None:
+    """Refuse an empty request, one of more than ``limit`` tokens, or a token that is not an integer in
+    ``[0, vocab)`` (a ``bool`` is not): :class:`RuntimeInputError` naming ``field_name[i]`` or ``field_name[i][j]``.
+
+    >>> check_token_ids([[1, 2], [3]], limit=4, vocab=8)
+    >>> try:
+    ...     check_token_ids([[1, True]], limit=4, vocab=8)
+    ... except RuntimeInputError as err:
+    ...     print(err)
+    inputs[0][1]: token id out of range (expected integer in [0, 8), got True)
+    """
+    for i, ids in enumerate(batch):
+        if len(ids) == 0:
+            raise RuntimeInputError("empty input", field=f"{field_name}[{i}]", expected="at least one token")
+        if len(ids) > limit:
+            raise RuntimeInputError("sequence longer than the artifact's limit", field=f"{field_name}[{i}]",
+                                    expected=f"at most {limit} tokens (max_position_embeddings)",
+                                    actual=f"{len(ids)} tokens")
+        if set(map(type, ids)) == {int} and min(ids) >= 0 and max(ids) < vocab:   # the common case, in C loops
+            continue
+        for j, tok in enumerate(ids):
+            if isinstance(tok, bool) or not isinstance(tok, int | np.integer) or not 0 <= tok < vocab:
+                raise RuntimeInputError("token id out of range", field=f"{field_name}[{i}][{j}]",
+                                        expected=f"integer in [0, {vocab})", actual=repr(tok))
 
 
 class FamilyRuntime(Protocol):

@@ -22,13 +22,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
+from itertools import chain
 from typing import Any
 
 import numpy as np
 
 from kolm_audit.errors import ArtifactError, RuntimeInputError, UnsupportedModel, naming_file
 from kolm_audit.runtime import fixedpoint as fp
-from kolm_audit.runtime.models import Generation
+from kolm_audit.runtime.models import Generation, check_token_ids
 from kolm_audit.runtime.ops import NumpyOps, Ops, fuse_linears
 from kolm_audit.runtime.tables import EXP_LEN, SIG_LEN, load_table
 from kolm_audit.runtime.weights import check_embedding, load_linear, need_tensor, quantization_params
@@ -219,18 +220,7 @@ class BertRuntime:
 
     def check_ids(self, batch: Sequence[Sequence[int]]) -> None:
         """Refuse empty, over-long or out-of-vocabulary requests (RuntimeInputError naming the field)."""
-        limit, vocab = self.cfg.max_position_embeddings, self.cfg.vocab_size
-        for i, ids in enumerate(batch):
-            if len(ids) == 0:
-                raise RuntimeInputError("empty input", field=f"inputs[{i}]", expected="at least one token")
-            if len(ids) > limit:
-                raise RuntimeInputError("sequence longer than the artifact's limit", field=f"inputs[{i}]",
-                                        expected=f"at most {limit} tokens (max_position_embeddings)",
-                                        actual=f"{len(ids)} tokens")
-            for j, tok in enumerate(ids):
-                if isinstance(tok, bool) or not isinstance(tok, int | np.integer) or not 0 <= tok < vocab:
-                    raise RuntimeInputError("token id out of range", field=f"inputs[{i}][{j}]",
-                                            expected=f"integer in [0, {vocab})", actual=repr(tok))
+        check_token_ids(batch, limit=self.cfg.max_position_embeddings, vocab=self.cfg.vocab_size)
 
     def encode(self, batch: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Final hidden states of a padded batch: (h int64 [B, T, H] Q.16, valid bool [B, T]); a padding position
@@ -255,7 +245,7 @@ class BertRuntime:
         ops = self.ops
         lens = np.array([len(ids) for ids in batch], dtype=np.int64)            # [B] tokens per request
         bounds = np.concatenate([[0], np.cumsum(lens)])                         # [B+1] row ranges
-        ids = np.concatenate([np.asarray(seq, dtype=np.int64) for seq in batch])   # [N] token ids
+        ids = np.fromiter(chain.from_iterable(batch), np.int64, int(bounds[-1]))  # [N] token ids
         pos = np.arange(bounds[-1]) - np.repeat(bounds[:-1], lens)              # [N] position in own request
         whole = getattr(ops, "encode_forward", None)                            # the backend's one-kernel forward
         x = None if whole is None else whole(ids, pos, bounds, **self._encode_consts)   # [N,H] Q.16 | None
@@ -288,6 +278,9 @@ class BertRuntime:
     def _mean_pool(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Mean over each request's own tokens of the final hidden states: int64 [b,H] Q.16 (spec §6.3)."""
         x, bounds = self._forward(batch)                                        # [N,H] Q.16, [b+1] (packed)
+        pool = getattr(self.ops, "mean_pool", None)                             # the backend's one-kernel mean
+        if pool is not None:
+            return pool(x, bounds)                                              # [b,H] Q.16 mean
         h = self.ops.numpy(x).astype(np.int64, copy=False)                      # [N,H] Q.16 (host)
         total = np.add.reduceat(h, bounds[:-1], axis=0)                         # [b,H] Q.16 sum over own tokens
         return fp.rdiv(total, np.diff(bounds)[:, None])                         # [b,H] Q.16 mean

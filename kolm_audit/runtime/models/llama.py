@@ -49,7 +49,7 @@ from kolm_audit.errors import ArtifactError, RuntimeInputError
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import reference as ref
 from kolm_audit.runtime.decode import DECODE_MODES, GraphPool, KVCache, open_session
-from kolm_audit.runtime.models import Generation
+from kolm_audit.runtime.models import Generation, check_token_ids
 from kolm_audit.runtime.models.llama_config import LLAMA_MODEL_TYPES, MAX_POSITIONS, LlamaConfig
 from kolm_audit.runtime.ops import NumpyOps, Ops, fuse_linears
 from kolm_audit.runtime.sampling import DecodingParams, request_key, select_token
@@ -278,17 +278,7 @@ class LlamaRuntime:
 
     def check_ids(self, batch: Sequence[Sequence[int]], *, field_name: str = "inputs") -> None:
         """Refuse empty, over-long or out-of-vocabulary requests (RuntimeInputError naming the field)."""
-        for i, ids in enumerate(batch):
-            if len(ids) == 0:
-                raise RuntimeInputError("empty input", field=f"{field_name}[{i}]", expected="at least one token")
-            if len(ids) > self.limit:
-                raise RuntimeInputError("sequence longer than the artifact's limit", field=f"{field_name}[{i}]",
-                                        expected=f"at most {self.limit} tokens (max_position_embeddings)",
-                                        actual=f"{len(ids)} tokens")
-            for j, tok in enumerate(ids):
-                if isinstance(tok, bool) or not isinstance(tok, int | np.integer) or not 0 <= tok < self.vocab:
-                    raise RuntimeInputError("token id out of range", field=f"{field_name}[{i}][{j}]",
-                                            expected=f"integer in [0, {self.vocab})", actual=repr(tok))
+        check_token_ids(batch, limit=self.limit, vocab=self.vocab, field_name=field_name)
 
     @staticmethod
     def _left_pad(batch: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.errors import ArtifactError, InputError, RuntimeInputError, SignatureError, UnsupportedModel
 from kolm_audit.keys import generate_key, write_keypair
 from kolm_audit.model import Model, embedding_digest, input_digest
-from kolm_audit.runtime.models import bert
+from kolm_audit.runtime.models import bert, check_token_ids
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "hello", "a signed receipt for every decision",
          "The bank will approve the loan, not deny it!", "red car", "every year later the same bytes"]
@@ -191,3 +191,30 @@ def test_tokenizer_never_truncates_or_pads() -> None:
     tok = Tokenizer(hf.to_str().encode())
     ids = tok.encode(["the quick brown fox jumps over the lazy dog"])[0]
     assert len(ids) == 11 and ids[0] == 2 and ids[-1] == 3
+
+
+_TOKENS = st.one_of(st.integers(-3, 12), st.booleans(), st.floats(0, 8, allow_nan=False), st.just("3"),
+                    st.integers(0, 11).map(np.int64), st.integers(0, 11).map(np.uint8))
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch=st.lists(st.lists(_TOKENS, max_size=6), min_size=1, max_size=4))
+def test_token_checks_refuse_exactly_the_bad_requests(batch: list[list[object]]) -> None:
+    """The family runtimes' input check (a fast path for lists of plain ints, the per-token loop otherwise): refused
+    iff a request is empty, longer than 5, or holds a token that is not an int (numpy integers are; bools, floats and
+    strings are not) in [0, 10); the error names the first bad field."""
+    def bad_token(tok: object) -> bool:
+        return isinstance(tok, bool) or not isinstance(tok, int | np.integer) or not 0 <= tok < 10
+
+    want = None
+    for i, ids in enumerate(batch):
+        bad = [j for j, tok in enumerate(ids) if bad_token(tok)]
+        if not ids or len(ids) > 5 or bad:
+            want = f"inputs[{i}]" if not ids or len(ids) > 5 else f"inputs[{i}][{bad[0]}]"
+            break
+    if want is None:
+        check_token_ids(batch, limit=5, vocab=10)
+    else:
+        with pytest.raises(RuntimeInputError) as err:
+            check_token_ids(batch, limit=5, vocab=10)
+        assert err.value.field == want

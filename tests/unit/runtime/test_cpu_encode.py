@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("numba")
 
+import itertools
+
 from _bert_fixtures import tiny_config, tiny_model, tiny_vocab, write_checkpoint
 
 from kolm_audit.compile import quantize_checkpoint
@@ -29,9 +31,10 @@ from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.runtime import cpu_encode as ce
 from kolm_audit.runtime import cpu_gemv as cg
 from kolm_audit.runtime import cpu_sync as ks
+from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import host_crew as hc
 from kolm_audit.runtime import host_threads as ht
-from kolm_audit.runtime.cpu_fused import FusedCpuOps, _row_groups
+from kolm_audit.runtime.cpu_fused import _ROW_COST, FusedCpuOps, _balanced_runs, _row_groups
 from kolm_audit.runtime.models.bert import BertRuntime
 
 VOCAB = len(tiny_vocab())
@@ -279,3 +282,41 @@ def test_a_post_reaches_a_waiting_or_sent_away_partner_and_reports_a_gone_one(he
     assert box[ks.LINE + ce.JOB] == 1
     ce.dismiss(box, 2, 1)
     assert box[ks.LINE + ce.JOB] == ce.LEAVE
+
+
+@settings(max_examples=60, deadline=None)
+@given(lens=st.lists(st.integers(1, 64), min_size=1, max_size=40), parts=st.integers(1, 3))
+def test_balanced_runs_cover_the_requests_in_order_and_cut_where_the_work_is_halved(lens: list[int],
+                                                                                    parts: int) -> None:
+    """Runs are consecutive groups of at most 64 rows covering every request once, in order, at most ``parts`` of
+    them; with two, the larger run's work is the least any one cut gives (work ``n·(n + _ROW_COST)`` a request)."""
+    bounds = np.concatenate([[0], np.cumsum(lens)])
+    runs = _balanced_runs(bounds, ROWS, parts)
+    flat = [group for run in runs for group in run]
+    assert 1 <= len(runs) <= parts and all(runs)
+    assert flat[0][0] == 0 and flat[-1][1] == len(lens)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(flat))
+    assert all(first < end and bounds[end] - bounds[first] <= ROWS for first, end in flat)
+    if parts == 2 and len(lens) >= 2:
+        work = np.concatenate([[0], np.cumsum([n * (n + _ROW_COST) for n in lens])])
+        best = min(max(work[i], work[-1] - work[i]) for i in range(1, len(lens)))
+        cut = runs[1][0][0] if len(runs) == 2 else len(lens)
+        assert max(work[cut], work[-1] - work[cut]) == best
+
+
+@settings(max_examples=40, deadline=None)
+@given(lens=st.lists(st.integers(1, 70), min_size=1, max_size=6), hid=st.integers(1, 40), seed=st.integers(0, 99),
+       extreme=st.booleans())
+def test_mean_pool_is_the_rdiv_mean_of_each_request(lens: list[int], hid: int, seed: int, extreme: bool) -> None:
+    """The kernel's §6.3 mean equals ``rdiv(Σ rows, n)`` of the reference, rows at the int32 limits included (sums
+    of up to 70 rows of ``±2^31``; ties of the rounding where ``n`` is even)."""
+    rng = np.random.default_rng(seed)
+    bounds = np.concatenate([[0], np.cumsum(lens)])
+    lo, hi = (-(1 << 31), (1 << 31) - 1) if extreme else (-7, 8)
+    x = rng.integers(lo, hi, (int(bounds[-1]), hid), endpoint=True).astype(np.int32)
+    if extreme:
+        x[::3] = rng.choice(np.array([-(1 << 31), (1 << 31) - 1], np.int64), x[::3].shape)
+    out = np.empty((len(lens), hid), np.int64)
+    ce.mean_pool(x, bounds, out)
+    want = fp.rdiv(np.add.reduceat(x.astype(np.int64), bounds[:-1], axis=0), np.diff(bounds)[:, None])
+    assert np.array_equal(out, want)
