@@ -42,16 +42,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kolm_audit.runtime.cpu_amx import K_BLOCK, _gemm_rows_amx
+from kolm_audit.runtime.cpu_amx import PANEL as _AMX_PANEL
+from kolm_audit.runtime.cpu_features import AMX, FEATURES
 from kolm_audit.runtime.cpu_kernels import _kernel
 
-_FEATS = llvm.get_host_cpu_features()           # what the compiled kernels will be built for
+_FEATS = FEATURES               # what the compiled kernels will be built for
 # vpdpbusd on 256-bit vectors; WIDE: bytes per vpdpbusd of the four-row products (64 with AVX-512 VNNI)
 VNNI = bool(_FEATS.get("avxvnni") or (_FEATS.get("avx512vnni") and _FEATS.get("avx512vl")))
 WIDE = 64 if VNNI and _FEATS.get("avx512vnni") and _FEATS.get("avx512bw") else 32
@@ -59,6 +61,7 @@ GEMM = VNNI and WIDE == 64      # the packed tiles of _gemm_rows (AVX-512 VNNI: 
 FEW_ROWS = 4                    # products of at most this many rows take _gemv_rows (weight rows outermost)
 _MR, _NZ = 4, 4                 # a tile: _MR activation rows × _NZ vectors of 16 int32 columns
 PANEL = _NZ * 16                # output columns of a packed weight panel
+assert PANEL == _AMX_PANEL      # cpu_amx reads the same panels
 _KC = 256                       # columns of K per block of a panel (16 KiB of weights, in L1 for every row tile)
 
 
@@ -197,9 +200,21 @@ def _tile_vnni(typingctx: Any, u: Any, ku: Any, r0: Any, k0: Any, wp: Any, p0: A
 @njit(inline="always")
 def _gemm_rows(q: np.ndarray, wp: np.ndarray, psum: np.ndarray, acc: np.ndarray) -> None:
     """``acc[r, n] = Σ_k q[r, k]·W[n, k]`` (exact int32) for int8 ``q`` [R, K] (|q| <= 127) and the packed weights
-    ``wp``, ``psum`` of :func:`pack_weights` (``N = acc.shape[1]``), in tiles of ``_MR`` rows × ``PANEL`` columns
-    (AVX-512 VNNI only: callers check :data:`GEMM`). A panel is the outer loop, read from memory once per call; its
-    columns in blocks of ``_KC`` (a block stays in L1 for every tile of rows), the panel's sums in ``part``."""
+    ``wp``, ``psum`` of :func:`pack_weights` (``N = acc.shape[1]``; AVX-512 VNNI only: callers check :data:`GEMM`):
+    on AMX tiles where the CPU has them and ``K`` is a multiple of 64
+    (:func:`~kolm_audit.runtime.cpu_amx._gemm_rows_amx`), else :func:`_gemm_rows_vnni`. Both give the same
+    integers."""
+    if AMX and q.shape[1] % K_BLOCK == 0:
+        _gemm_rows_amx(q, wp, acc)
+    else:
+        _gemm_rows_vnni(q, wp, psum, acc)
+
+
+@njit(inline="always")
+def _gemm_rows_vnni(q: np.ndarray, wp: np.ndarray, psum: np.ndarray, acc: np.ndarray) -> None:
+    """:func:`_gemm_rows` in tiles of ``_MR`` rows × ``PANEL`` columns of ``vpdpbusd``. A panel is the outer loop,
+    read from memory once per call; its columns in blocks of ``_KC`` (a block stays in L1 for every tile of rows),
+    the panel's sums in ``part``."""
     rows, k = q.shape
     n = acc.shape[1]
     kp = k + (-k) % 4
@@ -288,6 +303,12 @@ def _matmul_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, wp: np.ndarray,
         _gemm_rows(q, wp, psum, acc)
     else:
         _gemv_rows(q, w, wsum, np.empty(q.size, np.uint8), acc)
+
+
+@_kernel
+def gemm_vnni(q: np.ndarray, wp: np.ndarray, psum: np.ndarray, acc: np.ndarray) -> None:
+    """:func:`_gemm_rows_vnni` as a kernel (tests: the VNNI tiles where the AMX path would be taken)."""
+    _gemm_rows_vnni(q, wp, psum, acc)
 
 
 @_kernel

@@ -33,6 +33,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from kolm_audit.runtime.cpu_features import AMX
+
 _JIT = {"nogil": True, "error_model": "numpy"}   # divisors are >= 1 by construction
 
 
@@ -53,8 +55,10 @@ def _kernel(fn: Callable[..., None]) -> Callable[..., None]:
 
     A kernel inlines helpers of other modules (``cpu_gemv``, ``cpu_attention``, ``cpu_blocks`` and this one), but
     numba checks a cached kernel only against its own file's time stamp: a cache written before a helper changed
-    would still load. So the cache entry is also keyed on :data:`_SOURCES`, the digest of every kernel module; where
-    numba's cache object does not have the field this relies on, the kernel is compiled in memory instead."""
+    would still load. So the cache entry is also keyed on :data:`_SOURCES`, the digest of every kernel module, and
+    on whether AMX was granted (numba keys on the CPU's features only; a kernel with tile instructions must not load
+    where Linux refused the tile state); where numba's cache object does not have the field this relies on, the
+    kernel is compiled in memory instead."""
     try:
         disp = njit(cache=True, **_JIT)(fn)
     except RuntimeError:
@@ -62,7 +66,7 @@ def _kernel(fn: Callable[..., None]) -> Callable[..., None]:
     cache_file = getattr(getattr(disp, "_cache", None), "_cache_file", None)
     if cache_file is None or not hasattr(cache_file, "_source_stamp"):
         return njit(cache=False, **_JIT)(fn)
-    cache_file._source_stamp = (cache_file._source_stamp, _SOURCES)
+    cache_file._source_stamp = (cache_file._source_stamp, _SOURCES, AMX)
     return disp
 
 
