@@ -160,7 +160,7 @@ class FusedCpuOps(FusedOps):
                                                                             en[lo:hi]))
             q = torch.from_numpy(qn)
         rows = q.shape[0]
-        operand = gemv_operand(lin) if rows <= _KERNEL_ROWS else None
+        operand = gemv_operand(lin) if rows <= _KERNEL_ROWS or (kg.AMX and k % kg.K_BLOCK == 0) else None
         if operand is not None:                                         # no call into torch
             w, wsum, _, _, _, wp, psum = operand
             qn, acc = q.numpy(), np.empty((rows, lin.out_features), dtype=np.int32)
@@ -488,6 +488,7 @@ class FusedCpuOps(FusedOps):
                     crew.stop()
                 crew = self._encode_crew = EncodeCrew(operands=found, parts=parts, rows=_KERNEL_ROWS, scalars=(
                     heads, head_dim, eps_q32, scale_mult, scale_shift))
+            self._workers.rest()                            # spinning pool workers would slow the partners
             return torch.from_numpy(crew.run(idn, pn, bn))              # [N,H] int32 Q.16
 
         if self._encode_crew is not None:

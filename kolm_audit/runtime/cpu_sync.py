@@ -43,6 +43,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kolm_audit.runtime.cpu_kernels import _kernel
+
 LINE = 8                            # int64 slots per flag: one 64-byte cache line each
 _SPINS = 256                        # pauses before a waiting part yields its core
 _X86 = llvm.get_process_triple().split("-")[0] in ("x86_64", "i386", "i686")
@@ -177,3 +179,33 @@ def share(n: int, part: int, parts: int) -> tuple[int, int]:
     """The range of ``[0, n)`` that part ``part`` of ``parts`` computes (consecutive ranges in part order, sizes
     differing by one at most)."""
     return part * n // parts, (part + 1) * n // parts
+
+
+@_kernel
+def wait_change(flags: np.ndarray, i: int, seen: int, idle: int) -> int:
+    """Spin (GIL released) until ``flags[i]`` no longer holds ``seen`` or ``idle`` ns pass (looked at whenever the
+    wait gives its core away); returns what it holds then (``seen``: timed out)."""
+    spins, yields, since = 0, 0, _clock_ns()
+    while True:
+        v = _load_acquire(flags, i)
+        if v != seen:
+            return v
+        spins = _backoff(spins)
+        if spins == 0:
+            yields += 1
+            if waited_ns(since, yields) >= idle:
+                return seen
+
+
+@_kernel
+def wait_reach(flags: np.ndarray, i: int, target: int) -> None:
+    """Spin (GIL released, the core given away every :data:`_SPINS` rounds) until ``flags[i] >= target``."""
+    spins = 0
+    while _load_acquire(flags, i) < target:
+        spins = _backoff(spins)
+
+
+@_kernel
+def post_flag(flags: np.ndarray, i: int, v: int) -> None:
+    """``flags[i] = v`` with release ordering (what was written before is visible to whoever reads ``v``)."""
+    _store_release(flags, i, v)

@@ -194,6 +194,7 @@ class CpuDecoder:
     def _crew(self, b: int, parts: int) -> StepCrew:
         """The crew of steps in ``parts`` over the current caches, started (again) when they, the batch or the parts
         changed."""
+        self.workers.rest()                                 # spinning pool workers would slow the crew's partner
         caches = tuple(kv.buffers for kv in self.kvs)
         if self.crew is None or not self.crew.fits(caches, b, parts):
             self.close()
