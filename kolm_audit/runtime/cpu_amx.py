@@ -17,7 +17,7 @@ Tiles of a call (``ldtilecfg`` at its start, ``tilerelease`` at its end; all 16 
 accumulators of a 64-column panel, 4 and 7 the activation tiles of even and odd blocks, 5 and 6 the weight tiles in
 turn. A tile load (1 KiB) takes about three times a ``tdpbssd`` here (16.5 vs 5.4 ns, measured in a loop), so a
 block's five loads, not its four products, set the pace: ~88 ns a block from L1, a 12-row × 1152 × 384 product
-14.6 µs against 23 µs in VNNI tiles.
+15.8 µs against 23.5 µs in VNNI tiles.
 
 Example (on a CPU with AMX; elsewhere :data:`~kolm_audit.runtime.cpu_features.AMX` is false and nothing here runs)::
 
@@ -86,8 +86,8 @@ def _tiles_end(typingctx: Any) -> Any:
 def _panel_amx(typingctx: Any, qa: Any, kp: Any, r0: Any, wp: Any, p0: Any, out: Any) -> Any:
     """``out[r·64 + c] = Σ_{k < kp} qa[(r0 + r)·kp + k]·W_p[c, k]`` for ``r < 16``, ``c < 64`` (int32, exact): the
     activation rows ``qa`` (int8, ``kp`` bytes each, a multiple of 64) against the panel of ``wp`` from byte ``p0``,
-    in ``kp / 64`` blocks: per block one activation tile and four weight tiles, loaded into tiles 5, 6, 7, 5 in turn
-    (a tile is loaded again only once the product that read it two products before is done)."""
+    in ``kp / 64`` blocks: per block one activation tile (4 and 7 for even and odd blocks) and four weight tiles
+    (5 and 6 in turn)."""
     sig = types.void(qa, kp, r0, wp, p0, out)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
@@ -111,6 +111,7 @@ def _panel_amx(typingctx: Any, qa: Any, kp: Any, r0: Any, wp: Any, p0: Any, out:
             builder.call(zero, [tile(z)])
         rows = builder.gep(pq, [builder.mul(r0, kp)])                    # the block's first activation row
         panel = builder.gep(pw, [p0])
+
         def block(kc: Any, a_tile: int) -> None:
             builder.call(load, [tile(a_tile), builder.gep(rows, [builder.mul(kc, const(K_BLOCK))]), kp])
             base = builder.mul(kc, const(K_BLOCK // 4 * _PANEL_ROW))
@@ -143,22 +144,22 @@ _CFG[48:56] = _TR
 @njit(inline="always")
 def _gemm_rows_amx(q: np.ndarray, wp: np.ndarray, acc: np.ndarray) -> None:
     """``acc[r, n] = Σ_k q[r, k]·W[n, k]`` (exact int32) for int8 ``q`` [R, K] (|q| <= 127) and the panels ``wp`` of
-    ``cpu_gemv.pack_weights`` (``N = acc.shape[1]``): every panel against every block of 16 rows."""
+    ``cpu_gemv.pack_weights`` (``N = acc.shape[1]``; ``K`` a multiple of :data:`K_BLOCK`, so the panels' rows are
+    ``K`` bytes with no padding): every panel against every block of 16 rows."""
     rows, k = q.shape
     n = acc.shape[1]
-    kp = k + (-k) % 4
     rp = rows + (-rows) % _TR
-    qa = np.zeros(rp * kp, np.int8)                          # rows padded to 16, columns to kp (zeros)
+    qa = np.zeros(rp * k, np.int8)                           # rows padded to 16 (zeros)
     for r in range(rows):
         for c in range(k):
-            qa[r * kp + c] = q[r, c]
+            qa[r * k + c] = q[r, c]
     part = np.empty(_TR * PANEL, np.int32)
     _tiles_begin(_CFG)
     for p in range((n + PANEL - 1) // PANEL):
         c0 = p * PANEL
         cn = min(PANEL, n - c0)
         for r0 in range(0, rows, _TR):
-            _panel_amx(qa, kp, r0, wp, c0 * kp, part)
+            _panel_amx(qa, k, r0, wp, c0 * k, part)
             for r in range(min(_TR, rows - r0)):
                 for c in range(cn):
                     acc[r0 + r, c0 + c] = part[r * PANEL + c]

@@ -42,6 +42,10 @@ NAME = "kolm-cpu"               # name prefix of the worker threads
 SPIN_NS = 2_000_000             # how long a worker spins for its next job (its core kept) before it sleeps
 
 
+def _rest() -> None:
+    """The job that sends a worker to sleep at once (:meth:`Workers.rest`)."""
+
+
 class _Spinner:
     """One worker thread running the jobs posted to it, one at a time. Job ``s`` is announced in ``flags[0]`` and
     reported done in ``flags[LINE]``; between jobs the thread waits in a spin loop with the GIL released
@@ -52,7 +56,7 @@ class _Spinner:
     def __init__(self, name: str) -> None:
         self.flags = np.zeros(2 * ks.LINE, np.int64)                   # [job posted | job done] lines
         self.seq = 0
-        self.job: tuple[Callable[..., None], tuple] | None = None
+        self.job: tuple[Callable[..., None], tuple] = (_rest, ())
         self.error: BaseException | None = None
         self.sleeping = False
         self.cond = threading.Condition()
@@ -85,24 +89,15 @@ class _Spinner:
                     self.sleeping = False
                 now = int(self.flags[0])
             seen = now
-            fn, args = self.job or (None, ())
+            fn, args = self.job
             try:
-                if fn is not None:
-                    fn(*args)
+                fn(*args)
             except BaseException as err:  # noqa: BLE001 - handed to the poster, which raises it (as futures do)
                 self.error = err
             rest = fn is _rest
+            self.job = (_rest, ())                        # drop the job's references before it is reported done
+            del fn, args
             ks.post_flag(self.flags, ks.LINE, seen)
-
-
-def _rest() -> None:
-    """The job that sends a worker to sleep at once (:meth:`Workers.rest`)."""
-
-
-def _raise_first(errors: list[BaseException | None]) -> None:
-    for error in errors:
-        if error is not None:
-            raise error
 
 
 class Workers:
@@ -114,16 +109,33 @@ class Workers:
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
-    def _take(self, blocking: bool) -> bool:
-        """Acquire the workers (their threads started on first use); false if another caller has them."""
+    def _take(self, blocking: bool) -> list[_Spinner] | None:
+        """Acquire the workers (their threads started on first use); ``None`` if another caller has them."""
         if self._pid != os.getpid():                          # a forked child: the parent's threads are gone, and
             self.pool, self._pid = None, os.getpid()          # its lock may have been held by one of them
             self._lock = threading.Lock()
         if not self._lock.acquire(blocking=blocking):
-            return False
+            return None
         if self.pool is None:
             self.pool = [_Spinner(f"{NAME}_{i}") for i in range(self.threads - 1)]
-        return True
+        return self.pool
+
+    def _run(self, spinners: list[_Spinner], jobs: list[tuple], own: Callable[[], None]) -> None:
+        """``jobs`` (``(fn, *args)`` each) on the first ``len(jobs)`` workers and ``own()`` on this thread, then
+        the workers' release and the first error raised; the caller has taken the workers (:meth:`_take`)."""
+        try:
+            used = spinners[:len(jobs)]
+            for spinner, (fn, *args) in zip(used, jobs, strict=True):
+                spinner.post(fn, *args)
+            try:
+                own()
+            finally:
+                errors = [spinner.wait() for spinner in used]
+            for error in errors:
+                if error is not None:
+                    raise error
+        finally:
+            self._lock.release()
 
     def par(self, rows: int, work: int, fn: Callable[[int, int], None]) -> None:
         """``fn(lo, hi)`` over row ranges covering ``[0, rows)``, on up to ``threads`` threads for large work (on
@@ -132,21 +144,12 @@ class Workers:
         if n <= 1 or work < PAR_MIN:
             fn(0, rows)
             return
-        if not self._take(blocking=False):
+        spinners = self._take(blocking=False)
+        if spinners is None:
             fn(0, rows)
             return
-        try:
-            step = -(-rows // n)
-            used = (self.pool or [])[:len(range(step, rows, step))]
-            for spinner, lo in zip(used, range(step, rows, step), strict=True):
-                spinner.post(fn, lo, min(lo + step, rows))
-            try:
-                fn(0, step)
-            finally:
-                errors = [spinner.wait() for spinner in used]
-            _raise_first(errors)
-        finally:
-            self._lock.release()
+        step = -(-rows // n)
+        self._run(spinners, [(fn, lo, min(lo + step, rows)) for lo in range(step, rows, step)], lambda: fn(0, step))
 
     def rest(self) -> None:
         """Send workers still spinning for a next job to sleep now: before work of other threads (the crews'
@@ -154,9 +157,11 @@ class Workers:
         if self.pool is None or self._pid != os.getpid() or not self._lock.acquire(blocking=False):
             return
         try:
-            for spinner in self.pool or []:
-                if not spinner.sleeping:
-                    spinner.post(_rest)
+            resting = [spinner for spinner in self.pool if not spinner.sleeping]
+            for spinner in resting:
+                spinner.post(_rest)
+            for spinner in resting:                       # every job is waited for before the workers are let go,
+                spinner.wait()                            # so that a post never replaces a job not yet taken
         finally:
             self._lock.release()
 
@@ -180,15 +185,5 @@ class Workers:
                 ks.release(sync)                              # the other parts run to their end, unused
                 raise
 
-        self._take(blocking=True)
-        spinners = self.pool or []
-        try:
-            for part in range(1, parts):
-                spinners[part - 1].post(guarded, part)
-            try:
-                guarded(0)
-            finally:
-                errors = [spinner.wait() for spinner in spinners[:parts - 1]]
-            _raise_first(errors)
-        finally:
-            self._lock.release()
+        spinners = self._take(blocking=True) or []
+        self._run(spinners, [(guarded, part) for part in range(1, parts)], lambda: guarded(0))

@@ -117,3 +117,23 @@ def test_parts_run_together_meet_at_their_barriers() -> None:
     workers.together(3, lambda part, sync: exchange(sync, part, 3, box, seen))
     assert (seen == np.array([100, 101, 102])).all()
     workers.rest()
+
+
+def test_a_worker_keeps_no_reference_to_the_job_it_ran() -> None:
+    """A finished job is dropped by its worker (a kept closure would keep, say, a dropped decoder and its partner
+    thread alive until the next job)."""
+    import gc
+    import weakref
+
+    class Job:
+        def __call__(self, lo: int, hi: int) -> None:
+            pass
+
+    workers = ht.Workers(2)
+    job = Job()
+    gone = weakref.ref(job)
+    workers.par(4, ht.PAR_MIN, job)
+    del job
+    gc.collect()
+    assert gone() is None
+    workers.rest()
