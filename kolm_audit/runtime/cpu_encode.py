@@ -39,8 +39,11 @@ compare-and-swap each, so a forward is never posted to a partner that has gone n
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.experimental import structref
 
 from kolm_audit.runtime.cpu_attention import packed_heads
 from kolm_audit.runtime.cpu_blocks import embedding_rows, epilogue_gelu_quant, norm_quant, product_norm_quant
@@ -134,23 +137,58 @@ def _forward(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, emb: tuple, a
     barrier(sync, part, parts, k0 + forward_barriers(len(layers)))         # every part's rows of out are written
 
 
+@structref.register
+class ConstsType(types.StructRef):
+    """numba's type of :class:`EncodeConsts`."""
+
+    def preprocess_fields(self, fields: Any) -> tuple:
+        return tuple((name, types.unliteral(typ)) for name, typ in fields)
+
+
+class EncodeConsts(structref.StructRefProxy):
+    """The constant operands of :func:`encode_forward` as one object (made by :func:`encode_consts`): a kernel call
+    then unboxes one pointer instead of the ~200 arrays of the nested tuples (a 6-layer MiniLM: a no-op kernel
+    with the tuples costs ~19 µs a call, ~40 µs right after a forward, whose weights have evicted the
+    interpreter's memory; the host's part starts that much later and its partner waits for it)."""
+
+
+structref.define_proxy(EncodeConsts, ConstsType, ["emb", "add", "g_emb", "b_emb", "layers", "nh", "d", "eps_q32",
+                                                  "rsqrt", "scale_mult", "scale_shift", "exp_pair", "cdf_pair"])
+
+
 @_kernel
-def encode_forward(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, emb: tuple, add: np.ndarray,
-                   g_emb: np.ndarray, b_emb: np.ndarray, layers: tuple, nh: int, d: int, eps_q32: int,
-                   rsqrt: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray, cdf_pair: np.ndarray,
-                   part: int, parts: int, sync: np.ndarray, k0: int, qkv: np.ndarray, ctx: np.ndarray,
-                   out: np.ndarray) -> None:
+def _new_consts(emb: tuple, add: np.ndarray, g_emb: np.ndarray, b_emb: np.ndarray, layers: tuple, nh: int, d: int,
+                eps_q32: int, rsqrt: np.ndarray, scale_mult: int, scale_shift: int, exp_pair: np.ndarray,
+                cdf_pair: np.ndarray) -> EncodeConsts:
+    return EncodeConsts(emb, add, g_emb, b_emb, layers, nh, d, eps_q32, rsqrt, scale_mult, scale_shift, exp_pair,
+                        cdf_pair)
+
+
+def encode_consts(operands: tuple, scalars: tuple[int, int, int, int, int]) -> EncodeConsts:
+    """:class:`EncodeConsts` of ``operands`` (``host_operands.encode_operands``: ``(emb, add, g_emb, b_emb, layers,
+    rsqrt, exp_pair, cdf_pair)``) and ``scalars`` (heads, head size, ε, scale multiplier and shift)."""
+    emb, add, g_emb, b_emb, stack, rsqrt, exp_pair, cdf_pair = operands
+    nh, d, eps_q32, scale_mult, scale_shift = scalars
+    return _new_consts(emb, add, g_emb, b_emb, stack, nh, d, eps_q32, rsqrt, scale_mult, scale_shift, exp_pair,
+                       cdf_pair)
+
+
+@_kernel
+def encode_forward(ids: np.ndarray, pos: np.ndarray, bounds: np.ndarray, consts: EncodeConsts, part: int, parts: int,
+                   sync: np.ndarray, k0: int, qkv: np.ndarray, ctx: np.ndarray, out: np.ndarray) -> None:
     """The packed rows of every request ``ids`` [N] (request ``s`` owns rows ``bounds[s]:bounds[s+1]``; ``pos``
-    [N] each row's position in its request) through the embedding (``emb`` = ``(w int8 [V, H], mult, shift)``
-    plus the rows ``add[pos]`` of position + token type 0, §3.1), its LayerNorm (``g_emb``, ``b_emb``) and every
-    layer of ``layers`` (at least one); writes the final hidden states [N, H] int32 Q.16 into ``out``.
+    [N] each row's position in its request) through the embedding of ``consts`` (``emb`` = ``(w int8 [V, H],
+    mult, shift)`` plus the rows ``add[pos]`` of position + token type 0, §3.1), its LayerNorm (``g_emb``,
+    ``b_emb``) and every layer of ``layers`` (at least one); writes the final hidden states [N, H] int32 Q.16 into
+    ``out``.
 
     The call computes part ``part`` of ``parts`` (:mod:`~kolm_audit.runtime.cpu_sync`: one thread each, all
     running at once, ``sync`` their flags, every one at most ``k0``): its rows of every product and element-wise
     step, its heads of every attention; ``qkv`` [N, 3H] and ``ctx`` [N, H] int32 are the buffers all parts share,
     ``out`` its rows. It returns once every part has written its rows."""
-    _forward(ids, pos, bounds, emb, add, g_emb, b_emb, layers, nh, d, eps_q32, rsqrt, scale_mult, scale_shift,
-             exp_pair, cdf_pair, part, parts, sync, k0, qkv, ctx, out)
+    c = consts
+    _forward(ids, pos, bounds, c.emb, c.add, c.g_emb, c.b_emb, c.layers, c.nh, c.d, c.eps_q32, c.rsqrt, c.scale_mult,
+             c.scale_shift, c.exp_pair, c.cdf_pair, part, parts, sync, k0, qkv, ctx, out)
 
 
 @_kernel
@@ -189,12 +227,13 @@ def done(box: np.ndarray, part: int) -> int:
 
 
 @_kernel
-def post(box: np.ndarray, parts: int, rows: int, requests: int, seq: int, gone: np.ndarray) -> None:
+def post(box: np.ndarray, parts: int, rows: int, requests: int, seq: int, gone: np.ndarray) -> int:
     """Post forward ``seq`` (its ``rows`` rows of ``requests`` requests written to the crew's inputs before) to the
     partners 1 … ``parts - 1`` waiting for forward ``seq - 1``. ``gone[p]`` is set where partner ``p`` had left
-    (its slot then holds ``seq`` for the thread that replaces it)."""
+    (its slot then holds ``seq`` for the thread that replaces it); returns how many had."""
     box[ROWS] = rows
     box[REQUESTS] = requests
+    left = 0
     for p in range(1, parts):
         held = _swap_if(box, _job(p), seq - 1, seq)
         if held == LEAVE:                                    # sent away: kept if it has not left yet
@@ -202,6 +241,8 @@ def post(box: np.ndarray, parts: int, rows: int, requests: int, seq: int, gone: 
         gone[p] = held == GONE
         if gone[p]:
             _store_release(box, _job(p), seq)
+            left += 1
+    return left
 
 
 @_kernel

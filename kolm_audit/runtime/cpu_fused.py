@@ -131,6 +131,7 @@ class FusedCpuOps(FusedOps):
         self._par = self._workers.par
         self._operand_memo: dict[Callable[..., tuple | None], tuple] = {}
         self._encode_crew: EncodeCrew | None = None                     # one-group BERT forwards split in parts
+        self._facts_memo: tuple | None = None                           # encoder operands' row work, path, consts
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _q8_out(self, rows: int, n: int) -> tuple[Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -378,6 +379,20 @@ class FusedCpuOps(FusedOps):
             memo = self._operand_memo[build] = (consts, build(*consts))
         return memo[1]
 
+    def _encode_facts(self, found: tuple, scalars: tuple[int, int, int, int, int]) -> tuple[int, str, Any]:
+        """For the encoder operands ``found`` and ``scalars`` (heads, head size, ε, scale multiplier and shift): the
+        multiply-adds of one row through every product, the ``gemm_paths`` entry of their one-kernel forward and
+        the kernel's :class:`~kolm_audit.runtime.cpu_encode.EncodeConsts`, made once: each Python step around a
+        forward runs with the interpreter's memory evicted by the weights (~5× its cost alone: ~10 µs for an
+        ``np.diff``)."""
+        memo = self._facts_memo
+        if memo is None or memo[0] is not found or memo[1] != scalars:
+            stack = found[4]
+            memo = self._facts_memo = (found, scalars, sum(lin[0].size for layer in stack for lin in layer[:4]),
+                                       f"cpu_encode one kernel: {4 * len(stack)} products in cpu_gemv ({_IN_KERNEL})",
+                                       ke.encode_consts(found, scalars))
+        return memo[2], memo[3], memo[4]
+
     def _step_ready(self, rows: int, keys: Sequence[Tensor], values: Sequence[Tensor],
                     consts: tuple[Any, ...]) -> tuple | None:
         """:func:`~kolm_audit.runtime.host_operands.step_operands` of ``consts`` when a step of ``rows`` token rows
@@ -465,29 +480,30 @@ class FusedCpuOps(FusedOps):
         request of more than ``_KERNEL_ROWS`` tokens, weights that are not one int8 digit, tables outside the fast
         kernels' bounds."""
         bn = np.ascontiguousarray(bounds, dtype=np.int64)
-        if bn.size < 2 or int(np.diff(bn).max()) > _KERNEL_ROWS:
+        if bn.size < 2 or int((bn[1:] - bn[:-1]).max()) > _KERNEL_ROWS:
             return None
         found = self._operands(encode_operands, (word_emb, pos_type, emb_norm, layers, layer_norms, rsqrt_table,
                                                   exp_table, cdf_table))
         if found is None:
             return None
-        emb, add, g_emb, b_emb, stack, rsqrt, exp_pair, cdf_pair = found
+        emb, stack = found[0], found[4]
+        scalars = (heads, head_dim, eps_q32, scale_mult, scale_shift)
+        row_macs, path, consts = self._encode_facts(found, scalars)
         idn, pn = np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64)
         rows, hid = idn.shape[0], emb[0].shape[1]
-        groups = _row_groups(bn, _KERNEL_ROWS)
-        macs = rows * sum(lin[0].size for layer in stack for lin in layer[:4])   # the products' work
-        parts = self._workers.parts(rows, macs) if len(groups) == 1 else 1
-        runs = [groups] if len(groups) == 1 else _balanced_runs(bn, _KERNEL_ROWS,
-                                                                self._workers.parts(bn.size - 1, macs))
-        self.gemm_paths[f"cpu_encode one kernel: {4 * len(stack)} products in cpu_gemv ({_IN_KERNEL})"] += sum(
-            map(len, runs))
+        macs = rows * row_macs                              # the products' work
+        if rows <= _KERNEL_ROWS:                            # one group (_row_groups) holds every request
+            parts, runs = self._workers.parts(rows, macs), [[(0, bn.size - 1)]]
+        else:
+            parts, runs = 1, _balanced_runs(bn, _KERNEL_ROWS, self._workers.parts(bn.size - 1, macs))
+        self.gemm_paths[path] += sum(map(len, runs))
         if parts > 1:                                       # one group: its rows and heads split between threads
             crew = self._encode_crew
             if crew is None or not crew.fits(found, parts):
                 if crew is not None:
                     crew.stop()
-                crew = self._encode_crew = EncodeCrew(operands=found, parts=parts, rows=_KERNEL_ROWS, scalars=(
-                    heads, head_dim, eps_q32, scale_mult, scale_shift))
+                crew = self._encode_crew = EncodeCrew(operands=found, parts=parts, rows=_KERNEL_ROWS,
+                                                      scalars=scalars)
             self._workers.rest()                            # spinning pool workers would slow the partners
             return torch.from_numpy(crew.run(idn, pn, bn))              # [N,H] int32 Q.16
 
@@ -500,9 +516,8 @@ class FusedCpuOps(FusedOps):
         def run(lo: int, hi: int) -> None:                  # runs lo … hi - 1: their groups, one call each
             for first, end in (group for each in runs[lo:hi] for group in each):
                 r0, r1 = bn[first], bn[end]
-                ke.encode_forward(idn[r0:r1], pn[r0:r1], bn[first:end + 1] - r0, emb, add, g_emb, b_emb, stack,
-                                  heads, head_dim, eps_q32, rsqrt, scale_mult, scale_shift, exp_pair, cdf_pair, 0, 1,
-                                  ks.ALONE, 0, qkv[r0:r1], ctx[r0:r1], out[r0:r1])
+                ke.encode_forward(idn[r0:r1], pn[r0:r1], bn[first:end + 1] - r0, consts, 0, 1, ks.ALONE, 0,
+                                  qkv[r0:r1], ctx[r0:r1], out[r0:r1])
         self._par(len(runs), macs, run)
         return torch.from_numpy(out)                                    # [N,H] int32 Q.16
 

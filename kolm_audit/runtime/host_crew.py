@@ -220,7 +220,8 @@ class EncodeCrew:
         self.ctx, self.out = np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32)   # [R,H] shared
         self.sync, self.box = ks.sync_flags(parts), ce.mailbox(parts)
         self._head = (emb, add, g_emb, b_emb, stack, heads, head_dim, eps_q32, rsqrt, scale_mult, scale_shift,
-                      exp_pair, cdf_pair)
+                      exp_pair, cdf_pair)                   # the partner's operands (unboxed once a loan)
+        self._consts = ce.encode_consts(operands, scalars)  # the host's (one pointer a call)
         self._per = ce.forward_barriers(len(stack))
         self._gone = np.zeros(parts, np.bool_)
         self._loans: list[_Loan] = []                                      # the partners' loops
@@ -246,12 +247,12 @@ class EncodeCrew:
                 raise RuntimeError("this encode crew was stopped")
             self.ids[:n], self.pos[:n], self.bounds[:b + 1] = ids, pos, bounds
             self.seq += 1
-            ce.post(self.box, self.parts, n, b, self.seq, self._gone)
-            self._loans[:] = [loan for loan in self._loans if not loan.done.is_set()]
-            for part in np.flatnonzero(self._gone):
-                self._start(int(part))
+            if ce.post(self.box, self.parts, n, b, self.seq, self._gone):          # partners that had left
+                self._loans[:] = [loan for loan in self._loans if not loan.done.is_set()]
+                for part in np.flatnonzero(self._gone):
+                    self._start(int(part))
             try:
-                ce.encode_forward(self.ids[:n], self.pos[:n], self.bounds[:b + 1], *self._head, 0, self.parts,
+                ce.encode_forward(self.ids[:n], self.pos[:n], self.bounds[:b + 1], self._consts, 0, self.parts,
                                   self.sync, (self.seq - 1) * self._per, self.qkv[:n], self.ctx[:n], self.out[:n])
             except BaseException:
                 ks.release(self.sync)                        # the partners finish this forward

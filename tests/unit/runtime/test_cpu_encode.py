@@ -25,6 +25,7 @@ pytest.importorskip("numba")
 import itertools
 
 from _bert_fixtures import tiny_config, tiny_model, tiny_vocab, write_checkpoint
+from numba import njit
 
 from kolm_audit.compile import quantize_checkpoint
 from kolm_audit.compile.hf import read_hf_checkpoint
@@ -138,7 +139,7 @@ def test_one_group_split_into_parts_gives_the_reference_integers(quantized: Any,
     assert np.array_equal(got, ref.encode(batch)[0])
     parts = min(threads, sum(map(len, batch)))
     if _groups(scheme, [len(seq) for seq in batch]) == 1:
-        assert kernel.call_count == 1 and kernel.call_args.args[16] == 0
+        assert kernel.call_count == 1 and kernel.call_args.args[4] == 0                   # part 0
         crew = fast.ops._encode_crew
         if parts > 1:                                # a partner marks its forward done just after the last barrier
             assert crew.parts == parts and _eventually(lambda: all(ce.done(crew.box, p) == 1 for p in range(1, parts)))
@@ -276,8 +277,9 @@ def test_a_post_reaches_a_waiting_or_sent_away_partner_and_reports_a_gone_one(he
     for the forward after the given one."""
     box, seen = ce.mailbox(2), np.zeros(2, np.bool_)
     box[ks.LINE + ce.JOB] = held
-    ce.post(box, 2, 7, 1, 1, seen)
-    assert box[ks.LINE + ce.JOB] == 1 and bool(seen[1]) is gone and (box[ce.ROWS], box[ce.REQUESTS]) == (7, 1)
+    left = ce.post(box, 2, 7, 1, 1, seen)
+    assert left == int(gone) and box[ks.LINE + ce.JOB] == 1 and bool(seen[1]) is gone
+    assert (box[ce.ROWS], box[ce.REQUESTS]) == (7, 1)
     ce.dismiss(box, 2, 0)
     assert box[ks.LINE + ce.JOB] == 1
     ce.dismiss(box, 2, 1)
@@ -320,3 +322,29 @@ def test_mean_pool_is_the_rdiv_mean_of_each_request(lens: list[int], hid: int, s
     ce.mean_pool(x, bounds, out)
     want = fp.rdiv(np.add.reduceat(x.astype(np.int64), bounds[:-1], axis=0), np.diff(bounds)[:, None])
     assert np.array_equal(out, want)
+
+
+def test_the_kernel_constants_are_made_once_per_operands_and_scalars(quantized: Any) -> None:
+    """The host's kernel call takes the constants as one ``EncodeConsts`` (its fields the operands and scalars),
+    made once and reused while the same operands and scalars come back; other scalars make new ones."""
+    if quantized.quantization["scheme"] != "int8":
+        pytest.skip("only one-digit int8 weights run the one-kernel forward")
+    _, fast, _ = _runtimes(quantized)
+    ops = fast.ops
+    fast.embed([[1, 2, 3]])
+    found, scalars, row_macs, path, consts = ops._facts_memo
+    stack = found[4]
+    assert row_macs == sum(lin[0].size for layer in stack for lin in layer[:4]) and f"{4 * len(stack)} products" in path
+    *held, layers = _consts_fields(consts)
+    assert tuple(held) == scalars and len(layers) == len(stack)
+    assert all(np.array_equal(a, b) for a, b in zip(layers[0][0], stack[0][0], strict=True))
+    fast.embed([[4, 5]])
+    assert ops._facts_memo[4] is consts
+    other = (scalars[0], scalars[1], scalars[2] + 1, scalars[3], scalars[4])
+    assert _consts_fields(ops._encode_facts(found, other)[2])[2] == scalars[2] + 1
+    assert ops._facts_memo[4] is not consts
+
+
+@njit
+def _consts_fields(c: Any) -> tuple:
+    return c.nh, c.d, c.eps_q32, c.scale_mult, c.scale_shift, c.layers
