@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any
 
 import numpy as np
@@ -243,10 +243,11 @@ class BertRuntime:
         batch: attention only combines a request's own rows). Returns (h [N, H] Q.16 in the backend's arrays,
         bounds int64 [B+1]: request ``i`` owns rows ``bounds[i]:bounds[i+1]``)."""
         ops = self.ops
-        lens = np.array([len(ids) for ids in batch], dtype=np.int64)            # [B] tokens per request
-        bounds = np.concatenate([[0], np.cumsum(lens)])                         # [B+1] row ranges
-        ids = np.fromiter(chain.from_iterable(batch), np.int64, int(bounds[-1]))  # [N] token ids
-        pos = np.arange(bounds[-1]) - np.repeat(bounds[:-1], lens)              # [N] position in own request
+        lens = [len(ids) for ids in batch]                                      # [B] tokens per request
+        bounds = np.fromiter(accumulate(lens, initial=0), np.int64, len(lens) + 1)   # [B+1] row ranges
+        n = int(bounds[-1])
+        ids = np.fromiter(chain.from_iterable(batch), np.int64, n)             # [N] token ids
+        pos = np.fromiter(chain.from_iterable(map(range, lens)), np.int64, n)  # [N] position in own request
         whole = getattr(ops, "encode_forward", None)                            # the backend's one-kernel forward
         x = None if whole is None else whole(ids, pos, bounds, **self._encode_consts)   # [N,H] Q.16 | None
         if x is not None:
