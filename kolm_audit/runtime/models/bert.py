@@ -225,6 +225,7 @@ class BertRuntime:
     def encode(self, batch: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Final hidden states of a padded batch: (h int64 [B, T, H] Q.16, valid bool [B, T]); a padding position
         repeats its request's first row (padding is never read, spec §6.1)."""
+        self.check_ids(batch)
         x, valid = self._encode(batch)
         return self.ops.numpy(x), valid
 

@@ -23,7 +23,8 @@ from kolm_audit.compile.hf import read_hf_checkpoint
 from kolm_audit.errors import ArtifactError, InputError, RuntimeInputError, SignatureError, UnsupportedModel
 from kolm_audit.keys import generate_key, write_keypair
 from kolm_audit.model import Model, embedding_digest, input_digest
-from kolm_audit.runtime.models import bert, check_token_ids
+from kolm_audit.runtime.models import bert, check_token_ids, load_runtime
+from kolm_audit.runtime.ops import get_ops
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "hello", "a signed receipt for every decision",
          "The bank will approve the loan, not deny it!", "red car", "every year later the same bytes"]
@@ -102,6 +103,21 @@ def test_sequence_too_long_and_bad_ids_are_refused(tiny: tuple) -> None:
     with pytest.raises(RuntimeInputError) as err:
         m.generate(["hello"])
     assert err.value.field == "task.kind"
+
+
+@pytest.mark.parametrize("method", ["encode", "embed", "classify"])
+def test_every_runtime_entry_refuses_bad_ids_before_a_kernel_reads_them(tiny: tuple, method: str) -> None:
+    """The runtime's own methods check ids too (a kernel indexes the embedding with them unchecked: an id past the
+    vocabulary read outside the table, a negative one wrapped around to another row)."""
+    qm = tiny[1]["int8"]
+    manifest = {"runtime": "kolm-int/1", "architecture": qm.architecture, "task": qm.task,
+                "quantization": qm.quantization}
+    rt = load_runtime(manifest=manifest, tensors=qm.tensors, ops=get_ops("cpu"))
+    vocab = qm.architecture["vocab_size"]
+    for ids, field in (([[2, vocab]], "inputs[0][1]"), ([[2, 3], [-1]], "inputs[1][0]"), ([[]], "inputs[0]")):
+        with pytest.raises(RuntimeInputError) as err:
+            getattr(rt, method)(ids)
+        assert err.value.field == field
 
 
 @pytest.mark.parametrize(("field", "value"), [("hidden_act", "gelu_new"), ("position_embedding_type", "relative_key"),
