@@ -20,11 +20,11 @@ demo: $(STAMP)
 	$(VENV)/bin/kolm-audit demo --workdir $(DEMO_DIR) --force
 
 test: $(STAMP)
-	$(PY) -m ruff check kolm_audit tests bench
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n 2 -p no:cacheprovider
 
 lint: $(STAMP)
-	$(PY) -m ruff check kolm_audit tests bench
+	$(PY) -m ruff check .
 
 bench-verify: $(STAMP)
 	$(PY) bench/bench_verify.py

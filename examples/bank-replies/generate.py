@@ -181,7 +181,8 @@ def _write(path: Path, raw: bytes) -> str:
 def write(out: Path, data: dict[str, list[dict[str, Any]]], *, n_inputs: int = 8, seed: int = SEED
           ) -> dict[str, str]:
     """Write ``data/*.jsonl``, ``inputs.jsonl`` and ``base/`` under ``out``; returns each file's digest."""
-    digests = {f"data/{name}.jsonl": _write(out / "data" / f"{name}.jsonl", _jsonl(rows)) for name, rows in data.items()}
+    digests = {f"data/{name}.jsonl": _write(out / "data" / f"{name}.jsonl", _jsonl(rows))
+               for name, rows in data.items()}
     digests["inputs.jsonl"] = _write(out / "inputs.jsonl", _jsonl(inputs(seed=seed, n=n_inputs)))
     texts = [t for row in data["sft"] for t in (row["prompt"], row["completion"])]
     texts += [t for row in data["preferences"] for t in (row["prompt"], row["chosen"], row["rejected"])]

@@ -14,7 +14,8 @@ request about card payments), so the task is not keyword matching.
 Files written (JSON Lines, UTF-8, ``\\n`` line ends, keys sorted):
 
 * ``train.jsonl``, ``eval.jsonl`` — ``{"id", "label", "text"}``; eval messages are drawn from the same
-  distribution with a different stream, and any eval text that also occurs in train (ignoring case and spacing) is redrawn;
+  distribution with a different stream, and any eval text that also occurs in train (ignoring case and spacing) is
+  redrawn;
 * ``probes.jsonl`` — fairness probes ``{"attribute", "id", "variants": [text, ...]}``: the same message with only
   the protected attribute changed; a classifier passes a probe when every variant gets the same label;
 * ``--inputs FILE`` — ``{"id", "text"}`` requests (a separate stream) for the demo's ``kolm-audit run``.
@@ -133,9 +134,9 @@ def _fraud(r: _Stream) -> str:
     return r.pick((
         f"There is a payment of {amount} {cur} to {merchant} on my {card} that I did not make.",
         f"Someone used my {card} {day} at {merchant} in {r.pick(_CITIES)}. I have never been there.",
-        f"I got a text asking for my PIN and I think I replied. Now I see transfers I do not recognise.",
+        "I got a text asking for my PIN and I think I replied. Now I see transfers I do not recognise.",
         f"My {card} was stolen {day} and there are already charges on it. Please block it.",
-        f"A caller claiming to be from your fraud team asked me to move my savings. Was that really you?",
+        "A caller claiming to be from your fraud team asked me to move my savings. Was that really you?",
         f"I see three withdrawals {day} from a cash machine in {r.pick(_CITIES)} while my card is in my wallet.",
         f"Unknown direct debit to {merchant} appeared on my statement, I never signed up for it.",
         f"I think my online banking login was stolen: someone changed {r.pick(_FIELDS)} and made a transfer.",
@@ -154,10 +155,10 @@ def _complaint(r: _Stream) -> str:
         f"Your staff at the branch in {r.pick(_CITIES)} were rude when I asked about {topic}.",
         f"I am disappointed by {topic}; I am thinking of moving my accounts to another bank.",
         f"Why was I charged {r.pick(_AMOUNTS)} {r.pick(_CURRENCIES)} in fees on my loan? I want this refunded.",
-        f"The way my loan application was handled was unacceptable, I waited six weeks for a reply.",
+        "The way my loan application was handled was unacceptable, I waited six weeks for a reply.",
         f"I reported a fraudulent payment on my {r.pick(_CARDS)} {r.pick(_DAYS)} and I am still not refunded. "
         f"This is unacceptable.",
-        f"I asked for a payment holiday and was treated like a criminal on the phone. I want to complain.",
+        "I asked for a payment holiday and was treated like a criminal on the phone. I want to complain.",
     ))
 
 

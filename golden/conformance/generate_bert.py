@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT / "tests" / "unit" / "runtime"))
 from _bert_fixtures import tiny_config, tiny_model, write_checkpoint  # noqa: E402
 
 from kolm_audit.canonical import digest, digest_of, jcs  # noqa: E402
+from kolm_audit.compile import quantize_checkpoint  # noqa: E402
 from kolm_audit.compile.hf import read_hf_checkpoint  # noqa: E402
 from kolm_audit.model import Model, classification_digest, embedding_digest, input_digest  # noqa: E402
 from kolm_audit.runtime import SPEC  # noqa: E402
-from kolm_audit.compile import quantize_checkpoint  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "bert"
 SEED = 20260101
