@@ -31,9 +31,17 @@ class Generation(NamedTuple):
     finish_reason: str            # "eos" | "length" (max_new_tokens) | "context" (max_position_embeddings)
 
 
+def _is_list(value: object, ndim: int) -> bool:
+    """A sequence that is not text (or a numpy array of ``ndim`` dimensions)."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == ndim
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
 def check_token_ids(batch: Sequence[Sequence[int]], *, limit: int, vocab: int, field_name: str = "inputs") -> None:
-    """Refuse an empty request, one of more than ``limit`` tokens, or a token that is not an integer in
-    ``[0, vocab)`` (a ``bool`` is not): :class:`RuntimeInputError` naming ``field_name[i]`` or ``field_name[i][j]``.
+    """Refuse inputs that are not a list of requests, a request that is not a list of token ids (a string is not),
+    an empty request, one of more than ``limit`` tokens, or a token that is not an integer in ``[0, vocab)`` (a
+    ``bool`` is not): :class:`RuntimeInputError` naming ``field_name``, ``field_name[i]`` or ``field_name[i][j]``.
 
     >>> check_token_ids([[1, 2], [3]], limit=4, vocab=8)
     >>> try:
@@ -42,7 +50,13 @@ def check_token_ids(batch: Sequence[Sequence[int]], *, limit: int, vocab: int, f
     ...     print(err)
     inputs[0][1]: token id out of range (expected integer in [0, 8), got True)
     """
+    if not _is_list(batch, 2):
+        raise RuntimeInputError("the inputs are not a list of requests", field=field_name,
+                                expected="a list of token-id lists", actual=type(batch).__name__)
     for i, ids in enumerate(batch):
+        if not _is_list(ids, 1):
+            raise RuntimeInputError("a request is not a list of token ids", field=f"{field_name}[{i}]",
+                                    expected="a list of token ids", actual=type(ids).__name__)
         if len(ids) == 0:
             raise RuntimeInputError("empty input", field=f"{field_name}[{i}]", expected="at least one token")
         if len(ids) > limit:

@@ -226,6 +226,8 @@ class BertRuntime:
         """Final hidden states of a padded batch: (h int64 [B, T, H] Q.16, valid bool [B, T]); a padding position
         repeats its request's first row (padding is never read, spec §6.1)."""
         self.check_ids(batch)
+        if len(batch) == 0:
+            return np.zeros((0, 0, self.cfg.hidden_size), np.int64), np.zeros((0, 0), bool)
         x, valid = self._encode(batch)
         return self.ops.numpy(x), valid
 

@@ -43,6 +43,14 @@ def _model(qm: QuantizedModel) -> Model:
     return Model(manifest=manifest, digest="sha256:" + "0" * 64, tensors=qm.tensors)
 
 
+def _runtime(qm: QuantizedModel) -> bert.BertRuntime:
+    manifest = {"runtime": "kolm-int/1", "architecture": qm.architecture, "task": qm.task,
+                "quantization": qm.quantization}
+    rt = load_runtime(manifest=manifest, tensors=qm.tensors, ops=get_ops("cpu"))
+    assert isinstance(rt, bert.BertRuntime)
+    return rt
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
@@ -110,14 +118,21 @@ def test_every_runtime_entry_refuses_bad_ids_before_a_kernel_reads_them(tiny: tu
     """The runtime's own methods check ids too (a kernel indexes the embedding with them unchecked: an id past the
     vocabulary read outside the table, a negative one wrapped around to another row)."""
     qm = tiny[1]["int8"]
-    manifest = {"runtime": "kolm-int/1", "architecture": qm.architecture, "task": qm.task,
-                "quantization": qm.quantization}
-    rt = load_runtime(manifest=manifest, tensors=qm.tensors, ops=get_ops("cpu"))
+    rt = _runtime(qm)
     vocab = qm.architecture["vocab_size"]
-    for ids, field in (([[2, vocab]], "inputs[0][1]"), ([[2, 3], [-1]], "inputs[1][0]"), ([[]], "inputs[0]")):
+    for ids, field in (([[2, vocab]], "inputs[0][1]"), ([[2, 3], [-1]], "inputs[1][0]"), ([[]], "inputs[0]"),
+                       ([[2, 3], "hello"], "inputs[1]"), (None, "inputs"), ("hello", "inputs")):
         with pytest.raises(RuntimeInputError) as err:
             getattr(rt, method)(ids)
         assert err.value.field == field
+    assert len(getattr(rt, method)([])) == (2 if method == "encode" else 0)
+
+
+def test_an_empty_batch_encodes_to_empty_arrays(tiny: tuple) -> None:
+    qm = tiny[1]["int8"]
+    h, valid = _runtime(qm).encode([])
+    assert h.shape == (0, 0, qm.architecture["hidden_size"]) and h.dtype == np.int64
+    assert valid.shape == (0, 0) and valid.dtype == bool
 
 
 @pytest.mark.parametrize(("field", "value"), [("hidden_act", "gelu_new"), ("position_embedding_type", "relative_key"),
@@ -213,20 +228,29 @@ _TOKENS = st.one_of(st.integers(-3, 12), st.booleans(), st.floats(0, 8, allow_na
                     st.integers(0, 11).map(np.int64), st.integers(0, 11).map(np.uint8))
 
 
-@settings(max_examples=150, deadline=None)
-@given(batch=st.lists(st.lists(_TOKENS, max_size=6), min_size=1, max_size=4))
-def test_token_checks_refuse_exactly_the_bad_requests(batch: list[list[object]]) -> None:
+_REQUESTS = st.one_of(st.lists(_TOKENS, max_size=6), st.lists(_TOKENS, max_size=6).map(tuple),
+                     st.lists(st.integers(0, 11), max_size=6).map(np.array), st.text(max_size=3), st.none(),
+                     st.integers(0, 9), st.just(b"\x01"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=st.lists(_REQUESTS, min_size=1, max_size=4))
+def test_token_checks_refuse_exactly_the_bad_requests(batch: list[object]) -> None:
     """The family runtimes' input check (a fast path for lists of plain ints, the per-token loop otherwise): refused
-    iff a request is empty, longer than 5, or holds a token that is not an int (numpy integers are; bools, floats and
-    strings are not) in [0, 10); the error names the first bad field."""
+    iff a request is not a list, tuple or 1-D array (text, bytes, None and numbers are not), is empty, longer than
+    5, or holds a token that is not an int (numpy integers are; bools, floats and strings are not) in [0, 10); the
+    error names the first bad field."""
     def bad_token(tok: object) -> bool:
         return isinstance(tok, bool) or not isinstance(tok, int | np.integer) or not 0 <= tok < 10
 
     want = None
     for i, ids in enumerate(batch):
+        if not isinstance(ids, list | tuple | np.ndarray):
+            want = f"inputs[{i}]"
+            break
         bad = [j for j, tok in enumerate(ids) if bad_token(tok)]
-        if not ids or len(ids) > 5 or bad:
-            want = f"inputs[{i}]" if not ids or len(ids) > 5 else f"inputs[{i}][{bad[0]}]"
+        if len(ids) == 0 or len(ids) > 5 or bad:
+            want = f"inputs[{i}]" if len(ids) == 0 or len(ids) > 5 else f"inputs[{i}][{bad[0]}]"
             break
     if want is None:
         check_token_ids(batch, limit=5, vocab=10)
