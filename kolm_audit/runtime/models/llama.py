@@ -331,6 +331,8 @@ class LlamaRuntime:
     def logits(self, batch: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Teacher-forced logits of every position of each request: int32 [len, V] Q.16 (no cache reuse)."""
         self.check_ids(batch)
+        if len(batch) == 0:
+            return []
         out, _ = self._prefill(batch, all_logits=True)                            # [B,T,V] Q.16
         t = out.shape[1]
         return [out[r, t - len(seq):].astype(np.int32) for r, seq in enumerate(batch)]

@@ -102,6 +102,8 @@ def small_rt(tmp_path_factory: pytest.TempPathFactory) -> LlamaRuntime:
     ([[1, 384]], {}, "inputs[0][1]"),
     ([[1, -1]], {}, "inputs[0][1]"),
     ([[1, True]], {}, "inputs[0][1]"),
+    ([[1], "ab"], {}, "inputs[1]"),
+    ("ab", {}, "inputs"),
     ([[1]], {"max_new_tokens": 0}, "max_new_tokens"),
     ([[1]], {"max_new_tokens": 2.0}, "max_new_tokens"),
     ([[1]], {"temperature": 500}, "temperature"),                              # sampling without a seed
@@ -110,12 +112,16 @@ def small_rt(tmp_path_factory: pytest.TempPathFactory) -> LlamaRuntime:
     ([[1]], {"seed": -5}, "seed"),
     ([[1]], {"eos_ids": [400]}, "eos_ids"),
 ])
-def test_bad_requests_name_the_field(small_rt: LlamaRuntime, batch: list[list[int]], kwargs: dict[str, Any],
+def test_bad_requests_name_the_field(small_rt: LlamaRuntime, batch: Any, kwargs: dict[str, Any],
                                      field: str) -> None:
     kw = {"max_new_tokens": 2} | kwargs
     with pytest.raises(RuntimeInputError) as err:
         small_rt.generate(batch, **kw)
     assert err.value.field == field
+
+
+def test_no_requests_give_no_results(small_rt: LlamaRuntime) -> None:
+    assert small_rt.logits([]) == [] and small_rt.generate([], max_new_tokens=2) == []
 
 
 def test_generation_stops_at_eos_length_and_context(small_rt: LlamaRuntime) -> None:
