@@ -167,6 +167,8 @@ class _Runner:
                 [rec] = self.recorder.record([line.request])
             except RuntimeInputError as exc:
                 exc.file = exc.file or self.source
+                if exc.field and exc.field.startswith("inputs[0]"):     # the line's input (request 0 of its call)
+                    exc.field = ("$.text" if line.request.text is not None else "$.ids") + exc.field[len("inputs[0]"):]
                 exc.field = f"line {line.number}" + (f": {exc.field}" if exc.field else "")
                 exc.args = (str(exc),)
                 self.skip(_Bad(line.number, line.request.id, exc))

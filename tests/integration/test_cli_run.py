@@ -100,7 +100,7 @@ def test_run_skip_records_good_lines_and_reports_bad_ones(capsys, world, tmp_pat
     validate(report, "run-report")
     assert report["recorded"] == 3 and report["log_size"] == 3 and not report["stopped"]
     assert [s["line"] for s in report["skipped"]] == [3, 4, 5, 6]
-    for needle in ("line 3", "line 4: temperature", "line 5: inputs", "line 6"):
+    for needle in ("line 3", "line 4: temperature", "line 5: $.ids[1]: token id out of range", "line 6"):
         assert needle in err
     docs = _outputs(tmp_path / "out.jsonl")
     assert [d["line"] for d in docs] == [1, 2, 3, 4, 5, 6, 7]
