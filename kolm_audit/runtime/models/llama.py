@@ -49,7 +49,7 @@ from kolm_audit.errors import ArtifactError, RuntimeInputError
 from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import reference as ref
 from kolm_audit.runtime.decode import DECODE_MODES, GraphPool, KVCache, open_session
-from kolm_audit.runtime.models import Generation, check_token_ids
+from kolm_audit.runtime.models import Generation, _is_list, check_token_ids
 from kolm_audit.runtime.models.llama_config import LLAMA_MODEL_TYPES, MAX_POSITIONS, LlamaConfig
 from kolm_audit.runtime.ops import NumpyOps, Ops, fuse_linears
 from kolm_audit.runtime.sampling import DecodingParams, request_key, select_token
@@ -343,6 +343,12 @@ class LlamaRuntime:
         int32 [1 + len(continuation), V] Q.16; row ``j`` must equal ``logits([prompt + continuation])`` at
         position ``len(prompt) - 1 + j`` (spec §7: the cache changes nothing).
         """
+        for name, part in (("prompt", prompt), ("continuation", continuation)):
+            if not _is_list(part, 1):
+                raise RuntimeInputError("not a list of token ids", field=name, expected="a list of token ids",
+                                        actual=type(part).__name__)
+        if len(prompt) == 0:
+            raise RuntimeInputError("empty prompt", field="prompt", expected="at least one token")
         self.check_ids([list(prompt) + list(continuation)])
         with open_session(self, batch=1, max_len=len(prompt) + len(continuation)) as session:
             rows = [session.prefill([prompt])[0]]                                 # [V] Q.16

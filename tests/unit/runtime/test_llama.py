@@ -120,6 +120,16 @@ def test_bad_requests_name_the_field(small_rt: LlamaRuntime, batch: Any, kwargs:
     assert err.value.field == field
 
 
+@pytest.mark.parametrize(("prompt", "continuation", "field"), [
+    ("ab", [1], "prompt"), ([1], None, "continuation"), ([], [1, 2], "prompt"), ([1, 384], [], "inputs[0][1]"),
+    ([1], [2, -1], "inputs[0][2]"), ([1] * 20, [2] * 13, "inputs[0]"),             # 33 > 32 positions
+])
+def test_cached_logits_name_the_bad_part(small_rt: LlamaRuntime, prompt: Any, continuation: Any, field: str) -> None:
+    with pytest.raises(RuntimeInputError) as err:
+        small_rt.cached_logits(prompt, continuation)
+    assert err.value.field == field
+
+
 def test_no_requests_give_no_results(small_rt: LlamaRuntime) -> None:
     assert small_rt.logits([]) == [] and small_rt.generate([], max_new_tokens=2) == []
 
