@@ -120,6 +120,11 @@ class Model:
             raise RuntimeInputError("inputs must be a list of texts or a list of token-id lists", field="inputs")
         if all(isinstance(x, str) for x in inputs):
             return self.tokenize(list(inputs))  # type: ignore[arg-type]
+        if isinstance(inputs[0], str):                    # texts, then something else: name the first other input
+            i = next(i for i, x in enumerate(inputs) if not isinstance(x, str))
+            raise RuntimeInputError("mixed inputs: every input must be a text, or every input a token-id list",
+                                    field=f"inputs[{i}]", expected="a text, like inputs[0]",
+                                    actual=type(inputs[i]).__name__)
         out = []
         for i, x in enumerate(inputs):
             if isinstance(x, str | bytes) or not isinstance(x, Sequence | np.ndarray):

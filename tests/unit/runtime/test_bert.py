@@ -103,7 +103,8 @@ def test_sequence_too_long_and_bad_ids_are_refused(tiny: tuple) -> None:
     vocab = tiny[1]["int8"].architecture["vocab_size"]
     cases = [([[2] * (limit + 1)], "inputs[0]"), ([[2, 3], [2, vocab, 3]], "inputs[1][1]"),
              ([[2, -1]], "inputs[0][1]"), ([[]], "inputs[0]"), ([[2, 1.5]], "inputs[0][1]"),
-             ([[2, 3], "text"], "inputs[1]")]
+             ([[2, 3], "text"], "inputs[1]"), (["text", "more", [2, 3]], "inputs[2]"), ([b"text"], "inputs[0]"),
+             ([{"text": "x"}], "inputs[0]"), (None, "inputs"), ("text", "inputs")]
     for inputs, field in cases:
         with pytest.raises(RuntimeInputError) as err:
             m.embed(inputs)
