@@ -32,9 +32,10 @@ class Generation(NamedTuple):
 
 
 def _is_list(value: object, ndim: int) -> bool:
-    """A sequence that is not text (or a numpy array of ``ndim`` dimensions)."""
+    """A sequence that is not text, or a numpy array of ``ndim`` dimensions (a batch may also be a 1-D array of
+    objects: ragged requests)."""
     if isinstance(value, np.ndarray):
-        return value.ndim == ndim
+        return value.ndim == ndim or (ndim == 2 and value.ndim == 1 and value.dtype == object)
     return isinstance(value, Sequence) and not isinstance(value, str | bytes)
 
 

@@ -127,6 +127,10 @@ def test_every_runtime_entry_refuses_bad_ids_before_a_kernel_reads_them(tiny: tu
             getattr(rt, method)(ids)
         assert err.value.field == field
     assert len(getattr(rt, method)([])) == (2 if method == "encode" else 0)
+    ragged = np.empty(2, dtype=object)
+    ragged[:] = [[2, 5, 3], [2, 3]]
+    got = getattr(rt, method)(ragged)                       # an array of ragged requests is a batch too
+    assert (got[0].shape[0] if method == "encode" else len(got)) == 2
 
 
 def test_an_empty_batch_encodes_to_empty_arrays(tiny: tuple) -> None:
