@@ -37,16 +37,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, dic
     return model, {s: quantize_checkpoint(ckpt, scheme=s) for s in ("int8", "int4", "nvfp4")}
 
 
+def _manifest(qm: QuantizedModel) -> dict:
+    return {"runtime": "kolm-int/1", "architecture": qm.architecture, "task": qm.task,
+            "quantization": qm.quantization}
+
+
 def _model(qm: QuantizedModel) -> Model:
-    manifest = {"runtime": "kolm-int/1", "architecture": qm.architecture, "task": qm.task,
-                "quantization": qm.quantization}
-    return Model(manifest=manifest, digest="sha256:" + "0" * 64, tensors=qm.tensors)
+    return Model(manifest=_manifest(qm), digest="sha256:" + "0" * 64, tensors=qm.tensors)
 
 
 def _runtime(qm: QuantizedModel) -> bert.BertRuntime:
-    manifest = {"runtime": "kolm-int/1", "architecture": qm.architecture, "task": qm.task,
-                "quantization": qm.quantization}
-    rt = load_runtime(manifest=manifest, tensors=qm.tensors, ops=get_ops("cpu"))
+    rt = load_runtime(manifest=_manifest(qm), tensors=qm.tensors, ops=get_ops("cpu"))
     assert isinstance(rt, bert.BertRuntime)
     return rt
 
@@ -126,7 +127,8 @@ def test_every_runtime_entry_refuses_bad_ids_before_a_kernel_reads_them(tiny: tu
         with pytest.raises(RuntimeInputError) as err:
             getattr(rt, method)(ids)
         assert err.value.field == field
-    assert len(getattr(rt, method)([])) == (2 if method == "encode" else 0)
+    if method != "encode":                                  # encode's empty arrays: their own test below
+        assert getattr(rt, method)([]) == []
     ragged = np.empty(2, dtype=object)
     ragged[:] = [[2, 5, 3], [2, 3]]
     got = getattr(rt, method)(ragged)                       # an array of ragged requests is a batch too
