@@ -138,6 +138,26 @@ def epilogue_gelu_quant(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.
         qm[r], qe[r] = _quantize_row(out[r], q[r])
 
 
+@njit(inline="always")
+def epilogue_gelu_span(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.ndarray, shift: np.ndarray,
+                       bias: np.ndarray, pair: np.ndarray, out: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> None:
+    """:func:`epilogue_gelu_quant` on a span of columns ``acc`` [R, n] (``mult``, ``shift``, ``bias`` the span's)
+    without the quantization, which needs the whole row: ``gelu`` into ``out`` [R, n] and each row's largest and
+    smallest output into ``hi``, ``lo`` [R] (:func:`~kolm_audit.runtime.cpu_kernels._quantize_span` then quantizes
+    each span with the whole row's extremes)."""
+    rows, n = acc.shape
+    smin, smax = shift.min(), shift.max()
+    idx, fr, val, y = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    for r in range(rows):
+        _epilogue_row(acc[r], m[r], e[r], mult, shift, bias, smin, smax, y)
+        orow = out[r]
+        _gelu_row(y, pair, idx, fr, val, orow)
+        h = w = orow[0]
+        for j in range(n):
+            h, w = max(h, orow[j]), min(w, orow[j])
+        hi[r], lo[r] = h, w
+
+
 @_kernel
 def swiglu_quant(gate: np.ndarray, up: np.ndarray, pair: np.ndarray, out: np.ndarray, q: np.ndarray,
                  qm: np.ndarray, qe: np.ndarray) -> None:

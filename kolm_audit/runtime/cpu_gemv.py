@@ -51,7 +51,7 @@ from numba.extending import intrinsic
 from kolm_audit.runtime.cpu_amx import K_BLOCK, _gemm_rows_amx
 from kolm_audit.runtime.cpu_amx import PANEL as _AMX_PANEL
 from kolm_audit.runtime.cpu_features import AMX, FEATURES
-from kolm_audit.runtime.cpu_kernels import _kernel
+from kolm_audit.runtime.cpu_kernels import _JIT, _kernel
 
 _FEATS = FEATURES               # what the compiled kernels will be built for
 # vpdpbusd on 256-bit vectors; WIDE: bytes per vpdpbusd of the four-row products (64 with AVX-512 VNNI)
@@ -197,13 +197,17 @@ def _tile_vnni(typingctx: Any, u: Any, ku: Any, r0: Any, k0: Any, wp: Any, p0: A
     return sig, codegen
 
 
-@njit(inline="always")
+@njit(**_JIT)
 def _gemm_rows(q: np.ndarray, wp: np.ndarray, psum: np.ndarray, acc: np.ndarray) -> None:
     """``acc[r, n] = Σ_k q[r, k]·W[n, k]`` (exact int32) for int8 ``q`` [R, K] (|q| <= 127) and the packed weights
     ``wp``, ``psum`` of :func:`pack_weights` (``N = acc.shape[1]``; AVX-512 VNNI only: callers check :data:`GEMM`):
     on AMX tiles where the CPU has them and ``K`` is a multiple of 64
     (:func:`~kolm_audit.runtime.cpu_amx._gemm_rows_amx`), else :func:`_gemm_rows_vnni`. Both give the same
-    integers."""
+    integers.
+
+    Compiled as a function of its own, not inlined: inlined beside :func:`_gemv_rows` under a branch on the rows
+    (:func:`_matmul_rows`), the AMX tiles of 24 rows ran 2–3× slower (3 × 24 × 192 × 384 products a layer, 6
+    layers: 200–230 µs against 60–95 µs out of line, same process, alternated)."""
     if AMX and q.shape[1] % K_BLOCK == 0:
         _gemm_rows_amx(q, wp, acc)
     else:
@@ -303,6 +307,32 @@ def _matmul_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, wp: np.ndarray,
         _gemm_rows(q, wp, psum, acc)
     else:
         _gemv_rows(q, w, wsum, np.empty(q.size, np.uint8), acc)
+
+
+@njit(inline="always")
+def _matmul_cols(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, wp: np.ndarray, psum: np.ndarray, c0: int, c1: int,
+                 acc: np.ndarray) -> None:
+    """Columns ``c0 … c1 - 1`` of :func:`_matmul_rows` into ``acc`` [R, c1 - c0] (a split forward's part computes
+    its columns of a product for every row, so each part streams only its share of the weights). The packed tiles
+    read the panels that hold those columns: from ``c0`` when it starts a panel (the last panel's columns past
+    ``c1`` are not written), else into scratch from the panel's first column."""
+    if GEMM and q.shape[0] > FEW_ROWS:
+        kp = w.shape[1] + (-w.shape[1]) % 4
+        p0, p1 = c0 // PANEL, (c1 + PANEL - 1) // PANEL
+        a = p0 * PANEL                                       # the first panel's first column
+        out = acc if c0 == a else np.empty((q.shape[0], c1 - a), np.int32)
+        _gemm_rows(q, wp[a * kp:p1 * PANEL * kp], psum[a:c1], out)
+        if c0 != a:
+            acc[:, :] = out[:, c0 - a:]
+    else:
+        _gemv_rows(q, w[c0:c1], wsum[c0:c1], np.empty(q.size, np.uint8), acc)
+
+
+@_kernel
+def matmul_cols(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, wp: np.ndarray, psum: np.ndarray, c0: int, c1: int,
+                acc: np.ndarray) -> None:
+    """:func:`_matmul_cols` as a kernel (tests)."""
+    _matmul_cols(q, w, wsum, wp, psum, c0, c1, acc)
 
 
 @_kernel

@@ -215,8 +215,16 @@ def _quantize_row(x: np.ndarray, q: np.ndarray) -> tuple[int, int]:
     hi = lo = x[0]
     for j in range(k):                                   # max and min in the row's own type: twice the lanes of
         hi, lo = max(hi, x[j]), min(lo, x[j])            # an int64 |x|
+    return _quantize_span(x, hi, lo, q)
+
+
+@njit(inline="always")
+def _quantize_span(x: np.ndarray, hi: int, lo: int, q: np.ndarray) -> tuple[int, int]:
+    """The second half of :func:`_quantize_row`: ``x`` [K] (a row, or a span of one) into ``q`` [K] with the step of
+    a row whose largest and smallest values are ``hi`` and ``lo`` (the span's own, or the whole row's when the span
+    is part of it); returns (m, e)."""
     mm, ee, half, df, inv = _row_scale(max(np.int64(hi), -np.int64(lo), 0))
-    for j in range(k):
+    for j in range(x.shape[0]):
         q[j] = _rdiv_q(x[j], half, df, inv)
     return mm, ee
 

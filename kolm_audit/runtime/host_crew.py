@@ -216,8 +216,8 @@ class EncodeCrew:
         self.seq, self.started = 0, 0                        # forwards posted; partner loops started
         self.ids, self.pos = np.zeros(rows, np.int64), np.zeros(rows, np.int64)          # [R] tokens, positions
         self.bounds = np.zeros(rows + 1, np.int64)                                         # [B+1] requests' rows
-        self.qkv = np.empty((rows, stack[0][0][0].shape[0]), np.int32)                    # [R,3H] shared
-        self.ctx, self.out = np.empty((rows, hid), np.int32), np.empty((rows, hid), np.int32)   # [R,H] shared
+        self.shared = ce.split_buffers(rows, stack[0][0][0].shape[0], hid, stack[0][2][0].shape[0], parts)
+        self.out = np.empty((rows, hid), np.int32)                                         # [R,H] shared
         self.sync, self.box = ks.sync_flags(parts), ce.mailbox(parts)
         self._head = (emb, add, g_emb, b_emb, stack, heads, head_dim, eps_q32, rsqrt, scale_mult, scale_shift,
                       exp_pair, cdf_pair)                   # the partner's operands (unboxed once a loan)
@@ -253,7 +253,7 @@ class EncodeCrew:
                     self._start(int(part))
             try:
                 ce.encode_forward(self.ids[:n], self.pos[:n], self.bounds[:b + 1], self._consts, 0, self.parts,
-                                  self.sync, (self.seq - 1) * self._per, self.qkv[:n], self.ctx[:n], self.out[:n])
+                                  self.sync, (self.seq - 1) * self._per, self.shared, self.out[:n])
             except BaseException:
                 ks.release(self.sync)                        # the partners finish this forward
                 self._stop()
@@ -273,7 +273,7 @@ class EncodeCrew:
     def _start(self, part: int) -> None:
         """A lent thread for partner ``part``, its first forward the one just posted."""
         args = (self.ids, self.pos, self.bounds, *self._head, part, self.parts, self.sync, self.box, self.seq - 1,
-                self.idle, self.qkv, self.ctx, self.out)
+                self.idle, self.shared, self.out)
         self._loans.append(_LENDERS.lend(f"{NAME}-encode-{part}", ce.encode_partner, args, self.sync, self._failed))
         self.started += 1
 

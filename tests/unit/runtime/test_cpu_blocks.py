@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 pytest.importorskip("numba")
 
 from _fused_fixtures import CDF, I32_MAX, I32_MIN, NPO, RSQRT, SIG, _norm_params, _rows, seeds
+from numba import njit
 from test_cpu_fused_ops import _layer
 from test_cpu_kernels import _epilogue_case
 
@@ -29,7 +30,7 @@ from kolm_audit.runtime import fixedpoint as fp
 from kolm_audit.runtime import llama_ops as lo
 from kolm_audit.runtime import reference as ref
 from kolm_audit.runtime.cpu_fused import FusedCpuOps
-from kolm_audit.runtime.cpu_kernels import pair_table
+from kolm_audit.runtime.cpu_kernels import _quantize_span, pair_table
 from kolm_audit.runtime.torch_backend import TorchOps
 
 
@@ -184,6 +185,43 @@ def test_epilogue_gelu_and_swiglu_quant_equal_reference(seed: int, rows: int, n:
     out, q, qm, qe = _q8_buffers(rows, n)
     kb.epilogue_swiglu_quant(acc, m, e, mult, shift, bias, pair_table(SIG), out, q, qm, qe)
     assert np.array_equal(out, lo.swiglu(y[:, :n], y[:, n:], SIG))
+    _assert_quantized(out, q, qm, qe)
+
+
+@njit
+def _gelu_in_spans(acc: np.ndarray, m: np.ndarray, e: np.ndarray, mult: np.ndarray, shift: np.ndarray,
+                   bias: np.ndarray, pair: np.ndarray, cuts: np.ndarray, out: np.ndarray, q: np.ndarray,
+                   qm: np.ndarray, qe: np.ndarray) -> None:
+    """A split forward's GELU step: each span of columns ``cuts[i] … cuts[i+1] - 1`` as one part computes it, then
+    each span quantized with the whole row's extremes (the spans' own, combined)."""
+    rows, spans = acc.shape[0], cuts.size - 1
+    hilo = np.empty((rows, 2 * spans), np.int64)
+    for i in range(spans):
+        a, z = cuts[i], cuts[i + 1]
+        kb.epilogue_gelu_span(acc[:, a:z], m, e, mult[a:z], shift[a:z], bias[a:z], pair, out[:, a:z],
+                              hilo[:, 2 * i], hilo[:, 2 * i + 1])
+    for r in range(rows):
+        hi, lo = hilo[r, 0], hilo[r, 1]
+        for i in range(1, spans):
+            hi, lo = max(hi, hilo[r, 2 * i]), min(lo, hilo[r, 2 * i + 1])
+        for i in range(spans):
+            qm[r], qe[r] = _quantize_span(out[r, cuts[i]:cuts[i + 1]], hi, lo, q[r, cuts[i]:cuts[i + 1]])
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=seeds, rows=st.integers(1, 5), n=st.integers(1, 48), shifts=_SHIFTS,
+       acc_bits=st.sampled_from([8, 22, 31, 40]), int32=st.booleans(), spans=st.integers(1, 4))
+def test_gelu_in_spans_quantized_with_the_whole_rows_step_equals_the_whole_rows(
+        seed: int, rows: int, n: int, shifts: tuple[int, int], acc_bits: int, int32: bool, spans: int) -> None:
+    """``epilogue_gelu_span`` over spans of columns, then ``_quantize_span`` of each span with the whole row's
+    extremes: the reference's GELU and §3.3 rows (a row's largest or smallest value in any one span)."""
+    rng = np.random.default_rng(seed)
+    acc, m, e, mult, shift, bias = _acc_case(rng, rows, n, shifts, acc_bits, int32)
+    inner = np.sort(rng.choice(np.arange(1, n), min(spans - 1, n - 1), replace=False)) if n > 1 else []
+    cuts = np.array([0, *inner, n], np.int64)
+    out, q, qm, qe = _q8_buffers(rows, n)
+    _gelu_in_spans(acc, m, e, mult, shift, bias, pair_table(CDF), cuts, out, q, qm, qe)
+    assert np.array_equal(out, ref.gelu(_epilogue_ref(acc, m, e, mult, shift, bias), CDF))
     _assert_quantized(out, q, qm, qe)
 
 

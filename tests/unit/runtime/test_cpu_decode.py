@@ -106,6 +106,23 @@ def test_packed_tiles_equal_the_exact_product_and_int_mm(seed: int, rows: int, n
         assert np.array_equal(torch._int_mm(torch.from_numpy(q), torch.from_numpy(w).t()).numpy(), want)
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=seeds, rows=st.sampled_from([1, 4, 5, 16, 24, 33]), n=st.sampled_from([1, 63, 64, 130, 200]),
+       k=st.sampled_from([4, 64, 257, 384]), cut=st.tuples(st.floats(0, 1), st.floats(0, 1)), aligned=st.booleans())
+def test_a_span_of_columns_equals_those_columns_of_the_whole_product(seed: int, rows: int, n: int, k: int,
+                                                                     cut: tuple[float, float], aligned: bool) -> None:
+    """``matmul_cols`` (a split forward's share of a product): spans starting on a panel or inside one, ending
+    inside one or at ``N``, empty; few rows (weight rows outermost) and many (the packed tiles)."""
+    rng = np.random.default_rng(seed)
+    q, w, want = _gemv_case(rng, rows, n, k)
+    c0, c1 = sorted(int(f * n) for f in cut)
+    if aligned:
+        c0 -= c0 % cg.PANEL
+    acc = np.full((rows, c1 - c0), 7, np.int32)
+    cg.matmul_cols(q, w, cg.weight_sums(w), *cg.pack_weights(w), c0, c1, acc)
+    assert np.array_equal(acc, want[:, c0:c1])
+
+
 @pytest.mark.skipif(not cg.GEMM, reason="the packed tiles need AVX-512 VNNI")
 def test_packed_tiles_at_the_largest_sums_and_their_layout() -> None:
     """``K = 2^14`` columns of ±127·(-128) over 9 rows (two full tiles and one row); and the packed layout
