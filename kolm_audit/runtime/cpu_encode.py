@@ -2,8 +2,8 @@
 
 One sentence is ~24 token rows: at that size each of the ~30 operations of the encoder costs less arithmetic than
 its call from Python. :func:`encode_forward` runs ``BertRuntime._forward`` (``docs/runtime-spec.md`` §6.1) in one
-call — the embedding rows and their LayerNorm, then every layer (:func:`_encoder_layer`) — with the same integers
-as the composed forward, each step the kernel the separate operations use
+call — the embedding rows and their LayerNorm, then every layer (:func:`_encoder_layer`; :func:`_split_layer` in
+a split call) — with the same integers as the composed forward, each step the kernel the separate operations use
 (:mod:`~kolm_audit.runtime.cpu_blocks`, :mod:`~kolm_audit.runtime.cpu_attention`,
 :mod:`~kolm_audit.runtime.cpu_kernels`, :mod:`~kolm_audit.runtime.cpu_gemv`, each tested against the reference), so
 only the chaining is new. A layer, in the order of ``BertRuntime._layer``:
