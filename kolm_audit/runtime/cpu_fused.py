@@ -510,14 +510,13 @@ class FusedCpuOps(FusedOps):
         if self._encode_crew is not None:
             self._encode_crew.dismiss()                     # its spinning partners would slow the pool's threads
         out = np.empty((rows, hid), np.int32)                                    # [N,H] int32 Q.16
-        qkv, ctx = ke.split_buffers(rows, stack[0][0][0].shape[0], hid, 0, 1)[:2]   # [N,3H], [N,H] a call's scratch
-        rest = ke.split_buffers(0, 0, 0, 0, 1)[2:]                               # zero rows: a split's buffers
+        scratch = ke.split_buffers(rows, stack[0][0][0].shape[0], hid, 0, 1)     # q|k|v [N,3H], context [N,H]
 
         def run(lo: int, hi: int) -> None:                  # runs lo … hi - 1: their groups, one call each
             for first, end in (group for each in runs[lo:hi] for group in each):
                 r0, r1 = bn[first], bn[end]
                 ke.encode_forward(idn[r0:r1], pn[r0:r1], bn[first:end + 1] - r0, consts, 0, 1, ks.ALONE, 0,
-                                  (qkv[r0:r1], ctx[r0:r1], *rest), out[r0:r1])
+                                  tuple(a[r0:r1] for a in scratch), out[r0:r1])
         self._par(len(runs), macs, run)
         return torch.from_numpy(out)                                    # [N,H] int32 Q.16
 
