@@ -151,7 +151,7 @@ def _qkv_heads(xq: np.ndarray, xm: np.ndarray, xe: np.ndarray, lin: tuple, hid: 
     return out
 
 
-@njit(inline="always")
+@njit(**_JIT)
 def _split_layer(x: np.ndarray, layer: tuple, bounds: np.ndarray, nh: int, d: int, eps_q32: int, rsqrt: np.ndarray,
                  scale_mult: int, scale_shift: int, exp_pair: np.ndarray, cdf_pair: np.ndarray, split: tuple,
                  shared: tuple, x_out: np.ndarray) -> None:

@@ -309,7 +309,7 @@ def _matmul_rows(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, wp: np.ndarray,
         _gemv_rows(q, w, wsum, np.empty(q.size, np.uint8), acc)
 
 
-@njit(inline="always")
+@njit(**_JIT)
 def _matmul_cols(q: np.ndarray, w: np.ndarray, wsum: np.ndarray, wp: np.ndarray, psum: np.ndarray, c0: int, c1: int,
                  acc: np.ndarray) -> None:
     """Columns ``c0 … c1 - 1`` of :func:`_matmul_rows` into ``acc`` [R, c1 - c0] (a split forward's part computes
